@@ -1,0 +1,412 @@
+//! Configuration: one [`Settings`] struct for every runfleet process, loaded in layers.
+//!
+//! 1. built-in defaults ([`Settings::default`]),
+//! 2. an optional TOML file (`--config FILE`),
+//! 3. environment variables `RUNFLEET__SECTION__KEY` (for example `RUNFLEET__REDIS__URL`,
+//!    `RUNFLEET__NODE__CAPACITY`).
+//!
+//! The result is validated once after loading; a bad value stops the process at start-up with
+//! a message naming the setting. docs/configuration.md lists every key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tier::TierLimits;
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or parsed.
+    #[error("configuration could not be loaded: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The setting, as `section.key`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Every setting of a runfleet process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The Redis that holds all shared state.
+    pub redis: RedisSettings,
+    /// Which queue backend hands jobs to worker nodes.
+    pub queue: QueueSettings,
+    /// RabbitMQ, when `queue.backend = "rabbitmq"`.
+    pub rabbitmq: RabbitMqSettings,
+    /// The orchestrator's HTTP listener.
+    pub http: HttpSettings,
+    /// Worker-node behaviour.
+    pub node: NodeSettings,
+    /// Heartbeats and leases.
+    pub heartbeat: HeartbeatSettings,
+    /// Concurrent-runner limit per tier.
+    pub tiers: TierLimits,
+    /// Keys and secrets.
+    pub security: SecuritySettings,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// The simulated market the built-in strategies trade on.
+    pub market: MarketSettings,
+}
+
+/// Redis connection and key settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Connection URL.
+    pub url: String,
+    /// Prefix of every key runfleet writes.
+    pub key_prefix: String,
+    /// Connections in the pool used for short commands.
+    pub pool_size: usize,
+    /// Connections kept for blocking pops (claims, command listeners).
+    pub blocking_pool_size: usize,
+    /// How long a caller waits for a pooled connection before failing.
+    pub wait_timeout_ms: u64,
+    /// How long a short command may take before it fails.
+    pub response_timeout_ms: u64,
+    /// How long opening a connection may take.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "runfleet".into(),
+            pool_size: 16,
+            blocking_pool_size: 8,
+            wait_timeout_ms: 2_000,
+            response_timeout_ms: 2_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Which queue backend is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// In-process queue and state: the embedded mode.
+    #[default]
+    Memory,
+    /// Redis lists with reliable claims.
+    Redis,
+    /// RabbitMQ (state stays in Redis).
+    Rabbitmq,
+}
+
+/// Queue settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// `memory`, `redis` or `rabbitmq`.
+    pub backend: QueueBackend,
+    /// The queue's name (Redis list name part, RabbitMQ queue name).
+    pub name: String,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            backend: QueueBackend::Memory,
+            name: "jobs".into(),
+        }
+    }
+}
+
+/// RabbitMQ settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RabbitMqSettings {
+    /// AMQP URL.
+    pub url: String,
+}
+
+impl Default for RabbitMqSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+        }
+    }
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub bind: String,
+    /// Longest a request may take before it is answered 408/503.
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    /// How long a stop request waits for the node to confirm before answering 202.
+    pub stop_wait_ms: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            request_timeout_ms: 15_000,
+            body_limit_bytes: 64 * 1024,
+            stop_wait_ms: 10_000,
+        }
+    }
+}
+
+/// Worker-node settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Runners this node runs at most at once.
+    pub capacity: usize,
+    /// How long one claim call blocks waiting for a job.
+    pub claim_wait_ms: u64,
+    /// Worker slots the embedded mode runs in-process.
+    pub embedded_capacity: usize,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            capacity: 100,
+            claim_wait_ms: 1_000,
+            embedded_capacity: 100,
+        }
+    }
+}
+
+/// Heartbeat and lease timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// How often a node renews its runners' leases and reports their positions and stats.
+    pub interval_ms: u64,
+    /// Silence after which a runner counts as crashed (its lease expires).
+    pub lease_ms: u64,
+}
+
+impl Default for HeartbeatSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 5_000,
+            lease_ms: 30_000,
+        }
+    }
+}
+
+/// Keys and secrets. Never logged.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecuritySettings {
+    /// Key for the admin endpoints (entitlements). When unset, those endpoints are refused.
+    pub admin_key: Option<String>,
+    /// 32 bytes, base64: seals users' exchange credentials. Required in distributed mode;
+    /// the embedded mode makes a random one per process when unset.
+    pub credentials_key: Option<String>,
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field(
+                "credentials_key",
+                &self.credentials_key.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long SIGTERM/Ctrl-C waits for everything to stop before the process exits anyway.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 10_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// Default filter (tracing's EnvFilter syntax) when `RUST_LOG` is unset.
+    pub filter: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The simulated market feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketSettings {
+    /// Time between simulated price ticks.
+    pub tick_ms: u64,
+}
+
+impl Default for MarketSettings {
+    fn default() -> Self {
+        Self { tick_ms: 250 }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `RUNFLEET__*` environment variables, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Settings::default())?);
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("RUNFLEET")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks ranges and relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.node.capacity == 0 {
+            return invalid("node.capacity", "must be at least 1");
+        }
+        if self.heartbeat.interval_ms == 0 {
+            return invalid("heartbeat.interval_ms", "must be at least 1");
+        }
+        if self.heartbeat.lease_ms <= self.heartbeat.interval_ms {
+            return invalid(
+                "heartbeat.lease_ms",
+                "must be longer than heartbeat.interval_ms",
+            );
+        }
+        if self.redis.pool_size == 0 || self.redis.blocking_pool_size == 0 {
+            return invalid("redis.pool_size", "pools need at least one connection");
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return invalid("redis.key_prefix", "must be non-empty and without spaces");
+        }
+        if self.queue.name.is_empty() {
+            return invalid("queue.name", "must be non-empty");
+        }
+        if self.market.tick_ms == 0 {
+            return invalid("market.tick_ms", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.interval_ms)
+    }
+
+    /// Lease length as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.lease_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.heartbeat.interval_ms, 5_000);
+        assert_eq!(s.heartbeat.lease_ms, 30_000);
+        assert_eq!(s.tiers, TierLimits::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("runfleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("runfleet.toml");
+        std::fs::write(
+            &path,
+            "[node]\ncapacity = 7\n[tiers]\nfree = 2\nbasic = 3\npro = 10\nenterprise = 50\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.node.capacity, 7);
+        assert_eq!(s.tiers.free, 2);
+        assert_eq!(s.redis.url, RedisSettings::default().url);
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let mut s = Settings::default();
+        s.heartbeat.lease_ms = s.heartbeat.interval_ms;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat.lease_ms"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_are_refused() {
+        let dir = std::env::temp_dir().join(format!("runfleet-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("runfleet.toml");
+        std::fs::write(&path, "[node]\ncapacty = 7\n").unwrap();
+        assert!(Settings::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let mut s = Settings::default();
+        s.security.admin_key = Some("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

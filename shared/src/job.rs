@@ -1,0 +1,377 @@
+//! The job model: what a client sends to start a runner, what the fleet stores about it, and
+//! what the status call reports (positions and stats).
+//!
+//! Field names follow the API's camelCase JSON. Credentials never appear in a [`JobRecord`]:
+//! they travel sealed (see [`crate::crypto`]) inside the [`JobSpec`] and are opened only on the
+//! worker node that runs the job.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::SealedCredentials;
+use crate::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
+
+/// Body of a start request (`POST /v1/runners`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartRunnerRequest {
+    /// Whose runner this is.
+    pub user_id: UserId,
+    /// The user's name for the strategy.
+    pub strategy_id: StrategyId,
+    /// The broker to trade on (`deribit`, `paper`, ...).
+    pub broker_id: BrokerId,
+    /// Exchange credentials for the runner; sealed before they are stored.
+    pub credentials: Credentials,
+    /// What to run and how.
+    pub config: StrategyConfig,
+}
+
+/// Exchange credentials. `Debug` never prints the secret values.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credentials {
+    /// The exchange API key.
+    pub api_key: String,
+    /// The exchange API secret.
+    pub api_secret: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("api_key", &"<redacted>")
+            .field("api_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A strategy's configuration, as sent by the client.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// Display name.
+    pub name: String,
+    /// Strategy kind (`scalping`, ...): selects the built-in strategy.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Strategy-specific parameters (`timeframe`, `rsiPeriod`, ...).
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// Limits enforced by the runtime, whatever the strategy does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_management: Option<RiskManagement>,
+    /// Instruments the strategy trades (`BTC-PERPETUAL`, ...).
+    #[serde(default)]
+    pub instruments: Vec<String>,
+}
+
+/// Risk limits of a strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RiskManagement {
+    /// Largest position, in the instrument's amount unit.
+    #[serde(with = "rust_decimal::serde::float")]
+    pub max_position_size: Decimal,
+    /// Close a position when its loss reaches this percentage of its entry value.
+    #[serde(with = "rust_decimal::serde::float")]
+    pub stop_loss_percent: Decimal,
+    /// Close a position when its gain reaches this percentage of its entry value.
+    #[serde(with = "rust_decimal::serde::float")]
+    pub take_profit_percent: Decimal,
+}
+
+/// Everything a worker node needs to run a job. Stored with the job and never returned by the
+/// API (it holds the sealed credentials).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// The job's id.
+    pub id: JobId,
+    /// Whose job.
+    pub user_id: UserId,
+    /// The user's strategy name.
+    pub strategy_id: StrategyId,
+    /// The broker.
+    pub broker_id: BrokerId,
+    /// The strategy configuration.
+    pub config: StrategyConfig,
+    /// Credentials, sealed with the fleet's credentials key.
+    pub credentials: SealedCredentials,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Admitted and waiting for a worker node.
+    Queued,
+    /// Leased to a worker node and running.
+    Running,
+    /// Stopped on request. Final.
+    Stopped,
+    /// Ended with an error, or ran out of restarts. Final.
+    Failed,
+    /// Its runner went silent or died; it may be restarted.
+    Crashed,
+}
+
+impl JobStatus {
+    /// The status' name as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Stopped => "stopped",
+            JobStatus::Failed => "failed",
+            JobStatus::Crashed => "crashed",
+        }
+    }
+
+    /// Whether the job can change no more.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Stopped | JobStatus::Failed)
+    }
+
+    /// Parses a stored status name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Stopped,
+            JobStatus::Failed,
+            JobStatus::Crashed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to open positions when a runner stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// Cancel open orders and close every position at market, then confirm flat.
+    #[default]
+    Flatten,
+    /// Leave positions as they are.
+    Hold,
+}
+
+impl StopMode {
+    /// The mode's name as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Flatten => "flatten",
+            StopMode::Hold => "hold",
+        }
+    }
+}
+
+/// Direction of a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Profits when the price rises.
+    Long,
+    /// Profits when the price falls.
+    Short,
+}
+
+/// An open position as reported by a runner.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Position {
+    /// The instrument.
+    pub instrument_name: String,
+    /// Long or short.
+    pub side: Side,
+    /// Size, in the instrument's amount unit (USD for inverse perpetuals).
+    #[serde(with = "rust_decimal::serde::float")]
+    pub amount: Decimal,
+    /// Average entry price.
+    #[serde(with = "rust_decimal::serde::float")]
+    pub entry_price: Decimal,
+    /// PnL if closed at the current mark price, in the settlement currency.
+    #[serde(rename = "unrealizedPnL", with = "rust_decimal::serde::float")]
+    pub unrealized_pnl: Decimal,
+    /// PnL already realized by partial closes of this position.
+    #[serde(rename = "realizedPnL", with = "rust_decimal::serde::float")]
+    pub realized_pnl: Decimal,
+}
+
+/// A runner's trading statistics. See docs/trading.md for the definitions.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Closed trades.
+    pub total_trades: u64,
+    /// Closed trades with positive PnL.
+    pub winning_trades: u64,
+    /// Closed trades with negative PnL.
+    pub losing_trades: u64,
+    /// Realized PnL of all closed trades, net of fees.
+    #[serde(rename = "totalPnL", with = "rust_decimal::serde::float")]
+    pub total_pnl: Decimal,
+    /// Winning trades as a percentage of closed trades (0 when none).
+    #[serde(with = "rust_decimal::serde::float")]
+    pub win_rate: Decimal,
+}
+
+/// Everything the fleet knows about a job, as the status call reports it. Holds no secrets.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    /// The job's id; also reported as `workerId`.
+    pub job_id: JobId,
+    /// Whose job.
+    pub user_id: UserId,
+    /// The user's strategy name.
+    pub strategy_id: StrategyId,
+    /// The broker.
+    pub broker_id: BrokerId,
+    /// The strategy configuration (no credentials).
+    pub config: StrategyConfig,
+    /// Current status.
+    pub status: JobStatus,
+    /// The node running it, while it runs (and the last one, after).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    /// Fencing token: incremented on every claim.
+    pub epoch: u64,
+    /// How many times it was restarted after a crash.
+    pub restarts: u32,
+    /// When it was admitted (ms since the Unix epoch, store clock).
+    pub created_at: u64,
+    /// When its current run started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// The last heartbeat the store accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<u64>,
+    /// Why it failed or crashed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The stop mode requested, once a stop was requested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_mode: Option<StopMode>,
+    /// How many positions the stop closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flattened_positions: Option<u32>,
+    /// Open positions as of the last heartbeat (or at the end).
+    pub positions: Vec<Position>,
+    /// Statistics as of the last heartbeat (or at the end).
+    pub stats: Stats,
+}
+
+impl JobRecord {
+    /// A freshly admitted job's record.
+    pub fn queued(spec: &JobSpec, now_ms: u64) -> Self {
+        Self {
+            job_id: spec.id.clone(),
+            user_id: spec.user_id.clone(),
+            strategy_id: spec.strategy_id.clone(),
+            broker_id: spec.broker_id.clone(),
+            config: spec.config.clone(),
+            status: JobStatus::Queued,
+            node_id: None,
+            epoch: 0,
+            restarts: 0,
+            created_at: now_ms,
+            started_at: None,
+            ended_at: None,
+            last_heartbeat_at: None,
+            error: None,
+            stop_mode: None,
+            flattened_positions: None,
+            positions: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+}
+
+/// A job leased to a worker node: the spec to run, and the fencing epoch its writes must carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// What to run.
+    pub spec: JobSpec,
+    /// The claim's fencing token.
+    pub epoch: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_request_parses_the_seed_example() {
+        let body = serde_json::json!({
+            "userId": "user-123",
+            "strategyId": "scalping-btc",
+            "brokerId": "deribit",
+            "credentials": {"apiKey": "key", "apiSecret": "secret"},
+            "config": {
+                "name": "BTC Scalping",
+                "type": "scalping",
+                "parameters": {"timeframe": "1m", "rsiPeriod": 14},
+                "riskManagement": {"maxPositionSize": 100, "stopLossPercent": 2, "takeProfitPercent": 3},
+                "instruments": ["BTC-PERPETUAL"]
+            }
+        });
+        let req: StartRunnerRequest = serde_json::from_value(body).unwrap();
+        assert_eq!(req.config.kind, "scalping");
+        let risk = req.config.risk_management.unwrap();
+        assert_eq!(risk.max_position_size, Decimal::from(100));
+        assert_eq!(risk.stop_loss_percent, Decimal::from(2));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let body = serde_json::json!({
+            "userId": "u", "strategyId": "s", "brokerId": "b",
+            "credentials": {"apiKey": "k", "apiSecret": "s"},
+            "config": {"name": "n", "type": "scalping"},
+            "extra": 1
+        });
+        let err = serde_json::from_value::<StartRunnerRequest>(body).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let c = Credentials {
+            api_key: "AKIA-visible?".into(),
+            api_secret: "s3cr3t".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("AKIA"));
+    }
+
+    #[test]
+    fn positions_serialize_with_the_seed_field_names() {
+        let p = Position {
+            instrument_name: "BTC-PERPETUAL".into(),
+            side: Side::Long,
+            amount: Decimal::from(100),
+            entry_price: Decimal::from(50_000),
+            unrealized_pnl: Decimal::new(15, 1),
+            realized_pnl: Decimal::ZERO,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        assert_eq!(v["instrumentName"], "BTC-PERPETUAL");
+        assert_eq!(v["side"], "long");
+        assert_eq!(v["amount"], 100.0);
+        assert_eq!(v["unrealizedPnL"], 1.5);
+    }
+}

@@ -1,0 +1,17 @@
+//! runfleet's shared library: the job model, the job queue and its backends, the fleet's state
+//! store (Redis schema and scripts, and the in-memory store of the embedded mode), layered
+//! configuration, telemetry set-up, credentials sealing, and the runner lifecycle library.
+//!
+//! The orchestrator and worker-node binaries are thin layers over this crate.
+
+pub mod config;
+pub mod crypto;
+pub mod ids;
+pub mod job;
+pub mod keys;
+pub mod queue;
+pub mod redis_pool;
+pub mod telemetry;
+pub mod tier;
+
+pub use runfleet_lifecycle as lifecycle;

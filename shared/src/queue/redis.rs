@@ -1,0 +1,191 @@
+//! Redis-list queue: `LPUSH` onto a ready list, claims move ids to a per-node processing list.
+//!
+//! A claim first runs [`queue_claim.lua`](../scripts/queue_claim.lua), which moves up to `max`
+//! ids in one round trip. Only when that finds nothing does the node block, with `BLMOVE` on a
+//! connection of its own (Lua cannot block); a job that arrives wakes it, and the rest of the
+//! batch is taken with the script again.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::Script;
+
+use super::{Delivery, JobQueue, QueueError};
+use crate::ids::{JobId, NodeId};
+use crate::keys::Keys;
+use crate::redis_pool::{RedisPools, block_seconds};
+
+static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/queue_claim.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/queue_release.lua")));
+static RECOVER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/queue_recover.lua")));
+
+/// A queue in Redis lists. Cloning shares the pools.
+#[derive(Debug, Clone)]
+pub struct RedisQueue {
+    pools: RedisPools,
+    keys: Keys,
+    name: String,
+}
+
+impl RedisQueue {
+    /// The queue `name` under the key prefix of `keys`.
+    pub fn new(pools: RedisPools, keys: Keys, name: impl Into<String>) -> Self {
+        Self {
+            pools,
+            keys,
+            name: name.into(),
+        }
+    }
+
+    fn ready(&self) -> String {
+        self.keys.ready(&self.name)
+    }
+
+    fn processing(&self, node: &NodeId) -> String {
+        self.keys.processing(&self.name, node)
+    }
+
+    /// Nodes that hold (or held) a processing list, for orphan recovery.
+    pub async fn claimers(&self) -> Result<Vec<NodeId>, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let ids: Vec<String> = ::redis::cmd("SMEMBERS")
+            .arg(self.keys.claimers(&self.name))
+            .query_async(&mut *conn)
+            .await?;
+        Ok(ids.into_iter().map(NodeId::new).collect())
+    }
+
+    async fn claim_now(&self, node: &NodeId, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let ids: Vec<String> = CLAIM
+            .key(self.ready())
+            .key(self.processing(node))
+            .key(self.keys.claimers(&self.name))
+            .arg(max)
+            .arg(node.as_str())
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(ids
+            .into_iter()
+            .map(|id| Delivery::untagged(JobId::new(id)))
+            .collect())
+    }
+}
+
+impl JobQueue for RedisQueue {
+    async fn enqueue(&self, jobs: &[JobId]) -> Result<(), QueueError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pools.commands.get().await?;
+        let ids: Vec<&str> = jobs.iter().map(JobId::as_str).collect();
+        let () = ::redis::cmd("LPUSH")
+            .arg(self.ready())
+            .arg(&ids)
+            .query_async(&mut *conn)
+            .await
+            .map(|_: i64| ())?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        node: &NodeId,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let got = self.claim_now(node, max).await?;
+        if !got.is_empty() || wait.is_zero() {
+            return Ok(got);
+        }
+        let first: Option<String> = {
+            let mut conn = self.pools.blocking.get().await?;
+            ::redis::cmd("BLMOVE")
+                .arg(self.ready())
+                .arg(self.processing(node))
+                .arg("RIGHT")
+                .arg("LEFT")
+                .arg(block_seconds(wait))
+                .query_async(&mut *conn)
+                .await?
+        };
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![Delivery::untagged(JobId::new(first))];
+        if max > 1 {
+            out.extend(self.claim_now(node, max - 1).await?);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let key = self.processing(node);
+        let mut pipe = ::redis::pipe();
+        for d in deliveries {
+            pipe.cmd("LREM")
+                .arg(&key)
+                .arg(1)
+                .arg(d.job_id.as_str())
+                .ignore();
+        }
+        let mut conn = self.pools.commands.get().await?;
+        let () = pipe.query_async(&mut *conn).await?;
+        Ok(())
+    }
+
+    async fn release(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pools.commands.get().await?;
+        let mut invocation = RELEASE.key(self.ready());
+        invocation.key(self.processing(node));
+        for d in deliveries {
+            invocation.arg(d.job_id.as_str());
+        }
+        let _: i64 = invocation.invoke_async(&mut *conn).await?;
+        Ok(())
+    }
+
+    async fn remove(&self, job: &JobId) -> Result<bool, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let removed: i64 = ::redis::cmd("LREM")
+            .arg(self.ready())
+            .arg(0)
+            .arg(job.as_str())
+            .query_async(&mut *conn)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let n: u64 = ::redis::cmd("LLEN")
+            .arg(self.ready())
+            .query_async(&mut *conn)
+            .await?;
+        Ok(n)
+    }
+
+    async fn recover(&self, node: &NodeId) -> Result<u64, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let n: u64 = RECOVER
+            .key(self.ready())
+            .key(self.processing(node))
+            .key(self.keys.claimers(&self.name))
+            .arg(node.as_str())
+            .invoke_async(&mut *conn)
+            .await?;
+        Ok(n)
+    }
+}
