@@ -11,6 +11,7 @@ pub mod job;
 pub mod keys;
 pub mod queue;
 pub mod redis_pool;
+pub mod store;
 pub mod telemetry;
 pub mod tier;
 

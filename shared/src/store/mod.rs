@@ -1,0 +1,290 @@
+//! The fleet's shared state: job records, tier limits, leases with fencing epochs, heartbeats,
+//! and the commands orchestrators send to worker nodes.
+//!
+//! Split into small capability traits ([`JobStore`], [`LeaseStore`], [`CommandBus`],
+//! [`Subscriptions`]); [`FleetStore`] is all of them. [`RedisStore`] is the real one (all shared
+//! state lives in Redis, see docs/redis-schema.md); [`MemoryStore`] backs the embedded mode.
+//! Every transition that must not interleave with another process (admission against a tier
+//! limit, a claim that bumps the epoch, a fenced heartbeat, a stop) is one atomic step: one Lua
+//! script in Redis, one critical section in memory.
+
+mod memory;
+mod redis;
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+use crate::ids::{JobId, NodeId, UserId};
+use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
+use crate::redis_pool::RedisError;
+use crate::tier::{Subscription, Tier, TierLimits};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis failed or is unreachable.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Redis(e.into())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for StoreError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        StoreError::Redis(e.into())
+    }
+}
+
+impl StoreError {
+    pub(crate) fn data(what: impl Into<String>) -> Self {
+        StoreError::Redis(RedisError::Data(what.into()))
+    }
+}
+
+/// Result of an admission attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The job was recorded as queued and holds one of the user's slots.
+    Admitted {
+        /// The tier in force.
+        tier: Tier,
+        /// Its limit.
+        limit: u32,
+        /// Slots held now, this job included.
+        current: u32,
+    },
+    /// The user already holds every slot of their tier; nothing was written.
+    LimitReached {
+        /// The tier in force.
+        tier: Tier,
+        /// Its limit.
+        limit: u32,
+        /// Slots held.
+        current: u32,
+    },
+}
+
+/// What a claim found for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The job is now leased to the claiming node.
+    Claimed(Lease),
+    /// The job must not run (stopped while queued, already running under a live lease,
+    /// unknown): the node acknowledges the delivery and drops it.
+    Dropped {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One runner's report in a node's heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerBeat {
+    /// The job.
+    pub job_id: JobId,
+    /// The epoch of the node's lease on it.
+    pub epoch: u64,
+    /// Open positions now.
+    pub positions: Vec<Position>,
+    /// Stats now.
+    pub stats: Stats,
+}
+
+/// A node's own liveness report, sent with its runners' heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// The node.
+    pub node_id: NodeId,
+    /// Runners it can hold.
+    pub capacity: u32,
+    /// Runners it holds.
+    pub runners: u32,
+    /// When the node process started (ms, node clock; informational only).
+    pub started_at: u64,
+}
+
+/// How a run ended, as its node reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    /// `Stopped`, `Failed` or `Crashed`.
+    pub status: JobStatus,
+    /// Why, for failures.
+    pub error: Option<String>,
+    /// Positions the stop closed.
+    pub flattened_positions: Option<u32>,
+    /// Positions left open.
+    pub positions: Vec<Position>,
+    /// Final stats.
+    pub stats: Stats,
+}
+
+/// A command addressed to one worker node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "camelCase")]
+pub enum NodeCommand {
+    /// Stop a runner.
+    #[serde(rename_all = "camelCase")]
+    Stop {
+        /// The job.
+        job_id: JobId,
+        /// The epoch the stop applies to.
+        epoch: u64,
+        /// Flatten or hold.
+        mode: StopMode,
+    },
+}
+
+/// What a stop request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopRequest {
+    /// No such job.
+    NotFound,
+    /// The job had already ended with this status; nothing changed.
+    AlreadyEnded(JobStatus),
+    /// The job was not running (queued or crashed): it is stopped now, nothing to flatten.
+    Stopped,
+    /// The job runs on `node`; the stop command was sent there.
+    Sent {
+        /// The node running it.
+        node: NodeId,
+    },
+}
+
+/// Job records: admission, reads.
+pub trait JobStore: Send + Sync {
+    /// Records `spec` as queued if the user's tier (resolved against the store's clock) has a
+    /// free slot; takes the slot in the same atomic step.
+    fn admit(
+        &self,
+        spec: &JobSpec,
+        limits: &TierLimits,
+    ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
+
+    /// Deletes an admitted job that could not be enqueued, giving its slot back.
+    fn forget(
+        &self,
+        job: &JobId,
+        user: &UserId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One job's record.
+    fn job(
+        &self,
+        job: &JobId,
+    ) -> impl Future<Output = Result<Option<JobRecord>, StoreError>> + Send;
+
+    /// The spec of a job (with sealed credentials), for whoever runs it.
+    fn spec(&self, job: &JobId)
+    -> impl Future<Output = Result<Option<JobSpec>, StoreError>> + Send;
+
+    /// A user's jobs, oldest first (finished ones until their retention passes).
+    fn user_jobs(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
+}
+
+/// Leases: claims with fencing epochs, heartbeats, ends of runs.
+pub trait LeaseStore: Send + Sync {
+    /// Records `node`'s claim of each job: bumps its epoch, marks it running, starts a lease of
+    /// `lease`. Jobs that must not run are reported as dropped.
+    fn claim(
+        &self,
+        node: &NodeId,
+        jobs: &[JobId],
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimOutcome>, StoreError>> + Send;
+
+    /// Renews the node's own liveness and every runner's lease in one round trip, storing their
+    /// positions and stats. Returns the jobs whose beat was refused (stale epoch, or no longer
+    /// the node's): their runners must stop without trading further.
+    fn renew(
+        &self,
+        node: &NodeInfo,
+        beats: &[RunnerBeat],
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
+
+    /// Records the end of a run, if `epoch` is still current. Frees the user's slot when the
+    /// job ends for good. Returns whether the write was accepted.
+    fn finish(
+        &self,
+        node: &NodeId,
+        spec: &JobSpec,
+        epoch: u64,
+        end: RunEnd,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Marks a running job queued again (a node handing it back at shutdown), if `epoch` is
+    /// current. The caller then enqueues it. Returns whether it was accepted.
+    fn hand_back(
+        &self,
+        node: &NodeId,
+        job: &JobId,
+        epoch: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Live nodes, newest heartbeat first.
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeInfo>, StoreError>> + Send;
+}
+
+/// Commands from orchestrators to nodes.
+pub trait CommandBus: Send + Sync {
+    /// Stops a job: at once when it is not running, else by sending its node a stop command.
+    fn request_stop(
+        &self,
+        job: &JobId,
+        mode: StopMode,
+    ) -> impl Future<Output = Result<StopRequest, StoreError>> + Send;
+
+    /// The next command for `node`, waiting up to `wait`.
+    fn next_command(
+        &self,
+        node: &NodeId,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Option<NodeCommand>, StoreError>> + Send;
+}
+
+/// Subscriptions (tiers) and the store's clock.
+pub trait Subscriptions: Send + Sync {
+    /// The store's clock, ms since the Unix epoch (Redis `TIME` for Redis).
+    fn now_ms(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// A user's stored subscription, expired or not.
+    fn subscription(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Option<Subscription>, StoreError>> + Send;
+
+    /// Gives a user `tier` for `days` from now (store clock).
+    fn subscribe(
+        &self,
+        user: &UserId,
+        tier: Tier,
+        days: u32,
+    ) -> impl Future<Output = Result<Subscription, StoreError>> + Send;
+
+    /// Slots a user holds against their limit.
+    fn active_count(&self, user: &UserId) -> impl Future<Output = Result<u32, StoreError>> + Send;
+}
+
+/// Everything a fleet process needs from shared state.
+pub trait FleetStore: JobStore + LeaseStore + CommandBus + Subscriptions + Clone + 'static {}
+
+impl<T: JobStore + LeaseStore + CommandBus + Subscriptions + Clone + 'static> FleetStore for T {}
+
+/// How long a finished job's record is kept for the status call.
+pub const FINISHED_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+const DAY_MS: u64 = 24 * 3600 * 1000;

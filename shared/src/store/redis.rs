@@ -1,0 +1,491 @@
+//! The Redis store. Key names come from [`Keys`]; every multi-key transition is one script
+//! from `src/scripts/` (see docs/redis-schema.md for the layout).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use ::redis::{Script, Value};
+
+use super::{
+    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, JobStore, LeaseStore,
+    NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
+};
+use crate::ids::{JobId, NodeId, UserId};
+use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
+use crate::keys::Keys;
+use crate::redis_pool::{RedisPools, block_seconds};
+use crate::tier::{Subscription, Tier, TierLimits};
+
+macro_rules! script {
+    ($name:ident, $file:literal) => {
+        static $name: LazyLock<Script> =
+            LazyLock::new(|| Script::new(include_str!(concat!("../scripts/", $file))));
+    };
+}
+script!(ADMIT, "store_admit.lua");
+script!(CLAIM, "store_claim.lua");
+script!(RENEW, "store_renew.lua");
+script!(FINISH, "store_finish.lua");
+script!(HAND_BACK, "store_hand_back.lua");
+script!(STOP, "store_stop.lua");
+
+/// Fleet state in Redis. Cloning shares the pools.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    pools: RedisPools,
+    keys: Keys,
+}
+
+impl RedisStore {
+    /// A store under the key prefix of `keys`.
+    pub fn new(pools: RedisPools, keys: Keys) -> Self {
+        Self { pools, keys }
+    }
+
+    /// The key schema in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        Ok(self.pools.commands.get().await?)
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    field: &str,
+    raw: Option<&String>,
+) -> Result<T, StoreError> {
+    let raw = raw.ok_or_else(|| StoreError::data(format!("job hash lacks '{field}'")))?;
+    serde_json::from_str(raw).map_err(|e| StoreError::data(format!("job field '{field}': {e}")))
+}
+
+/// Builds a [`JobRecord`] from a job hash (`HGETALL`). `None` for a missing hash.
+fn record_from_hash(h: &HashMap<String, String>) -> Result<Option<JobRecord>, StoreError> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let spec: JobSpec = parse("spec", h.get("spec"))?;
+    let num = |f: &str| h.get(f).and_then(|v| v.parse::<u64>().ok());
+    let status = h
+        .get("status")
+        .and_then(|s| JobStatus::parse(s))
+        .ok_or_else(|| StoreError::data("job hash has no valid status"))?;
+    let mut record = JobRecord::queued(&spec, num("created").unwrap_or(0));
+    record.status = status;
+    record.node_id = h
+        .get("node")
+        .filter(|n| !n.is_empty())
+        .map(|n| NodeId::new(n.as_str()));
+    record.epoch = num("epoch").unwrap_or(0);
+    record.restarts = num("restarts").unwrap_or(0) as u32;
+    record.started_at = num("started");
+    record.ended_at = num("ended");
+    record.last_heartbeat_at = num("hb");
+    record.error = h.get("error").cloned();
+    record.stop_mode = h.get("stop_mode").and_then(|m| match m.as_str() {
+        "flatten" => Some(StopMode::Flatten),
+        "hold" => Some(StopMode::Hold),
+        _ => None,
+    });
+    record.flattened_positions = num("flattened").map(|n| n as u32);
+    if h.contains_key("positions") {
+        record.positions = parse("positions", h.get("positions"))?;
+    }
+    if h.contains_key("stats") {
+        record.stats = parse("stats", h.get("stats"))?;
+    }
+    Ok(Some(record))
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+impl JobStore for RedisStore {
+    async fn admit(&self, spec: &JobSpec, limits: &TierLimits) -> Result<Admission, StoreError> {
+        let k = &self.keys;
+        let (code, tier, limit, current): (i64, String, u32, u32) = ADMIT
+            .key(k.job(&spec.id))
+            .key(k.user_jobs(&spec.user_id))
+            .key(k.user_active(&spec.user_id))
+            .key(k.subscription(&spec.user_id))
+            .arg(spec.id.as_str())
+            .arg(spec.user_id.as_str())
+            .arg(json(spec))
+            .arg(limits.free)
+            .arg(limits.basic)
+            .arg(limits.pro)
+            .arg(limits.enterprise)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        let tier: Tier = tier.parse().map_err(StoreError::data)?;
+        match code {
+            1 => Ok(Admission::Admitted {
+                tier,
+                limit,
+                current,
+            }),
+            0 => Ok(Admission::LimitReached {
+                tier,
+                limit,
+                current,
+            }),
+            _ => Err(StoreError::data(format!(
+                "job id {} already exists",
+                spec.id
+            ))),
+        }
+    }
+
+    async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let () = ::redis::pipe()
+            .atomic()
+            .del(k.job(job))
+            .srem(k.user_active(user), job.as_str())
+            .zrem(k.user_jobs(user), job.as_str())
+            .ignore()
+            .query_async(&mut *self.conn().await?)
+            .await
+            .map(|_: Value| ())?;
+        Ok(())
+    }
+
+    async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let h: HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(self.keys.job(job))
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        record_from_hash(&h)
+    }
+
+    async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
+        let raw: Option<String> = ::redis::cmd("HGET")
+            .arg(self.keys.job(job))
+            .arg("spec")
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        raw.map(|r| parse("spec", Some(&r))).transpose()
+    }
+
+    async fn user_jobs(&self, user: &UserId) -> Result<Vec<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let index = self.keys.user_jobs(user);
+        let ids: Vec<String> = ::redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.keys.job(&JobId::new(id.as_str())));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut *conn).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for (id, h) in ids.iter().zip(&hashes) {
+            match record_from_hash(h)? {
+                Some(r) => records.push(r),
+                None => gone.push(id.as_str()),
+            }
+        }
+        if !gone.is_empty() {
+            // Records past their retention expired; drop them from the index too.
+            let _: i64 = ::redis::cmd("ZREM")
+                .arg(&index)
+                .arg(&gone)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        Ok(records)
+    }
+}
+
+impl LeaseStore for RedisStore {
+    async fn claim(
+        &self,
+        node: &NodeId,
+        jobs: &[JobId],
+        lease: Duration,
+    ) -> Result<Vec<ClaimOutcome>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.keys;
+        let mut inv = CLAIM.key(k.leases());
+        inv.key(k.node_jobs(node))
+            .arg(node.as_str())
+            .arg(lease.as_millis() as u64);
+        for j in jobs {
+            inv.key(k.job(j)).key(k.heartbeat(j)).arg(j.as_str());
+        }
+        let rows: Vec<Vec<Value>> = inv.invoke_async(&mut *self.conn().await?).await?;
+        rows.into_iter()
+            .map(|row| {
+                let id = row
+                    .first()
+                    .and_then(text)
+                    .ok_or_else(|| StoreError::data("claim row"))?;
+                let what = row.get(1).and_then(text).unwrap_or_default();
+                if what != "claimed" {
+                    return Ok(ClaimOutcome::Dropped {
+                        job_id: JobId::new(id),
+                        reason: what,
+                    });
+                }
+                let epoch = row
+                    .get(2)
+                    .and_then(text)
+                    .and_then(|e| e.parse().ok())
+                    .unwrap_or(0);
+                let spec: JobSpec = parse("spec", row.get(3).and_then(text).as_ref())?;
+                Ok(ClaimOutcome::Claimed(Lease { spec, epoch }))
+            })
+            .collect()
+    }
+
+    async fn renew(
+        &self,
+        node: &NodeInfo,
+        beats: &[RunnerBeat],
+        lease: Duration,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let k = &self.keys;
+        let mut inv = RENEW.key(k.leases());
+        inv.key(k.node(&node.node_id))
+            .key(k.nodes())
+            .arg(node.node_id.as_str())
+            .arg(lease.as_millis() as u64)
+            .arg(json(node));
+        for b in beats {
+            inv.key(k.job(&b.job_id))
+                .key(k.heartbeat(&b.job_id))
+                .arg(b.job_id.as_str())
+                .arg(b.epoch)
+                .arg(json(&b.positions))
+                .arg(json(&b.stats));
+        }
+        let refused: Vec<String> = inv.invoke_async(&mut *self.conn().await?).await?;
+        Ok(refused.into_iter().map(JobId::new).collect())
+    }
+
+    async fn finish(
+        &self,
+        node: &NodeId,
+        spec: &JobSpec,
+        epoch: u64,
+        end: RunEnd,
+    ) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let accepted: i64 = FINISH
+            .key(k.job(&spec.id))
+            .key(k.heartbeat(&spec.id))
+            .key(k.leases())
+            .key(k.user_active(&spec.user_id))
+            .key(k.node_jobs(node))
+            .arg(spec.id.as_str())
+            .arg(epoch)
+            .arg(node.as_str())
+            .arg(end.status.as_str())
+            .arg(end.error.unwrap_or_default())
+            .arg(
+                end.flattened_positions
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(json(&end.positions))
+            .arg(json(&end.stats))
+            .arg(FINISHED_RETENTION.as_secs())
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(accepted == 1)
+    }
+
+    async fn hand_back(&self, node: &NodeId, job: &JobId, epoch: u64) -> Result<bool, StoreError> {
+        let k = &self.keys;
+        let accepted: i64 = HAND_BACK
+            .key(k.job(job))
+            .key(k.heartbeat(job))
+            .key(k.leases())
+            .key(k.node_jobs(node))
+            .arg(job.as_str())
+            .arg(epoch)
+            .arg(node.as_str())
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(accepted == 1)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = ::redis::cmd("ZREVRANGE")
+            .arg(self.keys.nodes())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let node_keys: Vec<String> = ids
+            .iter()
+            .map(|n| self.keys.node(&NodeId::new(n.as_str())))
+            .collect();
+        let infos: Vec<Option<String>> = ::redis::cmd("MGET")
+            .arg(&node_keys)
+            .query_async(&mut *conn)
+            .await?;
+        let (live, dead): (Vec<_>, Vec<_>) = ids.iter().zip(infos).partition(|(_, i)| i.is_some());
+        if !dead.is_empty() {
+            let dead: Vec<&String> = dead.into_iter().map(|(id, _)| id).collect();
+            let _: i64 = ::redis::cmd("ZREM")
+                .arg(self.keys.nodes())
+                .arg(&dead)
+                .query_async(&mut *conn)
+                .await?;
+        }
+        Ok(live
+            .into_iter()
+            .filter_map(|(_, i)| i.and_then(|i| serde_json::from_str(&i).ok()))
+            .collect())
+    }
+}
+
+impl CommandBus for RedisStore {
+    async fn request_stop(&self, job: &JobId, mode: StopMode) -> Result<StopRequest, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn().await?;
+        // The command list's key depends on the node, which the script must be told up front;
+        // if the job moved in between, read again (bounded: moves are rare).
+        for _ in 0..3 {
+            let (user, node): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
+                .arg(k.job(job))
+                .arg("user")
+                .arg("node")
+                .query_async(&mut *conn)
+                .await?;
+            let Some(user) = user else {
+                return Ok(StopRequest::NotFound);
+            };
+            let node = NodeId::new(node.unwrap_or_default());
+            let reply: Vec<String> = STOP
+                .key(k.job(job))
+                .key(k.user_active(&UserId::new(user)))
+                .key(k.heartbeat(job))
+                .key(k.leases())
+                .key(k.commands(&node))
+                .arg(job.as_str())
+                .arg(mode.as_str())
+                .arg(node.as_str())
+                .arg(FINISHED_RETENTION.as_secs())
+                .invoke_async(&mut *conn)
+                .await?;
+            return Ok(match reply.first().map(String::as_str) {
+                Some("missing") => StopRequest::NotFound,
+                Some("ended") => StopRequest::AlreadyEnded(
+                    reply
+                        .get(1)
+                        .and_then(|s| JobStatus::parse(s))
+                        .unwrap_or(JobStatus::Stopped),
+                ),
+                Some("stopped") => StopRequest::Stopped,
+                Some("sent") => StopRequest::Sent { node },
+                Some("moved") => continue,
+                other => return Err(StoreError::data(format!("stop script answered {other:?}"))),
+            });
+        }
+        Err(StoreError::data(format!(
+            "job {job} kept moving between nodes during stop"
+        )))
+    }
+
+    async fn next_command(
+        &self,
+        node: &NodeId,
+        wait: Duration,
+    ) -> Result<Option<NodeCommand>, StoreError> {
+        let popped: Option<(String, String)> = {
+            let mut conn = self.pools.blocking.get().await?;
+            ::redis::cmd("BLPOP")
+                .arg(self.keys.commands(node))
+                .arg(block_seconds(wait))
+                .query_async(&mut *conn)
+                .await?
+        };
+        popped
+            .map(|(_, raw)| {
+                serde_json::from_str(&raw).map_err(|e| StoreError::data(format!("command: {e}")))
+            })
+            .transpose()
+    }
+}
+
+impl Subscriptions for RedisStore {
+    async fn now_ms(&self) -> Result<u64, StoreError> {
+        let (secs, micros): (u64, u64) = ::redis::cmd("TIME")
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn subscription(&self, user: &UserId) -> Result<Option<Subscription>, StoreError> {
+        let (tier, expires): (Option<String>, Option<u64>) = ::redis::cmd("HMGET")
+            .arg(self.keys.subscription(user))
+            .arg("tier")
+            .arg("expiresAtMs")
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(match (tier.and_then(|t| t.parse::<Tier>().ok()), expires) {
+            (Some(tier), Some(expires_at_ms)) => Some(Subscription {
+                tier,
+                expires_at_ms,
+            }),
+            _ => None,
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        user: &UserId,
+        tier: Tier,
+        days: u32,
+    ) -> Result<Subscription, StoreError> {
+        let sub = Subscription {
+            tier,
+            expires_at_ms: self.now_ms().await? + u64::from(days) * DAY_MS,
+        };
+        let () = ::redis::cmd("HSET")
+            .arg(self.keys.subscription(user))
+            .arg("tier")
+            .arg(tier.as_str())
+            .arg("expiresAtMs")
+            .arg(sub.expires_at_ms)
+            .query_async(&mut *self.conn().await?)
+            .await
+            .map(|_: i64| ())?;
+        Ok(sub)
+    }
+
+    async fn active_count(&self, user: &UserId) -> Result<u32, StoreError> {
+        let n: u32 = ::redis::cmd("SCARD")
+            .arg(self.keys.user_active(user))
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(n)
+    }
+}
