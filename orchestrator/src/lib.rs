@@ -1,1 +1,50 @@
-pub fn placeholder() {}
+//! runfleet's orchestrator as a library: the HTTP API ([`app`]) over any [`FleetStore`] and
+//! [`JobQueue`]. The `runfleet-orchestrator` binary serves it on Redis, or in the embedded mode
+//! on the in-memory backend with a worker pool in the same process.
+
+pub mod api;
+pub mod error;
+pub mod extract;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use runfleet::queue::JobQueue;
+use runfleet::store::FleetStore;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use api::AppState;
+
+/// The API's router.
+pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router {
+    let http = &state.settings.http;
+    let timeout = Duration::from_millis(http.request_timeout_ms);
+    let body_limit = http.body_limit_bytes;
+    Router::new()
+        .route("/healthz", get(api::healthz::<S, Q>))
+        .route("/v1/runners", post(api::start::<S, Q>))
+        .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
+        .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
+        .route("/v1/users/{user_id}/runners", get(api::status::<S, Q>))
+        .route(
+            "/v1/users/{user_id}/entitlement",
+            get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
+        )
+        .route("/v1/nodes", get(api::nodes::<S, Q>))
+        // The seed's routes, kept for clients written against it.
+        .route("/runner/start", post(api::start::<S, Q>))
+        .route("/runner/stop", post(api::stop_compat::<S, Q>))
+        .route("/runner/status", get(api::status_compat::<S, Q>))
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

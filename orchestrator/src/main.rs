@@ -1,1 +1,142 @@
-fn main() {}
+//! `runfleet-orchestrator`: the fleet's stateless HTTP API. With `--embedded` it also runs a
+//! worker pool in the same process on the in-memory backend, and needs nothing else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use runfleet::config::{QueueBackend, Settings};
+use runfleet::keys::Keys;
+use runfleet::queue::{JobQueue, MemoryQueue, RedisQueue};
+use runfleet::redis_pool::RedisPools;
+use runfleet::store::{FleetStore, MemoryStore, RedisStore};
+use runfleet::{shutdown, telemetry};
+use runfleet_orchestrator::{AppState, app};
+use runfleet_worker::{NodeConfig, WorkerNode};
+use tokio_util::sync::CancellationToken;
+
+/// A runfleet orchestrator. Settings come from built-in defaults, then `--config`, then
+/// `RUNFLEET__SECTION__KEY` environment variables (see docs/configuration.md).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML settings file.
+    #[arg(long, env = "RUNFLEET_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run orchestrator and worker pool in this one process on the in-memory backend.
+    #[arg(long)]
+    embedded: bool,
+    /// Address to listen on (overrides `http.bind`).
+    #[arg(long)]
+    bind: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if args.embedded {
+        settings.queue.backend = QueueBackend::Memory;
+    }
+    if let Some(bind) = args.bind {
+        settings.http.bind = bind;
+    }
+    telemetry::init(&settings.telemetry);
+    let cipher = settings.credential_cipher()?;
+    let settings = Arc::new(settings);
+    match settings.queue.backend {
+        QueueBackend::Memory => {
+            let (store, queue) = (MemoryStore::new(), MemoryQueue::new());
+            let config = NodeConfig::from_settings(&settings, settings.node.embedded_capacity);
+            let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
+            serve(
+                AppState {
+                    store,
+                    queue,
+                    cipher,
+                    settings,
+                },
+                Some(node),
+            )
+            .await
+        }
+        QueueBackend::Redis => {
+            let pools = RedisPools::new(&settings.redis).context("redis settings")?;
+            match pools.check().await {
+                Ok(Some(policy)) => tracing::warn!(
+                    policy,
+                    "redis maxmemory-policy is not noeviction: an evicted lease strands its job"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis is not reachable yet; answering 503 until it is")
+                }
+            }
+            let keys = Keys::new(settings.redis.key_prefix.clone());
+            let store = RedisStore::new(pools.clone(), keys.clone());
+            let queue = RedisQueue::new(pools, keys, settings.queue.name.clone());
+            serve::<_, _, MemoryStore, MemoryQueue>(
+                AppState {
+                    store,
+                    queue,
+                    cipher,
+                    settings,
+                },
+                None,
+            )
+            .await
+        }
+        QueueBackend::Rabbitmq => {
+            anyhow::bail!("queue.backend = rabbitmq is not available in this version; use redis")
+        }
+    }
+}
+
+/// Serves the API (and, embedded, runs the worker pool) until SIGTERM or Ctrl-C, then drains
+/// both within the shutdown deadline.
+async fn serve<S, Q, NS, NQ>(
+    state: AppState<S, Q>,
+    node: Option<WorkerNode<NS, NQ>>,
+) -> anyhow::Result<()>
+where
+    S: FleetStore,
+    Q: JobQueue + Clone,
+    NS: FleetStore,
+    NQ: JobQueue + Clone,
+{
+    let deadline = Duration::from_millis(state.settings.shutdown.deadline_ms);
+    let listener = tokio::net::TcpListener::bind(&state.settings.http.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", state.settings.http.bind))?;
+    let addr = listener.local_addr()?;
+    let mode = if node.is_some() {
+        "embedded"
+    } else {
+        "distributed"
+    };
+    tracing::info!(%addr, mode, "orchestrator listening on http://{addr}");
+    let token = CancellationToken::new();
+    let router = app(state);
+    let work = {
+        let token = token.clone();
+        async move {
+            let http = axum::serve(listener, router)
+                .with_graceful_shutdown(token.clone().cancelled_owned());
+            let workers = async {
+                if let Some(node) = node {
+                    node.run(token.clone()).await;
+                }
+            };
+            let (served, ()) = tokio::join!(http, workers);
+            if let Err(e) = served {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }
+    };
+    if !shutdown::run_until_signal(token, work, deadline).await {
+        std::process::exit(1);
+    }
+    Ok(())
+}

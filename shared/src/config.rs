@@ -97,10 +97,11 @@ impl Default for RedisSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueBackend {
-    /// In-process queue and state: the embedded mode.
-    #[default]
+    /// In-process queue and state: the embedded mode (orchestrator and worker pool in one
+    /// process; `runfleet-orchestrator --embedded` selects it).
     Memory,
     /// Redis lists with reliable claims.
+    #[default]
     Redis,
     /// RabbitMQ (state stays in Redis).
     Rabbitmq,
@@ -349,6 +350,29 @@ impl Settings {
     /// Heartbeat interval as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat.interval_ms)
+    }
+
+    /// The cipher for users' credentials: from `security.credentials_key`; in the embedded
+    /// mode a random per-process key when none is set.
+    pub fn credential_cipher(&self) -> Result<crate::crypto::CredentialCipher, ConfigError> {
+        match (&self.security.credentials_key, self.queue.backend) {
+            (Some(key), _) => crate::crypto::CredentialCipher::from_base64(key).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "security.credentials_key",
+                    reason: e.to_string(),
+                }
+            }),
+            (None, QueueBackend::Memory) => Ok(crate::crypto::CredentialCipher::ephemeral()),
+            (None, _) => Err(ConfigError::Invalid {
+                key: "security.credentials_key",
+                reason: format!(
+                    "required in distributed mode: every orchestrator and worker node needs the \
+                     same key, 32 random bytes in base64 (for example \
+                     RUNFLEET__SECURITY__CREDENTIALS_KEY={})",
+                    crate::crypto::CredentialCipher::generate_key_base64()
+                ),
+            }),
+        }
     }
 
     /// Lease length as a duration.

@@ -4,6 +4,7 @@
 //!
 //! The orchestrator and worker-node binaries are thin layers over this crate.
 
+pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod ids;
@@ -11,6 +12,7 @@ pub mod job;
 pub mod keys;
 pub mod queue;
 pub mod redis_pool;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tier;

@@ -1,0 +1,455 @@
+//! HTTP handlers. Each one validates its input completely before it writes anything, then
+//! makes the fewest store calls it can; none keeps state of its own, so any number of
+//! orchestrators answer alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use runfleet::catalog::{self, check_id};
+use runfleet::config::Settings;
+use runfleet::crypto::CredentialCipher;
+use runfleet::ids::{JobId, UserId};
+use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
+use runfleet::queue::JobQueue;
+use runfleet::store::{Admission, FleetStore, StopRequest};
+use runfleet::tier::{Subscription, Tier};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+
+/// What every handler shares: the store, the queue, the credentials cipher and the settings.
+#[derive(Debug)]
+pub struct AppState<S, Q> {
+    /// Shared fleet state.
+    pub store: S,
+    /// The job queue.
+    pub queue: Q,
+    /// Seals users' credentials.
+    pub cipher: CredentialCipher,
+    /// Settings (tier limits, stop wait, admin key).
+    pub settings: Arc<Settings>,
+}
+
+impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            cipher: self.cipher.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+fn user_id(raw: &str) -> Result<UserId, ApiError> {
+    check_id("userId", raw, 128).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    Ok(UserId::new(raw))
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    check_id("jobId", raw, 128).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    Ok(JobId::new(raw))
+}
+
+/// `GET /healthz`: 200 when the store answers, 503 otherwise.
+pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+) -> Result<Json<Value>, ApiError> {
+    let now = app.store.now_ms().await?;
+    Ok(Json(json!({ "status": "ok", "storeTime": now })))
+}
+
+/// `POST /v1/runners` (and `/runner/start`): admit a runner against the user's tier and queue it.
+pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    JsonBody(req): JsonBody<StartRunnerRequest>,
+) -> Result<Response, ApiError> {
+    catalog::validate_start(&req).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let id = JobId::generate();
+    let credentials = app
+        .cipher
+        .seal(&id, &req.credentials)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let spec = JobSpec {
+        id: id.clone(),
+        user_id: req.user_id,
+        strategy_id: req.strategy_id,
+        broker_id: req.broker_id,
+        config: req.config,
+        credentials,
+    };
+    let (tier, limit, current) = match app.store.admit(&spec, &app.settings.tiers).await? {
+        Admission::Admitted {
+            tier,
+            limit,
+            current,
+        } => (tier, limit, current),
+        Admission::LimitReached {
+            tier,
+            limit,
+            current,
+        } => {
+            return Err(ApiError::LimitReached {
+                tier: tier.to_string(),
+                limit,
+                current,
+            });
+        }
+    };
+    if let Err(e) = app.queue.enqueue(std::slice::from_ref(&id)).await {
+        // Undo the admission so the slot is not held by a job that will never run.
+        if let Err(undo) = app.store.forget(&id, &spec.user_id).await {
+            tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
+    let body = json!({
+        "success": true,
+        "jobId": id,
+        "workerId": id,
+        "status": JobStatus::Queued,
+        "message": format!("runner queued ({current} of {limit} runners in use, tier {tier})"),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Body of a stop request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StopBody {
+    /// The runner's owner; must match.
+    pub user_id: String,
+    /// The runner (`/runner/stop` only; the REST route takes it from the path).
+    #[serde(alias = "jobId")]
+    pub worker_id: Option<String>,
+    /// Seed compatibility: `true` = flatten (the default), `false` = hold.
+    pub flatten_positions: Option<bool>,
+    /// `flatten` or `hold`.
+    pub mode: Option<StopMode>,
+}
+
+impl StopBody {
+    fn mode(&self) -> Result<StopMode, ApiError> {
+        match (self.mode, self.flatten_positions) {
+            (Some(StopMode::Flatten), Some(false)) | (Some(StopMode::Hold), Some(true)) => {
+                Err(ApiError::invalid("mode", "contradicts flattenPositions"))
+            }
+            (Some(mode), _) => Ok(mode),
+            (None, Some(false)) => Ok(StopMode::Hold),
+            (None, _) => Ok(StopMode::Flatten),
+        }
+    }
+}
+
+/// `POST /v1/runners/{jobId}/stop`.
+pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    Path(raw_job): Path<String>,
+    JsonBody(body): JsonBody<StopBody>,
+) -> Result<Response, ApiError> {
+    if body.worker_id.as_ref().is_some_and(|w| *w != raw_job) {
+        return Err(ApiError::invalid(
+            "workerId",
+            "differs from the runner in the path",
+        ));
+    }
+    stop_runner(app, job_id(&raw_job)?, body).await
+}
+
+/// `POST /runner/stop` (the seed's shape: the runner is named in the body).
+pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    JsonBody(body): JsonBody<StopBody>,
+) -> Result<Response, ApiError> {
+    let raw = body
+        .worker_id
+        .clone()
+        .ok_or_else(|| ApiError::invalid("workerId", "missing field `workerId`"))?;
+    stop_runner(
+        app,
+        job_id(&raw).map_err(|_| ApiError::invalid("workerId", "not a valid runner id"))?,
+        body,
+    )
+    .await
+}
+
+async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
+    app: AppState<S, Q>,
+    job: JobId,
+    body: StopBody,
+) -> Result<Response, ApiError> {
+    let user = user_id(&body.user_id)?;
+    let mode = body.mode()?;
+    let not_found = || ApiError::NotFound(format!("user {user} has no runner {job}"));
+    let record = app.store.job(&job).await?.ok_or_else(not_found)?;
+    if record.user_id != user {
+        return Err(not_found());
+    }
+    match app.store.request_stop(&job, mode).await? {
+        StopRequest::NotFound => Err(not_found()),
+        StopRequest::AlreadyEnded(status) => {
+            let record = app.store.job(&job).await?.unwrap_or(record);
+            Ok(stopped(
+                StatusCode::OK,
+                &record,
+                format!("runner had already ended ({status})"),
+            ))
+        }
+        StopRequest::Stopped => {
+            if let Err(e) = app.queue.remove(&job).await {
+                // Harmless: the claim step drops a job whose record says stopped.
+                tracing::debug!(job = %job, error = %e, "queued job not removed from the queue");
+            }
+            let record = app.store.job(&job).await?.unwrap_or(record);
+            Ok(stopped(
+                StatusCode::OK,
+                &record,
+                "runner stopped before it ran".into(),
+            ))
+        }
+        StopRequest::Sent { node } => {
+            let wait = Duration::from_millis(app.settings.http.stop_wait_ms);
+            let ended = wait_until_ended(&app.store, &job, wait).await?;
+            Ok(match ended {
+                Some(r) => {
+                    let message = format!(
+                        "runner stopped ({}), {} positions flattened",
+                        mode.as_str(),
+                        r.flattened_positions.unwrap_or(0)
+                    );
+                    stopped(StatusCode::OK, &r, message)
+                }
+                None => {
+                    let body = json!({
+                        "success": true,
+                        "status": JobStatus::Running,
+                        "flattenedPositions": Value::Null,
+                        "message": format!("stop ({}) sent to node {node}; not confirmed within {} ms, check the runner's status", mode.as_str(), wait.as_millis()),
+                    });
+                    (StatusCode::ACCEPTED, Json(body)).into_response()
+                }
+            })
+        }
+    }
+}
+
+fn stopped(status: StatusCode, r: &JobRecord, message: String) -> Response {
+    let body = json!({
+        "success": true,
+        "status": r.status,
+        "message": message,
+        "flattenedPositions": r.flattened_positions.unwrap_or(0),
+        "positions": r.positions,
+        "stats": r.stats,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// Polls a job's record until it has ended or `wait` passes.
+async fn wait_until_ended<S: FleetStore>(
+    store: &S,
+    job: &JobId,
+    wait: Duration,
+) -> Result<Option<JobRecord>, ApiError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut every = Duration::from_millis(20);
+    loop {
+        if let Some(r) = store.job(job).await?
+            && r.status != JobStatus::Running
+        {
+            return Ok(Some(r));
+        }
+        if tokio::time::Instant::now() + every > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(every).await;
+        every = (every * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A runner as the status call shows it: `{worker, positions, stats}`.
+fn runner_view(r: &JobRecord) -> Value {
+    let mut worker = serde_json::to_value(r).unwrap_or_default();
+    let positions = worker
+        .as_object_mut()
+        .and_then(|o| o.remove("positions"))
+        .unwrap_or(json!([]));
+    let stats = worker
+        .as_object_mut()
+        .and_then(|o| o.remove("stats"))
+        .unwrap_or(json!({}));
+    worker["workerId"] = json!(r.job_id);
+    json!({ "worker": worker, "positions": positions, "stats": stats })
+}
+
+/// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners.
+pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    Path(raw_user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_id(&raw_user)?;
+    let jobs = app.store.user_jobs(&user).await?;
+    let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
+    Ok(Json(json!({
+        "success": true,
+        "userId": user,
+        "workers": jobs.iter().map(runner_view).collect::<Vec<_>>(),
+        "queueStats": {
+            "queuedJobs": count(JobStatus::Queued),
+            "runningWorkers": count(JobStatus::Running),
+            "totalWorkers": jobs.len(),
+            "failedJobs": count(JobStatus::Failed),
+        },
+    })))
+}
+
+/// Query of `/runner/status`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Whose runners.
+    pub user_id: String,
+}
+
+/// `GET /runner/status?userId=...` (the seed's shape).
+pub async fn status_compat<S: FleetStore, Q: JobQueue + Clone>(
+    state: State<AppState<S, Q>>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
+    status(state, Path(q.user_id)).await
+}
+
+/// `GET /v1/runners/{jobId}?userId=...`: one runner.
+pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    Path(raw_job): Path<String>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
+    let (job, user) = (job_id(&raw_job)?, user_id(&q.user_id)?);
+    match app.store.job(&job).await? {
+        Some(r) if r.user_id == user => {
+            let mut view = runner_view(&r);
+            view["success"] = json!(true);
+            Ok(Json(view))
+        }
+        _ => Err(ApiError::NotFound(format!(
+            "user {user} has no runner {job}"
+        ))),
+    }
+}
+
+/// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
+pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    Path(raw_user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = user_id(&raw_user)?;
+    let (now, sub, current) = (
+        app.store.now_ms().await?,
+        app.store.subscription(&user).await?,
+        app.store.active_count(&user).await?,
+    );
+    let tier = Subscription::effective_tier(sub.as_ref(), now);
+    let max = app.settings.tiers.limit(tier);
+    let expires = sub
+        .filter(|s| s.tier == tier && tier != Tier::Free)
+        .map(|s| s.expires_at_ms);
+    Ok(Json(json!({
+        "success": true,
+        "userId": user,
+        "isEntitled": current < max,
+        "tier": tier,
+        "maxWorkers": max,
+        "currentWorkers": current,
+        "expiresAt": expires,
+    })))
+}
+
+/// Body of an upgrade.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeBody {
+    /// The tier to grant.
+    pub tier: Tier,
+    /// For how many days from now.
+    pub days: u32,
+}
+
+fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = settings
+        .security
+        .admin_key
+        .as_deref()
+        .filter(|k| !k.is_empty())
+    else {
+        return Err(ApiError::Forbidden(
+            "admin endpoints are disabled: no security.admin_key is configured".into(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized(
+            "missing admin key (Authorization: Bearer <key>)",
+        ))?;
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("wrong admin key"))
+    }
+}
+
+/// `PUT /v1/users/{userId}/entitlement` (admin): the seed's `upgradeUser(userId, tier, days)`.
+pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    Path(raw_user): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<UpgradeBody>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app.settings, &headers)?;
+    let user = user_id(&raw_user)?;
+    if !(1..=3650).contains(&body.days) {
+        return Err(ApiError::invalid("days", "must be from 1 to 3650"));
+    }
+    let sub = app.store.subscribe(&user, body.tier, body.days).await?;
+    tracing::info!(user = %user, tier = %sub.tier, days = body.days, "user upgraded");
+    Ok(Json(json!({
+        "success": true,
+        "userId": user,
+        "tier": sub.tier,
+        "maxWorkers": app.settings.tiers.limit(sub.tier),
+        "expiresAt": sub.expires_at_ms,
+    })))
+}
+
+/// `GET /v1/nodes`: live worker nodes.
+pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+) -> Result<Json<Value>, ApiError> {
+    let nodes = app.store.nodes().await?;
+    let depth = app.queue.depth().await?;
+    Ok(Json(
+        json!({ "success": true, "nodes": nodes, "queuedJobs": depth }),
+    ))
+}
+
+/// Any unknown route.
+pub async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// A known route with the wrong method.
+pub async fn wrong_method() -> ApiError {
+    ApiError::MethodNotAllowed
+}

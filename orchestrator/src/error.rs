@@ -1,0 +1,150 @@
+//! The API's one error type. Every refusal is a JSON body
+//! `{"success": false, "error": {"code", "message", "field"?}}` with a fitting status; internal
+//! details are logged, never returned.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use runfleet::queue::QueueError;
+use runfleet::redis_pool::RedisError;
+use runfleet::store::StoreError;
+use serde_json::json;
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or a parameter is malformed or out of range. Names the field.
+    #[error("{message}")]
+    Invalid {
+        /// JSON path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body is not JSON (wrong content type).
+    #[error("request body must be JSON (content-type: application/json)")]
+    UnsupportedMediaType,
+    /// The body exceeds the size limit.
+    #[error("request body is larger than the server accepts (http.body_limit_bytes)")]
+    PayloadTooLarge,
+    /// No credentials, or wrong ones.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The user holds every runner slot of their tier.
+    #[error(
+        "runner limit reached: user has {current} of {limit} runners allowed by tier {tier}; stop one or upgrade"
+    )]
+    LimitReached {
+        /// Tier in force.
+        tier: String,
+        /// Its limit.
+        limit: u32,
+        /// Slots held.
+        current: u32,
+    },
+    /// No such resource (or not the caller's).
+    #[error("{0}")]
+    NotFound(String),
+    /// No such route.
+    #[error("no such endpoint")]
+    NoRoute,
+    /// The route exists but not for this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// Shared state (Redis) or the queue cannot be reached.
+    #[error("the fleet's state store is unavailable; retry shortly")]
+    Unavailable(#[source] anyhow::Error),
+    /// A bug or corrupt data.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    /// An [`ApiError::Invalid`] for `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::LimitReached { .. } => (StatusCode::FORBIDDEN, "runner_limit_reached"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        match &self {
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "store unavailable"),
+            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            _ => {}
+        }
+        let mut error = json!({ "code": code, "message": self.to_string() });
+        if let ApiError::Invalid { field, .. } = &self {
+            error["field"] = json!(field);
+        }
+        if let ApiError::LimitReached {
+            tier,
+            limit,
+            current,
+        } = &self
+        {
+            error["tier"] = json!(tier);
+            error["maxWorkers"] = json!(limit);
+            error["currentWorkers"] = json!(current);
+        }
+        let mut response = (
+            status,
+            axum::Json(json!({ "success": false, "error": error })),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
+            StoreError::Redis(_) => ApiError::Unavailable(e.into()),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
+            _ => ApiError::Unavailable(e.into()),
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The worker-node runtime: claims jobs up to its capacity and runs each as a supervised
+//! runner; renews every runner's lease in one round trip per heartbeat interval; obeys stop
+//! commands; hands its jobs back when it shuts down.
+//!
+//! Three loops run side by side until the shutdown token is cancelled: the claim loop, the
+//! heartbeat loop and the command loop. Store and queue failures never end a loop: it logs,
+//! backs off and tries again, so a Redis outage is survived.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use runfleet::config::Settings;
+use runfleet::crypto::CredentialCipher;
+use runfleet::ids::{JobId, NodeId};
+use runfleet::job::{JobSpec, JobStatus, Lease};
+use runfleet::queue::{Delivery, JobQueue};
+use runfleet::store::{ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::trading::{self, Report, RunOutcome, StopCause};
+
+/// Timing and size of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Runners held at most at once.
+    pub capacity: usize,
+    /// How long one claim blocks.
+    pub claim_wait: Duration,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Lease length (silence after which a runner counts as crashed).
+    pub lease: Duration,
+    /// Simulated market tick.
+    pub market_tick: Duration,
+}
+
+impl NodeConfig {
+    /// The node settings of `settings`, with `capacity` runners.
+    pub fn from_settings(settings: &Settings, capacity: usize) -> Self {
+        Self {
+            capacity,
+            claim_wait: Duration::from_millis(settings.node.claim_wait_ms),
+            heartbeat_interval: settings.heartbeat_interval(),
+            lease: settings.lease(),
+            market_tick: Duration::from_millis(settings.market.tick_ms),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Runner {
+    epoch: u64,
+    report: Arc<Mutex<Report>>,
+    stop: watch::Sender<Option<StopCause>>,
+}
+
+struct Inner<S, Q> {
+    id: NodeId,
+    store: S,
+    queue: Q,
+    cipher: CredentialCipher,
+    config: NodeConfig,
+    started_at: u64,
+    runners: Mutex<HashMap<JobId, Runner>>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+}
+
+/// A worker node. Cheap to clone; clones share the node.
+pub struct WorkerNode<S, Q> {
+    inner: Arc<Inner<S, Q>>,
+}
+
+impl<S, Q> Clone for WorkerNode<S, Q> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, Q> std::fmt::Debug for WorkerNode<S, Q> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerNode")
+            .field("id", &self.inner.id)
+            .field("capacity", &self.inner.config.capacity)
+            .field(
+                "runners",
+                &self.inner.runners.lock().map(|r| r.len()).unwrap_or(0),
+            )
+            .finish()
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Exponential backoff for retrying store and queue calls: 100 ms doubling to 5 s.
+#[derive(Debug, Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let ms = (100u64 << self.0.min(6)).min(5_000);
+        self.0 += 1;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
+    /// A node with a fresh id. `cipher` opens the credentials the orchestrators sealed.
+    pub fn new(store: S, queue: Q, cipher: CredentialCipher, config: NodeConfig) -> Self {
+        let slots = Arc::new(Semaphore::new(config.capacity));
+        Self {
+            inner: Arc::new(Inner {
+                id: NodeId::generate(),
+                store,
+                queue,
+                cipher,
+                config,
+                started_at: wall_ms(),
+                runners: Mutex::new(HashMap::new()),
+                slots,
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// This incarnation's id.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.id
+    }
+
+    /// Runners running now.
+    pub fn runner_count(&self) -> usize {
+        self.runners().len()
+    }
+
+    fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Runner>> {
+        self.inner.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the node until `shutdown` is cancelled, then stops claiming, hands every job back
+    /// to the queue (positions held) and returns once every runner has ended.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        info!(node = %self.id(), capacity = self.inner.config.capacity, "worker node started");
+        let loops = TaskTracker::new();
+        loops.spawn(self.clone().claim_loop(shutdown.clone()));
+        loops.spawn(self.clone().command_loop(shutdown.clone()));
+        let heartbeats = CancellationToken::new();
+        loops.spawn(self.clone().heartbeat_loop(heartbeats.clone()));
+        loops.close();
+
+        shutdown.cancelled().await;
+        info!(node = %self.id(), runners = self.runner_count(), "shutting down: handing jobs back");
+        for runner in self.runners().values() {
+            runner.stop.send_replace(Some(StopCause::Shutdown));
+        }
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        // Keep heartbeating until the last runner has been handed back, then stop.
+        heartbeats.cancel();
+        loops.wait().await;
+        info!(node = %self.id(), "worker node stopped");
+    }
+
+    async fn claim_loop(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let first = tokio::select! {
+                permit = inner.slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = inner.slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            // A claim is never abandoned half-way: dropping it mid-flight could strand a job in
+            // this node's processing list. It blocks at most `claim_wait`.
+            let deliveries = match inner
+                .queue
+                .claim(&inner.id, permits.len(), inner.config.claim_wait)
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(node = %inner.id, error = %e, "claim failed; retrying");
+                    drop(permits);
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                continue;
+            }
+            match self.record_claims(&deliveries, &shutdown).await {
+                Ok(leases) => {
+                    backoff.reset();
+                    for lease in leases {
+                        let Some(permit) = permits.pop() else { break };
+                        self.spawn_runner(lease, permit);
+                    }
+                }
+                Err(e) => {
+                    warn!(node = %inner.id, error = %e, "recording claims failed; giving them back");
+                    if let Err(e) = inner.queue.release(&inner.id, &deliveries).await {
+                        warn!(node = %inner.id, error = %e, "release failed; the claims stay recoverable");
+                    }
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// Records the claims in the store, then acknowledges the deliveries. Returns the leases
+    /// to run; dropped jobs are acknowledged and forgotten.
+    async fn record_claims(
+        &self,
+        deliveries: &[Delivery],
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Vec<Lease>> {
+        let inner = &self.inner;
+        let ids: Vec<JobId> = deliveries.iter().map(|d| d.job_id.clone()).collect();
+        if shutdown.is_cancelled() {
+            anyhow::bail!("shutting down");
+        }
+        let outcomes = inner
+            .store
+            .claim(&inner.id, &ids, inner.config.lease)
+            .await?;
+        if let Err(e) = inner.queue.ack(&inner.id, deliveries).await {
+            // The claims are recorded; an unacknowledged delivery is dropped by the claim
+            // script if it is ever delivered again.
+            warn!(node = %inner.id, error = %e, "ack failed after claims were recorded");
+        }
+        Ok(outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                ClaimOutcome::Claimed(lease) => Some(lease),
+                ClaimOutcome::Dropped { job_id, reason } => {
+                    debug!(node = %inner.id, job = %job_id, reason, "claimed job dropped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    fn spawn_runner(&self, lease: Lease, permit: OwnedSemaphorePermit) {
+        let node = self.clone();
+        self.inner.tasks.spawn(async move {
+            node.supervise(lease).await;
+            drop(permit);
+        });
+    }
+
+    /// Runs one job to its end and records how it ended. A panic in the strategy is caught
+    /// here (it runs in a task of its own) and recorded as the job's failure.
+    async fn supervise(&self, lease: Lease) {
+        let inner = &self.inner;
+        let spec = Arc::new(lease.spec);
+        let job = spec.id.clone();
+        // Credentials are opened here, on the node, for the broker; the paper broker needs
+        // none, so they are only checked.
+        if inner.cipher.open(&job, &spec.credentials).is_err() {
+            warn!(node = %inner.id, job = %job, "credentials could not be opened; failing the job");
+            let end = RunEnd {
+                status: JobStatus::Failed,
+                error: Some("credentials could not be opened on the worker node (credentials key mismatch?)".into()),
+                flattened_positions: None,
+                positions: Vec::new(),
+                stats: Default::default(),
+            };
+            self.finish(&spec, lease.epoch, end).await;
+            return;
+        }
+        let report = Arc::new(Mutex::new(Report::default()));
+        let (stop, stop_rx) = watch::channel(None);
+        self.runners().insert(
+            job.clone(),
+            Runner {
+                epoch: lease.epoch,
+                report: report.clone(),
+                stop,
+            },
+        );
+        info!(node = %inner.id, job = %job, user = %spec.user_id, epoch = lease.epoch, "runner started");
+
+        let run = tokio::spawn(trading::run(
+            spec.clone(),
+            inner.config.market_tick,
+            report,
+            stop_rx,
+        ));
+        let result = run.await;
+        let cause = self.runners().remove(&job).and_then(|r| *r.stop.borrow());
+        match (result, cause) {
+            (Ok(outcome), Some(StopCause::Requested(mode))) => {
+                info!(node = %inner.id, job = %job, mode = mode.as_str(), flattened = ?outcome.flattened, "runner stopped");
+                self.finish(
+                    &spec,
+                    lease.epoch,
+                    end_of(JobStatus::Stopped, None, outcome),
+                )
+                .await;
+            }
+            (Ok(_), Some(StopCause::Fenced)) => {
+                warn!(node = %inner.id, job = %job, epoch = lease.epoch, "runner fenced off: its lease is no longer ours");
+            }
+            (Ok(_), Some(StopCause::Shutdown) | None) => self.hand_back(&job, lease.epoch).await,
+            (Err(e), _) => {
+                let reason = panic_message(e);
+                warn!(node = %inner.id, job = %job, error = %reason, "runner panicked");
+                let outcome = RunOutcome {
+                    flattened: None,
+                    report: Report::default(),
+                };
+                self.finish(
+                    &spec,
+                    lease.epoch,
+                    end_of(JobStatus::Failed, Some(reason), outcome),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Records the end of a run, retrying while the store is unreachable (bounded by a lease:
+    /// past that the lease has expired and the orchestrators own the job's fate).
+    async fn finish(&self, spec: &JobSpec, epoch: u64, end: RunEnd) {
+        let inner = &self.inner;
+        let give_up = tokio::time::Instant::now() + inner.config.lease;
+        let mut backoff = Backoff::default();
+        loop {
+            match inner
+                .store
+                .finish(&inner.id, spec, epoch, end.clone())
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => {
+                    warn!(node = %inner.id, job = %spec.id, epoch, "end of run refused: stale epoch");
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() < give_up => {
+                    warn!(node = %inner.id, job = %spec.id, error = %e, "recording end of run failed; retrying");
+                    backoff.wait().await;
+                }
+                Err(e) => {
+                    warn!(node = %inner.id, job = %spec.id, error = %e, "giving up recording end of run");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands a job back at shutdown: queued again in the store, then enqueued.
+    async fn hand_back(&self, job: &JobId, epoch: u64) {
+        let inner = &self.inner;
+        match inner.store.hand_back(&inner.id, job, epoch).await {
+            Ok(true) => match inner.queue.enqueue(std::slice::from_ref(job)).await {
+                Ok(()) => info!(node = %inner.id, job = %job, "job handed back to the queue"),
+                Err(e) => {
+                    warn!(node = %inner.id, job = %job, error = %e, "job marked queued but not enqueued")
+                }
+            },
+            Ok(false) => debug!(node = %inner.id, job = %job, "hand-back refused: stale epoch"),
+            Err(e) => {
+                warn!(node = %inner.id, job = %job, error = %e, "hand-back failed; its lease will expire")
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self, stop: CancellationToken) {
+        let inner = &self.inner;
+        let mut ticks = tokio::time::interval(inner.config.heartbeat_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let beats: Vec<RunnerBeat> = self
+                .runners()
+                .iter()
+                .map(|(job, r)| {
+                    let report = r.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    RunnerBeat {
+                        job_id: job.clone(),
+                        epoch: r.epoch,
+                        positions: report.positions,
+                        stats: report.stats,
+                    }
+                })
+                .collect();
+            let info = NodeInfo {
+                node_id: inner.id.clone(),
+                capacity: inner.config.capacity as u32,
+                runners: beats.len() as u32,
+                started_at: inner.started_at,
+            };
+            match inner.store.renew(&info, &beats, inner.config.lease).await {
+                Ok(refused) => {
+                    last_renewed = tokio::time::Instant::now();
+                    for job in refused {
+                        self.stop_runner(&job, StopCause::Fenced);
+                    }
+                }
+                Err(e) => {
+                    warn!(node = %inner.id, error = %e, "heartbeat failed");
+                    if last_renewed.elapsed() >= inner.config.lease {
+                        // Our leases have expired: another node may run these jobs by now.
+                        // Two live copies of a strategy is the worst failure there is.
+                        warn!(node = %inner.id, "leases lapsed; fencing every runner");
+                        for runner in self.runners().values() {
+                            runner.stop.send_replace(Some(StopCause::Fenced));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn command_loop(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let next = tokio::select! {
+                next = inner.store.next_command(&inner.id, Duration::from_secs(1)) => next,
+                () = shutdown.cancelled() => return,
+            };
+            match next {
+                Ok(Some(NodeCommand::Stop {
+                    job_id,
+                    epoch,
+                    mode,
+                })) => {
+                    backoff.reset();
+                    let current = self.runners().get(&job_id).map(|r| r.epoch);
+                    if current == Some(epoch) {
+                        self.stop_runner(&job_id, StopCause::Requested(mode));
+                    } else {
+                        debug!(node = %inner.id, job = %job_id, epoch, "stop for a runner this node does not run");
+                    }
+                }
+                Ok(None) => backoff.reset(),
+                Err(e) => {
+                    warn!(node = %inner.id, error = %e, "reading commands failed; retrying");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    fn stop_runner(&self, job: &JobId, cause: StopCause) {
+        if let Some(r) = self.runners().get(job) {
+            r.stop.send_if_modified(|c| {
+                // The first cause wins: a fenced runner is not then "stopped on request".
+                if c.is_none() {
+                    *c = Some(cause);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+fn end_of(status: JobStatus, error: Option<String>, outcome: RunOutcome) -> RunEnd {
+    RunEnd {
+        status,
+        error,
+        flattened_positions: outcome.flattened,
+        positions: outcome.report.positions,
+        stats: outcome.report.stats,
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .map_or_else(
+                || "runner panicked".into(),
+                |m| format!("runner panicked: {m}"),
+            ),
+        Err(e) => format!("runner task ended abnormally: {e}"),
+    }
+}
