@@ -44,18 +44,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.inner();
         let message = inner.to_string();
-        // serde names missing and unknown fields in its message, not in the path.
-        let named = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| message.strip_prefix(p))
+        // A missing field is named in serde's message, not in the path (an unknown one is in
+        // both).
+        let missing = message
+            .strip_prefix("missing field `")
             .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), named) {
+        let syntax = inner.is_syntax() || inner.is_eof();
+        let field = match (path.as_str(), missing) {
+            _ if syntax => "body".to_owned(),
             (".", Some(name)) => name.to_owned(),
             (p, Some(name)) => format!("{p}.{name}"),
             (".", None) => "body".to_owned(),
             (p, None) => p.to_owned(),
         };
-        let message = if inner.is_syntax() || inner.is_eof() {
+        let message = if syntax {
             format!("body is not valid JSON: {message}")
         } else {
             message

@@ -8,11 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::keys::Keys;
-use runfleet::queue::{JobQueue, MemoryQueue, RedisQueue};
-use runfleet::redis_pool::RedisPools;
-use runfleet::store::{FleetStore, MemoryStore, RedisStore};
-use runfleet::{shutdown, telemetry};
+use runfleet::queue::{JobQueue, MemoryQueue};
+use runfleet::store::{FleetStore, MemoryStore};
+use runfleet::{backend, shutdown, telemetry};
 use runfleet_orchestrator::{AppState, app};
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
@@ -63,20 +61,9 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         QueueBackend::Redis => {
-            let pools = RedisPools::new(&settings.redis).context("redis settings")?;
-            match pools.check().await {
-                Ok(Some(policy)) => tracing::warn!(
-                    policy,
-                    "redis maxmemory-policy is not noeviction: an evicted lease strands its job"
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis is not reachable yet; answering 503 until it is")
-                }
-            }
-            let keys = Keys::new(settings.redis.key_prefix.clone());
-            let store = RedisStore::new(pools.clone(), keys.clone());
-            let queue = RedisQueue::new(pools, keys, settings.queue.name.clone());
+            let (store, queue) = backend::open_redis(&settings)
+                .await
+                .context("redis settings")?;
             serve::<_, _, MemoryStore, MemoryQueue>(
                 AppState {
                     store,

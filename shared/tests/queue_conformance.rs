@@ -230,7 +230,7 @@ async fn concurrent_claimers_get_each_job_exactly_once<Q: JobQueue + Clone>(q: Q
     for c in claimers {
         c.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let unique: HashSet<&JobId> = seen.iter().collect();
     assert_eq!(seen.len(), JOBS, "every job claimed once in total");
     assert_eq!(unique.len(), JOBS, "no job claimed twice");

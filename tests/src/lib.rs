@@ -1,1 +1,424 @@
+//! Harness for whole-fleet tests: builds and spawns the real `runfleet-orchestrator` and
+//! `runfleet-worker-node` binaries against the real Redis, each fleet under a key prefix of its
+//! own, and talks to them over HTTP. Processes are killed when their handle drops; their output
+//! goes to `target/fleet-logs/<fleet>/<process>.log`.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// The Redis the tests use.
+pub fn redis_url() -> String {
+    std::env::var("RUNFLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis connection, or a panic saying clearly that the test needs a real Redis.
+pub async fn redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let attempt = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    match attempt.await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "whole-fleet tests need a real Redis at {url} and could not reach it ({e}). \
+             Run `scripts/test`, which starts one, or set RUNFLEET_TEST_REDIS_URL."
+        ),
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // .../target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, built once per test process so it is never stale.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let dir = target_dir();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "runfleet-orchestrator",
+            "-p",
+            "runfleet-worker-node",
+        ]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build of the fleet binaries failed: {s}")),
+            Err(e) => Err(format!("cannot run cargo to build the fleet binaries: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    dir.join(name)
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// A spawned fleet process, killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    /// Name used in logs.
+    pub name: String,
+    child: Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"KILL"`, `"STOP"`, `"CONT"`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill -{sig} {} failed",
+            self.name
+        );
+    }
+
+    /// Waits up to `within` for the process to exit; returns its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The process' output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns a workspace binary with `env`, its output going to `<logs>/<name>.log`.
+pub fn spawn<'a>(
+    logs: &Path,
+    name: &str,
+    bin: &str,
+    args: &[String],
+    env: impl IntoIterator<Item = (&'a str, String)>,
+) -> Process {
+    std::fs::create_dir_all(logs).expect("log dir");
+    let log = logs.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = Command::new(binary(bin))
+        .args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
+    Process {
+        name: name.to_owned(),
+        child,
+        log,
+    }
+}
+
+/// Where whole-fleet tests put their processes' logs.
+pub fn log_dir(name: &str) -> PathBuf {
+    target_dir().join("fleet-logs").join(name)
+}
+
+/// One fleet: its key prefix, shared settings, and the processes spawned for it.
+#[derive(Debug)]
+pub struct Fleet {
+    /// Unique name; also the Redis key prefix.
+    pub prefix: String,
+    env: HashMap<String, String>,
+    logs: PathBuf,
+}
+
+/// The admin key test fleets use.
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+impl Fleet {
+    /// A fleet on the test Redis with fast intervals (heartbeat 200 ms, lease 3 s).
+    pub fn new(name: &str) -> Self {
+        let prefix = format!("rffleet-{name}-{}", std::process::id());
+        let logs = log_dir(&prefix);
+        let env = [
+            ("RUNFLEET__REDIS__URL", redis_url()),
+            ("RUNFLEET__REDIS__KEY_PREFIX", prefix.clone()),
+            ("RUNFLEET__QUEUE__BACKEND", "redis".into()),
+            (
+                "RUNFLEET__SECURITY__CREDENTIALS_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+            ),
+            ("RUNFLEET__SECURITY__ADMIN_KEY", ADMIN_KEY.into()),
+            ("RUNFLEET__HEARTBEAT__INTERVAL_MS", "200".into()),
+            ("RUNFLEET__HEARTBEAT__LEASE_MS", "3000".into()),
+            ("RUNFLEET__MARKET__TICK_MS", "20".into()),
+            ("RUNFLEET__NODE__CLAIM_WAIT_MS", "200".into()),
+            ("RUNFLEET__SHUTDOWN__DEADLINE_MS", "5000".into()),
+            ("RUST_LOG", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        Self { prefix, env, logs }
+    }
+
+    /// Overrides a setting for processes spawned from now on.
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        self.env.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn spawn(&self, name: &str, bin: &str, args: &[String], extra: &[(&str, String)]) -> Process {
+        let log = self.logs.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(binary(bin))
+            .args(args)
+            .envs(&self.env)
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
+        Process {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// Spawns an orchestrator and waits until it answers `/healthz`.
+    pub async fn orchestrator(&self, name: &str) -> (Process, Api) {
+        let port = free_port();
+        let p = self.spawn(
+            name,
+            "runfleet-orchestrator",
+            &["--bind".into(), format!("127.0.0.1:{port}")],
+            &[],
+        );
+        let api = Api::new(format!("http://127.0.0.1:{port}"));
+        if let Err(e) = api.wait_healthy(Duration::from_secs(20)).await {
+            panic!(
+                "orchestrator {name} did not become healthy: {e}\n--- its output ---\n{}",
+                p.output()
+            );
+        }
+        (p, api)
+    }
+
+    /// Spawns a worker node holding at most `capacity` runners.
+    pub fn worker(&self, name: &str, capacity: usize) -> Process {
+        self.spawn(
+            name,
+            "runfleet-worker-node",
+            &["--capacity".into(), capacity.to_string()],
+            &[],
+        )
+    }
+
+    /// Deletes every key of this fleet.
+    pub async fn cleanup(&self) {
+        let mut r = redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut r)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut r).await;
+        }
+    }
+
+    /// Total length of the ready list and every processing list of the fleet's queue.
+    pub async fn queue_lengths(&self) -> (u64, u64) {
+        let mut r = redis().await;
+        let ready: u64 = redis::cmd("LLEN")
+            .arg(format!("{}:queue:jobs:ready", self.prefix))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let lists: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:queue:jobs:processing:*", self.prefix))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let mut processing = 0;
+        for l in lists {
+            let n: u64 = redis::cmd("LLEN").arg(l).query_async(&mut r).await.unwrap();
+            processing += n;
+        }
+        (ready, processing)
+    }
+}
+
+/// An HTTP client for one orchestrator.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `http://host:port`.
+    pub base: String,
+    http: reqwest::Client,
+}
+
+/// A response: status code and JSON body.
+pub type Reply = (u16, Value);
+
+impl Api {
+    /// A client for `base`.
+    pub fn new(base: String) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Self { base, http }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, body))
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+            .expect("GET")
+    }
+
+    /// POST JSON to a path.
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+            .expect("POST")
+    }
+
+    /// PUT JSON to a path as the admin.
+    pub async fn put_admin(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .bearer_auth(ADMIN_KEY)
+                .json(body),
+        )
+        .await
+        .expect("PUT")
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self
+                .send(self.http.get(format!("{}/healthz", self.base)))
+                .await
+            {
+                Ok((200, _)) => return Ok(()),
+                Ok(other) if tokio::time::Instant::now() >= deadline => {
+                    bail!("last answer {other:?}")
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e).context("healthz");
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Starts a scalping runner on BTC-PERPETUAL for `user`; returns the reply.
+    pub async fn start_runner(&self, user: &str, strategy: &str) -> Reply {
+        self.post("/v1/runners", &start_request(user, strategy))
+            .await
+    }
+
+    /// The user's status.
+    pub async fn status(&self, user: &str) -> Value {
+        let (code, body) = self.get(&format!("/v1/users/{user}/runners")).await;
+        assert_eq!(code, 200, "status of {user}: {body}");
+        body
+    }
+}
+
+/// The seed's start request for `user` and `strategy`.
+pub fn start_request(user: &str, strategy: &str) -> Value {
+    serde_json::json!({
+        "userId": user,
+        "strategyId": strategy,
+        "brokerId": "deribit",
+        "credentials": {"apiKey": format!("key-{user}"), "apiSecret": format!("secret-{user}")},
+        "config": {
+            "name": "BTC Scalping",
+            "type": "scalping",
+            "parameters": {"timeframe": "1m", "rsiPeriod": 5},
+            "riskManagement": {"maxPositionSize": 100, "stopLossPercent": 2, "takeProfitPercent": 3},
+            "instruments": ["BTC-PERPETUAL", "ETH-PERPETUAL"]
+        }
+    })
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

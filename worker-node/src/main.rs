@@ -6,11 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::keys::Keys;
-use runfleet::queue::RedisQueue;
-use runfleet::redis_pool::RedisPools;
-use runfleet::store::RedisStore;
-use runfleet::{shutdown, telemetry};
+use runfleet::{backend, shutdown, telemetry};
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
 
@@ -49,20 +45,9 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("queue.backend = rabbitmq is not available in this version; use redis")
         }
         QueueBackend::Redis => {
-            let pools = RedisPools::new(&settings.redis).context("redis settings")?;
-            match pools.check().await {
-                Ok(Some(policy)) => tracing::warn!(
-                    policy,
-                    "redis maxmemory-policy is not noeviction: an evicted lease strands its job"
-                ),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis is not reachable yet; retrying in the background")
-                }
-            }
-            let keys = Keys::new(settings.redis.key_prefix.clone());
-            let store = RedisStore::new(pools.clone(), keys.clone());
-            let queue = RedisQueue::new(pools, keys, settings.queue.name.clone());
+            let (store, queue) = backend::open_redis(&settings)
+                .await
+                .context("redis settings")?;
             let node = WorkerNode::new(store, queue, cipher, config);
             let token = CancellationToken::new();
             let run = {

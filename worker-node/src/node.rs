@@ -251,7 +251,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         Ok(outcomes
             .into_iter()
             .filter_map(|o| match o {
-                ClaimOutcome::Claimed(lease) => Some(lease),
+                ClaimOutcome::Claimed(lease) => Some(*lease),
                 ClaimOutcome::Dropped { job_id, reason } => {
                     debug!(node = %inner.id, job = %job_id, reason, "claimed job dropped");
                     None

@@ -28,6 +28,7 @@ struct State {
     active: HashMap<UserId, HashSet<JobId>>,
     subscriptions: HashMap<UserId, Subscription>,
     commands: HashMap<NodeId, VecDeque<NodeCommand>>,
+    /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
 }
 
@@ -191,10 +192,10 @@ impl LeaseStore for MemoryStore {
                 r.stop_mode = None;
                 r.flattened_positions = None;
                 e.lease_until = now + lease.as_millis() as u64;
-                ClaimOutcome::Claimed(Lease {
+                ClaimOutcome::Claimed(Box::new(Lease {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
-                })
+                }))
             })
             .collect())
     }
@@ -207,7 +208,10 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<JobId>, StoreError> {
         let now = now_ms();
         let mut s = self.lock();
-        s.nodes.insert(node.node_id.clone(), (node.clone(), now));
+        s.nodes.insert(
+            node.node_id.clone(),
+            (node.clone(), now + lease.as_millis() as u64),
+        );
         let mut refused = Vec::new();
         for b in beats {
             match s.jobs.get_mut(&b.job_id) {
@@ -272,9 +276,10 @@ impl LeaseStore for MemoryStore {
         let mut live: Vec<&(NodeInfo, u64)> = s
             .nodes
             .values()
-            .filter(|(_, at)| now - at < 3 * DAY_MS)
+            .filter(|(_, expires)| *expires > now)
             .collect();
-        live.sort_by(|a, b| b.1.cmp(&a.1));
+        // Newest heartbeat first: with one lease length for all, the latest expiry.
+        live.sort_by_key(|(_, expires)| std::cmp::Reverse(*expires));
         Ok(live.into_iter().map(|(n, _)| n.clone()).collect())
     }
 }

@@ -76,7 +76,7 @@ pub enum Admission {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     /// The job is now leased to the claiming node.
-    Claimed(Lease),
+    Claimed(Box<Lease>),
     /// The job must not run (stopped while queued, already running under a live lease,
     /// unknown): the node acknowledges the delivery and drops it.
     Dropped {

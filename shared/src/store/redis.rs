@@ -254,7 +254,7 @@ impl LeaseStore for RedisStore {
                     .and_then(|e| e.parse().ok())
                     .unwrap_or(0);
                 let spec: JobSpec = parse("spec", row.get(3).and_then(text).as_ref())?;
-                Ok(ClaimOutcome::Claimed(Lease { spec, epoch }))
+                Ok(ClaimOutcome::Claimed(Box::new(Lease { spec, epoch })))
             })
             .collect()
     }

@@ -1,0 +1,4 @@
+//! Whole-fleet tests: the real binaries, the real Redis. One test binary, a module per feature.
+
+mod readme;
+mod walking_skeleton;
