@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
+use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner};
 use runfleet::queue::{JobQueue, MemoryQueue};
 use runfleet::store::{FleetStore, MemoryStore};
 use runfleet::{backend, shutdown, telemetry};
@@ -81,8 +82,8 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Serves the API (and, embedded, runs the worker pool) until SIGTERM or Ctrl-C, then drains
-/// both within the shutdown deadline.
+/// Serves the API (and, embedded, runs the worker pool) as services in one group until SIGTERM
+/// or Ctrl-C, then stops the group within the shutdown deadline.
 async fn serve<S, Q, NS, NQ>(
     state: AppState<S, Q>,
     node: Option<WorkerNode<NS, NQ>>,
@@ -104,26 +105,45 @@ where
         "distributed"
     };
     tracing::info!(%addr, mode, "orchestrator listening on http://{addr}");
-    let token = CancellationToken::new();
-    let router = app(state);
-    let work = {
-        let token = token.clone();
-        async move {
-            let http = axum::serve(listener, router)
-                .with_graceful_shutdown(token.clone().cancelled_owned());
-            let workers = async {
-                if let Some(node) = node {
-                    node.run(token.clone()).await;
-                }
-            };
-            let (served, ()) = tokio::join!(http, workers);
-            if let Err(e) = served {
-                tracing::error!(error = %e, "http server failed");
-            }
-        }
-    };
-    if !shutdown::run_until_signal(token, work, deadline).await {
+
+    let mut services = RunnerGroup::new();
+    services.register(Arc::new(http_service(listener, app(state))))?;
+    if let Some(node) = node {
+        services.register(Arc::new(ServiceRunner::new(
+            RunnerOptions::new("worker-pool"),
+            move |token| {
+                let node = node.clone();
+                async move { node.run(token).await }
+            },
+        )))?;
+    }
+    let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
+    if !report.is_ok() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The HTTP server as a service: serves until its token is cancelled, then finishes the
+/// requests in flight. A restart listens again on the same address.
+fn http_service(listener: tokio::net::TcpListener, router: axum::Router) -> ServiceRunner {
+    let addr = listener.local_addr().ok();
+    let first = Arc::new(std::sync::Mutex::new(Some(listener)));
+    ServiceRunner::new(
+        RunnerOptions::new("http"),
+        move |token: CancellationToken| {
+            let (first, router) = (first.clone(), router.clone());
+            async move {
+                let taken = first.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let listener = match (taken, addr) {
+                    (Some(l), _) => l,
+                    (None, Some(addr)) => tokio::net::TcpListener::bind(addr).await?,
+                    (None, None) => return Err(std::io::Error::other("no address to listen on")),
+                };
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            }
+        },
+    )
 }

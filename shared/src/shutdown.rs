@@ -1,9 +1,11 @@
-//! Process shutdown: wait for SIGTERM or Ctrl-C, then give the work a bounded time to finish.
+//! Process lifecycle: a binary's services are runners in a [`RunnerGroup`]; SIGTERM or Ctrl-C
+//! stops the whole group under one deadline.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::lifecycle::{LifecycleError, RunnerGroup, StopReport};
 
 /// Resolves on the first SIGTERM or Ctrl-C (SIGINT).
 pub async fn signal() {
@@ -29,29 +31,30 @@ pub async fn signal() {
     }
 }
 
-/// Runs `work` (which must end once `token` is cancelled) until it ends by itself or a signal
-/// arrives; after a signal, cancels `token` and waits at most `deadline` for `work` to finish.
-/// Returns `false` when the deadline passed first.
-pub async fn run_until_signal(
-    token: CancellationToken,
-    work: impl Future<Output = ()> + Send + 'static,
+/// Starts every runner of `group`, then waits for SIGTERM or Ctrl-C, for `stop` to be
+/// cancelled, or for any runner to end on its own; then stops the whole group within
+/// `deadline`. Returns each runner's stop outcome.
+pub async fn run_group(
+    group: &RunnerGroup,
+    stop: CancellationToken,
     deadline: Duration,
-) -> bool {
-    let mut work = tokio::spawn(work);
-    tokio::select! {
-        _ = &mut work => return true,
-        () = signal() => {}
-        () = token.cancelled() => {}
-    }
-    token.cancel();
-    match tokio::time::timeout(deadline, work).await {
-        Ok(_) => true,
-        Err(_) => {
-            tracing::warn!(
-                deadline_ms = deadline.as_millis() as u64,
-                "shutdown deadline passed; exiting anyway"
-            );
-            false
+) -> Result<StopReport, LifecycleError> {
+    group.start_all().await?;
+    let ended: Vec<_> = group.runners().map(|r| r.ended()).collect();
+    let any_ended = async {
+        if ended.is_empty() {
+            std::future::pending::<()>().await;
         }
+        futures::future::select_all(ended).await;
+    };
+    tokio::select! {
+        () = signal() => {}
+        () = stop.cancelled() => {}
+        () = any_ended => tracing::warn!("a service ended on its own; shutting the process down"),
     }
+    let report = group.stop_all(deadline).await;
+    for failure in report.failures() {
+        tracing::warn!(runner = failure.name, outcome = ?failure.result, "service did not stop cleanly");
+    }
+    Ok(report)
 }

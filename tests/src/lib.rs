@@ -216,23 +216,12 @@ impl Fleet {
     }
 
     fn spawn(&self, name: &str, bin: &str, args: &[String], extra: &[(&str, String)]) -> Process {
-        let log = self.logs.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(binary(bin))
-            .args(args)
-            .envs(&self.env)
-            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
-        Process {
-            name: name.to_owned(),
-            child,
-            log,
-        }
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .chain(extra.iter().cloned());
+        spawn(&self.logs, name, bin, args, env)
     }
 
     /// Spawns an orchestrator and waits until it answers `/healthz`.

@@ -1,11 +1,13 @@
 //! `runfleet-worker-node`: claims jobs from the fleet's queue and runs them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
+use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner};
 use runfleet::{backend, shutdown, telemetry};
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
@@ -49,12 +51,16 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("redis settings")?;
             let node = WorkerNode::new(store, queue, cipher, config);
-            let token = CancellationToken::new();
-            let run = {
-                let (node, token) = (node.clone(), token.clone());
-                async move { node.run(token).await }
-            };
-            if !shutdown::run_until_signal(token, run, deadline).await {
+            let mut services = RunnerGroup::new();
+            services.register(Arc::new(ServiceRunner::new(
+                RunnerOptions::new("worker-node"),
+                move |token| {
+                    let node = node.clone();
+                    async move { node.run(token).await }
+                },
+            )))?;
+            let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
+            if !report.is_ok() {
                 std::process::exit(1);
             }
         }

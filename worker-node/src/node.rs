@@ -2,9 +2,11 @@
 //! runner; renews every runner's lease in one round trip per heartbeat interval; obeys stop
 //! commands; hands its jobs back when it shuts down.
 //!
-//! Three loops run side by side until the shutdown token is cancelled: the claim loop, the
-//! heartbeat loop and the command loop. Store and queue failures never end a loop: it logs,
-//! backs off and tries again, so a Redis outage is survived.
+//! Its background services are lifecycle runners: the claim loop and the command listener (one
+//! group, the node's intake) and the heartbeat ticker; each job runs as a [`ServiceRunner`] of
+//! its own, so a panicking strategy is caught and recorded and the node goes on. Store and
+//! queue failures never end a service: it logs, backs off and tries again, so a Redis outage is
+//! survived.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,8 +16,13 @@ use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::{JobId, NodeId};
 use runfleet::job::{JobSpec, JobStatus, Lease};
+use runfleet::lifecycle::{
+    LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
+};
 use runfleet::queue::{Delivery, JobQueue};
-use runfleet::store::{ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat};
+use runfleet::store::{
+    ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StoreError,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,8 +58,9 @@ impl NodeConfig {
     }
 }
 
+/// A job running on this node.
 #[derive(Debug)]
-struct Runner {
+struct JobRunner {
     epoch: u64,
     report: Arc<Mutex<Report>>,
     stop: watch::Sender<Option<StopCause>>,
@@ -65,7 +73,9 @@ struct Inner<S, Q> {
     cipher: CredentialCipher,
     config: NodeConfig,
     started_at: u64,
-    runners: Mutex<HashMap<JobId, Runner>>,
+    /// When the store last accepted a heartbeat (for self-fencing).
+    last_renewed: Mutex<tokio::time::Instant>,
+    runners: Mutex<HashMap<JobId, JobRunner>>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
 }
@@ -130,6 +140,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 cipher,
                 config,
                 started_at: wall_ms(),
+                last_renewed: Mutex::new(tokio::time::Instant::now()),
                 runners: Mutex::new(HashMap::new()),
                 slots,
                 tasks: TaskTracker::new(),
@@ -147,32 +158,74 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         self.runners().len()
     }
 
-    fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Runner>> {
+    fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, JobRunner>> {
         self.inner.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs the node until `shutdown` is cancelled, then stops claiming, hands every job back
     /// to the queue (positions held) and returns once every runner has ended.
-    pub async fn run(&self, shutdown: CancellationToken) {
-        info!(node = %self.id(), capacity = self.inner.config.capacity, "worker node started");
-        let loops = TaskTracker::new();
-        loops.spawn(self.clone().claim_loop(shutdown.clone()));
-        loops.spawn(self.clone().command_loop(shutdown.clone()));
-        let heartbeats = CancellationToken::new();
-        loops.spawn(self.clone().heartbeat_loop(heartbeats.clone()));
-        loops.close();
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), LifecycleError> {
+        let config = &self.inner.config;
+        info!(node = %self.id(), capacity = config.capacity, "worker node started");
+        let mut intake = RunnerGroup::new();
+        let node = self.clone();
+        intake.register(Arc::new(ServiceRunner::new(
+            RunnerOptions::new("claim-loop"),
+            move |token| {
+                let node = node.clone();
+                async move {
+                    node.claim_loop(token).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+        )))?;
+        let node = self.clone();
+        intake.register(Arc::new(ServiceRunner::new(
+            RunnerOptions::new("command-listener"),
+            move |token| {
+                let node = node.clone();
+                async move {
+                    node.command_loop(token).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            },
+        )))?;
+        let node = self.clone();
+        let heartbeat = Ticker::new(
+            RunnerOptions::new("heartbeat"),
+            config.heartbeat_interval,
+            move |_| {
+                let node = node.clone();
+                async move { node.heartbeat().await }
+            },
+        )?
+        .skip_overlapping(true);
+        heartbeat.start().await?;
+        if let Err(e) = intake.start_all().await {
+            let _ = heartbeat.stop(config.heartbeat_interval).await;
+            return Err(e);
+        }
 
         shutdown.cancelled().await;
+        // A claim in flight is never abandoned; it blocks at most `claim_wait`.
+        let report = intake
+            .stop_all(config.claim_wait + Duration::from_secs(2))
+            .await;
+        for failure in report.failures() {
+            warn!(node = %self.id(), runner = failure.name, outcome = ?failure.result, "service did not stop cleanly");
+        }
         info!(node = %self.id(), runners = self.runner_count(), "shutting down: handing jobs back");
         for runner in self.runners().values() {
             runner.stop.send_replace(Some(StopCause::Shutdown));
         }
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        // Keep heartbeating until the last runner has been handed back, then stop.
-        heartbeats.cancel();
-        loops.wait().await;
+        // Heartbeats went on until the last runner was handed back.
+        heartbeat
+            .stop(config.heartbeat_interval + Duration::from_secs(2))
+            .await?;
         info!(node = %self.id(), "worker node stopped");
+        Ok(())
     }
 
     async fn claim_loop(self, shutdown: CancellationToken) {
@@ -290,26 +343,49 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
         let report = Arc::new(Mutex::new(Report::default()));
         let (stop, stop_rx) = watch::channel(None);
+        let outcome: Arc<Mutex<Option<RunOutcome>>> = Arc::default();
+        let runner = {
+            let (spec, report, outcome, tick) = (
+                spec.clone(),
+                report.clone(),
+                outcome.clone(),
+                inner.config.market_tick,
+            );
+            ServiceRunner::new(
+                RunnerOptions::new(job.to_string()).history_capacity(4),
+                move |_token| {
+                    let (spec, report, stop_rx, outcome) = (
+                        spec.clone(),
+                        report.clone(),
+                        stop_rx.clone(),
+                        outcome.clone(),
+                    );
+                    async move {
+                        let ended = trading::run(spec, tick, report, stop_rx).await;
+                        *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
+                        Ok::<(), std::convert::Infallible>(())
+                    }
+                },
+            )
+        };
         self.runners().insert(
             job.clone(),
-            Runner {
+            JobRunner {
                 epoch: lease.epoch,
-                report: report.clone(),
+                report,
                 stop,
             },
         );
         info!(node = %inner.id, job = %job, user = %spec.user_id, epoch = lease.epoch, "runner started");
+        if let Err(e) = runner.start().await {
+            warn!(node = %inner.id, job = %job, error = %e, "runner did not start");
+        }
+        runner.ended().await;
 
-        let run = tokio::spawn(trading::run(
-            spec.clone(),
-            inner.config.market_tick,
-            report,
-            stop_rx,
-        ));
-        let result = run.await;
         let cause = self.runners().remove(&job).and_then(|r| *r.stop.borrow());
-        match (result, cause) {
-            (Ok(outcome), Some(StopCause::Requested(mode))) => {
+        let outcome = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match (outcome, cause) {
+            (Some(outcome), Some(StopCause::Requested(mode))) => {
                 info!(node = %inner.id, job = %job, mode = mode.as_str(), flattened = ?outcome.flattened, "runner stopped");
                 self.finish(
                     &spec,
@@ -318,13 +394,16 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 )
                 .await;
             }
-            (Ok(_), Some(StopCause::Fenced)) => {
+            (Some(_), Some(StopCause::Fenced)) => {
                 warn!(node = %inner.id, job = %job, epoch = lease.epoch, "runner fenced off: its lease is no longer ours");
             }
-            (Ok(_), Some(StopCause::Shutdown) | None) => self.hand_back(&job, lease.epoch).await,
-            (Err(e), _) => {
-                let reason = panic_message(e);
-                warn!(node = %inner.id, job = %job, error = %reason, "runner panicked");
+            (Some(_), Some(StopCause::Shutdown) | None) => self.hand_back(&job, lease.epoch).await,
+            (None, _) => {
+                let reason = runner.last_error().map_or_else(
+                    || "runner ended abnormally".to_owned(),
+                    |e| format!("runner {}", e.message),
+                );
+                warn!(node = %inner.id, job = %job, error = %reason, "runner failed");
                 let outcome = RunOutcome {
                     flattened: None,
                     report: Report::default(),
@@ -385,53 +464,54 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
     }
 
-    async fn heartbeat_loop(self, stop: CancellationToken) {
+    /// One heartbeat: renews the node and every runner's lease in one round trip. Runners whose
+    /// beat was refused stop at once; if no beat was accepted for a whole lease, every runner
+    /// is fenced (another node may run those jobs by now).
+    async fn heartbeat(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let mut ticks = tokio::time::interval(inner.config.heartbeat_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_renewed = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                () = stop.cancelled() => return,
+        let beats: Vec<RunnerBeat> = self
+            .runners()
+            .iter()
+            .map(|(job, r)| {
+                let report = r.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                RunnerBeat {
+                    job_id: job.clone(),
+                    epoch: r.epoch,
+                    positions: report.positions,
+                    stats: report.stats,
+                }
+            })
+            .collect();
+        let info = NodeInfo {
+            node_id: inner.id.clone(),
+            capacity: inner.config.capacity as u32,
+            runners: beats.len() as u32,
+            started_at: inner.started_at,
+        };
+        match inner.store.renew(&info, &beats, inner.config.lease).await {
+            Ok(refused) => {
+                *inner.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    tokio::time::Instant::now();
+                for job in refused {
+                    self.stop_runner(&job, StopCause::Fenced);
+                }
+                Ok(())
             }
-            let beats: Vec<RunnerBeat> = self
-                .runners()
-                .iter()
-                .map(|(job, r)| {
-                    let report = r.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    RunnerBeat {
-                        job_id: job.clone(),
-                        epoch: r.epoch,
-                        positions: report.positions,
-                        stats: report.stats,
-                    }
-                })
-                .collect();
-            let info = NodeInfo {
-                node_id: inner.id.clone(),
-                capacity: inner.config.capacity as u32,
-                runners: beats.len() as u32,
-                started_at: inner.started_at,
-            };
-            match inner.store.renew(&info, &beats, inner.config.lease).await {
-                Ok(refused) => {
-                    last_renewed = tokio::time::Instant::now();
-                    for job in refused {
-                        self.stop_runner(&job, StopCause::Fenced);
+            Err(e) => {
+                let lapsed = inner
+                    .last_renewed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed()
+                    >= inner.config.lease;
+                if lapsed {
+                    // Two live copies of a strategy is the worst failure there is.
+                    warn!(node = %inner.id, "leases lapsed; fencing every runner");
+                    for runner in self.runners().values() {
+                        runner.stop.send_replace(Some(StopCause::Fenced));
                     }
                 }
-                Err(e) => {
-                    warn!(node = %inner.id, error = %e, "heartbeat failed");
-                    if last_renewed.elapsed() >= inner.config.lease {
-                        // Our leases have expired: another node may run these jobs by now.
-                        // Two live copies of a strategy is the worst failure there is.
-                        warn!(node = %inner.id, "leases lapsed; fencing every runner");
-                        for runner in self.runners().values() {
-                            runner.stop.send_replace(Some(StopCause::Fenced));
-                        }
-                    }
-                }
+                Err(e)
             }
         }
     }
@@ -489,19 +569,5 @@ fn end_of(status: JobStatus, error: Option<String>, outcome: RunOutcome) -> RunE
         flattened_positions: outcome.flattened,
         positions: outcome.report.positions,
         stats: outcome.report.stats,
-    }
-}
-
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .map_or_else(
-                || "runner panicked".into(),
-                |m| format!("runner panicked: {m}"),
-            ),
-        Err(e) => format!("runner task ended abnormally: {e}"),
     }
 }

@@ -80,6 +80,11 @@ pub trait Runner: Send + Sync + fmt::Debug {
     /// A subscription to the bus this runner publishes its [`LifecycleEvent`]s on (shared with
     /// other runners if it was given a shared bus).
     fn subscribe(&self) -> EventSubscription;
+
+    /// Resolves once the runner is not running: at once if it is not running now, else when
+    /// its current run ends, whether by itself, by an error or a panic, or by a stop. A
+    /// supervisor awaits this to learn that work it started has ended on its own.
+    fn ended(&self) -> BoxFuture<'static, ()>;
 }
 
 /// Settings common to every runner kind: name, error history capacity, parent token, event bus.
@@ -223,6 +228,8 @@ struct Shared {
     name: Arc<str>,
     events: EventBus,
     status: Mutex<Status>,
+    /// Whether a run is going; changed under the status lock, watched by [`Runner::ended`].
+    running: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -246,6 +253,7 @@ impl Shared {
         let mut status = self.status();
         status.generation += 1;
         status.started_at = Some(Instant::now());
+        self.running.send_replace(true);
         if let Some(kind) = announce {
             self.publish(kind);
         }
@@ -271,6 +279,7 @@ impl Shared {
         }
         let mut status = self.status();
         if status.generation == generation && status.started_at.take().is_some() {
+            self.running.send_replace(false);
             self.publish(event);
         }
     }
@@ -347,6 +356,7 @@ impl<W: Work> RunnerCore<W> {
                 started_at: None,
                 history: ErrorHistory::new(options.history_capacity),
             }),
+            running: tokio::sync::watch::Sender::new(false),
         };
         Self {
             work,
@@ -377,6 +387,14 @@ impl<W: Work> RunnerCore<W> {
 
     pub(crate) fn subscribe(&self) -> EventSubscription {
         self.shared.events.subscribe()
+    }
+
+    pub(crate) fn ended(&self) -> BoxFuture<'static, ()> {
+        let mut running = self.shared.running.subscribe();
+        Box::pin(async move {
+            // The sender lives as long as the runner; if it is dropped, nothing runs any more.
+            let _ = running.wait_for(|r| !*r).await;
+        })
     }
 
     pub(crate) async fn start(&self) -> Result<(), LifecycleError> {
@@ -593,6 +611,10 @@ macro_rules! delegate_runner_to_core {
 
             fn subscribe(&self) -> $crate::EventSubscription {
                 self.core.subscribe()
+            }
+
+            fn ended(&self) -> ::futures::future::BoxFuture<'static, ()> {
+                self.core.ended()
             }
         }
     };

@@ -417,3 +417,30 @@ async fn dropping_a_start_during_readiness_cancels_its_run() {
     );
     eventually(|| liveness.live() == 0 && !runner.is_running()).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn ended_resolves_when_the_work_ends_on_its_own_or_is_stopped() {
+    let runner = ServiceRunner::new(RunnerOptions::new("short-lived"), |_token| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Err::<(), _>("gave up")
+    });
+    runner.ended().await; // not running yet: resolves at once
+    runner.start().await.unwrap();
+    let started = Instant::now();
+    runner.ended().await;
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "resolved when the work ended"
+    );
+    assert!(!runner.is_running());
+    assert_eq!(runner.last_error().unwrap().message, "gave up");
+
+    let forever = until_cancelled(RunnerOptions::new("forever"), &Liveness::default());
+    forever.start().await.unwrap();
+    let ended = forever.ended();
+    forever.stop(Duration::from_secs(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_millis(1), ended)
+        .await
+        .expect("a stop ends the run");
+}

@@ -1,0 +1,97 @@
+//! Graceful shutdown of the real binaries: SIGTERM stops each within its deadline with exit code
+//! 0, and a worker node hands its runners back to the queue, where another node takes them.
+
+use std::time::{Duration, Instant};
+
+use runfleet_fleet_tests::{Fleet, eventually};
+
+/// `shutdown.deadline_ms` of test fleets.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_exits_cleanly_on_sigterm_within_its_deadline() {
+    let fleet = Fleet::new("sigterm-orch");
+    let (mut orchestrator, api) = fleet.orchestrator("orchestrator").await;
+    assert_eq!(api.get("/healthz").await.0, 200);
+    let sent = Instant::now();
+    orchestrator.signal("TERM");
+    let status = orchestrator
+        .wait_exit(DEADLINE)
+        .await
+        .expect("exited within the deadline");
+    println!("orchestrator exited {:?} after SIGTERM", sent.elapsed());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        orchestrator.output()
+    );
+    assert!(orchestrator.output().contains("SIGTERM received"));
+    fleet.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_node_hands_its_runners_back_on_sigterm() {
+    let fleet = Fleet::new("sigterm-worker");
+    fleet.cleanup().await;
+    let (_orchestrator, api) = fleet.orchestrator("orchestrator").await;
+    let mut first = fleet.worker("worker-1", 4);
+    let (code, body) = api.start_runner("dora", "s1").await;
+    assert_eq!(code, 202, "{body}");
+    let job = body["jobId"].as_str().unwrap().to_owned();
+    let running = |want_epoch: u64| {
+        let api = api.clone();
+        let job = job.clone();
+        async move {
+            let s = api.status("dora").await;
+            let w = s["workers"]
+                .as_array()?
+                .iter()
+                .find(|w| w["worker"]["jobId"] == job.as_str())?
+                .clone();
+            (w["worker"]["status"] == "running"
+                && w["worker"]["epoch"] == want_epoch
+                && w["worker"]["lastHeartbeatAt"].is_u64())
+            .then_some(w)
+        }
+    };
+    let before = eventually(
+        Duration::from_secs(15),
+        "runner running on worker-1",
+        || running(1),
+    )
+    .await;
+
+    let sent = Instant::now();
+    first.signal("TERM");
+    let status = first
+        .wait_exit(DEADLINE)
+        .await
+        .expect("worker exited within the deadline");
+    println!("worker node exited {:?} after SIGTERM", sent.elapsed());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        first.output()
+    );
+    let s = api.status("dora").await;
+    assert_eq!(
+        s["workers"][0]["worker"]["status"], "queued",
+        "handed back, not crashed: {s}"
+    );
+    assert_eq!(s["workers"][0]["worker"]["restarts"], 0);
+    assert_eq!(
+        fleet.queue_lengths().await,
+        (1, 0),
+        "back in the ready list, nothing left in processing"
+    );
+
+    let _second = fleet.worker("worker-2", 4);
+    let after = eventually(
+        Duration::from_secs(15),
+        "runner running again on worker-2",
+        || running(2),
+    )
+    .await;
+    assert_ne!(after["worker"]["nodeId"], before["worker"]["nodeId"]);
+    fleet.cleanup().await;
+}
