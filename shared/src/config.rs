@@ -287,7 +287,7 @@ pub struct MarketSettings {
 
 impl Default for MarketSettings {
     fn default() -> Self {
-        Self { tick_ms: 250 }
+        Self { tick_ms: 100 }
     }
 }
 
