@@ -71,7 +71,11 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     JsonBody(req): JsonBody<StartRunnerRequest>,
 ) -> Result<Response, ApiError> {
-    catalog::validate_start(&req).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let options = catalog::ValidationOptions {
+        allow_test_strategies: app.settings.testing.test_strategies,
+    };
+    catalog::validate_start_with(&req, options)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
     let id = JobId::generate();
     let credentials = app
         .cipher
@@ -85,7 +89,7 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
         config: req.config,
         credentials,
     };
-    let (tier, limit, current) = match app.store.admit(&spec, &app.settings.tiers).await? {
+    let (tier, limit, current) = match app.store.admit(&spec).await? {
         Admission::Admitted {
             tier,
             limit,
@@ -100,6 +104,12 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
                 tier: tier.to_string(),
                 limit,
                 current,
+            });
+        }
+        Admission::BreakerOpen { retry_after_ms } => {
+            return Err(ApiError::CircuitOpen {
+                strategy: spec.strategy_id.to_string(),
+                retry_after_ms,
             });
         }
     };
@@ -219,6 +229,13 @@ async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
             let wait = Duration::from_millis(app.settings.http.stop_wait_ms);
             let ended = wait_until_ended(&app.store, &job, wait).await?;
             Ok(match ended {
+                Some(r)
+                    if r.error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("FLATTEN_FAILED")) =>
+                {
+                    flatten_failed(&r)
+                }
                 Some(r) => {
                     let message = format!(
                         "runner stopped ({}), {} positions flattened",
@@ -251,6 +268,20 @@ fn stopped(status: StatusCode, r: &JobRecord, message: String) -> Response {
         "stats": r.stats,
     });
     (status, Json(body)).into_response()
+}
+
+/// A flatten stop whose positions the broker did not confirm closed: the runner is stopped, but
+/// positions remain open. 502, with what was closed and what is left.
+fn flatten_failed(r: &JobRecord) -> Response {
+    let body = json!({
+        "success": false,
+        "status": r.status,
+        "error": {"code": "FLATTEN_FAILED", "message": r.error},
+        "flattenedPositions": r.flattened_positions.unwrap_or(0),
+        "positions": r.positions,
+        "stats": r.stats,
+    });
+    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
 /// Polls a job's record until it has ended or `wait` passes.

@@ -46,6 +46,16 @@ pub enum ApiError {
         /// Slots held.
         current: u32,
     },
+    /// The user strategy's circuit breaker is open: it failed too often lately.
+    #[error(
+        "strategy {strategy} failed too often recently; its circuit breaker refuses starts for {retry_after_ms} ms more"
+    )]
+    CircuitOpen {
+        /// The user's strategy id.
+        strategy: String,
+        /// When to try again.
+        retry_after_ms: u64,
+    },
     /// No such resource (or not the caller's).
     #[error("{0}")]
     NotFound(String),
@@ -55,9 +65,12 @@ pub enum ApiError {
     /// The route exists but not for this method.
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
-    /// Shared state (Redis) or the queue cannot be reached.
+    /// Shared state (Redis) cannot be reached.
     #[error("the fleet's state store is unavailable; retry shortly")]
     Unavailable(#[source] anyhow::Error),
+    /// The job queue (Redis lists or RabbitMQ) cannot be reached, or did not confirm in time.
+    #[error("the job queue is unavailable; retry shortly")]
+    QueueUnavailable(#[source] anyhow::Error),
     /// A bug or corrupt data.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -85,7 +98,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            ApiError::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -99,6 +114,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             ApiError::Unavailable(e) => tracing::warn!(error = %e, "store unavailable"),
+            ApiError::QueueUnavailable(e) => tracing::warn!(error = %e, "queue unavailable"),
             ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
@@ -116,16 +132,25 @@ impl IntoResponse for ApiError {
             error["maxWorkers"] = json!(limit);
             error["currentWorkers"] = json!(current);
         }
+        let retry_after = match &self {
+            ApiError::CircuitOpen { retry_after_ms, .. } => {
+                Some(retry_after_ms.div_ceil(1000).max(1))
+            }
+            ApiError::Unavailable(_) | ApiError::QueueUnavailable(_) => Some(RETRY_AFTER.as_secs()),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            error["retryAfterSeconds"] = json!(secs);
+        }
         let mut response = (
             status,
             axum::Json(json!({ "success": false, "error": error })),
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(RETRY_AFTER.as_secs()),
-            );
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -144,7 +169,7 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
-            _ => ApiError::Unavailable(e.into()),
+            _ => ApiError::QueueUnavailable(e.into()),
         }
     }
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner};
+use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner, Ticker};
 use runfleet::queue::{JobQueue, MemoryQueue};
-use runfleet::store::{FleetStore, MemoryStore};
+use runfleet::store::{FleetPolicy, FleetStore, MemoryStore};
 use runfleet::{backend, shutdown, telemetry};
-use runfleet_orchestrator::{AppState, app};
+use runfleet_orchestrator::{AppState, app, sweeper};
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = Arc::new(settings);
     match settings.queue.backend {
         QueueBackend::Memory => {
-            let (store, queue) = (MemoryStore::new(), MemoryQueue::new());
+            let (store, queue) = (
+                MemoryStore::new(FleetPolicy::from_settings(&settings)),
+                MemoryQueue::new(),
+            );
             let config = NodeConfig::from_settings(&settings, settings.node.embedded_capacity);
             let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
             serve(
@@ -65,21 +68,34 @@ async fn main() -> anyhow::Result<()> {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            serve::<_, _, MemoryStore, MemoryQueue>(
-                AppState {
-                    store,
-                    queue,
-                    cipher,
-                    settings,
-                },
-                None,
-            )
+            distributed(AppState {
+                store,
+                queue,
+                cipher,
+                settings,
+            })
             .await
         }
         QueueBackend::Rabbitmq => {
-            anyhow::bail!("queue.backend = rabbitmq is not available in this version; use redis")
+            let (store, queue) = backend::open_rabbitmq(&settings)
+                .await
+                .context("rabbitmq settings")?;
+            distributed(AppState {
+                store,
+                queue,
+                cipher,
+                settings,
+            })
+            .await
         }
     }
+}
+
+/// Serves the API of a distributed fleet (no in-process workers).
+async fn distributed<S: FleetStore, Q: JobQueue + Clone>(
+    state: AppState<S, Q>,
+) -> anyhow::Result<()> {
+    serve::<S, Q, MemoryStore, MemoryQueue>(state, None).await
 }
 
 /// Serves the API (and, embedded, runs the worker pool) as services in one group until SIGTERM
@@ -107,15 +123,22 @@ where
     tracing::info!(%addr, mode, "orchestrator listening on http://{addr}");
 
     let mut services = RunnerGroup::new();
+    let sweep = state.settings.sweep;
+    let (store, queue) = (state.store.clone(), state.queue.clone());
     services.register(Arc::new(http_service(listener, app(state))))?;
-    if let Some(node) = node {
-        services.register(Arc::new(ServiceRunner::new(
-            RunnerOptions::new("worker-pool"),
-            move |token| {
-                let node = node.clone();
-                async move { node.run(token).await }
+    services.register(Arc::new(
+        Ticker::new(
+            RunnerOptions::new("crash-sweep"),
+            Duration::from_millis(sweep.interval_ms),
+            move |_| {
+                let (store, queue) = (store.clone(), queue.clone());
+                async move { sweeper::tick(&store, &queue, &sweep).await }
             },
-        )))?;
+        )?
+        .skip_overlapping(true),
+    ))?;
+    if let Some(node) = node {
+        services.register(Arc::new(node.service("worker-pool")))?;
     }
     let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
     if !report.is_ok() {

@@ -11,7 +11,7 @@ use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::UserId;
 use runfleet::queue::{JobQueue, MemoryQueue};
-use runfleet::store::{JobStore, MemoryStore, Subscriptions};
+use runfleet::store::{FleetPolicy, JobStore, MemoryStore, Subscriptions};
 use runfleet_orchestrator::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -26,7 +26,7 @@ fn test_app(admin_key: Option<&str>) -> TestApp {
     let mut settings = Settings::default();
     settings.security.admin_key = admin_key.map(str::to_owned);
     settings.http.body_limit_bytes = 4096;
-    let (store, queue) = (MemoryStore::new(), MemoryQueue::new());
+    let (store, queue) = (MemoryStore::new(FleetPolicy::default()), MemoryQueue::new());
     let state = AppState {
         store: store.clone(),
         queue: queue.clone(),
@@ -432,7 +432,7 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
     let pools = RedisPools::new(&redis).unwrap();
     let keys = Keys::new("unreachable");
     let state = AppState {
-        store: RedisStore::new(pools.clone(), keys.clone()),
+        store: RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
         queue: RedisQueue::new(pools, keys, "jobs"),
         cipher: CredentialCipher::ephemeral(),
         settings: Arc::new(Settings::default()),

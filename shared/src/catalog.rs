@@ -23,15 +23,53 @@ pub struct Instrument {
     pub name: &'static str,
     /// Linear or inverse.
     pub kind: ContractKind,
-    /// Where the simulated market starts (in cents of the quote currency, exact).
-    pub start_price_cents: i64,
+    /// The asset priced (`BTC`, `EUR`).
+    pub base: &'static str,
+    /// The currency the price is in (`USD`).
+    pub quote: &'static str,
+    /// Price increment: fills happen on multiples of it.
+    pub price_step: Decimal,
+    /// Smallest order and order increment, in the amount unit (USD for inverse contracts).
+    pub amount_step: Decimal,
+    /// Where the simulated market starts.
+    pub simulated_start: Decimal,
+    /// The price index a replay file for this instrument is named after (`BTCUSD`).
+    pub index: &'static str,
 }
 
 impl Instrument {
     /// The simulated market's starting price.
     pub fn start_price(&self) -> Decimal {
-        Decimal::new(self.start_price_cents, 2)
+        self.simulated_start
     }
+
+    /// The currency PnL and fees are paid in: the quote currency of a linear instrument, the
+    /// base coin of an inverse one.
+    pub fn settlement(&self) -> &'static str {
+        match self.kind {
+            ContractKind::Linear => self.quote,
+            ContractKind::Inverse => self.base,
+        }
+    }
+
+    /// Decimal places money is booked with in the settlement currency.
+    pub fn money_decimals(&self) -> u32 {
+        currency_decimals(self.settlement())
+    }
+}
+
+/// Decimal places money is booked with in `currency`: cents for fiat, 1e-8 (a satoshi) for
+/// coins.
+pub fn currency_decimals(currency: &str) -> u32 {
+    match currency {
+        "USD" | "EUR" => 2,
+        _ => 8,
+    }
+}
+
+/// `mantissa × 10^-scale` as a constant.
+const fn dec(mantissa: u32, scale: u32) -> Decimal {
+    Decimal::from_parts(mantissa, 0, 0, false, scale)
 }
 
 /// Every instrument runfleet knows.
@@ -39,22 +77,52 @@ pub const INSTRUMENTS: &[Instrument] = &[
     Instrument {
         name: "BTC-PERPETUAL",
         kind: ContractKind::Inverse,
-        start_price_cents: 5_000_000,
+        base: "BTC",
+        quote: "USD",
+        price_step: dec(5, 1),
+        amount_step: dec(10, 0),
+        simulated_start: dec(50_000, 0),
+        index: "BTCUSD",
     },
     Instrument {
         name: "ETH-PERPETUAL",
         kind: ContractKind::Inverse,
-        start_price_cents: 300_000,
+        base: "ETH",
+        quote: "USD",
+        price_step: dec(5, 2),
+        amount_step: dec(1, 0),
+        simulated_start: dec(3_000, 0),
+        index: "ETHUSD",
     },
     Instrument {
         name: "BTC-USD",
         kind: ContractKind::Linear,
-        start_price_cents: 5_000_000,
+        base: "BTC",
+        quote: "USD",
+        price_step: dec(1, 2),
+        amount_step: dec(1, 4),
+        simulated_start: dec(50_000, 0),
+        index: "BTCUSD",
     },
     Instrument {
         name: "ETH-USD",
         kind: ContractKind::Linear,
-        start_price_cents: 300_000,
+        base: "ETH",
+        quote: "USD",
+        price_step: dec(1, 2),
+        amount_step: dec(1, 3),
+        simulated_start: dec(3_000, 0),
+        index: "ETHUSD",
+    },
+    Instrument {
+        name: "EUR-USD",
+        kind: ContractKind::Linear,
+        base: "EUR",
+        quote: "USD",
+        price_step: dec(1, 5),
+        amount_step: dec(1, 0),
+        simulated_start: dec(108, 2),
+        index: "EURUSD",
     },
 ];
 
@@ -78,8 +146,8 @@ pub enum Param {
         min: i64,
         /// Largest value.
         max: i64,
-        /// Used when absent.
-        default: i64,
+        /// Used when absent; `None` makes the parameter required.
+        default: Option<i64>,
     },
     /// One of a few strings.
     Choice {
@@ -87,8 +155,8 @@ pub enum Param {
         name: &'static str,
         /// Allowed values.
         options: &'static [&'static str],
-        /// Used when absent.
-        default: &'static str,
+        /// Used when absent; `None` makes the parameter required.
+        default: Option<&'static str>,
     },
 }
 
@@ -97,6 +165,21 @@ impl Param {
     pub fn name(&self) -> &'static str {
         match self {
             Param::Int { name, .. } | Param::Choice { name, .. } => name,
+        }
+    }
+
+    /// Whether a start request must give it.
+    pub fn required(&self) -> bool {
+        match self {
+            Param::Int { default, .. } => default.is_none(),
+            Param::Choice { default, .. } => default.is_none(),
+        }
+    }
+
+    fn expected(&self) -> String {
+        match self {
+            Param::Int { min, max, .. } => format!("a whole number from {min} to {max}"),
+            Param::Choice { options, .. } => format!("one of {}", options.join(", ")),
         }
     }
 }
@@ -108,29 +191,86 @@ pub struct StrategyKind {
     pub name: &'static str,
     /// Its parameters.
     pub params: &'static [Param],
+    /// Only for fault tests: refused unless validation allows test strategies.
+    pub test_only: bool,
 }
 
-const TIMEFRAMES: &[&str] = &["1s", "5s", "1m", "5m", "15m", "1h"];
+/// Candle lengths a strategy may use, with their length in milliseconds.
+pub const TIMEFRAMES: &[(&str, u64)] = &[
+    ("1s", 1_000),
+    ("5s", 5_000),
+    ("1m", 60_000),
+    ("5m", 300_000),
+    ("15m", 900_000),
+    ("30m", 1_800_000),
+    ("1h", 3_600_000),
+    ("4h", 14_400_000),
+    ("1d", 86_400_000),
+];
 
-/// The built-in strategies.
-pub const STRATEGIES: &[StrategyKind] = &[StrategyKind {
-    name: "scalping",
-    params: &[
-        Param::Int {
-            name: "rsiPeriod",
-            min: 2,
-            max: 100,
-            default: 14,
-        },
-        Param::Choice {
-            name: "timeframe",
-            options: TIMEFRAMES,
-            default: "1m",
-        },
-    ],
-}];
+const TIMEFRAME_NAMES: &[&str] = &["1s", "5s", "1m", "5m", "15m", "30m", "1h", "4h", "1d"];
 
-/// Looks a strategy kind up by `config.type`.
+/// A timeframe's length in milliseconds.
+pub fn timeframe_ms(name: &str) -> Option<u64> {
+    TIMEFRAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, ms)| *ms)
+}
+
+const TIMEFRAME: Param = Param::Choice {
+    name: "timeframe",
+    options: TIMEFRAME_NAMES,
+    default: Some("1m"),
+};
+
+/// The built-in strategies (and the test-only `panic-test`).
+pub const STRATEGIES: &[StrategyKind] = &[
+    StrategyKind {
+        name: "scalping",
+        params: &[
+            Param::Int {
+                name: "rsiPeriod",
+                min: 2,
+                max: 100,
+                default: Some(14),
+            },
+            TIMEFRAME,
+        ],
+        test_only: false,
+    },
+    StrategyKind {
+        name: "sma-cross",
+        params: &[
+            Param::Int {
+                name: "fastPeriod",
+                min: 1,
+                max: 200,
+                default: None,
+            },
+            Param::Int {
+                name: "slowPeriod",
+                min: 2,
+                max: 500,
+                default: None,
+            },
+            TIMEFRAME,
+        ],
+        test_only: false,
+    },
+    StrategyKind {
+        name: "panic-test",
+        params: &[Param::Int {
+            name: "panicAfterTicks",
+            min: 0,
+            max: 100_000,
+            default: Some(0),
+        }],
+        test_only: true,
+    },
+];
+
+/// Looks a strategy kind up by `config.type` (test-only kinds included).
 pub fn strategy(name: &str) -> Option<&'static StrategyKind> {
     STRATEGIES.iter().find(|s| s.name == name)
 }
@@ -141,7 +281,7 @@ impl StrategyKind {
         let default = self.params.iter().find_map(|p| match p {
             Param::Int {
                 name: n, default, ..
-            } if *n == name => Some(*default),
+            } if *n == name => *default,
             _ => None,
         });
         params
@@ -149,6 +289,21 @@ impl StrategyKind {
             .and_then(Value::as_i64)
             .or(default)
             .unwrap_or(0)
+    }
+
+    /// A choice parameter's value from `params`, or its default. Assumes validated input.
+    pub fn choice<'a>(&self, params: &'a serde_json::Map<String, Value>, name: &str) -> &'a str {
+        let default = self.params.iter().find_map(|p| match p {
+            Param::Choice {
+                name: n, default, ..
+            } if *n == name => *default,
+            _ => None,
+        });
+        params
+            .get(name)
+            .and_then(Value::as_str)
+            .or(default)
+            .unwrap_or("")
     }
 }
 
@@ -191,21 +346,36 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
 
 fn check_param(p: &Param, v: &Value) -> Result<(), FieldError> {
     let field = format!("config.parameters.{}", p.name());
-    match p {
-        Param::Int { min, max, .. } => match v.as_i64() {
-            Some(n) if (*min..=*max).contains(&n) => Ok(()),
-            _ => refuse(field, format!("must be a whole number from {min} to {max}")),
-        },
-        Param::Choice { options, .. } => match v.as_str() {
-            Some(s) if options.contains(&s) => Ok(()),
-            _ => refuse(field, format!("must be one of {}", options.join(", "))),
-        },
+    let ok = match p {
+        Param::Int { min, max, .. } => v.as_i64().is_some_and(|n| (*min..=*max).contains(&n)),
+        Param::Choice { options, .. } => v.as_str().is_some_and(|s| options.contains(&s)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        refuse(field, format!("must be {}", p.expected()))
     }
 }
 
-/// Validates a start request: ids, credentials, strategy kind and parameters, risk settings,
-/// instruments. Returns the first refused field.
+/// What validation lets through beyond the public API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValidationOptions {
+    /// Accept test-only strategy kinds (`panic-test`). Off in production: a fleet enables it
+    /// only for fault tests.
+    pub allow_test_strategies: bool,
+}
+
+/// Validates a start request: ids, credentials, strategy kind and parameters, instruments,
+/// risk settings. Returns the first refused field. Test-only strategy kinds are refused.
 pub fn validate_start(req: &StartRunnerRequest) -> Result<(), FieldError> {
+    validate_start_with(req, ValidationOptions::default())
+}
+
+/// [`validate_start`], with `options` deciding whether test-only strategy kinds pass.
+pub fn validate_start_with(
+    req: &StartRunnerRequest,
+    options: ValidationOptions,
+) -> Result<(), FieldError> {
     check_id("userId", req.user_id.as_str(), 128)?;
     check_id("strategyId", req.strategy_id.as_str(), 128)?;
     if !BROKERS.contains(&req.broker_id.as_str()) {
@@ -215,8 +385,9 @@ pub fn validate_start(req: &StartRunnerRequest) -> Result<(), FieldError> {
     check_text("credentials.apiSecret", &req.credentials.api_secret, 512)?;
     let c = &req.config;
     check_text("config.name", &c.name, 128)?;
-    let Some(kind) = strategy(&c.kind) else {
-        let known: Vec<&str> = STRATEGIES.iter().map(|s| s.name).collect();
+    let allowed = |k: &&StrategyKind| !k.test_only || options.allow_test_strategies;
+    let Some(kind) = strategy(&c.kind).filter(allowed) else {
+        let known: Vec<&str> = STRATEGIES.iter().filter(allowed).map(|s| s.name).collect();
         return refuse(
             "config.type",
             format!("unknown strategy type; known: {}", known.join(", ")),
@@ -233,6 +404,36 @@ pub fn validate_start(req: &StartRunnerRequest) -> Result<(), FieldError> {
             }
         }
     }
+    for p in kind.params {
+        if p.required() && !c.parameters.contains_key(p.name()) {
+            return refuse(
+                format!("config.parameters.{}", p.name()),
+                format!("missing; must be {}", p.expected()),
+            );
+        }
+    }
+    if kind.name == "sma-cross"
+        && kind.int(&c.parameters, "fastPeriod") >= kind.int(&c.parameters, "slowPeriod")
+    {
+        return refuse("config.parameters.fastPeriod", "must be below slowPeriod");
+    }
+    if c.instruments.is_empty() || c.instruments.len() > 10 {
+        return refuse("config.instruments", "must list 1 to 10 instruments");
+    }
+    let mut instruments = Vec::with_capacity(c.instruments.len());
+    for (i, name) in c.instruments.iter().enumerate() {
+        let Some(found) = instrument(name) else {
+            let known: Vec<&str> = INSTRUMENTS.iter().map(|i| i.name).collect();
+            return refuse(
+                format!("config.instruments[{i}]"),
+                format!("unknown instrument; known: {}", known.join(", ")),
+            );
+        };
+        if c.instruments[..i].contains(name) {
+            return refuse(format!("config.instruments[{i}]"), "listed twice");
+        }
+        instruments.push(found);
+    }
     if let Some(r) = &c.risk_management {
         let hundred = Decimal::from(100);
         if r.max_position_size <= Decimal::ZERO
@@ -241,6 +442,18 @@ pub fn validate_start(req: &StartRunnerRequest) -> Result<(), FieldError> {
             return refuse(
                 "config.riskManagement.maxPositionSize",
                 "must be above 0 and at most 1e9",
+            );
+        }
+        if let Some(i) = instruments
+            .iter()
+            .find(|i| r.max_position_size < i.amount_step)
+        {
+            return refuse(
+                "config.riskManagement.maxPositionSize",
+                format!(
+                    "must be at least the smallest order of {} ({})",
+                    i.name, i.amount_step
+                ),
             );
         }
         if r.stop_loss_percent <= Decimal::ZERO || r.stop_loss_percent > hundred {
@@ -254,21 +467,6 @@ pub fn validate_start(req: &StartRunnerRequest) -> Result<(), FieldError> {
                 "config.riskManagement.takeProfitPercent",
                 "must be above 0 and at most 1000",
             );
-        }
-    }
-    if c.instruments.is_empty() || c.instruments.len() > 10 {
-        return refuse("config.instruments", "must list 1 to 10 instruments");
-    }
-    for (i, name) in c.instruments.iter().enumerate() {
-        if instrument(name).is_none() {
-            let known: Vec<&str> = INSTRUMENTS.iter().map(|i| i.name).collect();
-            return refuse(
-                format!("config.instruments[{i}]"),
-                format!("unknown instrument; known: {}", known.join(", ")),
-            );
-        }
-        if c.instruments[..i].contains(name) {
-            return refuse(format!("config.instruments[{i}]"), "listed twice");
         }
     }
     Ok(())
@@ -357,5 +555,116 @@ mod tests {
     fn parameters_fall_back_to_their_defaults() {
         let kind = strategy("scalping").unwrap();
         assert_eq!(kind.int(&serde_json::Map::new(), "rsiPeriod"), 14);
+        assert_eq!(kind.choice(&serde_json::Map::new(), "timeframe"), "1m");
+        // The seed's minimal config (no parameters, no risk settings) is valid.
+        validate_start(&request(|v| {
+            v["config"] = serde_json::json!({"name": "Test", "type": "scalping",
+                "instruments": ["BTC-PERPETUAL"]});
+        }))
+        .unwrap();
+    }
+
+    fn sma(v: &mut serde_json::Value) {
+        v["config"]["type"] = "sma-cross".into();
+        v["config"]["parameters"] = serde_json::json!({"fastPeriod": 5, "slowPeriod": 20});
+    }
+
+    #[test]
+    fn sma_cross_needs_both_periods_in_order() {
+        validate_start(&request(sma)).unwrap();
+        let missing = validate_start(&request(|v| {
+            sma(v);
+            v["config"]["parameters"] = serde_json::json!({"fastPeriod": 5});
+        }))
+        .unwrap_err();
+        assert_eq!(missing.field, "config.parameters.slowPeriod");
+        assert!(
+            missing.message.starts_with("missing"),
+            "{}",
+            missing.message
+        );
+        assert_eq!(
+            field(|v| {
+                sma(v);
+                v["config"]["parameters"]["fastPeriod"] = 20.into();
+            }),
+            "config.parameters.fastPeriod"
+        );
+        assert_eq!(
+            field(|v| {
+                sma(v);
+                v["config"]["parameters"]["slowPeriod"] = 501.into();
+            }),
+            "config.parameters.slowPeriod"
+        );
+        assert_eq!(
+            field(|v| {
+                sma(v);
+                v["config"]["parameters"]["rsiPeriod"] = 14.into();
+            }),
+            "config.parameters.rsiPeriod"
+        );
+    }
+
+    #[test]
+    fn risk_settings_are_checked_against_the_instruments() {
+        let e = validate_start(&request(|v| {
+            v["config"]["riskManagement"]["maxPositionSize"] = 5.into();
+        }))
+        .unwrap_err();
+        assert_eq!(e.field, "config.riskManagement.maxPositionSize");
+        assert!(e.message.contains("BTC-PERPETUAL (10)"), "{}", e.message);
+        validate_start(&request(|v| {
+            v["config"]["riskManagement"]["maxPositionSize"] = 5.into();
+            v["config"]["instruments"] = serde_json::json!(["EUR-USD"]);
+        }))
+        .unwrap();
+        assert_eq!(
+            field(|v| v["config"]["riskManagement"]["takeProfitPercent"] = 1001.into()),
+            "config.riskManagement.takeProfitPercent"
+        );
+        assert_eq!(
+            field(|v| v["config"]["riskManagement"]["stopLossPercent"] = 100.5.into()),
+            "config.riskManagement.stopLossPercent"
+        );
+    }
+
+    #[test]
+    fn test_strategies_are_refused_unless_allowed() {
+        let panic_test = |v: &mut serde_json::Value| {
+            v["config"]["type"] = "panic-test".into();
+            v["config"]["parameters"] = serde_json::json!({"panicAfterTicks": 10});
+        };
+        let e = validate_start(&request(panic_test)).unwrap_err();
+        assert_eq!(e.field, "config.type");
+        assert!(
+            !e.message.contains("panic-test"),
+            "not advertised: {}",
+            e.message
+        );
+        let allow = ValidationOptions {
+            allow_test_strategies: true,
+        };
+        validate_start_with(&request(panic_test), allow).unwrap();
+        let e = validate_start_with(
+            &request(|v| {
+                panic_test(v);
+                v["config"]["parameters"]["panicAfterTicks"] = 100_001.into();
+            }),
+            allow,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "config.parameters.panicAfterTicks");
+    }
+
+    #[test]
+    fn instruments_know_their_settlement_currency() {
+        let btc = instrument("BTC-PERPETUAL").unwrap();
+        assert_eq!((btc.settlement(), btc.money_decimals()), ("BTC", 8));
+        assert_eq!(btc.price_step.to_string(), "0.5");
+        let eur = instrument("EUR-USD").unwrap();
+        assert_eq!((eur.settlement(), eur.money_decimals()), ("USD", 2));
+        assert_eq!(eur.start_price().to_string(), "1.08");
+        assert_eq!(timeframe_ms("1h"), Some(3_600_000));
     }
 }

@@ -57,6 +57,96 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// The simulated market the built-in strategies trade on.
     pub market: MarketSettings,
+    /// Restarts of crashed runners.
+    pub restart: RestartSettings,
+    /// Circuit breaker per user strategy.
+    pub breaker: BreakerSettings,
+    /// The crash sweep the orchestrators run.
+    pub sweep: SweepSettings,
+    /// Switches meant for tests and diagnosis.
+    pub testing: TestingSettings,
+}
+
+/// When and how often a crashed runner is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartSettings {
+    /// Restarts allowed within `window_ms`; one more failure fails the job.
+    pub max_restarts: u32,
+    /// The window the restarts are counted in.
+    pub window_ms: u64,
+    /// Delay before the first restart; doubles with each further one.
+    pub base_delay_ms: u64,
+    /// The longest delay.
+    pub max_delay_ms: u64,
+    /// A run this long resets the restart count.
+    pub stable_ms: u64,
+}
+
+impl Default for RestartSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window_ms: 600_000,
+            base_delay_ms: 1_000,
+            max_delay_ms: 60_000,
+            stable_ms: 600_000,
+        }
+    }
+}
+
+/// The circuit breaker of a user's strategy (`userId` + `strategyId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Failures within `window_ms` that open the breaker.
+    pub failures: u32,
+    /// The window failures are counted in.
+    pub window_ms: u64,
+    /// How long an open breaker refuses starts before it allows one trial run.
+    pub cooldown_ms: u64,
+    /// How long the trial run must run (or be stopped without failing) to close the breaker.
+    pub trial_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            window_ms: 300_000,
+            cooldown_ms: 60_000,
+            trial_ms: 30_000,
+        }
+    }
+}
+
+/// The crash sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SweepSettings {
+    /// How often an orchestrator tries to take the sweep (one of them runs it per interval).
+    pub interval_ms: u64,
+    /// Expired leases handled per sweep at most (the rest wait for the next one).
+    pub batch: u32,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 5_000,
+            batch: 1_000,
+        }
+    }
+}
+
+/// Switches meant for tests and diagnosis; all off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingSettings {
+    /// Accept the test-only strategy kinds (such as `panic-test`) in start requests.
+    pub test_strategies: bool,
+    /// Append every accepted claim, heartbeat and end of run to the `audit` stream in Redis.
+    pub audit: bool,
 }
 
 /// Redis connection and key settings.
@@ -120,25 +210,90 @@ pub struct QueueSettings {
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
-            backend: QueueBackend::Memory,
+            backend: QueueBackend::default(),
             name: "jobs".into(),
         }
     }
 }
 
-/// RabbitMQ settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// RabbitMQ settings (used when `queue.backend = "rabbitmq"`). A consumer's prefetch is not a
+/// setting: it is the claiming node's free capacity at each claim.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RabbitMqSettings {
-    /// AMQP URL.
+    /// AMQP URL (`amqp://` or `amqps://`; the vhost `/` is written `%2f`).
     pub url: String,
+    /// AMQP heartbeat in seconds, to notice a dead connection (0: the broker's choice).
+    pub heartbeat_s: u16,
+    /// How long opening a connection may take.
+    pub connect_timeout_ms: u64,
+    /// How long an enqueue waits for the broker's confirms, reconnecting if need be, before it
+    /// fails (and the start is refused with 503).
+    pub confirm_timeout_ms: u64,
+    /// First delay between reconnection attempts; doubles with each failed attempt.
+    pub reconnect_min_ms: u64,
+    /// Longest delay between reconnection attempts.
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for RabbitMqSettings {
     fn default() -> Self {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            heartbeat_s: 10,
+            connect_timeout_ms: 5_000,
+            confirm_timeout_ms: 5_000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
         }
+    }
+}
+
+impl RabbitMqSettings {
+    /// Checks ranges. Called when the RabbitMQ backend is opened, so a fleet on another
+    /// backend is not refused for settings it does not use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.connect_timeout_ms == 0 {
+            return invalid("rabbitmq.connect_timeout_ms", "must be at least 1");
+        }
+        if self.confirm_timeout_ms == 0 {
+            return invalid("rabbitmq.confirm_timeout_ms", "must be at least 1");
+        }
+        if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
+            return invalid(
+                "rabbitmq.reconnect_min_ms",
+                "must be at least 1 and at most rabbitmq.reconnect_max_ms",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RabbitMqSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: print it without one.
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &self.url[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{}{user}:<set>{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("RabbitMqSettings")
+            .field("url", &url)
+            .field("heartbeat_s", &self.heartbeat_s)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("confirm_timeout_ms", &self.confirm_timeout_ms)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .finish()
     }
 }
 
@@ -277,17 +432,52 @@ impl Default for TelemetrySettings {
     }
 }
 
-/// The simulated market feed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where the built-in runner's prices come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedKind {
+    /// A seeded random walk per instrument, one step every `tick_ms`.
+    #[default]
+    Simulated,
+    /// Candles played from a CSV file (`replay_file`) at `replay_speed`.
+    Replay,
+}
+
+/// The market the built-in strategies trade on, and the paper broker's fill model. See
+/// docs/trading.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketSettings {
-    /// Time between simulated price ticks.
+    /// `simulated` or `replay`.
+    pub feed: FeedKind,
+    /// Time between simulated price ticks (each tick is one candle of the strategy's timeframe).
     pub tick_ms: u64,
+    /// Mixed with the job id into the simulated walk's seed.
+    pub seed: u64,
+    /// The replay CSV (`,Open,High,Low,Close,Volume` rows). `{index}` in it is replaced by the
+    /// instrument's price index (`EURUSD` for EUR-USD); without it every instrument plays the
+    /// same file.
+    pub replay_file: String,
+    /// Replay pace: data time per wall time (3600 plays an hour of candles per second); 0 plays
+    /// as fast as the runner can.
+    pub replay_speed: u64,
+    /// Fee of every fill, in basis points of its notional.
+    pub fee_bps: rust_decimal::Decimal,
+    /// Adverse slippage of every market order, in basis points of the price.
+    pub slippage_bps: rust_decimal::Decimal,
 }
 
 impl Default for MarketSettings {
     fn default() -> Self {
-        Self { tick_ms: 100 }
+        Self {
+            feed: FeedKind::Simulated,
+            tick_ms: 100,
+            seed: 0,
+            replay_file: String::new(),
+            replay_speed: 3_600,
+            fee_bps: rust_decimal::Decimal::from(5),
+            slippage_bps: rust_decimal::Decimal::from(1),
+        }
     }
 }
 
@@ -341,8 +531,33 @@ impl Settings {
         if self.queue.name.is_empty() {
             return invalid("queue.name", "must be non-empty");
         }
+        if self.sweep.interval_ms == 0 || self.sweep.batch == 0 {
+            return invalid("sweep.interval_ms", "interval and batch must be at least 1");
+        }
+        if self.restart.base_delay_ms > self.restart.max_delay_ms {
+            return invalid(
+                "restart.base_delay_ms",
+                "must not exceed restart.max_delay_ms",
+            );
+        }
+        if self.breaker.failures == 0 {
+            return invalid("breaker.failures", "must be at least 1");
+        }
         if self.market.tick_ms == 0 {
             return invalid("market.tick_ms", "must be at least 1");
+        }
+        if self.market.feed == FeedKind::Replay && self.market.replay_file.trim().is_empty() {
+            return invalid(
+                "market.replay_file",
+                "must name a CSV file when market.feed = replay",
+            );
+        }
+        let bps = rust_decimal::Decimal::from(1_000);
+        if self.market.fee_bps.is_sign_negative() || self.market.fee_bps > bps {
+            return invalid("market.fee_bps", "must be from 0 to 1000");
+        }
+        if self.market.slippage_bps.is_sign_negative() || self.market.slippage_bps > bps {
+            return invalid("market.slippage_bps", "must be from 0 to 1000");
         }
         Ok(())
     }
@@ -389,6 +604,11 @@ mod tests {
     fn defaults_are_valid_and_match_the_design() {
         let s = Settings::default();
         s.validate().unwrap();
+        assert_eq!(
+            s.queue.backend,
+            QueueBackend::Redis,
+            "distributed by default; --embedded picks memory"
+        );
         assert_eq!(s.heartbeat.interval_ms, 5_000);
         assert_eq!(s.heartbeat.lease_ms, 30_000);
         assert_eq!(s.tiers, TierLimits::default());

@@ -177,53 +177,158 @@ impl StopMode {
 }
 
 /// Direction of a position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Profits when the price rises.
+    #[default]
     Long,
     /// Profits when the price falls.
     Short,
 }
 
-/// An open position as reported by a runner.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// An open position as reported by a runner. Money fields are exact decimal strings (see
+/// [`decimal`]); PnL is in the instrument's settlement currency (`currency`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Position {
     /// The instrument.
     pub instrument_name: String,
     /// Long or short.
     pub side: Side,
     /// Size, in the instrument's amount unit (USD for inverse perpetuals).
-    #[serde(with = "rust_decimal::serde::float")]
+    #[serde(with = "decimal")]
     pub amount: Decimal,
-    /// Average entry price.
-    #[serde(with = "rust_decimal::serde::float")]
+    /// Average entry price (arithmetic for linear instruments, harmonic for inverse ones).
+    #[serde(with = "decimal")]
     pub entry_price: Decimal,
-    /// PnL if closed at the current mark price, in the settlement currency.
-    #[serde(rename = "unrealizedPnL", with = "rust_decimal::serde::float")]
+    /// The price the position is marked at: the latest price of the market feed.
+    #[serde(with = "decimal")]
+    pub mark_price: Decimal,
+    /// PnL if closed at `markPrice`, before fees, in the settlement currency.
+    #[serde(rename = "unrealizedPnL", with = "decimal")]
     pub unrealized_pnl: Decimal,
-    /// PnL already realized by partial closes of this position.
-    #[serde(rename = "realizedPnL", with = "rust_decimal::serde::float")]
+    /// PnL already realized by partial closes of this position, before fees.
+    #[serde(rename = "realizedPnL", with = "decimal")]
     pub realized_pnl: Decimal,
+    /// The settlement currency of the PnL fields (`BTC` for BTC-PERPETUAL, `USD` for EUR-USD).
+    pub currency: String,
 }
 
-/// A runner's trading statistics. See docs/trading.md for the definitions.
+/// A runner's trading statistics. See docs/trading.md for the definitions. Money fields are
+/// exact decimal strings in `currency`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct Stats {
-    /// Closed trades.
+    /// Closed trades (a trade is a position's life from flat back to flat, or to a flip).
     pub total_trades: u64,
-    /// Closed trades with positive PnL.
+    /// Closed trades whose PnL net of fees is above zero.
     pub winning_trades: u64,
-    /// Closed trades with negative PnL.
+    /// Closed trades whose PnL net of fees is below zero. A trade of exactly zero is neither.
     pub losing_trades: u64,
-    /// Realized PnL of all closed trades, net of fees.
-    #[serde(rename = "totalPnL", with = "rust_decimal::serde::float")]
+    /// Sum of the closed trades' PnL, net of their fees.
+    #[serde(rename = "totalPnL", with = "decimal")]
     pub total_pnl: Decimal,
-    /// Winning trades as a percentage of closed trades (0 when none).
-    #[serde(with = "rust_decimal::serde::float")]
+    /// Winning trades as a percentage of closed trades, 2 decimals (0 when none).
+    #[serde(with = "decimal")]
     pub win_rate: Decimal,
+    /// Fees paid on every fill so far, open positions' included.
+    #[serde(with = "decimal")]
+    pub fees: Decimal,
+    /// Largest fall of cumulative closed-trade PnL from its running peak (0 or positive).
+    #[serde(with = "decimal")]
+    pub max_drawdown: Decimal,
+    /// Sum of winning trades' PnL over the absolute sum of losing trades' PnL, 4 decimals;
+    /// `null` when there is no losing trade.
+    #[serde(with = "decimal::option")]
+    pub profit_factor: Option<Decimal>,
+    /// The currency of the money fields: the instruments' common settlement currency, or `USD`
+    /// when they settle in different currencies (each figure converted at its fill's price).
+    pub currency: String,
+}
+
+/// Exact JSON for money: a [`Decimal`] is written as a string in plain decimal notation
+/// (`"-0.00002281"`, never `-2.281e-05`), trailing zeros removed. Reading accepts a string or a
+/// JSON number, so records written as numbers by older versions still load.
+///
+/// Why strings: serde_json holds a number without its `arbitrary_precision` feature as an
+/// `f64`, and the API builds its answers through `serde_json::Value`, so a number would be
+/// rounded through binary floating point and printed in exponent notation. The feature would
+/// keep numbers exact, but it unifies across the workspace and breaks deserializing numbers
+/// inside internally tagged enums (the store's `NodeCommand`) and `#[serde(flatten)]` structs.
+/// docs/trading.md has the details.
+pub mod decimal {
+    use std::fmt;
+    use std::str::FromStr;
+
+    use rust_decimal::Decimal;
+    use serde::{Deserializer, Serializer, de};
+
+    /// Writes `value` as a plain decimal string.
+    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&value.normalize())
+    }
+
+    /// Reads a decimal from a string or a JSON number.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        d.deserialize_any(DecimalVisitor)
+    }
+
+    /// Parses a decimal in plain or scientific notation.
+    pub fn parse(text: &str) -> Option<Decimal> {
+        let text = text.trim();
+        Decimal::from_str(text)
+            .ok()
+            .or_else(|| Decimal::from_scientific(text).ok())
+    }
+
+    struct DecimalVisitor;
+
+    impl de::Visitor<'_> for DecimalVisitor {
+        type Value = Decimal;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal number or a string holding one")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+            parse(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+            // The shortest text that reads back as `v`: what the writer of the number meant.
+            parse(&v.to_string()).ok_or_else(|| E::invalid_value(de::Unexpected::Float(v), &self))
+        }
+    }
+
+    /// The same for `Option<Decimal>`, `null` for `None`.
+    pub mod option {
+        use rust_decimal::Decimal;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `Some` as a plain decimal string, `None` as `null`.
+        pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads `null`, a string or a number.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+            #[derive(serde::Deserialize)]
+            struct Wrap(#[serde(with = "super")] Decimal);
+            Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
+        }
+    }
 }
 
 /// Everything the fleet knows about a job, as the status call reports it. Holds no secrets.
@@ -308,6 +413,8 @@ pub struct Lease {
     pub spec: JobSpec,
     /// The claim's fencing token.
     pub epoch: u64,
+    /// The paper account the job's previous run left, to resume from.
+    pub account: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -364,14 +471,46 @@ mod tests {
             instrument_name: "BTC-PERPETUAL".into(),
             side: Side::Long,
             amount: Decimal::from(100),
-            entry_price: Decimal::from(50_000),
-            unrealized_pnl: Decimal::new(15, 1),
+            entry_price: Decimal::new(5_000_000, 2),
+            mark_price: Decimal::from(50_100),
+            unrealized_pnl: Decimal::new(-2281, 8),
             realized_pnl: Decimal::ZERO,
+            currency: "BTC".into(),
         };
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(v["instrumentName"], "BTC-PERPETUAL");
         assert_eq!(v["side"], "long");
-        assert_eq!(v["amount"], 100.0);
-        assert_eq!(v["unrealizedPnL"], 1.5);
+        assert_eq!(v["amount"], "100");
+        assert_eq!(v["entryPrice"], "50000");
+        assert_eq!(v["unrealizedPnL"], "-0.00002281", "exact, no exponent");
+        assert_eq!(v["realizedPnL"], "0");
+        // Through `json!` and back, as the API and the store do.
+        let back: Position =
+            serde_json::from_value(serde_json::json!({ "p": v })["p"].clone()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn money_reads_numbers_and_strings_and_old_records() {
+        let old = serde_json::json!({"totalTrades": 3, "winningTrades": 2, "losingTrades": 1,
+            "totalPnL": -2.281e-05, "winRate": 66.67});
+        let s: Stats = serde_json::from_value(old).unwrap();
+        assert_eq!(s.total_pnl, Decimal::new(-2281, 8));
+        assert_eq!(s.win_rate, Decimal::new(6667, 2));
+        assert_eq!(s.profit_factor, None);
+        let s: Stats = serde_json::from_str(
+            r#"{"totalPnL": "12345678901234.123456789012", "profitFactor": "1.5", "fees": 0.1}"#,
+        )
+        .unwrap();
+        assert_eq!(s.total_pnl.to_string(), "12345678901234.123456789012");
+        assert_eq!(s.profit_factor, Some(Decimal::new(15, 1)));
+        assert_eq!(s.fees, Decimal::new(1, 1));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(
+            json.contains(r#""totalPnL":"12345678901234.123456789012""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""profitFactor":"1.5""#), "{json}");
+        assert!(serde_json::from_str::<Stats>(r#"{"fees": "ten"}"#).is_err());
     }
 }

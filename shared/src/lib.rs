@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod policy;
 pub mod queue;
 pub mod redis_pool;
 pub mod shutdown;

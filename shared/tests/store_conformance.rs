@@ -6,14 +6,16 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
+use runfleet::config::{BreakerSettings, RestartSettings};
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
+use runfleet::keys::Keys;
 use runfleet::store::{
-    Admission, ClaimOutcome, FleetStore, MemoryStore, NodeCommand, NodeInfo, RedisStore, RunEnd,
-    RunnerBeat, StopRequest,
+    Admission, ClaimOutcome, FleetPolicy, FleetStore, MemoryStore, NodeCommand, NodeInfo,
+    RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
 };
-use runfleet::tier::{Tier, TierLimits};
+use runfleet::tier::Tier;
 
 trait Harness: Sized {
     type Store: FleetStore;
@@ -24,7 +26,7 @@ trait Harness: Sized {
 struct Memory(MemoryStore);
 impl Memory {
     async fn new() -> Self {
-        Memory(MemoryStore::new())
+        Memory(MemoryStore::new(policy()))
     }
 }
 impl Harness for Memory {
@@ -40,7 +42,7 @@ impl Redis {
     async fn new() -> Self {
         let pools = support::redis_pools().await;
         Redis(
-            RedisStore::new(pools.clone(), support::unique_keys()),
+            RedisStore::new(pools.clone(), support::unique_keys(), policy()),
             pools,
         )
     }
@@ -56,6 +58,41 @@ impl Harness for Redis {
 }
 
 const LEASE: Duration = Duration::from_secs(30);
+
+/// Fast timings, so the suite runs in real time on a real Redis (whose clock cannot be paused).
+/// The breaker opens only after many failures unless a test says otherwise (by strategy id).
+fn policy() -> FleetPolicy {
+    FleetPolicy {
+        restart: RestartSettings {
+            max_restarts: 2,
+            window_ms: 60_000,
+            base_delay_ms: 50,
+            max_delay_ms: 200,
+            stable_ms: 60_000,
+        },
+        breaker: BreakerSettings {
+            failures: 3,
+            window_ms: 60_000,
+            cooldown_ms: 300,
+            trial_ms: 150,
+        },
+        audit: true,
+        ..FleetPolicy::default()
+    }
+}
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// Sweeps once the previous sweep's guard (10 ms) has lapsed.
+async fn sweep<S: FleetStore>(s: &S) -> SweepReport {
+    sleep_ms(15).await;
+    s.sweep(Duration::from_millis(10), 100)
+        .await
+        .unwrap()
+        .expect("the guard was free")
+}
 
 fn spec(user: &str) -> JobSpec {
     let id = JobId::generate();
@@ -102,6 +139,7 @@ async fn claim_one<S: FleetStore>(s: &S, n: &str, job: &JobId) -> u64 {
 
 fn end(status: JobStatus) -> RunEnd {
     RunEnd {
+        account: None,
         status,
         error: None,
         flattened_positions: Some(2),
@@ -111,10 +149,9 @@ fn end(status: JobStatus) -> RunEnd {
 }
 
 async fn admission_holds_the_tier_limit<S: FleetStore>(s: S) {
-    let limits = TierLimits::default();
     let a = spec("alice");
     assert!(matches!(
-        s.admit(&a, &limits).await.unwrap(),
+        s.admit(&a).await.unwrap(),
         Admission::Admitted {
             tier: Tier::Free,
             limit: 1,
@@ -123,7 +160,7 @@ async fn admission_holds_the_tier_limit<S: FleetStore>(s: S) {
     ));
     let b = spec("alice");
     assert_eq!(
-        s.admit(&b, &limits).await.unwrap(),
+        s.admit(&b).await.unwrap(),
         Admission::LimitReached {
             tier: Tier::Free,
             limit: 1,
@@ -138,7 +175,7 @@ async fn admission_holds_the_tier_limit<S: FleetStore>(s: S) {
         .await
         .unwrap();
     assert!(matches!(
-        s.admit(&b, &limits).await.unwrap(),
+        s.admit(&b).await.unwrap(),
         Admission::Admitted {
             tier: Tier::Basic,
             limit: 3,
@@ -152,19 +189,18 @@ async fn admission_holds_the_tier_limit<S: FleetStore>(s: S) {
 }
 
 async fn expired_subscription_falls_back_to_free<S: FleetStore>(s: S) {
-    let limits = TierLimits::default();
     s.subscribe(&UserId::new("bob"), Tier::Pro, 0)
         .await
         .unwrap();
     assert!(matches!(
-        s.admit(&spec("bob"), &limits).await.unwrap(),
+        s.admit(&spec("bob")).await.unwrap(),
         Admission::Admitted {
             tier: Tier::Free,
             ..
         }
     ));
     assert!(matches!(
-        s.admit(&spec("bob"), &limits).await.unwrap(),
+        s.admit(&spec("bob")).await.unwrap(),
         Admission::LimitReached {
             tier: Tier::Free,
             ..
@@ -173,9 +209,8 @@ async fn expired_subscription_falls_back_to_free<S: FleetStore>(s: S) {
 }
 
 async fn claims_bump_the_epoch_and_drop_what_must_not_run<S: FleetStore>(s: S) {
-    let limits = TierLimits::default();
     let a = spec("carol");
-    s.admit(&a, &limits).await.unwrap();
+    s.admit(&a).await.unwrap();
     assert_eq!(claim_one(&s, "n1", &a.id).await, 1);
     let rec = s.job(&a.id).await.unwrap().unwrap();
     assert_eq!(
@@ -200,11 +235,12 @@ async fn claims_bump_the_epoch_and_drop_what_must_not_run<S: FleetStore>(s: S) {
 
 async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
     let a = spec("dave");
-    s.admit(&a, &TierLimits::default()).await.unwrap();
+    s.admit(&a).await.unwrap();
     let epoch = claim_one(&s, "n1", &a.id).await;
     let beat = |epoch| RunnerBeat {
         job_id: a.id.clone(),
         epoch,
+        account: None,
         positions: vec![],
         stats: Default::default(),
     };
@@ -256,9 +292,26 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
     );
 }
 
+async fn forgetting_an_admission_spares_a_claimed_job<S: FleetStore>(s: S) {
+    let (a, b) = (spec("gus"), spec("gus2"));
+    s.admit(&a).await.unwrap();
+    s.forget(&a.id, &a.user_id).await.unwrap();
+    assert!(s.job(&a.id).await.unwrap().is_none());
+    assert_eq!(s.active_count(&a.user_id).await.unwrap(), 0);
+    s.admit(&b).await.unwrap();
+    claim_one(&s, "n1", &b.id).await;
+    s.forget(&b.id, &b.user_id).await.unwrap();
+    assert_eq!(
+        s.job(&b.id).await.unwrap().unwrap().status,
+        JobStatus::Running,
+        "a claimed job is not forgotten"
+    );
+    assert_eq!(s.active_count(&b.user_id).await.unwrap(), 1);
+}
+
 async fn stopping_a_queued_job_needs_no_node<S: FleetStore>(s: S) {
     let a = spec("erin");
-    s.admit(&a, &TierLimits::default()).await.unwrap();
+    s.admit(&a).await.unwrap();
     assert_eq!(
         s.request_stop(&a.id, StopMode::Flatten).await.unwrap(),
         StopRequest::Stopped
@@ -290,7 +343,7 @@ async fn stopping_a_queued_job_needs_no_node<S: FleetStore>(s: S) {
 
 async fn stopping_a_running_job_sends_its_node_a_command<S: FleetStore>(s: S) {
     let a = spec("frank");
-    s.admit(&a, &TierLimits::default()).await.unwrap();
+    s.admit(&a).await.unwrap();
     let epoch = claim_one(&s, "n1", &a.id).await;
     assert_eq!(
         s.request_stop(&a.id, StopMode::Hold).await.unwrap(),
@@ -324,16 +377,293 @@ async fn stopping_a_running_job_sends_its_node_a_command<S: FleetStore>(s: S) {
 
 async fn handed_back_jobs_can_be_claimed_again<S: FleetStore>(s: S) {
     let a = spec("gina");
-    s.admit(&a, &TierLimits::default()).await.unwrap();
+    s.admit(&a).await.unwrap();
     let epoch = claim_one(&s, "n1", &a.id).await;
-    assert!(!s.hand_back(&NodeId::new("n2"), &a.id, epoch).await.unwrap());
-    assert!(s.hand_back(&NodeId::new("n1"), &a.id, epoch).await.unwrap());
+    assert!(
+        !s.hand_back(&NodeId::new("n2"), &a.id, epoch, None)
+            .await
+            .unwrap()
+    );
+    let account = serde_json::json!({"balance": "1000.5", "positions": []});
+    assert!(
+        s.hand_back(&NodeId::new("n1"), &a.id, epoch, Some(account.clone()))
+            .await
+            .unwrap()
+    );
     assert_eq!(
         s.active_count(&UserId::new("gina")).await.unwrap(),
         1,
         "the slot stays held"
     );
-    assert_eq!(claim_one(&s, "n2", &a.id).await, epoch + 1);
+    match s
+        .claim(&NodeId::new("n2"), std::slice::from_ref(&a.id), LEASE)
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        ClaimOutcome::Claimed(lease) => {
+            assert_eq!(lease.epoch, epoch + 1);
+            assert_eq!(
+                lease.account,
+                Some(account),
+                "the next run resumes from the stored account"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn spec_for(user: &str, strategy: &str) -> JobSpec {
+    JobSpec {
+        strategy_id: StrategyId::new(strategy),
+        ..spec(user)
+    }
+}
+
+async fn claim_for<S: FleetStore>(s: &S, node: &str, job: &JobId, lease_ms: u64) -> u64 {
+    match s
+        .claim(
+            &NodeId::new(node),
+            std::slice::from_ref(job),
+            Duration::from_millis(lease_ms),
+        )
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        ClaimOutcome::Claimed(lease) => lease.epoch,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetStore>(s: S) {
+    let a = spec_for("hana", "silent");
+    s.admit(&a).await.unwrap();
+    let mut epochs = Vec::new();
+    for round in 1..=2u32 {
+        let epoch = claim_for(&s, "n1", &a.id, 40).await;
+        epochs.push(epoch);
+        sleep_ms(60).await;
+        let report = sweep(&s).await;
+        assert_eq!(
+            report,
+            SweepReport {
+                crashed: 1,
+                restarting: 1,
+                failed: 0
+            },
+            "round {round}"
+        );
+        assert!(
+            s.sweep(Duration::from_millis(10), 100)
+                .await
+                .unwrap()
+                .is_none(),
+            "one sweep per interval"
+        );
+        let rec = s.job(&a.id).await.unwrap().unwrap();
+        assert_eq!((rec.status, rec.restarts), (JobStatus::Crashed, round));
+        assert!(
+            rec.error.as_deref().unwrap().contains("no heartbeat"),
+            "{:?}",
+            rec.error
+        );
+        assert!(
+            s.due_restarts(10).await.unwrap().is_empty(),
+            "not before its delay"
+        );
+        sleep_ms(50 * 2u64.pow(round - 1) + 20).await;
+        assert_eq!(s.due_restarts(10).await.unwrap(), vec![a.id.clone()]);
+        assert_eq!(
+            s.job(&a.id).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+        assert_eq!(
+            s.active_count(&UserId::new("hana")).await.unwrap(),
+            1,
+            "a job waiting for a restart keeps its slot"
+        );
+    }
+    let epoch = claim_for(&s, "n2", &a.id, 40).await;
+    assert_eq!(epoch, epochs[1] + 1);
+    let stale = RunnerBeat {
+        job_id: a.id.clone(),
+        epoch: epochs[0],
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    assert_eq!(
+        s.renew(&node("n1"), &[stale], LEASE).await.unwrap(),
+        vec![a.id.clone()],
+        "an old epoch is fenced off"
+    );
+    sleep_ms(60).await;
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport {
+            crashed: 1,
+            restarting: 0,
+            failed: 1
+        }
+    );
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert!(
+        rec.error.as_deref().unwrap().contains("2 restarts"),
+        "{:?}",
+        rec.error
+    );
+    assert_eq!(s.active_count(&UserId::new("hana")).await.unwrap(), 0);
+}
+
+async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore>(s: S) {
+    let a = spec_for("ivan", "panicky");
+    s.admit(&a).await.unwrap();
+    let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
+    let crash = RunEnd {
+        status: JobStatus::Crashed,
+        error: Some("runner panicked: boom".into()),
+        flattened_positions: None,
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    assert!(
+        s.finish(&NodeId::new("n1"), &a, epoch, crash)
+            .await
+            .unwrap()
+    );
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.restarts), (JobStatus::Crashed, 1));
+    assert_eq!(rec.error.as_deref(), Some("runner panicked: boom"));
+    sleep_ms(70).await;
+    assert_eq!(s.due_restarts(10).await.unwrap(), vec![a.id.clone()]);
+    // Stopping a job that waits for its restart cancels the restart.
+    let b = spec_for("ivan2", "panicky");
+    s.admit(&b).await.unwrap();
+    let epoch = claim_for(&s, "n1", &b.id, 30_000).await;
+    let crash = RunEnd {
+        status: JobStatus::Crashed,
+        error: Some("x".into()),
+        flattened_positions: None,
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    s.finish(&NodeId::new("n1"), &b, epoch, crash)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.request_stop(&b.id, StopMode::Flatten).await.unwrap(),
+        StopRequest::Stopped
+    );
+    sleep_ms(70).await;
+    assert!(s.due_restarts(10).await.unwrap().is_empty());
+    assert_eq!(s.active_count(&UserId::new("ivan2")).await.unwrap(), 0);
+}
+
+async fn the_breaker_opens_refuses_starts_and_a_trial_closes_it<S: FleetStore>(s: S) {
+    s.subscribe(&UserId::new("jo"), Tier::Pro, 1).await.unwrap();
+    let crash = || RunEnd {
+        status: JobStatus::Crashed,
+        error: Some("boom".into()),
+        flattened_positions: None,
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    let mut failed = None;
+    for _ in 0..3 {
+        let j = spec_for("jo", "fragile");
+        assert!(matches!(
+            s.admit(&j).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+        let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
+        s.finish(&NodeId::new("n1"), &j, epoch, crash())
+            .await
+            .unwrap();
+        failed = Some(j.id);
+    }
+    let third = s.job(&failed.unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        third.status,
+        JobStatus::Failed,
+        "the failure that opens the breaker is not restarted"
+    );
+    assert!(third.error.unwrap().contains("circuit breaker"));
+    let refused = s.admit(&spec_for("jo", "fragile")).await.unwrap();
+    assert!(
+        matches!(refused, Admission::BreakerOpen { retry_after_ms } if retry_after_ms > 0 && retry_after_ms <= 300),
+        "{refused:?}"
+    );
+    assert!(
+        matches!(
+            s.admit(&spec_for("jo", "other")).await.unwrap(),
+            Admission::Admitted { .. }
+        ),
+        "other strategies are not affected"
+    );
+    assert!(
+        matches!(
+            s.admit(&spec_for("kim", "fragile")).await.unwrap(),
+            Admission::Admitted { .. }
+        ),
+        "nor other users"
+    );
+
+    sleep_ms(320).await;
+    let trial = spec_for("jo", "fragile");
+    assert!(
+        matches!(s.admit(&trial).await.unwrap(), Admission::Admitted { .. }),
+        "after the cool-down, one trial"
+    );
+    assert!(
+        matches!(
+            s.admit(&spec_for("jo", "fragile")).await.unwrap(),
+            Admission::BreakerOpen { .. }
+        ),
+        "while the trial decides"
+    );
+    claim_for(&s, "n1", &trial.id, 30_000).await;
+    sleep_ms(170).await;
+    assert!(
+        matches!(
+            s.admit(&spec_for("jo", "fragile")).await.unwrap(),
+            Admission::Admitted { .. }
+        ),
+        "the trial ran long enough: closed"
+    );
+}
+
+async fn a_user_above_their_tier_after_a_downgrade_is_not_restarted<S: FleetStore>(s: S) {
+    let user = UserId::new("lee");
+    s.subscribe(&user, Tier::Basic, 1).await.unwrap();
+    let (a, b) = (spec_for("lee", "a"), spec_for("lee", "b"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
+    s.subscribe(&user, Tier::Free, 1).await.unwrap();
+    let crash = RunEnd {
+        status: JobStatus::Crashed,
+        error: Some("boom".into()),
+        flattened_positions: None,
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    s.finish(&NodeId::new("n1"), &a, epoch, crash)
+        .await
+        .unwrap();
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert!(rec.error.unwrap().contains("tier"));
+    assert_eq!(
+        s.active_count(&user).await.unwrap(),
+        1,
+        "its slot is freed; the other runner keeps its own"
+    );
 }
 
 macro_rules! store_conformance {
@@ -346,8 +676,13 @@ macro_rules! store_conformance {
                 claims_bump_the_epoch_and_drop_what_must_not_run,
                 heartbeats_and_ends_are_fenced_by_epoch,
                 stopping_a_queued_job_needs_no_node,
+                forgetting_an_admission_spares_a_claimed_job,
                 stopping_a_running_job_sends_its_node_a_command,
-                handed_back_jobs_can_be_claimed_again);
+                handed_back_jobs_can_be_claimed_again,
+                a_silent_runner_is_swept_restarted_with_backoff_then_failed,
+                a_crash_reported_by_the_node_goes_through_the_same_policy,
+                the_breaker_opens_refuses_starts_and_a_trial_closes_it,
+                a_user_above_their_tier_after_a_downgrade_is_not_restarted);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -361,3 +696,36 @@ macro_rules! store_conformance {
 }
 
 store_conformance!(memory => Memory, redis => Redis);
+
+/// The key names the Lua prelude builds are the key schema's.
+#[tokio::test]
+async fn lua_key_names_match_the_key_schema() {
+    let pools = support::redis_pools().await;
+    let keys = Keys::new("rfkeys");
+    let (job, user, node) = (JobId::new("j1"), UserId::new("u1"), NodeId::new("n1"));
+    let body = "return {K.job('j1'), K.hb('j1'), K.user_jobs('u1'), K.user_active('u1'), \
+                K.subscription('u1'), K.node('n1'), K.node_jobs('n1'), K.commands('n1'), K.leases, K.nodes}";
+    let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
+    let mut inv = script.prepare_invoke();
+    inv.arg("rfkeys");
+    for _ in 0..15 {
+        inv.arg(0);
+    }
+    let got: Vec<String> = inv
+        .invoke_async(&mut *pools.commands.get().await.unwrap())
+        .await
+        .unwrap();
+    let want = vec![
+        keys.job(&job),
+        keys.heartbeat(&job),
+        keys.user_jobs(&user),
+        keys.user_active(&user),
+        keys.subscription(&user),
+        keys.node(&node),
+        keys.node_jobs(&node),
+        keys.commands(&node),
+        keys.leases(),
+        keys.nodes(),
+    ];
+    assert_eq!(got, want);
+}

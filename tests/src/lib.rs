@@ -19,9 +19,13 @@ pub fn redis_url() -> String {
 
 /// A Redis connection, or a panic saying clearly that the test needs a real Redis.
 pub async fn redis() -> redis::aio::MultiplexedConnection {
-    let url = redis_url();
+    redis_at(&redis_url()).await
+}
+
+/// A connection to the Redis at `url`, or a clear panic.
+pub async fn redis_at(url: &str) -> redis::aio::MultiplexedConnection {
     let attempt = async {
-        let client = redis::Client::open(url.as_str())?;
+        let client = redis::Client::open(url)?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok::<_, redis::RedisError>(conn)
@@ -36,12 +40,14 @@ pub async fn redis() -> redis::aio::MultiplexedConnection {
 }
 
 fn target_dir() -> PathBuf {
-    // .../target/<profile>/deps/<test-binary>
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
+    // Tests run from target/<profile>/deps/, bench binaries from target/<profile>/.
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, built once per test process so it is never stale.
@@ -183,12 +189,18 @@ pub struct Fleet {
 pub const ADMIN_KEY: &str = "test-admin-key";
 
 impl Fleet {
-    /// A fleet on the test Redis with fast intervals (heartbeat 200 ms, lease 3 s).
+    /// A fleet on the test Redis with fast intervals (heartbeat 200 ms, lease 3 s, sweep 200 ms,
+    /// restart delay from 100 ms) and the audit stream on.
     pub fn new(name: &str) -> Self {
+        Self::on(name, &redis_url())
+    }
+
+    /// The same, on the Redis at `url`.
+    pub fn on(name: &str, url: &str) -> Self {
         let prefix = format!("rffleet-{name}-{}", std::process::id());
         let logs = log_dir(&prefix);
         let env = [
-            ("RUNFLEET__REDIS__URL", redis_url()),
+            ("RUNFLEET__REDIS__URL", url.to_owned()),
             ("RUNFLEET__REDIS__KEY_PREFIX", prefix.clone()),
             ("RUNFLEET__QUEUE__BACKEND", "redis".into()),
             (
@@ -201,6 +213,10 @@ impl Fleet {
             ("RUNFLEET__MARKET__TICK_MS", "20".into()),
             ("RUNFLEET__NODE__CLAIM_WAIT_MS", "200".into()),
             ("RUNFLEET__SHUTDOWN__DEADLINE_MS", "5000".into()),
+            ("RUNFLEET__SWEEP__INTERVAL_MS", "200".into()),
+            ("RUNFLEET__RESTART__BASE_DELAY_MS", "100".into()),
+            ("RUNFLEET__RESTART__MAX_DELAY_MS", "1000".into()),
+            ("RUNFLEET__TESTING__AUDIT", "true".into()),
             ("RUST_LOG", "info".into()),
         ]
         .into_iter()
@@ -253,9 +269,43 @@ impl Fleet {
         )
     }
 
+    /// The Redis this fleet uses.
+    pub fn redis_url(&self) -> &str {
+        &self.env["RUNFLEET__REDIS__URL"]
+    }
+
+    /// A connection to this fleet's Redis.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis_at(self.redis_url()).await
+    }
+
+    /// Every accepted write recorded in the audit stream, in the order Redis accepted them.
+    pub async fn audit(&self) -> Vec<AuditEntry> {
+        let mut r = self.redis().await;
+        let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{}:audit", self.prefix))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut r)
+            .await
+            .expect("XRANGE");
+        raw.ids
+            .into_iter()
+            .map(|e| {
+                let field = |k: &str| e.get::<String>(k).unwrap_or_default();
+                AuditEntry {
+                    op: field("op"),
+                    job: field("job"),
+                    epoch: field("epoch").parse().unwrap_or(0),
+                    node: field("node"),
+                }
+            })
+            .collect()
+    }
+
     /// Deletes every key of this fleet.
     pub async fn cleanup(&self) {
-        let mut r = redis().await;
+        let mut r = self.redis().await;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}:*", self.prefix))
             .query_async(&mut r)
@@ -268,7 +318,7 @@ impl Fleet {
 
     /// Total length of the ready list and every processing list of the fleet's queue.
     pub async fn queue_lengths(&self) -> (u64, u64) {
-        let mut r = redis().await;
+        let mut r = self.redis().await;
         let ready: u64 = redis::cmd("LLEN")
             .arg(format!("{}:queue:jobs:ready", self.prefix))
             .query_async(&mut r)
@@ -409,5 +459,125 @@ where
             "timed out after {within:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One accepted write from the audit stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// `claim`, `renew`, `finish` or `hand_back`.
+    pub op: String,
+    /// The job.
+    pub job: String,
+    /// The epoch the write carried.
+    pub epoch: u64,
+    /// The node that wrote it.
+    pub node: String,
+}
+
+/// Checks, from the writes Redis accepted, that no two epochs of one job were ever live at the
+/// same moment: every write of an epoch comes before the claim of the next. Returns the number
+/// of epochs seen per job.
+pub fn assert_one_live_epoch_at_a_time(audit: &[AuditEntry]) -> HashMap<String, usize> {
+    let mut last_epoch: HashMap<&str, u64> = HashMap::new();
+    let mut epochs: HashMap<String, usize> = HashMap::new();
+    for (i, e) in audit.iter().enumerate() {
+        let seen = last_epoch.entry(&e.job).or_insert(0);
+        assert!(
+            e.epoch >= *seen,
+            "write #{i} ({e:?}) carries epoch {} after epoch {} of the same job was claimed",
+            e.epoch,
+            seen
+        );
+        if e.epoch > *seen {
+            assert_eq!(
+                e.op, "claim",
+                "write #{i} ({e:?}): a new epoch must start with its claim"
+            );
+            *seen = e.epoch;
+            *epochs.entry(e.job.clone()).or_default() += 1;
+        }
+    }
+    epochs
+}
+
+/// A private `redis-server` on a free port, for tests that stop and restart Redis. Its data
+/// survives a restart (append-only file in a temporary directory).
+#[derive(Debug)]
+pub struct PrivateRedis {
+    /// Its port.
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, and waits until it answers.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("runfleet-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.up().await;
+        r
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn up(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("this test starts its own redis-server and could not ({e}); install redis-server"));
+        self.child = Some(child);
+        let url = self.url();
+        eventually(Duration::from_secs(10), "private redis answers", || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            }
+        })
+        .await;
+    }
+
+    /// Stops it cleanly (SIGTERM: it flushes its data) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.up().await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

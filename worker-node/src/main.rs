@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner};
+use runfleet::lifecycle::RunnerGroup;
+use runfleet::queue::JobQueue;
+use runfleet::store::FleetStore;
 use runfleet::{backend, shutdown, telemetry};
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
@@ -44,26 +46,32 @@ async fn main() -> anyhow::Result<()> {
              RUNFLEET__QUEUE__BACKEND=redis to join a distributed fleet"
         ),
         QueueBackend::Rabbitmq => {
-            anyhow::bail!("queue.backend = rabbitmq is not available in this version; use redis")
+            let (store, queue) = backend::open_rabbitmq(&settings)
+                .await
+                .context("rabbitmq settings")?;
+            run_node(WorkerNode::new(store, queue, cipher, config), deadline).await?;
         }
         QueueBackend::Redis => {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            let node = WorkerNode::new(store, queue, cipher, config);
-            let mut services = RunnerGroup::new();
-            services.register(Arc::new(ServiceRunner::new(
-                RunnerOptions::new("worker-node"),
-                move |token| {
-                    let node = node.clone();
-                    async move { node.run(token).await }
-                },
-            )))?;
-            let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
-            if !report.is_ok() {
-                std::process::exit(1);
-            }
+            run_node(WorkerNode::new(store, queue, cipher, config), deadline).await?;
         }
+    }
+    Ok(())
+}
+
+/// Runs `node` as the process' one service until SIGTERM or Ctrl-C, then stops it within
+/// `deadline` (exit status 1 if it does not stop cleanly).
+async fn run_node<S: FleetStore, Q: JobQueue + Clone>(
+    node: WorkerNode<S, Q>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let mut services = RunnerGroup::new();
+    services.register(Arc::new(node.service("worker-node")))?;
+    let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
+    if !report.is_ok() {
+        std::process::exit(1);
     }
     Ok(())
 }

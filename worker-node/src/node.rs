@@ -17,7 +17,7 @@ use runfleet::crypto::CredentialCipher;
 use runfleet::ids::{JobId, NodeId};
 use runfleet::job::{JobSpec, JobStatus, Lease};
 use runfleet::lifecycle::{
-    LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
+    ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
 use runfleet::queue::{Delivery, JobQueue};
 use runfleet::store::{
@@ -41,8 +41,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Lease length (silence after which a runner counts as crashed).
     pub lease: Duration,
-    /// Simulated market tick.
-    pub market_tick: Duration,
+    /// The market the runners trade on, and the paper broker's fill model.
+    pub market: runfleet::config::MarketSettings,
 }
 
 impl NodeConfig {
@@ -53,7 +53,7 @@ impl NodeConfig {
             claim_wait: Duration::from_millis(settings.node.claim_wait_ms),
             heartbeat_interval: settings.heartbeat_interval(),
             lease: settings.lease(),
-            market_tick: Duration::from_millis(settings.market.tick_ms),
+            market: settings.market.clone(),
         }
     }
 }
@@ -67,7 +67,8 @@ struct JobRunner {
 }
 
 struct Inner<S, Q> {
-    id: NodeId,
+    /// This incarnation's id; replaced when the node fences itself (its leases lapsed).
+    id: std::sync::RwLock<NodeId>,
     store: S,
     queue: Q,
     cipher: CredentialCipher,
@@ -96,7 +97,10 @@ impl<S, Q> Clone for WorkerNode<S, Q> {
 impl<S, Q> std::fmt::Debug for WorkerNode<S, Q> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerNode")
-            .field("id", &self.inner.id)
+            .field(
+                "id",
+                &*self.inner.id.read().unwrap_or_else(|p| p.into_inner()),
+            )
             .field("capacity", &self.inner.config.capacity)
             .field(
                 "runners",
@@ -134,7 +138,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         let slots = Arc::new(Semaphore::new(config.capacity));
         Self {
             inner: Arc::new(Inner {
-                id: NodeId::generate(),
+                id: std::sync::RwLock::new(NodeId::generate()),
                 store,
                 queue,
                 cipher,
@@ -149,8 +153,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     }
 
     /// This incarnation's id.
-    pub fn id(&self) -> &NodeId {
-        &self.inner.id
+    pub fn id(&self) -> NodeId {
+        self.inner
+            .id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Runners running now.
@@ -160,6 +168,15 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     fn runners(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, JobRunner>> {
         self.inner.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node as a lifecycle service named `name`: it runs until the service is stopped.
+    pub fn service(&self, name: &str) -> ServiceRunner {
+        let node = self.clone();
+        ServiceRunner::new(RunnerOptions::new(name.to_owned()), move |token| {
+            let node = node.clone();
+            async move { node.run(token).await }
+        })
     }
 
     /// Runs the node until `shutdown` is cancelled, then stops claiming, hands every job back
@@ -247,12 +264,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             // this node's processing list. It blocks at most `claim_wait`.
             let deliveries = match inner
                 .queue
-                .claim(&inner.id, permits.len(), inner.config.claim_wait)
+                .claim(&self.id(), permits.len(), inner.config.claim_wait)
                 .await
             {
                 Ok(d) => d,
                 Err(e) => {
-                    warn!(node = %inner.id, error = %e, "claim failed; retrying");
+                    warn!(node = %self.id(), error = %e, "claim failed; retrying");
                     drop(permits);
                     backoff.wait().await;
                     continue;
@@ -270,9 +287,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     }
                 }
                 Err(e) => {
-                    warn!(node = %inner.id, error = %e, "recording claims failed; giving them back");
-                    if let Err(e) = inner.queue.release(&inner.id, &deliveries).await {
-                        warn!(node = %inner.id, error = %e, "release failed; the claims stay recoverable");
+                    warn!(node = %self.id(), error = %e, "recording claims failed; giving them back");
+                    if let Err(e) = inner.queue.release(&self.id(), &deliveries).await {
+                        warn!(node = %self.id(), error = %e, "release failed; the claims stay recoverable");
                     }
                     backoff.wait().await;
                 }
@@ -294,19 +311,19 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
         let outcomes = inner
             .store
-            .claim(&inner.id, &ids, inner.config.lease)
+            .claim(&self.id(), &ids, inner.config.lease)
             .await?;
-        if let Err(e) = inner.queue.ack(&inner.id, deliveries).await {
+        if let Err(e) = inner.queue.ack(&self.id(), deliveries).await {
             // The claims are recorded; an unacknowledged delivery is dropped by the claim
             // script if it is ever delivered again.
-            warn!(node = %inner.id, error = %e, "ack failed after claims were recorded");
+            warn!(node = %self.id(), error = %e, "ack failed after claims were recorded");
         }
         Ok(outcomes
             .into_iter()
             .filter_map(|o| match o {
                 ClaimOutcome::Claimed(lease) => Some(*lease),
                 ClaimOutcome::Dropped { job_id, reason } => {
-                    debug!(node = %inner.id, job = %job_id, reason, "claimed job dropped");
+                    debug!(node = %self.id(), job = %job_id, reason, "claimed job dropped");
                     None
                 }
             })
@@ -316,52 +333,75 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     fn spawn_runner(&self, lease: Lease, permit: OwnedSemaphorePermit) {
         let node = self.clone();
         self.inner.tasks.spawn(async move {
-            node.supervise(lease).await;
+            let owner = node.id();
+            node.supervise(owner, lease).await;
             drop(permit);
         });
     }
 
-    /// Runs one job to its end and records how it ended. A panic in the strategy is caught
-    /// here (it runs in a task of its own) and recorded as the job's failure.
-    async fn supervise(&self, lease: Lease) {
+    /// Runs one job to its end and records how it ended, as `owner` (the node id that claimed
+    /// it). The strategy runs in a lifecycle runner of its own: a panic or error is caught there
+    /// and reported at once as a crash, which the store's restart policy decides.
+    async fn supervise(&self, owner: NodeId, lease: Lease) {
         let inner = &self.inner;
         let spec = Arc::new(lease.spec);
         let job = spec.id.clone();
         // Credentials are opened here, on the node, for the broker; the paper broker needs
         // none, so they are only checked.
         if inner.cipher.open(&job, &spec.credentials).is_err() {
-            warn!(node = %inner.id, job = %job, "credentials could not be opened; failing the job");
+            warn!(node = %self.id(), job = %job, "credentials could not be opened; failing the job");
             let end = RunEnd {
                 status: JobStatus::Failed,
                 error: Some("credentials could not be opened on the worker node (credentials key mismatch?)".into()),
                 flattened_positions: None,
                 positions: Vec::new(),
                 stats: Default::default(),
+                account: None,
             };
-            self.finish(&spec, lease.epoch, end).await;
+            self.finish(&owner, &spec, lease.epoch, end).await;
             return;
         }
         let report = Arc::new(Mutex::new(Report::default()));
+        let last_report = report.clone();
         let (stop, stop_rx) = watch::channel(None);
         let outcome: Arc<Mutex<Option<RunOutcome>>> = Arc::default();
+        let lease_fresh = {
+            let inner = self.inner.clone();
+            Arc::new(move || {
+                inner
+                    .last_renewed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .elapsed()
+                    < inner.config.lease
+            })
+        };
         let runner = {
-            let (spec, report, outcome, tick) = (
+            let (spec, report, outcome, market, resume) = (
                 spec.clone(),
                 report.clone(),
                 outcome.clone(),
-                inner.config.market_tick,
+                inner.config.market.clone(),
+                lease.account.clone(),
             );
             ServiceRunner::new(
                 RunnerOptions::new(job.to_string()).history_capacity(4),
                 move |_token| {
-                    let (spec, report, stop_rx, outcome) = (
+                    let (spec, report, stop_rx, outcome, market, resume, lease_fresh) = (
                         spec.clone(),
                         report.clone(),
                         stop_rx.clone(),
                         outcome.clone(),
+                        market.clone(),
+                        resume.clone(),
+                        lease_fresh.clone(),
                     );
                     async move {
-                        let ended = trading::run(spec, tick, report, stop_rx).await;
+                        let ended =
+                            trading::run(spec, &market, resume, report, stop_rx, move || {
+                                lease_fresh()
+                            })
+                            .await;
                         *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
                         Ok::<(), std::convert::Infallible>(())
                     }
@@ -376,42 +416,55 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 stop,
             },
         );
-        info!(node = %inner.id, job = %job, user = %spec.user_id, epoch = lease.epoch, "runner started");
+        info!(node = %self.id(), job = %job, user = %spec.user_id, epoch = lease.epoch, "runner started");
         if let Err(e) = runner.start().await {
-            warn!(node = %inner.id, job = %job, error = %e, "runner did not start");
+            warn!(node = %self.id(), job = %job, error = %e, "runner did not start");
         }
         runner.ended().await;
 
-        let cause = self.runners().remove(&job).and_then(|r| *r.stop.borrow());
+        self.runners().remove(&job);
         let outcome = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match (outcome, cause) {
-            (Some(outcome), Some(StopCause::Requested(mode))) => {
-                info!(node = %inner.id, job = %job, mode = mode.as_str(), flattened = ?outcome.flattened, "runner stopped");
+        match outcome.as_ref().map(|o| o.cause) {
+            Some(StopCause::Requested(mode)) => {
+                let outcome = outcome.expect("matched Some");
+                info!(node = %self.id(), job = %job, mode = mode.as_str(), flattened = ?outcome.flattened, "runner stopped");
+                if let Some(e) = &outcome.flatten_error {
+                    warn!(node = %self.id(), job = %job, error = %e, "flatten failed: positions remain open");
+                }
+                let error = outcome.flatten_error.clone();
                 self.finish(
+                    &owner,
                     &spec,
                     lease.epoch,
-                    end_of(JobStatus::Stopped, None, outcome),
+                    end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
                 )
                 .await;
             }
-            (Some(_), Some(StopCause::Fenced)) => {
-                warn!(node = %inner.id, job = %job, epoch = lease.epoch, "runner fenced off: its lease is no longer ours");
+            Some(StopCause::Fenced) => {
+                warn!(node = %self.id(), job = %job, epoch = lease.epoch, "runner fenced off: its lease is no longer ours");
             }
-            (Some(_), Some(StopCause::Shutdown) | None) => self.hand_back(&job, lease.epoch).await,
-            (None, _) => {
-                let reason = runner.last_error().map_or_else(
-                    || "runner ended abnormally".to_owned(),
-                    |e| format!("runner {}", e.message),
-                );
-                warn!(node = %inner.id, job = %job, error = %reason, "runner failed");
-                let outcome = RunOutcome {
-                    flattened: None,
-                    report: Report::default(),
+            Some(StopCause::Shutdown) => {
+                let outcome = outcome.expect("matched Some");
+                self.hand_back(&owner, &job, lease.epoch, outcome.report)
+                    .await;
+            }
+            None => {
+                let reason = match runner.last_error() {
+                    Some(e) if e.kind == ErrorKind::Panicked => {
+                        format!("runner panicked: {}", e.message)
+                    }
+                    Some(e) => format!("runner failed: {}", e.message),
+                    None => "runner ended abnormally".to_owned(),
                 };
+                warn!(node = %self.id(), job = %job, error = %reason, "runner failed; reporting the crash");
+                // The last report the runner published is what it leaves behind.
+                let last =
+                    std::mem::take(&mut *last_report.lock().unwrap_or_else(|p| p.into_inner()));
                 self.finish(
+                    &owner,
                     &spec,
                     lease.epoch,
-                    end_of(JobStatus::Failed, Some(reason), outcome),
+                    end_of(JobStatus::Crashed, Some(reason), None, last),
                 )
                 .await;
             }
@@ -420,46 +473,47 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     /// Records the end of a run, retrying while the store is unreachable (bounded by a lease:
     /// past that the lease has expired and the orchestrators own the job's fate).
-    async fn finish(&self, spec: &JobSpec, epoch: u64, end: RunEnd) {
+    async fn finish(&self, owner: &NodeId, spec: &JobSpec, epoch: u64, end: RunEnd) {
         let inner = &self.inner;
         let give_up = tokio::time::Instant::now() + inner.config.lease;
         let mut backoff = Backoff::default();
         loop {
-            match inner
-                .store
-                .finish(&inner.id, spec, epoch, end.clone())
-                .await
-            {
+            match inner.store.finish(owner, spec, epoch, end.clone()).await {
                 Ok(true) => return,
                 Ok(false) => {
-                    warn!(node = %inner.id, job = %spec.id, epoch, "end of run refused: stale epoch");
+                    warn!(node = %self.id(), job = %spec.id, epoch, "end of run refused: stale epoch");
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() < give_up => {
-                    warn!(node = %inner.id, job = %spec.id, error = %e, "recording end of run failed; retrying");
+                    warn!(node = %self.id(), job = %spec.id, error = %e, "recording end of run failed; retrying");
                     backoff.wait().await;
                 }
                 Err(e) => {
-                    warn!(node = %inner.id, job = %spec.id, error = %e, "giving up recording end of run");
+                    warn!(node = %self.id(), job = %spec.id, error = %e, "giving up recording end of run");
                     return;
                 }
             }
         }
     }
 
-    /// Hands a job back at shutdown: queued again in the store, then enqueued.
-    async fn hand_back(&self, job: &JobId, epoch: u64) {
+    /// Hands a job back at shutdown: queued again in the store (with its paper account), then
+    /// enqueued.
+    async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
-        match inner.store.hand_back(&inner.id, job, epoch).await {
+        match inner
+            .store
+            .hand_back(owner, job, epoch, account_of(&last))
+            .await
+        {
             Ok(true) => match inner.queue.enqueue(std::slice::from_ref(job)).await {
-                Ok(()) => info!(node = %inner.id, job = %job, "job handed back to the queue"),
+                Ok(()) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
                 Err(e) => {
-                    warn!(node = %inner.id, job = %job, error = %e, "job marked queued but not enqueued")
+                    warn!(node = %self.id(), job = %job, error = %e, "job marked queued but not enqueued")
                 }
             },
-            Ok(false) => debug!(node = %inner.id, job = %job, "hand-back refused: stale epoch"),
+            Ok(false) => debug!(node = %self.id(), job = %job, "hand-back refused: stale epoch"),
             Err(e) => {
-                warn!(node = %inner.id, job = %job, error = %e, "hand-back failed; its lease will expire")
+                warn!(node = %self.id(), job = %job, error = %e, "hand-back failed; its lease will expire")
             }
         }
     }
@@ -477,13 +531,14 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 RunnerBeat {
                     job_id: job.clone(),
                     epoch: r.epoch,
+                    account: account_of(&report),
                     positions: report.positions,
                     stats: report.stats,
                 }
             })
             .collect();
         let info = NodeInfo {
-            node_id: inner.id.clone(),
+            node_id: self.id(),
             capacity: inner.config.capacity as u32,
             runners: beats.len() as u32,
             started_at: inner.started_at,
@@ -505,11 +560,18 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     .elapsed()
                     >= inner.config.lease;
                 if lapsed {
-                    // Two live copies of a strategy is the worst failure there is.
-                    warn!(node = %inner.id, "leases lapsed; fencing every runner");
+                    // Our leases have expired: the sweep may have given these jobs to another
+                    // node. Two live copies of a strategy is the worst failure there is, so
+                    // every runner stops (holding its positions), and this node comes back
+                    // under a new id: the old one is dead for the rest of the fleet.
+                    let fresh = NodeId::generate();
+                    warn!(node = %self.id(), new_id = %fresh, "leases lapsed; fencing every runner and taking a new node id");
                     for runner in self.runners().values() {
                         runner.stop.send_replace(Some(StopCause::Fenced));
                     }
+                    *inner.id.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                    *inner.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) =
+                        tokio::time::Instant::now();
                 }
                 Err(e)
             }
@@ -520,8 +582,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         let inner = &self.inner;
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
+            let id = self.id();
             let next = tokio::select! {
-                next = inner.store.next_command(&inner.id, Duration::from_secs(1)) => next,
+                next = inner.store.next_command(&id, Duration::from_secs(1)) => next,
                 () = shutdown.cancelled() => return,
             };
             match next {
@@ -535,12 +598,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     if current == Some(epoch) {
                         self.stop_runner(&job_id, StopCause::Requested(mode));
                     } else {
-                        debug!(node = %inner.id, job = %job_id, epoch, "stop for a runner this node does not run");
+                        debug!(node = %self.id(), job = %job_id, epoch, "stop for a runner this node does not run");
                     }
                 }
                 Ok(None) => backoff.reset(),
                 Err(e) => {
-                    warn!(node = %inner.id, error = %e, "reading commands failed; retrying");
+                    warn!(node = %self.id(), error = %e, "reading commands failed; retrying");
                     backoff.wait().await;
                 }
             }
@@ -562,12 +625,23 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     }
 }
 
-fn end_of(status: JobStatus, error: Option<String>, outcome: RunOutcome) -> RunEnd {
+fn end_of(
+    status: JobStatus,
+    error: Option<String>,
+    flattened: Option<u32>,
+    report: Report,
+) -> RunEnd {
     RunEnd {
         status,
         error,
-        flattened_positions: outcome.flattened,
-        positions: outcome.report.positions,
-        stats: outcome.report.stats,
+        flattened_positions: flattened,
+        account: account_of(&report),
+        positions: report.positions,
+        stats: report.stats,
     }
+}
+
+/// The paper account a report carries, to be stored for the job's next run.
+fn account_of(report: &Report) -> Option<serde_json::Value> {
+    report.account.clone()
 }

@@ -125,6 +125,16 @@ impl JobQueue for MemoryQueue {
         Ok(self.lock().ready.len() as u64)
     }
 
+    async fn claimers(&self) -> Result<Vec<NodeId>, QueueError> {
+        Ok(self
+            .lock()
+            .processing
+            .iter()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
     async fn recover(&self, node: &NodeId) -> Result<u64, QueueError> {
         let n = {
             let mut state = self.lock();

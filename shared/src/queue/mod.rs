@@ -7,16 +7,20 @@
 //! recorded its claim in the store it acknowledges the delivery; from then on the store's lease
 //! owns the job, not the queue.
 //!
-//! Backends: [`MemoryQueue`] (the embedded mode) and [`RedisQueue`] (Redis lists). Every
-//! backend passes the one conformance suite in `shared/tests/queue_conformance.rs`.
+//! Backends: [`MemoryQueue`] (the embedded mode), [`RedisQueue`] (Redis lists) and
+//! [`RabbitMqQueue`] (a durable RabbitMQ queue; state stays in Redis). Every backend passes the
+//! one conformance suite in `shared/tests/queue_conformance.rs`, which states where a backend
+//! promises less (RabbitMQ cannot remove a queued message by id).
 
 mod memory;
+mod rabbitmq;
 mod redis;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use self::memory::MemoryQueue;
+pub use self::rabbitmq::RabbitMqQueue;
 pub use self::redis::RedisQueue;
 use crate::ids::{JobId, NodeId};
 use crate::redis_pool::RedisError;
@@ -103,4 +107,11 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Returns every unacknowledged claim of a (dead) node to the front of the queue, in claim
     /// order. Returns how many were returned.
     fn recover(&self, node: &NodeId) -> impl Future<Output = Result<u64, QueueError>> + Send;
+
+    /// Nodes that may hold unacknowledged claims, for orphan recovery: the sweep recovers those
+    /// that are not alive. Backends whose broker returns a dead consumer's deliveries by itself
+    /// report none.
+    fn claimers(&self) -> impl Future<Output = Result<Vec<NodeId>, QueueError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }

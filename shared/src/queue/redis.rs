@@ -48,16 +48,6 @@ impl RedisQueue {
         self.keys.processing(&self.name, node)
     }
 
-    /// Nodes that hold (or held) a processing list, for orphan recovery.
-    pub async fn claimers(&self) -> Result<Vec<NodeId>, QueueError> {
-        let mut conn = self.pools.commands.get().await?;
-        let ids: Vec<String> = ::redis::cmd("SMEMBERS")
-            .arg(self.keys.claimers(&self.name))
-            .query_async(&mut *conn)
-            .await?;
-        Ok(ids.into_iter().map(NodeId::new).collect())
-    }
-
     async fn claim_now(&self, node: &NodeId, max: usize) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.pools.commands.get().await?;
         let ids: Vec<String> = CLAIM
@@ -175,6 +165,15 @@ impl JobQueue for RedisQueue {
             .query_async(&mut *conn)
             .await?;
         Ok(n)
+    }
+
+    async fn claimers(&self) -> Result<Vec<NodeId>, QueueError> {
+        let mut conn = self.pools.commands.get().await?;
+        let ids: Vec<String> = ::redis::cmd("SMEMBERS")
+            .arg(self.keys.claimers(&self.name))
+            .query_async(&mut *conn)
+            .await?;
+        Ok(ids.into_iter().map(NodeId::new).collect())
     }
 
     async fn recover(&self, node: &NodeId) -> Result<u64, QueueError> {

@@ -1,22 +1,34 @@
--- Admit a job if its user has a free slot under the tier in force (Redis clock); record it as
--- queued and take the slot, all in one step so concurrent starts cannot exceed the limit.
--- KEYS[1] job hash, KEYS[2] user's job index (zset), KEYS[3] user's active set,
--- KEYS[4] user's subscription hash.
--- ARGV[1] job id, ARGV[2] user id, ARGV[3] spec JSON, ARGV[4..7] limits free/basic/pro/enterprise.
--- Returns {admitted (1/0/-1 duplicate), tier, limit, current}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local limits = { free = tonumber(ARGV[4]), basic = tonumber(ARGV[5]), pro = tonumber(ARGV[6]),
-  enterprise = tonumber(ARGV[7]) }
-local sub = redis.call('HMGET', KEYS[4], 'tier', 'expiresAtMs')
-local tier = 'free'
-if sub[1] and limits[sub[1]] and tonumber(sub[2]) and now < tonumber(sub[2]) then tier = sub[1] end
-local limit = limits[tier]
-local current = redis.call('SCARD', KEYS[3])
-if current >= limit then return { 0, tier, limit, current } end
-if redis.call('EXISTS', KEYS[1]) == 1 then return { -1, tier, limit, current } end
-redis.call('HSET', KEYS[1], 'spec', ARGV[3], 'user', ARGV[2], 'status', 'queued', 'epoch', 0,
-  'restarts', 0, 'created', now)
-redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-return { 1, tier, limit, current + 1 }
+-- Admit a job: the user's strategy breaker must allow it and the tier in force (Redis clock)
+-- must have a free slot; then record it as queued and take the slot, all in one step so that
+-- concurrent starts from many orchestrators cannot exceed a limit.
+-- A(1) job id, A(2) user, A(3) strategy id, A(4) spec JSON.
+-- Returns {code, tier, limit, current, retry_after_ms}: code 1 admitted, 0 limit reached,
+-- -1 duplicate id, 2 breaker open.
+local id, user, strategy = A(1), A(2), A(3)
+local tier, limit = tier_of(user)
+local current = redis.call('SCARD', K.user_active(user))
+local bk = K.breaker(user, strategy)
+local b = redis.call('HMGET', bk, 'state', 'until', 'trial')
+local trial = false
+if b[1] == 'open' then
+  if NOW < tonumber(b[2]) then return { 2, tier, limit, current, tonumber(b[2]) - NOW } end
+  trial = true
+elseif b[1] == 'half' then
+  local t = redis.call('HMGET', K.job(b[3]), 'status', 'started')
+  local ran = (t[1] == 'running' and tonumber(t[2])) and NOW - tonumber(t[2]) or 0
+  local passed = (not t[1]) or t[1] == 'stopped' or (t[1] == 'running' and ran >= C.trial)
+  if not passed then return { 2, tier, limit, current, math.max(C.trial - ran, 1000) } end
+  redis.call('DEL', bk, bk .. ':failures')
+end
+if current >= limit then return { 0, tier, limit, current, 0 } end
+local jk = K.job(id)
+if redis.call('EXISTS', jk) == 1 then return { -1, tier, limit, current, 0 } end
+redis.call('HSET', jk, 'spec', A(4), 'user', user, 'strategy', strategy, 'status', 'queued',
+  'epoch', 0, 'restarts', 0, 'created', NOW)
+redis.call('SADD', K.user_active(user), id)
+redis.call('ZADD', K.user_jobs(user), NOW, id)
+if trial then
+  redis.call('HSET', bk, 'state', 'half', 'trial', id)
+  redis.call('HDEL', bk, 'until')
+end
+return { 1, tier, limit, current + 1, 0 }

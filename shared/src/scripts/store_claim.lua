@@ -1,27 +1,25 @@
--- Record node ARGV[1]'s claim of each job: bump the epoch (fencing token), mark it running,
--- start its lease. A job that is not queued (or running under an expired lease) is dropped.
--- KEYS[1] leases zset, KEYS[2] node's job set, then per job i: KEYS[2+2i-1] job hash,
--- KEYS[2+2i] heartbeat key. ARGV[1] node id, ARGV[2] lease ms, ARGV[2+i] job id.
--- Returns per job {id, 'claimed', epoch, spec} or {id, reason}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[2])
+-- Record node A(1)'s claim of each job A(3..): bump the epoch (fencing token), mark it running,
+-- start its lease of A(2) ms. A job that is not queued (nor running under an expired lease) is
+-- dropped: stopped while queued, a duplicate delivery, or unknown.
+-- Returns per job {id, 'claimed', epoch, spec, account} or {id, reason}.
+local node, lease = A(1), tonumber(A(2))
 local out = {}
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  local jk, hk = KEYS[2 * (i - 2) + 1], KEYS[2 * (i - 2) + 2]
-  local cur = redis.call('HMGET', jk, 'status', 'spec')
+for i = 3, NARGS do
+  local id = A(i)
+  local jk = K.job(id)
+  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account')
   local status = cur[1]
   if not status then
     out[#out + 1] = { id, 'unknown' }
-  elseif status == 'queued' or (status == 'running' and redis.call('EXISTS', hk) == 0) then
+  elseif status == 'queued' or (status == 'running' and redis.call('EXISTS', K.hb(id)) == 0) then
     local epoch = redis.call('HINCRBY', jk, 'epoch', 1)
-    redis.call('HSET', jk, 'status', 'running', 'node', ARGV[1], 'started', now, 'hb', now)
-    redis.call('HDEL', jk, 'ended', 'error', 'stop_mode', 'flattened')
-    redis.call('SET', hk, epoch, 'PX', lease)
-    redis.call('ZADD', KEYS[1], now + lease, id)
-    redis.call('SADD', KEYS[2], id)
-    out[#out + 1] = { id, 'claimed', epoch, cur[2] }
+    redis.call('HSET', jk, 'status', 'running', 'node', node, 'started', NOW, 'hb', NOW)
+    redis.call('HDEL', jk, 'ended', 'stop_mode', 'flattened', 'restart_at')
+    redis.call('SET', K.hb(id), epoch, 'PX', lease)
+    redis.call('ZADD', K.leases, NOW + lease, id)
+    redis.call('SADD', K.node_jobs(node), id)
+    audit('claim', id, epoch, node)
+    out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '' }
   else
     out[#out + 1] = { id, status }
   end

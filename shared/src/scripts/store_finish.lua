@@ -1,22 +1,22 @@
--- Record the end of a run if the caller's epoch is current and the job runs on its node.
--- A final status frees the user's slot and starts the record's retention.
--- KEYS[1] job hash, KEYS[2] heartbeat key, KEYS[3] leases zset, KEYS[4] user's active set,
--- KEYS[5] node's job set.
--- ARGV[1] job id, ARGV[2] epoch, ARGV[3] node id, ARGV[4] status, ARGV[5] error ('' = none),
--- ARGV[6] flattened count ('' = none), ARGV[7] positions JSON, ARGV[8] stats JSON,
--- ARGV[9] retention seconds. Returns 1 if accepted, 0 if fenced off.
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'status', 'node')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'running' or cur[3] ~= ARGV[3] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'ended', now, 'positions', ARGV[7], 'stats', ARGV[8])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[5]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'flattened', ARGV[6]) end
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[5], ARGV[1])
-if ARGV[4] == 'stopped' or ARGV[4] == 'failed' then
-  redis.call('SREM', KEYS[4], ARGV[1])
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[9]))
+-- Record the end of a run, if the caller's epoch is current and the job runs on its node.
+-- stopped/failed end the job; crashed (the runner panicked or erred) goes through the restart
+-- policy at once, as a swept crash would.
+-- A(1) job id, A(2) epoch, A(3) node id, A(4) status, A(5) error ('' none), A(6) flattened
+-- count ('' none), A(7) positions JSON, A(8) stats JSON, A(9) account JSON ('' none).
+-- Returns 0 if fenced off, else 1 (ended), 2 (restart scheduled), 3 (failed by the policy).
+local id, epoch, node, status = A(1), A(2), A(3), A(4)
+local jk = K.job(id)
+local cur = redis.call('HMGET', jk, 'epoch', 'status', 'node', 'user')
+if cur[1] ~= epoch or cur[2] ~= 'running' or cur[3] ~= node then return 0 end
+audit('finish', id, epoch, node)
+redis.call('HSET', jk, 'positions', A(7), 'stats', A(8))
+if A(9) ~= '' then redis.call('HSET', jk, 'account', A(9)) end
+redis.call('SREM', K.node_jobs(node), id)
+if status == 'crashed' then
+  return after_failure(id, A(5)) == 'restart' and 2 or 3
 end
+local fields = {}
+if A(5) ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = A(5) end
+if A(6) ~= '' then fields[#fields + 1] = 'flattened'; fields[#fields + 1] = A(6) end
+end_job(id, cur[4], status, fields)
 return 1

@@ -1,12 +1,15 @@
 -- A node hands a running job back (shutdown): it becomes queued again, keeps its user's slot,
--- and its lease ends. The caller enqueues it next. Fenced by epoch and node.
--- KEYS[1] job hash, KEYS[2] heartbeat key, KEYS[3] leases zset, KEYS[4] node's job set.
--- ARGV[1] job id, ARGV[2] epoch, ARGV[3] node id. Returns 1 if accepted, 0 if fenced off.
-local cur = redis.call('HMGET', KEYS[1], 'epoch', 'status', 'node')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'running' or cur[3] ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued')
-redis.call('HDEL', KEYS[1], 'node')
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('SREM', KEYS[4], ARGV[1])
+-- and its lease ends; not a crash. The caller enqueues it next. Fenced by epoch and node.
+-- A(1) job id, A(2) epoch, A(3) node id, A(4) account JSON ('' none). Returns 1 or 0 (fenced).
+local id, epoch, node = A(1), A(2), A(3)
+local jk = K.job(id)
+local cur = redis.call('HMGET', jk, 'epoch', 'status', 'node')
+if cur[1] ~= epoch or cur[2] ~= 'running' or cur[3] ~= node then return 0 end
+audit('hand_back', id, epoch, node)
+redis.call('HSET', jk, 'status', 'queued')
+if A(4) ~= '' then redis.call('HSET', jk, 'account', A(4)) end
+redis.call('HDEL', jk, 'node')
+redis.call('DEL', K.hb(id))
+redis.call('ZREM', K.leases, id)
+redis.call('SREM', K.node_jobs(node), id)
 return 1

@@ -1,24 +1,32 @@
-//! The embedded mode's store: the same transitions as the Redis scripts, each under one lock.
+//! The embedded mode's store: the same transitions as the Redis scripts, each under one lock,
+//! with the restart and breaker rules of [`crate::policy`]. Its clock is tokio's, so tests can
+//! drive it with paused time.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, JobStore, LeaseStore,
-    NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
+    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, FleetPolicy, JobStore,
+    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
+    SweepReport, Sweeper,
 };
-use crate::ids::{JobId, NodeId, UserId};
+use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
-use crate::tier::{Subscription, Tier, TierLimits};
+use crate::policy::{
+    self, AfterFailure, Breaker, BreakerState, Gates, RestartCount, TrialProgress,
+};
+use crate::tier::{Subscription, Tier};
 
 #[derive(Debug)]
 struct Entry {
     spec: JobSpec,
     record: JobRecord,
     lease_until: u64,
+    account: Option<serde_json::Value>,
+    count: RestartCount,
 }
 
 #[derive(Debug, Default)]
@@ -30,26 +38,40 @@ struct State {
     commands: HashMap<NodeId, VecDeque<NodeCommand>>,
     /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
+    /// Crashed jobs waiting for their restart, by due time.
+    delayed: BTreeSet<(u64, JobId)>,
+    breakers: HashMap<(UserId, StrategyId), Breaker>,
+    /// When the current sweep guard lapses.
+    sweep_guard_until: u64,
 }
 
 /// In-process fleet state. Cloning shares it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     commands_sent: Arc<Notify>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    policy: FleetPolicy,
+    /// Wall-clock ms at `origin`; now = that plus tokio time elapsed since.
+    epoch_ms: u64,
+    origin: tokio::time::Instant,
 }
 
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store applying `policy`.
+    pub fn new(policy: FleetPolicy) -> Self {
+        Self {
+            state: Arc::default(),
+            commands_sent: Arc::default(),
+            policy,
+            epoch_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch_ms + self.origin.elapsed().as_millis() as u64
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -59,6 +81,7 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Ends a job for good: frees its slot, forgets any pending restart.
     fn end(&mut self, job: &JobId, status: JobStatus, now: u64) {
         if let Some(e) = self.jobs.get_mut(job) {
             e.record.status = status;
@@ -68,15 +91,90 @@ impl State {
                 set.remove(job);
             }
         }
+        self.delayed.retain(|(_, j)| j != job);
+    }
+
+    /// A run of `job` failed: restart it later or fail it (mirrors `after_failure` in lib.lua).
+    fn after_failure(
+        &mut self,
+        policy: &FleetPolicy,
+        job: &JobId,
+        reason: String,
+        now: u64,
+    ) -> AfterFailure {
+        let Some(e) = self.jobs.get(job) else {
+            return AfterFailure::Fail(reason);
+        };
+        let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
+        let started = e.record.started_at;
+        let breaker_open = self
+            .breakers
+            .entry((user.clone(), strategy))
+            .or_default()
+            .record_failure(&policy.breaker, now, job);
+        let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
+        let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
+        let gates = Gates {
+            entitled: held <= policy.tiers.limit(tier),
+            breaker_open,
+        };
+        let Some(e) = self.jobs.get_mut(job) else {
+            return AfterFailure::Fail(reason);
+        };
+        let decision =
+            policy::after_failure(&policy.restart, &mut e.count, started, now, gates, &reason);
+        e.record.restarts = e.count.total;
+        e.lease_until = 0;
+        match &decision {
+            AfterFailure::Restart { delay_ms } => {
+                e.record.status = JobStatus::Crashed;
+                e.record.error = Some(reason);
+                e.record.ended_at = Some(now);
+                self.delayed.insert((now + delay_ms, job.clone()));
+            }
+            AfterFailure::Fail(why) => {
+                e.record.error = Some(why.clone());
+                self.end(job, JobStatus::Failed, now);
+            }
+        }
+        decision
+    }
+
+    fn trial_progress(&self, trial: &JobId, now: u64, trial_ms: u64) -> TrialProgress {
+        match self
+            .jobs
+            .get(trial)
+            .map(|e| (e.record.status, e.record.started_at))
+        {
+            Some((JobStatus::Running, Some(started))) if now - started < trial_ms => {
+                TrialProgress::Pending {
+                    ran_ms: now - started,
+                }
+            }
+            Some((JobStatus::Queued, _)) => TrialProgress::Pending { ran_ms: 0 },
+            _ => TrialProgress::Passed,
+        }
     }
 }
 
 impl JobStore for MemoryStore {
-    async fn admit(&self, spec: &JobSpec, limits: &TierLimits) -> Result<Admission, StoreError> {
-        let now = now_ms();
+    async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
+        let now = self.now();
+        let policy = &self.policy;
         let mut s = self.lock();
+        let key = (spec.user_id.clone(), spec.strategy_id.clone());
+        let trial = match s.breakers.get(&key).map(|b| b.state.clone()) {
+            Some(BreakerState::HalfOpen { trial }) => {
+                Some(s.trial_progress(&trial, now, policy.breaker.trial_ms))
+            }
+            _ => None,
+        };
+        let mut breaker = s.breakers.get(&key).cloned().unwrap_or_default();
+        if let Err(retry_after_ms) = breaker.admit(&policy.breaker, now, &spec.id, trial) {
+            return Ok(Admission::BreakerOpen { retry_after_ms });
+        }
         let tier = Subscription::effective_tier(s.subscriptions.get(&spec.user_id), now);
-        let limit = limits.limit(tier);
+        let limit = policy.tiers.limit(tier);
         let current = s.active.get(&spec.user_id).map_or(0, |a| a.len() as u32);
         if current >= limit {
             return Ok(Admission::LimitReached {
@@ -91,14 +189,15 @@ impl JobStore for MemoryStore {
                 spec.id
             )));
         }
-        s.jobs.insert(
-            spec.id.clone(),
-            Entry {
-                spec: spec.clone(),
-                record: JobRecord::queued(spec, now),
-                lease_until: 0,
-            },
-        );
+        s.breakers.insert(key, breaker);
+        let entry = Entry {
+            spec: spec.clone(),
+            record: JobRecord::queued(spec, now),
+            lease_until: 0,
+            account: None,
+            count: RestartCount::default(),
+        };
+        s.jobs.insert(spec.id.clone(), entry);
         s.user_jobs
             .entry(spec.user_id.clone())
             .or_default()
@@ -116,6 +215,12 @@ impl JobStore for MemoryStore {
 
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
         let mut s = self.lock();
+        if s.jobs
+            .get(job)
+            .is_some_and(|e| e.record.status != JobStatus::Queued || e.record.epoch != 0)
+        {
+            return Ok(()); // claimed meanwhile: it runs, so it keeps its record and slot
+        }
         s.jobs.remove(job);
         if let Some(a) = s.active.get_mut(user) {
             a.remove(job);
@@ -135,7 +240,9 @@ impl JobStore for MemoryStore {
     }
 
     async fn user_jobs(&self, user: &UserId) -> Result<Vec<JobRecord>, StoreError> {
-        let horizon = now_ms().saturating_sub(FINISHED_RETENTION.as_millis() as u64);
+        let horizon = self
+            .now()
+            .saturating_sub(FINISHED_RETENTION.as_millis() as u64);
         let mut s = self.lock();
         let State {
             jobs, user_jobs, ..
@@ -162,7 +269,7 @@ impl LeaseStore for MemoryStore {
         jobs: &[JobId],
         lease: Duration,
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let mut s = self.lock();
         Ok(jobs
             .iter()
@@ -188,13 +295,13 @@ impl LeaseStore for MemoryStore {
                 r.started_at = Some(now);
                 r.last_heartbeat_at = Some(now);
                 r.ended_at = None;
-                r.error = None;
                 r.stop_mode = None;
                 r.flattened_positions = None;
                 e.lease_until = now + lease.as_millis() as u64;
                 ClaimOutcome::Claimed(Box::new(Lease {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
+                    account: e.account.clone(),
                 }))
             })
             .collect())
@@ -206,7 +313,7 @@ impl LeaseStore for MemoryStore {
         beats: &[RunnerBeat],
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let mut s = self.lock();
         s.nodes.insert(
             node.node_id.clone(),
@@ -224,6 +331,9 @@ impl LeaseStore for MemoryStore {
                     e.record.last_heartbeat_at = Some(now);
                     e.record.positions = b.positions.clone();
                     e.record.stats = b.stats.clone();
+                    if b.account.is_some() {
+                        e.account = b.account.clone();
+                    }
                 }
                 _ => refused.push(b.job_id.clone()),
             }
@@ -238,7 +348,7 @@ impl LeaseStore for MemoryStore {
         epoch: u64,
         end: RunEnd,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let mut s = self.lock();
         let Some(e) = s.jobs.get_mut(&spec.id) else {
             return Ok(false);
@@ -247,15 +357,30 @@ impl LeaseStore for MemoryStore {
         if r.epoch != epoch || r.status != JobStatus::Running || r.node_id.as_ref() != Some(node) {
             return Ok(false);
         }
-        r.error = end.error;
-        r.flattened_positions = end.flattened_positions;
         r.positions = end.positions;
         r.stats = end.stats;
+        if end.account.is_some() {
+            e.account = end.account;
+        }
+        if end.status == JobStatus::Crashed {
+            let reason = end.error.unwrap_or_else(|| "runner failed".into());
+            s.after_failure(&self.policy, &spec.id, reason, now);
+            return Ok(true);
+        }
+        let r = &mut s.jobs.get_mut(&spec.id).expect("present").record;
+        r.error = end.error;
+        r.flattened_positions = end.flattened_positions;
         s.end(&spec.id, end.status, now);
         Ok(true)
     }
 
-    async fn hand_back(&self, node: &NodeId, job: &JobId, epoch: u64) -> Result<bool, StoreError> {
+    async fn hand_back(
+        &self,
+        node: &NodeId,
+        job: &JobId,
+        epoch: u64,
+        account: Option<serde_json::Value>,
+    ) -> Result<bool, StoreError> {
         let mut s = self.lock();
         let Some(e) = s.jobs.get_mut(job) else {
             return Ok(false);
@@ -267,11 +392,14 @@ impl LeaseStore for MemoryStore {
         r.status = JobStatus::Queued;
         r.node_id = None;
         e.lease_until = 0;
+        if account.is_some() {
+            e.account = account;
+        }
         Ok(true)
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let s = self.lock();
         let mut live: Vec<&(NodeInfo, u64)> = s
             .nodes
@@ -286,7 +414,7 @@ impl LeaseStore for MemoryStore {
 
 impl CommandBus for MemoryStore {
     async fn request_stop(&self, job: &JobId, mode: StopMode) -> Result<StopRequest, StoreError> {
-        let now = now_ms();
+        let now = self.now();
         let outcome = {
             let mut s = self.lock();
             let Some(e) = s.jobs.get_mut(job) else {
@@ -348,9 +476,90 @@ impl CommandBus for MemoryStore {
     }
 }
 
+impl Sweeper for MemoryStore {
+    async fn sweep(
+        &self,
+        interval: Duration,
+        batch: u32,
+    ) -> Result<Option<SweepReport>, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        if s.sweep_guard_until > now {
+            return Ok(None);
+        }
+        s.sweep_guard_until = now + interval.as_millis() as u64;
+        let expired: Vec<(JobId, u64, Option<NodeId>, u64)> = s
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.record.status == JobStatus::Running && e.lease_until <= now)
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.record.epoch,
+                    e.record.node_id.clone(),
+                    e.record.last_heartbeat_at.unwrap_or(now),
+                )
+            })
+            .take(batch as usize)
+            .collect();
+        let mut report = SweepReport::default();
+        for (id, epoch, node, hb) in expired {
+            report.crashed += 1;
+            let node = node.map(|n| n.to_string()).unwrap_or_default();
+            let reason = format!(
+                "no heartbeat for {} ms from node {node} (epoch {epoch})",
+                now - hb
+            );
+            match s.after_failure(&self.policy, &id, reason, now) {
+                AfterFailure::Restart { .. } => report.restarting += 1,
+                AfterFailure::Fail(_) => report.failed += 1,
+            }
+        }
+        Ok(Some(report))
+    }
+
+    async fn due_restarts(&self, batch: u32) -> Result<Vec<JobId>, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        let due: Vec<(u64, JobId)> = s
+            .delayed
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(batch as usize)
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for item in due {
+            s.delayed.remove(&item);
+            if let Some(e) = s.jobs.get_mut(&item.1)
+                && e.record.status == JobStatus::Crashed
+            {
+                e.record.status = JobStatus::Queued;
+                e.record.node_id = None;
+                out.push(item.1);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn defer(&self, jobs: &[JobId], delay: Duration) -> Result<(), StoreError> {
+        let at = self.now() + delay.as_millis() as u64;
+        let mut s = self.lock();
+        for job in jobs {
+            if let Some(e) = s.jobs.get_mut(job)
+                && e.record.status == JobStatus::Queued
+            {
+                e.record.status = JobStatus::Crashed;
+                s.delayed.insert((at, job.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Subscriptions for MemoryStore {
     async fn now_ms(&self) -> Result<u64, StoreError> {
-        Ok(now_ms())
+        Ok(self.now())
     }
 
     async fn subscription(&self, user: &UserId) -> Result<Option<Subscription>, StoreError> {
@@ -365,7 +574,7 @@ impl Subscriptions for MemoryStore {
     ) -> Result<Subscription, StoreError> {
         let sub = Subscription {
             tier,
-            expires_at_ms: now_ms() + u64::from(days) * DAY_MS,
+            expires_at_ms: self.now() + u64::from(days) * DAY_MS,
         };
         self.lock().subscriptions.insert(user.clone(), sub);
         Ok(sub)

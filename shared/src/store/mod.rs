@@ -18,10 +18,36 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+use crate::config::{BreakerSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
 use crate::redis_pool::RedisError;
 use crate::tier::{Subscription, Tier, TierLimits};
+
+/// The rules a store applies on its own: tier limits, restarts, breakers, auditing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetPolicy {
+    /// Concurrent runners per tier.
+    pub tiers: TierLimits,
+    /// Restarts of failed runs.
+    pub restart: RestartSettings,
+    /// Circuit breakers per user strategy.
+    pub breaker: BreakerSettings,
+    /// Record accepted writes in the audit stream.
+    pub audit: bool,
+}
+
+impl FleetPolicy {
+    /// The policy configured in `settings`.
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            tiers: settings.tiers,
+            restart: settings.restart,
+            breaker: settings.breaker,
+            audit: settings.testing.audit,
+        }
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +96,12 @@ pub enum Admission {
         /// Slots held.
         current: u32,
     },
+    /// The user strategy's circuit breaker is open (or its trial run is still deciding);
+    /// nothing was written.
+    BreakerOpen {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
 }
 
 /// What a claim found for one job.
@@ -98,6 +130,8 @@ pub struct RunnerBeat {
     pub positions: Vec<Position>,
     /// Stats now.
     pub stats: Stats,
+    /// The runner's complete paper account, stored so that a later run resumes from it.
+    pub account: Option<serde_json::Value>,
 }
 
 /// A node's own liveness report, sent with its runners' heartbeats.
@@ -127,6 +161,8 @@ pub struct RunEnd {
     pub positions: Vec<Position>,
     /// Final stats.
     pub stats: Stats,
+    /// The final paper account.
+    pub account: Option<serde_json::Value>,
 }
 
 /// A command addressed to one worker node.
@@ -163,15 +199,13 @@ pub enum StopRequest {
 
 /// Job records: admission, reads.
 pub trait JobStore: Send + Sync {
-    /// Records `spec` as queued if the user's tier (resolved against the store's clock) has a
-    /// free slot; takes the slot in the same atomic step.
-    fn admit(
-        &self,
-        spec: &JobSpec,
-        limits: &TierLimits,
-    ) -> impl Future<Output = Result<Admission, StoreError>> + Send;
+    /// Records `spec` as queued if the user strategy's breaker allows it and the user's tier
+    /// (resolved against the store's clock) has a free slot; takes the slot in the same atomic
+    /// step.
+    fn admit(&self, spec: &JobSpec) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
-    /// Deletes an admitted job that could not be enqueued, giving its slot back.
+    /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
+    /// claimed it meanwhile (the enqueue reached the queue after all).
     fn forget(
         &self,
         job: &JobId,
@@ -216,8 +250,9 @@ pub trait LeaseStore: Send + Sync {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
 
-    /// Records the end of a run, if `epoch` is still current. Frees the user's slot when the
-    /// job ends for good. Returns whether the write was accepted.
+    /// Records the end of a run, if `epoch` is still current. `Stopped` and `Failed` end the
+    /// job and free the user's slot; `Crashed` (the runner panicked or erred) goes through the
+    /// restart policy at once. Returns whether the write was accepted.
     fn finish(
         &self,
         node: &NodeId,
@@ -227,12 +262,14 @@ pub trait LeaseStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Marks a running job queued again (a node handing it back at shutdown), if `epoch` is
-    /// current. The caller then enqueues it. Returns whether it was accepted.
+    /// current, storing its final paper account. The caller then enqueues it. Returns whether
+    /// it was accepted.
     fn hand_back(
         &self,
         node: &NodeId,
         job: &JobId,
         epoch: u64,
+        account: Option<serde_json::Value>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Live nodes, newest heartbeat first.
@@ -254,6 +291,43 @@ pub trait CommandBus: Send + Sync {
         node: &NodeId,
         wait: Duration,
     ) -> impl Future<Output = Result<Option<NodeCommand>, StoreError>> + Send;
+}
+
+/// What one crash sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired leases turned into crashed jobs.
+    pub crashed: u32,
+    /// Of those, restarts scheduled.
+    pub restarting: u32,
+    /// Of those, jobs failed by the restart policy.
+    pub failed: u32,
+}
+
+/// Crash detection and restarts, run by the orchestrators.
+pub trait Sweeper: Send + Sync {
+    /// One crash sweep, if this caller takes the guard for `interval` (one process sweeps per
+    /// interval; `None` when another has it): runs whose lease expired become crashed jobs, and
+    /// the restart policy decides each. At most `batch` leases per sweep.
+    fn sweep(
+        &self,
+        interval: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<Option<SweepReport>, StoreError>> + Send;
+
+    /// Crashed jobs whose restart delay has passed (at most `batch`), now queued again. The
+    /// caller enqueues them.
+    fn due_restarts(
+        &self,
+        batch: u32,
+    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
+
+    /// Puts just-promoted jobs back to wait `delay` (their enqueue failed).
+    fn defer(
+        &self,
+        jobs: &[JobId],
+        delay: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Subscriptions (tiers) and the store's clock.
@@ -280,9 +354,21 @@ pub trait Subscriptions: Send + Sync {
 }
 
 /// Everything a fleet process needs from shared state.
-pub trait FleetStore: JobStore + LeaseStore + CommandBus + Subscriptions + Clone + 'static {}
+pub trait FleetStore:
+    JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + Clone + 'static
+{
+}
 
-impl<T: JobStore + LeaseStore + CommandBus + Subscriptions + Clone + 'static> FleetStore for T {}
+impl<T: JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + Clone + 'static> FleetStore
+    for T
+{
+}
+
+/// The prelude every Redis store script starts with (`scripts/lib.lua`): key names, context,
+/// clock, restart and breaker policy. Public so that tests can check its key names against
+/// [`crate::keys::Keys`].
+#[doc(hidden)]
+pub const SCRIPT_PRELUDE: &str = include_str!("../scripts/lib.lua");
 
 /// How long a finished job's record is kept for the status call.
 pub const FINISHED_RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -5,22 +5,30 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ::redis::{Script, Value};
+use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
-    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, JobStore, LeaseStore,
-    NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
+    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, FleetPolicy, JobStore,
+    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
+    SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::keys::Keys;
 use crate::redis_pool::{RedisPools, block_seconds};
-use crate::tier::{Subscription, Tier, TierLimits};
+use crate::tier::{Subscription, Tier};
 
+/// A store script: the shared prelude (`lib.lua`: key names, context, clock, policy) followed
+/// by the script's own body.
 macro_rules! script {
     ($name:ident, $file:literal) => {
-        static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("../scripts/", $file))));
+        static $name: LazyLock<Script> = LazyLock::new(|| {
+            Script::new(&format!(
+                "{}\n{}",
+                super::SCRIPT_PRELUDE,
+                include_str!(concat!("../scripts/", $file))
+            ))
+        });
     };
 }
 script!(ADMIT, "store_admit.lua");
@@ -29,18 +37,27 @@ script!(RENEW, "store_renew.lua");
 script!(FINISH, "store_finish.lua");
 script!(HAND_BACK, "store_hand_back.lua");
 script!(STOP, "store_stop.lua");
+script!(SWEEP, "store_sweep.lua");
+script!(PROMOTE, "store_promote.lua");
+script!(DEFER, "store_defer.lua");
+script!(FORGET, "store_forget.lua");
 
 /// Fleet state in Redis. Cloning shares the pools.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
     pools: RedisPools,
     keys: Keys,
+    policy: FleetPolicy,
 }
 
 impl RedisStore {
-    /// A store under the key prefix of `keys`.
-    pub fn new(pools: RedisPools, keys: Keys) -> Self {
-        Self { pools, keys }
+    /// A store under the key prefix of `keys`, applying `policy`.
+    pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
+        Self {
+            pools,
+            keys,
+            policy,
+        }
     }
 
     /// The key schema in use.
@@ -51,6 +68,34 @@ impl RedisStore {
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
         Ok(self.pools.commands.get().await?)
     }
+
+    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..16]).
+    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let (p, t) = (&self.policy, &self.policy.tiers);
+        let (r, b) = (&p.restart, &p.breaker);
+        let mut inv = script.prepare_invoke();
+        inv.arg(self.keys.prefix())
+            .arg(t.free)
+            .arg(t.basic)
+            .arg(t.pro)
+            .arg(t.enterprise)
+            .arg(r.max_restarts)
+            .arg(r.window_ms)
+            .arg(r.base_delay_ms)
+            .arg(r.max_delay_ms)
+            .arg(r.stable_ms)
+            .arg(b.failures)
+            .arg(b.window_ms)
+            .arg(b.cooldown_ms)
+            .arg(b.trial_ms)
+            .arg(FINISHED_RETENTION.as_secs())
+            .arg(if p.audit { "1" } else { "0" });
+        inv
+    }
+}
+
+fn account_arg(account: &Option<serde_json::Value>) -> String {
+    account.as_ref().map(|a| a.to_string()).unwrap_or_default()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -113,20 +158,13 @@ fn text(v: &Value) -> Option<String> {
 }
 
 impl JobStore for RedisStore {
-    async fn admit(&self, spec: &JobSpec, limits: &TierLimits) -> Result<Admission, StoreError> {
-        let k = &self.keys;
-        let (code, tier, limit, current): (i64, String, u32, u32) = ADMIT
-            .key(k.job(&spec.id))
-            .key(k.user_jobs(&spec.user_id))
-            .key(k.user_active(&spec.user_id))
-            .key(k.subscription(&spec.user_id))
+    async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
+        let (code, tier, limit, current, retry_after_ms): (i64, String, u32, u32, u64) = self
+            .invoke(&ADMIT)
             .arg(spec.id.as_str())
             .arg(spec.user_id.as_str())
+            .arg(spec.strategy_id.as_str())
             .arg(json(spec))
-            .arg(limits.free)
-            .arg(limits.basic)
-            .arg(limits.pro)
-            .arg(limits.enterprise)
             .invoke_async(&mut *self.conn().await?)
             .await?;
         let tier: Tier = tier.parse().map_err(StoreError::data)?;
@@ -141,6 +179,7 @@ impl JobStore for RedisStore {
                 limit,
                 current,
             }),
+            2 => Ok(Admission::BreakerOpen { retry_after_ms }),
             _ => Err(StoreError::data(format!(
                 "job id {} already exists",
                 spec.id
@@ -149,16 +188,12 @@ impl JobStore for RedisStore {
     }
 
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
-        let k = &self.keys;
-        let () = ::redis::pipe()
-            .atomic()
-            .del(k.job(job))
-            .srem(k.user_active(user), job.as_str())
-            .zrem(k.user_jobs(user), job.as_str())
-            .ignore()
-            .query_async(&mut *self.conn().await?)
-            .await
-            .map(|_: Value| ())?;
+        let _: i64 = self
+            .invoke(&FORGET)
+            .arg(job.as_str())
+            .arg(user.as_str())
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
         Ok(())
     }
 
@@ -226,13 +261,10 @@ impl LeaseStore for RedisStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let k = &self.keys;
-        let mut inv = CLAIM.key(k.leases());
-        inv.key(k.node_jobs(node))
-            .arg(node.as_str())
-            .arg(lease.as_millis() as u64);
+        let mut inv = self.invoke(&CLAIM);
+        inv.arg(node.as_str()).arg(lease.as_millis() as u64);
         for j in jobs {
-            inv.key(k.job(j)).key(k.heartbeat(j)).arg(j.as_str());
+            inv.arg(j.as_str());
         }
         let rows: Vec<Vec<Value>> = inv.invoke_async(&mut *self.conn().await?).await?;
         rows.into_iter()
@@ -254,7 +286,15 @@ impl LeaseStore for RedisStore {
                     .and_then(|e| e.parse().ok())
                     .unwrap_or(0);
                 let spec: JobSpec = parse("spec", row.get(3).and_then(text).as_ref())?;
-                Ok(ClaimOutcome::Claimed(Box::new(Lease { spec, epoch })))
+                let account = row
+                    .get(4)
+                    .and_then(text)
+                    .and_then(|a| serde_json::from_str(&a).ok());
+                Ok(ClaimOutcome::Claimed(Box::new(Lease {
+                    spec,
+                    epoch,
+                    account,
+                })))
             })
             .collect()
     }
@@ -265,20 +305,16 @@ impl LeaseStore for RedisStore {
         beats: &[RunnerBeat],
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
-        let k = &self.keys;
-        let mut inv = RENEW.key(k.leases());
-        inv.key(k.node(&node.node_id))
-            .key(k.nodes())
-            .arg(node.node_id.as_str())
+        let mut inv = self.invoke(&RENEW);
+        inv.arg(node.node_id.as_str())
             .arg(lease.as_millis() as u64)
             .arg(json(node));
         for b in beats {
-            inv.key(k.job(&b.job_id))
-                .key(k.heartbeat(&b.job_id))
-                .arg(b.job_id.as_str())
+            inv.arg(b.job_id.as_str())
                 .arg(b.epoch)
                 .arg(json(&b.positions))
-                .arg(json(&b.stats));
+                .arg(json(&b.stats))
+                .arg(account_arg(&b.account));
         }
         let refused: Vec<String> = inv.invoke_async(&mut *self.conn().await?).await?;
         Ok(refused.into_iter().map(JobId::new).collect())
@@ -291,13 +327,8 @@ impl LeaseStore for RedisStore {
         epoch: u64,
         end: RunEnd,
     ) -> Result<bool, StoreError> {
-        let k = &self.keys;
-        let accepted: i64 = FINISH
-            .key(k.job(&spec.id))
-            .key(k.heartbeat(&spec.id))
-            .key(k.leases())
-            .key(k.user_active(&spec.user_id))
-            .key(k.node_jobs(node))
+        let accepted: i64 = self
+            .invoke(&FINISH)
             .arg(spec.id.as_str())
             .arg(epoch)
             .arg(node.as_str())
@@ -310,22 +341,25 @@ impl LeaseStore for RedisStore {
             )
             .arg(json(&end.positions))
             .arg(json(&end.stats))
-            .arg(FINISHED_RETENTION.as_secs())
+            .arg(account_arg(&end.account))
             .invoke_async(&mut *self.conn().await?)
             .await?;
-        Ok(accepted == 1)
+        Ok(accepted != 0)
     }
 
-    async fn hand_back(&self, node: &NodeId, job: &JobId, epoch: u64) -> Result<bool, StoreError> {
-        let k = &self.keys;
-        let accepted: i64 = HAND_BACK
-            .key(k.job(job))
-            .key(k.heartbeat(job))
-            .key(k.leases())
-            .key(k.node_jobs(node))
+    async fn hand_back(
+        &self,
+        node: &NodeId,
+        job: &JobId,
+        epoch: u64,
+        account: Option<serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        let accepted: i64 = self
+            .invoke(&HAND_BACK)
             .arg(job.as_str())
             .arg(epoch)
             .arg(node.as_str())
+            .arg(account_arg(&account))
             .invoke_async(&mut *self.conn().await?)
             .await?;
         Ok(accepted == 1)
@@ -368,50 +402,26 @@ impl LeaseStore for RedisStore {
 
 impl CommandBus for RedisStore {
     async fn request_stop(&self, job: &JobId, mode: StopMode) -> Result<StopRequest, StoreError> {
-        let k = &self.keys;
-        let mut conn = self.conn().await?;
-        // The command list's key depends on the node, which the script must be told up front;
-        // if the job moved in between, read again (bounded: moves are rare).
-        for _ in 0..3 {
-            let (user, node): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
-                .arg(k.job(job))
-                .arg("user")
-                .arg("node")
-                .query_async(&mut *conn)
-                .await?;
-            let Some(user) = user else {
-                return Ok(StopRequest::NotFound);
-            };
-            let node = NodeId::new(node.unwrap_or_default());
-            let reply: Vec<String> = STOP
-                .key(k.job(job))
-                .key(k.user_active(&UserId::new(user)))
-                .key(k.heartbeat(job))
-                .key(k.leases())
-                .key(k.commands(&node))
-                .arg(job.as_str())
-                .arg(mode.as_str())
-                .arg(node.as_str())
-                .arg(FINISHED_RETENTION.as_secs())
-                .invoke_async(&mut *conn)
-                .await?;
-            return Ok(match reply.first().map(String::as_str) {
-                Some("missing") => StopRequest::NotFound,
-                Some("ended") => StopRequest::AlreadyEnded(
-                    reply
-                        .get(1)
-                        .and_then(|s| JobStatus::parse(s))
-                        .unwrap_or(JobStatus::Stopped),
-                ),
-                Some("stopped") => StopRequest::Stopped,
-                Some("sent") => StopRequest::Sent { node },
-                Some("moved") => continue,
-                other => return Err(StoreError::data(format!("stop script answered {other:?}"))),
-            });
-        }
-        Err(StoreError::data(format!(
-            "job {job} kept moving between nodes during stop"
-        )))
+        let reply: Vec<String> = self
+            .invoke(&STOP)
+            .arg(job.as_str())
+            .arg(mode.as_str())
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("missing") => StopRequest::NotFound,
+            Some("ended") => StopRequest::AlreadyEnded(
+                reply
+                    .get(1)
+                    .and_then(|s| JobStatus::parse(s))
+                    .unwrap_or(JobStatus::Stopped),
+            ),
+            Some("stopped") => StopRequest::Stopped,
+            Some("sent") => StopRequest::Sent {
+                node: NodeId::new(reply.get(1).cloned().unwrap_or_default()),
+            },
+            other => return Err(StoreError::data(format!("stop script answered {other:?}"))),
+        })
     }
 
     async fn next_command(
@@ -432,6 +442,48 @@ impl CommandBus for RedisStore {
                 serde_json::from_str(&raw).map_err(|e| StoreError::data(format!("command: {e}")))
             })
             .transpose()
+    }
+}
+
+impl Sweeper for RedisStore {
+    async fn sweep(
+        &self,
+        interval: Duration,
+        batch: u32,
+    ) -> Result<Option<SweepReport>, StoreError> {
+        let done: Option<(u32, u32, u32)> = self
+            .invoke(&SWEEP)
+            .arg(interval.as_millis() as u64)
+            .arg(batch)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(done.map(|(crashed, restarting, failed)| SweepReport {
+            crashed,
+            restarting,
+            failed,
+        }))
+    }
+
+    async fn due_restarts(&self, batch: u32) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<String> = self
+            .invoke(&PROMOTE)
+            .arg(batch)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(ids.into_iter().map(JobId::new).collect())
+    }
+
+    async fn defer(&self, jobs: &[JobId], delay: Duration) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.invoke(&DEFER);
+        inv.arg(delay.as_millis() as u64);
+        for j in jobs {
+            inv.arg(j.as_str());
+        }
+        let _: i64 = inv.invoke_async(&mut *self.conn().await?).await?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,8 @@
 //! Whole-fleet tests: the real binaries, the real Redis. One test binary, a module per feature.
 
+mod rabbitmq;
 mod readme;
+mod reliability;
 mod shutdown;
+mod trading;
 mod walking_skeleton;

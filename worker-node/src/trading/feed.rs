@@ -1,0 +1,619 @@
+//! Market feeds: where prices come from. A feed advances in steps; each step gives one
+//! [`Bar`] (a candle) per instrument priced at that step, and says how long to wait before the
+//! next one.
+//!
+//! - [`SimulatedFeed`]: a seeded random walk per instrument. Step `n` of an instrument moves its
+//!   price by a whole number of basis points in [−20, +20] drawn from a generator seeded with
+//!   (seed, instrument, n), rounded to the price step: the path is a pure function of the seed,
+//!   so a resumed runner continues it exactly. Each step is one candle of the strategy's
+//!   timeframe (simulated time runs at one candle per `market.tick_ms`).
+//! - [`ReplayFeed`]: candles from CSV files (`,Open,High,Low,Close,Volume`, as in
+//!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`.
+//!
+//! [`CandleBuilder`] turns a feed's bars into candles of a strategy's timeframe.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use runfleet::catalog::Instrument;
+use runfleet::config::{FeedKind, MarketSettings};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// A price candle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candle {
+    /// When it opens, ms since the Unix epoch (simulated feeds start at 0).
+    pub start_ms: i64,
+    /// How long it lasts, ms.
+    pub period_ms: i64,
+    /// First price.
+    pub open: Decimal,
+    /// Highest price.
+    pub high: Decimal,
+    /// Lowest price.
+    pub low: Decimal,
+    /// Last price: what positions are marked at.
+    pub close: Decimal,
+}
+
+/// A candle of one instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bar {
+    /// The instrument.
+    pub instrument: &'static Instrument,
+    /// Its candle.
+    pub candle: Candle,
+}
+
+/// Why a feed could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The replay file could not be read.
+    #[error("replay file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A line of a replay file is not a candle.
+    #[error("replay data, line {line}: {reason}")]
+    Parse {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The saved position of a feed does not fit it.
+    #[error("saved feed state: {0}")]
+    State(String),
+}
+
+/// A source of prices.
+pub trait MarketFeed: Send + fmt::Debug {
+    /// How long to wait before the next step; `None` once the feed has ended.
+    fn pace(&self) -> Option<Duration>;
+    /// The next step's bars; `None` once the feed has ended.
+    fn next_bars(&mut self) -> Option<Vec<Bar>>;
+    /// Where the feed is, to resume it with [`build`].
+    fn state(&self) -> Value;
+}
+
+/// The feed `market` selects, for `instruments`, each step one candle of `period_ms` (the
+/// simulated feed), resumed from `saved` (a [`MarketFeed::state`]) when it is of the same kind.
+pub fn build(
+    market: &MarketSettings,
+    instruments: &[&'static Instrument],
+    seed: u64,
+    period_ms: i64,
+    saved: Option<&Value>,
+) -> Result<Box<dyn MarketFeed>, FeedError> {
+    let saved = saved.filter(|s| {
+        s.get("kind").and_then(Value::as_str)
+            == Some(match market.feed {
+                FeedKind::Simulated => "simulated",
+                FeedKind::Replay => "replay",
+            })
+    });
+    Ok(match market.feed {
+        FeedKind::Simulated => {
+            let mut feed = SimulatedFeed::new(
+                instruments,
+                seed,
+                period_ms,
+                Duration::from_millis(market.tick_ms),
+            );
+            if let Some(s) = saved {
+                feed.restore(s)?;
+            }
+            Box::new(feed)
+        }
+        FeedKind::Replay => {
+            let mut feed =
+                ReplayFeed::from_file(&market.replay_file, instruments, market.replay_speed)?;
+            if let Some(s) = saved {
+                feed.restore(s)?;
+            }
+            Box::new(feed)
+        }
+    })
+}
+
+/// A seeded random walk per instrument.
+#[derive(Debug, Clone)]
+pub struct SimulatedFeed {
+    instruments: Vec<&'static Instrument>,
+    seed: u64,
+    step: u64,
+    prices: Vec<Decimal>,
+    period_ms: i64,
+    tick: Duration,
+}
+
+impl SimulatedFeed {
+    /// A walk from each instrument's simulated start price, one step every `tick`, each step a
+    /// candle of `period_ms`.
+    pub fn new(
+        instruments: &[&'static Instrument],
+        seed: u64,
+        period_ms: i64,
+        tick: Duration,
+    ) -> Self {
+        Self {
+            instruments: instruments.to_vec(),
+            seed,
+            step: 0,
+            prices: instruments.iter().map(|i| i.start_price()).collect(),
+            period_ms: period_ms.max(1),
+            tick,
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    fn restore(&mut self, saved: &Value) -> Result<(), FeedError> {
+        let bad = |what: &str| FeedError::State(format!("simulated feed: {what}"));
+        self.step = saved["step"].as_u64().ok_or_else(|| bad("no step"))?;
+        for (i, instrument) in self.instruments.iter().enumerate() {
+            if let Some(p) = saved["prices"].get(instrument.name) {
+                self.prices[i] = serde_json::from_value::<Decimal>(p.clone())
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A 64-bit mix of the step's coordinates (SplitMix64 finalizer over FNV-1a of the name).
+fn step_seed(seed: u64, instrument: &str, step: u64) -> u64 {
+    let name = instrument.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut z = seed ^ name.rotate_left(17) ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl MarketFeed for SimulatedFeed {
+    fn pace(&self) -> Option<Duration> {
+        Some(self.tick)
+    }
+
+    fn next_bars(&mut self) -> Option<Vec<Bar>> {
+        let start_ms = self.step as i64 * self.period_ms;
+        self.step += 1;
+        let bars = self
+            .instruments
+            .iter()
+            .zip(self.prices.iter_mut())
+            .map(|(instrument, price)| {
+                let bps: i64 =
+                    StdRng::seed_from_u64(step_seed(self.seed, instrument.name, self.step))
+                        .random_range(-20..=20);
+                let open = *price;
+                let moved = open * Decimal::from(10_000 + bps) / Decimal::from(10_000);
+                let close = ((moved / instrument.price_step).round() * instrument.price_step)
+                    .max(instrument.price_step)
+                    .normalize();
+                *price = close;
+                Bar {
+                    instrument,
+                    candle: Candle {
+                        start_ms,
+                        period_ms: self.period_ms,
+                        open,
+                        high: open.max(close),
+                        low: open.min(close),
+                        close,
+                    },
+                }
+            })
+            .collect();
+        Some(bars)
+    }
+
+    fn state(&self) -> Value {
+        let prices: BTreeMap<&str, String> = self
+            .instruments
+            .iter()
+            .zip(&self.prices)
+            .map(|(i, p)| (i.name, p.to_string()))
+            .collect();
+        json!({ "kind": "simulated", "step": self.step, "prices": prices })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Series {
+    instrument: &'static Instrument,
+    rows: Arc<Vec<Candle>>,
+    next: usize,
+}
+
+/// Candles played from CSV files, merged by time.
+#[derive(Debug, Clone)]
+pub struct ReplayFeed {
+    series: Vec<Series>,
+    speed: u64,
+    last_ms: Option<i64>,
+}
+
+impl ReplayFeed {
+    /// Plays `rows` for each instrument (`speed` as in `market.replay_speed`).
+    pub fn new(series: Vec<(&'static Instrument, Arc<Vec<Candle>>)>, speed: u64) -> Self {
+        Self {
+            series: series
+                .into_iter()
+                .map(|(instrument, rows)| Series {
+                    instrument,
+                    rows,
+                    next: 0,
+                })
+                .collect(),
+            speed,
+            last_ms: None,
+        }
+    }
+
+    /// Loads `path` for each instrument; `{index}` in it is replaced by the instrument's price
+    /// index (one file per index is read once).
+    pub fn from_file(
+        path: &str,
+        instruments: &[&'static Instrument],
+        speed: u64,
+    ) -> Result<Self, FeedError> {
+        let mut loaded: BTreeMap<String, Arc<Vec<Candle>>> = BTreeMap::new();
+        let mut series = Vec::with_capacity(instruments.len());
+        for instrument in instruments {
+            let file = path.replace("{index}", instrument.index);
+            let rows = match loaded.get(&file) {
+                Some(rows) => rows.clone(),
+                None => {
+                    let rows = Arc::new(load_csv(Path::new(&file))?);
+                    loaded.insert(file, rows.clone());
+                    rows
+                }
+            };
+            series.push((*instrument, rows));
+        }
+        Ok(Self::new(series, speed))
+    }
+
+    /// Rows still to play, over every instrument.
+    pub fn remaining(&self) -> usize {
+        self.series.iter().map(|s| s.rows.len() - s.next).sum()
+    }
+
+    fn next_time(&self) -> Option<i64> {
+        self.series
+            .iter()
+            .filter_map(|s| s.rows.get(s.next).map(|c| c.start_ms))
+            .min()
+    }
+
+    fn restore(&mut self, saved: &Value) -> Result<(), FeedError> {
+        for s in &mut self.series {
+            if let Some(n) = saved["next"].get(s.instrument.name) {
+                let n = n
+                    .as_u64()
+                    .filter(|n| *n as usize <= s.rows.len())
+                    .ok_or_else(|| {
+                        FeedError::State(format!("replay position {n} of {}", s.instrument.name))
+                    })?;
+                s.next = n as usize;
+            }
+        }
+        self.last_ms = saved["lastMs"].as_i64();
+        Ok(())
+    }
+}
+
+impl MarketFeed for ReplayFeed {
+    fn pace(&self) -> Option<Duration> {
+        let next = self.next_time()?;
+        if self.speed == 0 {
+            return Some(Duration::ZERO);
+        }
+        let gap_ms = self.last_ms.map_or(0, |last| (next - last).max(0)) as u64;
+        Some(Duration::from_micros(
+            gap_ms.saturating_mul(1_000) / self.speed,
+        ))
+    }
+
+    fn next_bars(&mut self) -> Option<Vec<Bar>> {
+        let t = self.next_time()?;
+        self.last_ms = Some(t);
+        let mut bars = Vec::new();
+        for s in &mut self.series {
+            if let Some(c) = s.rows.get(s.next).filter(|c| c.start_ms == t) {
+                bars.push(Bar {
+                    instrument: s.instrument,
+                    candle: *c,
+                });
+                s.next += 1;
+            }
+        }
+        Some(bars)
+    }
+
+    fn state(&self) -> Value {
+        let next: BTreeMap<&str, usize> = self
+            .series
+            .iter()
+            .map(|s| (s.instrument.name, s.next))
+            .collect();
+        json!({ "kind": "replay", "next": next, "lastMs": self.last_ms })
+    }
+}
+
+/// Reads a candle CSV file.
+pub fn load_csv(path: &Path) -> Result<Vec<Candle>, FeedError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FeedError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_csv(&text)
+}
+
+/// Parses candle CSV: an optional header, then `time,open,high,low,close[,volume]` rows with
+/// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM[:SS]` times (UTC), in increasing time order. Every row
+/// lasts the smallest gap between two rows (a daily file's rows last a day, a monthly file's
+/// at least 28 days).
+pub fn parse_csv(text: &str) -> Result<Vec<Candle>, FeedError> {
+    let mut rows: Vec<Candle> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let fail = |reason: String| FeedError::Parse {
+            line: n + 1,
+            reason,
+        };
+        if line.is_empty() || (n == 0 && !line.starts_with(|c: char| c.is_ascii_digit())) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() < 5 {
+            return Err(fail(format!(
+                "{} fields, need time,open,high,low,close",
+                fields.len()
+            )));
+        }
+        let start_ms =
+            parse_time(fields[0]).ok_or_else(|| fail(format!("bad time {:?}", fields[0])))?;
+        let price = |i: usize| {
+            Decimal::from_str(fields[i])
+                .ok()
+                .filter(|p| *p > Decimal::ZERO)
+                .ok_or_else(|| fail(format!("bad price {:?}", fields[i])))
+        };
+        let candle = Candle {
+            start_ms,
+            period_ms: 0,
+            open: price(1)?,
+            high: price(2)?,
+            low: price(3)?,
+            close: price(4)?,
+        };
+        if rows.last().is_some_and(|last| last.start_ms >= start_ms) {
+            return Err(fail("times must increase".into()));
+        }
+        rows.push(candle);
+    }
+    let period = rows
+        .windows(2)
+        .map(|w| w[1].start_ms - w[0].start_ms)
+        .min()
+        .unwrap_or(60_000);
+    for r in &mut rows {
+        r.period_ms = period;
+    }
+    Ok(rows)
+}
+
+/// `YYYY-MM-DD[ HH:MM[:SS]]` (or with a `T`) as ms since the Unix epoch, UTC.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let (date, time) = s.split_once([' ', 'T']).unwrap_or((s, "00:00:00"));
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    let mut t = time
+        .trim_end_matches('Z')
+        .split(':')
+        .map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (
+        t.next()??,
+        t.next().unwrap_or(Some(0))?,
+        t.next().unwrap_or(Some(0))?,
+    );
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    Some(((days_from_civil(y, m, day) * 24 + hh) * 60 + mm) * 60_000 + ss * 1_000)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Aggregates bars into candles of one timeframe. Bars as long as the timeframe or longer pass
+/// through as they are; shorter ones are merged, and a candle is emitted as soon as a bar
+/// reaches its end (or a later bar shows it will get no more data).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CandleBuilder {
+    timeframe_ms: i64,
+    partial: Option<Candle>,
+}
+
+impl CandleBuilder {
+    /// A builder of `timeframe_ms` candles.
+    pub fn new(timeframe_ms: i64) -> Self {
+        Self {
+            timeframe_ms: timeframe_ms.max(1),
+            partial: None,
+        }
+    }
+
+    /// Adds a bar; returns the candles it completed, oldest first.
+    pub fn push(&mut self, bar: Candle) -> Vec<Candle> {
+        let tf = self.timeframe_ms;
+        let mut done = Vec::new();
+        if bar.period_ms >= tf {
+            done.extend(self.partial.take());
+            done.push(bar);
+            return done;
+        }
+        let bucket = bar.start_ms.div_euclid(tf) * tf;
+        if self.partial.is_some_and(|p| p.start_ms != bucket) {
+            done.extend(self.partial.take());
+        }
+        let merged = match self.partial {
+            Some(p) => Candle {
+                high: p.high.max(bar.high),
+                low: p.low.min(bar.low),
+                close: bar.close,
+                ..p
+            },
+            None => Candle {
+                start_ms: bucket,
+                period_ms: tf,
+                ..bar
+            },
+        };
+        if bar.start_ms + bar.period_ms >= bucket + tf {
+            done.push(merged);
+            self.partial = None;
+        } else {
+            self.partial = Some(merged);
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runfleet::catalog;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn the_simulated_market_is_reproducible_and_resumable() {
+        let i = [
+            catalog::instrument("BTC-PERPETUAL").unwrap(),
+            catalog::instrument("EUR-USD").unwrap(),
+        ];
+        let tick = Duration::from_millis(100);
+        let (mut a, mut b) = (
+            SimulatedFeed::new(&i, 7, 60_000, tick),
+            SimulatedFeed::new(&i, 7, 60_000, tick),
+        );
+        for _ in 0..100 {
+            assert_eq!(a.next_bars(), b.next_bars());
+        }
+        // A feed rebuilt from saved state continues the very same path.
+        let mut resumed = SimulatedFeed::new(&i, 7, 60_000, tick);
+        resumed.restore(&a.state()).unwrap();
+        for _ in 0..100 {
+            assert_eq!(a.next_bars(), resumed.next_bars());
+        }
+        let bars = a.next_bars().unwrap();
+        assert_eq!(bars[0].candle.start_ms, 200 * 60_000);
+        assert!(
+            (bars[0].candle.close % dec!(0.5)).is_zero(),
+            "on the price step"
+        );
+        let other = SimulatedFeed::new(&i, 8, 60_000, tick).next_bars();
+        assert_ne!(other, SimulatedFeed::new(&i, 7, 60_000, tick).next_bars());
+    }
+
+    #[test]
+    fn csv_rows_parse_with_their_times() {
+        let rows = parse_csv(
+            ",Open,High,Low,Close,Volume\n2017-04-19 09:00:00,1.0716,1.0722,1.07083,1.07219,1413\n\
+             2017-04-19 10:00:00,1.07214,1.07296,1.07214,1.0726,1241\n",
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].start_ms, 1_492_592_400_000);
+        assert_eq!(rows[0].period_ms, 3_600_000);
+        assert_eq!(rows[1].close, dec!(1.0726));
+        assert_eq!(parse_time("2012-01-31"), Some(1_327_968_000_000));
+        assert!(parse_csv("2017-04-19,1,2,0.5,x\n").is_err());
+        assert!(parse_csv("2017-04-19,1,2,0.5,1\n2017-04-18,1,2,0.5,1\n").is_err());
+    }
+
+    fn bar(start_ms: i64, period_ms: i64, close: Decimal) -> Candle {
+        Candle {
+            start_ms,
+            period_ms,
+            open: close,
+            high: close,
+            low: close,
+            close,
+        }
+    }
+
+    #[test]
+    fn candles_aggregate_to_the_timeframe() {
+        let mut b = CandleBuilder::new(3_000);
+        assert!(b.push(bar(0, 1_000, dec!(10))).is_empty());
+        assert!(b.push(bar(1_000, 1_000, dec!(12))).is_empty());
+        let done = b.push(bar(2_000, 1_000, dec!(11)));
+        assert_eq!(
+            done,
+            vec![Candle {
+                start_ms: 0,
+                period_ms: 3_000,
+                open: dec!(10),
+                high: dec!(12),
+                low: dec!(10),
+                close: dec!(11)
+            }]
+        );
+        // A gap: the partial candle is emitted when a later bucket starts.
+        assert!(b.push(bar(3_000, 1_000, dec!(9))).is_empty());
+        let done = b.push(bar(9_000, 1_000, dec!(8)));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].close, dec!(9));
+        // Bars as long as the timeframe pass through.
+        let mut b = CandleBuilder::new(60_000);
+        assert_eq!(b.push(bar(0, 3_600_000, dec!(1))).len(), 1);
+    }
+
+    #[test]
+    fn replay_merges_instruments_by_time_and_paces_by_speed() {
+        let eur = catalog::instrument("EUR-USD").unwrap();
+        let btc = catalog::instrument("BTC-USD").unwrap();
+        let a = Arc::new(vec![bar(0, 1_000, dec!(1)), bar(2_000, 1_000, dec!(2))]);
+        let b = Arc::new(vec![bar(1_000, 1_000, dec!(5)), bar(2_000, 1_000, dec!(6))]);
+        let mut f = ReplayFeed::new(vec![(eur, a), (btc, b)], 1_000);
+        assert_eq!(f.pace(), Some(Duration::ZERO));
+        assert_eq!(f.next_bars().unwrap().len(), 1);
+        assert_eq!(f.pace(), Some(Duration::from_millis(1)));
+        assert_eq!(f.next_bars().unwrap()[0].instrument.name, "BTC-USD");
+        let both = f.next_bars().unwrap();
+        assert_eq!(both.len(), 2);
+        assert_eq!(f.pace(), None);
+        assert_eq!(f.next_bars(), None);
+    }
+}

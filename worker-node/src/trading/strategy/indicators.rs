@@ -1,0 +1,62 @@
+//! Indicators over closing prices, in decimal.
+
+use std::collections::VecDeque;
+
+use rust_decimal::Decimal;
+
+/// Relative strength index of the last `period` changes in `closes` (Cutler's: simple means of
+/// gains and losses). `None` until `period + 1` closes are known; 100 when nothing fell.
+pub fn rsi(closes: &VecDeque<Decimal>, period: usize) -> Option<Decimal> {
+    if period == 0 || closes.len() <= period {
+        return None;
+    }
+    let start = closes.len() - period - 1;
+    let (mut gain, mut loss) = (Decimal::ZERO, Decimal::ZERO);
+    for i in start..closes.len() - 1 {
+        let d = closes[i + 1] - closes[i];
+        if d > Decimal::ZERO {
+            gain += d;
+        } else {
+            loss -= d;
+        }
+    }
+    if loss.is_zero() {
+        return Some(Decimal::from(100));
+    }
+    Some(Decimal::from(100) - Decimal::from(100) / (Decimal::ONE + gain / loss))
+}
+
+/// Simple moving average of the last `period` closes; `None` until there are that many.
+pub fn sma(closes: &VecDeque<Decimal>, period: usize) -> Option<Decimal> {
+    if period == 0 || closes.len() < period {
+        return None;
+    }
+    let sum: Decimal = closes.iter().skip(closes.len() - period).sum();
+    Some(sum / Decimal::from(period))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    #[test]
+    fn rsi_of_a_steady_rise_is_100_and_of_a_fall_is_0() {
+        let up: VecDeque<Decimal> = (1..=15).map(Decimal::from).collect();
+        assert_eq!(rsi(&up, 14), Some(dec!(100)));
+        let down: VecDeque<Decimal> = (1..=15).rev().map(Decimal::from).collect();
+        assert_eq!(rsi(&down, 14), Some(dec!(0)));
+        assert_eq!(rsi(&down, 15), None);
+        // Gains 2, losses 1 over 2 changes: RS 2, RSI 100 − 100/3.
+        let mixed: VecDeque<Decimal> = [dec!(10), dec!(12), dec!(11)].into();
+        assert_eq!(rsi(&mixed, 2).unwrap().round_dp(4), dec!(66.6667));
+    }
+
+    #[test]
+    fn sma_averages_the_last_closes() {
+        let c: VecDeque<Decimal> = [dec!(1), dec!(2), dec!(3), dec!(6)].into();
+        assert_eq!(sma(&c, 2), Some(dec!(4.5)));
+        assert_eq!(sma(&c, 4), Some(dec!(3)));
+        assert_eq!(sma(&c, 5), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the trading tests: a scripted strategy, bars, and a paper session.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+
+use runfleet::catalog::{self, Instrument};
+use runfleet_worker::trading::broker::{OrderRequest, OrderSide};
+use runfleet_worker::trading::feed::{Bar, Candle};
+use runfleet_worker::trading::paper::{FillModel, PaperBroker};
+use runfleet_worker::trading::risk::RiskLimits;
+use runfleet_worker::trading::session::Session;
+use runfleet_worker::trading::strategy::{Context, Strategy};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+/// An instrument of the catalog.
+pub fn inst(name: &str) -> &'static Instrument {
+    catalog::instrument(name).unwrap()
+}
+
+/// A one-minute bar of `instrument` closing at `price`, the `n`th of its series.
+pub fn bar(instrument: &'static Instrument, n: i64, price: Decimal) -> Bar {
+    Bar {
+        instrument,
+        candle: Candle {
+            start_ms: n * 60_000,
+            period_ms: 60_000,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+        },
+    }
+}
+
+/// A strategy that places, on its n-th candle, the n-th list of (side, amount) market orders.
+#[derive(Debug, Default)]
+pub struct Script(pub VecDeque<Vec<(OrderSide, Decimal)>>);
+
+impl Script {
+    /// Orders for the first candles, then nothing.
+    pub fn new(steps: Vec<Vec<(OrderSide, Decimal)>>) -> Box<Self> {
+        Box::new(Self(steps.into()))
+    }
+}
+
+impl Strategy for Script {
+    fn timeframe_ms(&self) -> i64 {
+        60_000
+    }
+
+    fn on_candle(&mut self, ctx: &Context, _candle: &Candle) -> Vec<OrderRequest> {
+        self.0
+            .pop_front()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(side, amount)| OrderRequest::market(ctx.instrument, side, amount))
+            .collect()
+    }
+
+    fn state(&self) -> Value {
+        Value::Null
+    }
+
+    fn restore(&mut self, _state: &Value) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A fill model of `fee_bps` and `slippage_bps`.
+pub fn model(fee_bps: i64, slippage_bps: i64) -> FillModel {
+    FillModel {
+        fee_bps: Decimal::from(fee_bps),
+        slippage_bps: Decimal::from(slippage_bps),
+    }
+}
+
+/// A paper session over `instruments`.
+pub fn session(
+    model: FillModel,
+    strategy: Box<dyn Strategy>,
+    risk: RiskLimits,
+    instruments: &[&str],
+) -> Session<PaperBroker> {
+    Session::new(
+        PaperBroker::new(model),
+        strategy,
+        risk,
+        instruments.iter().map(|n| inst(n)).collect(),
+    )
+}
+
+/// Limits of `max` per instrument and the given stop-loss and take-profit percentages.
+pub fn limits(max: Decimal, sl: Option<Decimal>, tp: Option<Decimal>) -> RiskLimits {
+    RiskLimits {
+        max_position_size: Some(max),
+        stop_loss_percent: sl,
+        take_profit_percent: tp,
+    }
+}
+
+/// A job spec as the orchestrator would store it: `config` is the start request's `config`.
+pub fn spec(job: &str, config: Value) -> runfleet::job::JobSpec {
+    use runfleet::crypto::CredentialCipher;
+    use runfleet::ids::{BrokerId, JobId, StrategyId, UserId};
+    use runfleet::job::{Credentials, JobSpec};
+    let id = JobId::new(job);
+    let credentials = CredentialCipher::ephemeral()
+        .seal(
+            &id,
+            &Credentials {
+                api_key: "key".into(),
+                api_secret: "secret".into(),
+            },
+        )
+        .unwrap();
+    JobSpec {
+        id,
+        user_id: UserId::new("user-1"),
+        strategy_id: StrategyId::new("s1"),
+        broker_id: BrokerId::new("paper"),
+        config: serde_json::from_value(config).unwrap(),
+        credentials,
+    }
+}
+
+/// The EUR-USD hourly candles shipped with the tests.
+pub fn eurusd_csv() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/EURUSD.csv").to_owned()
+}

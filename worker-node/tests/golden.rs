@@ -1,0 +1,488 @@
+//! Golden tests: every figure below was worked out by hand (the arithmetic is in the comments)
+//! and the runtime must reproduce it to the last digit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Script, bar, inst, limits, model, session};
+use runfleet::catalog::Instrument;
+use runfleet::job::Side;
+use runfleet_worker::trading::broker::{
+    Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
+};
+use runfleet_worker::trading::paper::PaperBroker;
+use runfleet_worker::trading::risk::RiskLimits;
+use runfleet_worker::trading::session::Session;
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+use OrderSide::{Buy, Sell};
+
+fn no_sl_tp(max: Decimal) -> RiskLimits {
+    limits(max, None, None)
+}
+
+#[tokio::test]
+async fn linear_round_trip_with_fee_and_slippage() {
+    // BTC-USD (linear, USD to the cent), fee 5 bps, slippage 10 bps.
+    let mut s = session(
+        model(5, 10),
+        Script::new(vec![vec![(Buy, dec!(0.5))], vec![(Sell, dec!(0.5))]]),
+        no_sl_tp(dec!(1)),
+        &["BTC-USD"],
+    );
+    let btc = inst("BTC-USD");
+    // Buy 0.5 at 50,000 × 1.001 = 50,050; fee 0.5 × 50,050 × 0.0005 = 12.5125 → 12.51.
+    let fills = s.step(&[bar(btc, 0, dec!(50000))]).await;
+    assert_eq!((fills[0].price, fills[0].fee), (dec!(50050), dec!(12.51)));
+    let p = &s.report().positions[0];
+    assert_eq!(
+        (p.side, p.amount, p.entry_price),
+        (Side::Long, dec!(0.5), dec!(50050))
+    );
+    // Marked at 50,000: 0.5 × (50,000 − 50,050) = −25.
+    assert_eq!(p.unrealized_pnl, dec!(-25));
+    // Sell 0.5 at 51,000 × 0.999 = 50,949; realized 0.5 × 899 = 449.50;
+    // fee 0.5 × 50,949 × 0.0005 = 12.73725 → 12.74.
+    let fills = s.step(&[bar(btc, 1, dec!(51000))]).await;
+    assert_eq!(
+        (fills[0].price, fills[0].realized_pnl, fills[0].fee),
+        (dec!(50949), dec!(449.50), dec!(12.74))
+    );
+    // Net 449.50 − 12.51 − 12.74 = 424.25, which is the cash too.
+    let st = s.report().stats;
+    assert_eq!(
+        (st.total_trades, st.winning_trades, st.losing_trades),
+        (1, 1, 0)
+    );
+    assert_eq!(st.total_pnl, dec!(424.25));
+    assert_eq!(st.fees, dec!(25.25));
+    assert_eq!(st.win_rate, dec!(100));
+    assert_eq!(st.profit_factor, None, "no losing trade");
+    assert_eq!(st.max_drawdown, dec!(0));
+    assert_eq!(st.currency, "USD");
+    assert_eq!(s.broker().account().balance("USD"), dec!(424.25));
+    assert!(s.report().positions.is_empty());
+}
+
+#[tokio::test]
+async fn inverse_round_trip_with_fee_and_slippage() {
+    // BTC-PERPETUAL (inverse: amount in USD, PnL in BTC to 1e-8), fee 5 bps, slippage 10 bps.
+    let mut s = session(
+        model(5, 10),
+        Script::new(vec![vec![(Buy, dec!(1000))], vec![(Sell, dec!(1000))]]),
+        no_sl_tp(dec!(1000)),
+        &["BTC-PERPETUAL"],
+    );
+    let btc = inst("BTC-PERPETUAL");
+    // Buy 1,000 USD at 40,000 × 1.001 = 40,040 (a multiple of the 0.5 step);
+    // fee 1,000 / 40,040 × 0.0005 = 0.0000124875… → 0.00001249 BTC.
+    let fills = s.step(&[bar(btc, 0, dec!(40000))]).await;
+    assert_eq!(
+        (fills[0].price, fills[0].fee),
+        (dec!(40040), dec!(0.00001249))
+    );
+    // Sell at 50,000 × 0.999 = 49,950; realized 1,000 × (1/40,040 − 1/49,950)
+    // = 9,910,000 / 1,999,998,000 = 0.004955004955… → 0.00495500;
+    // fee 1,000 / 49,950 × 0.0005 = 0.00001001001… → 0.00001001.
+    let fills = s.step(&[bar(btc, 1, dec!(50000))]).await;
+    assert_eq!(
+        (fills[0].price, fills[0].realized_pnl, fills[0].fee),
+        (dec!(49950), dec!(0.004955), dec!(0.00001001))
+    );
+    // Net 0.00495500 − 0.00001249 − 0.00001001 = 0.00493250 BTC.
+    let st = s.report().stats;
+    assert_eq!(st.currency, "BTC");
+    assert_eq!(st.total_pnl, dec!(0.0049325));
+    assert_eq!(st.fees, dec!(0.0000225));
+    assert_eq!(s.broker().account().balance("BTC"), dec!(0.0049325));
+}
+
+#[tokio::test]
+async fn partial_close_keeps_the_entry_and_books_realized_pnl() {
+    // EUR-USD (linear), fee 2 bps, no slippage.
+    let mut s = session(
+        model(2, 0),
+        Script::new(vec![
+            vec![(Buy, dec!(10000))],
+            vec![(Sell, dec!(4000))],
+            vec![(Sell, dec!(6000))],
+        ]),
+        no_sl_tp(dec!(10000)),
+        &["EUR-USD"],
+    );
+    let eur = inst("EUR-USD");
+    // Buy 10,000 at 1.1: fee 10,000 × 1.1 × 0.0002 = 2.20.
+    s.step(&[bar(eur, 0, dec!(1.1))]).await;
+    // Sell 4,000 at 1.105: realized 4,000 × 0.005 = 20; fee 4,000 × 1.105 × 0.0002 = 0.884 → 0.88.
+    let fills = s.step(&[bar(eur, 1, dec!(1.105))]).await;
+    assert_eq!(
+        (fills[0].realized_pnl, fills[0].fee),
+        (dec!(20), dec!(0.88))
+    );
+    let p = &s.report().positions[0];
+    assert_eq!(
+        (p.amount, p.entry_price, p.realized_pnl),
+        (dec!(6000), dec!(1.1), dec!(20))
+    );
+    assert_eq!(p.unrealized_pnl, dec!(30), "6,000 × (1.105 − 1.1)");
+    assert_eq!(s.report().stats.total_trades, 0, "still open: no trade yet");
+    assert_eq!(s.report().stats.fees, dec!(3.08));
+    // Sell 6,000 at 1.09: realized 6,000 × (1.09 − 1.1) = −60; fee 6,000 × 1.09 × 0.0002
+    // = 1.308 → 1.31. Trade: 20 − 60 − (2.20 + 0.88 + 1.31) = −44.39.
+    s.step(&[bar(eur, 2, dec!(1.09))]).await;
+    let st = s.report().stats;
+    assert_eq!(
+        (st.total_trades, st.winning_trades, st.losing_trades),
+        (1, 0, 1)
+    );
+    assert_eq!(st.total_pnl, dec!(-44.39));
+    assert_eq!(st.fees, dec!(4.39));
+    assert_eq!(st.max_drawdown, dec!(44.39));
+    assert_eq!(st.profit_factor, Some(dec!(0)));
+    assert_eq!(st.win_rate, dec!(0));
+    assert_eq!(s.broker().account().balance("USD"), dec!(-44.39));
+}
+
+#[tokio::test]
+async fn a_flip_from_long_to_short_closes_one_trade_and_opens_the_next() {
+    // BTC-USD, fee 10 bps, no slippage.
+    let mut s = session(
+        model(10, 0),
+        Script::new(vec![
+            vec![(Buy, dec!(2))],
+            vec![(Sell, dec!(5))],
+            vec![(Buy, dec!(3))],
+        ]),
+        no_sl_tp(dec!(3)),
+        &["BTC-USD"],
+    );
+    let btc = inst("BTC-USD");
+    // Buy 2 at 100: fee 0.20.
+    s.step(&[bar(btc, 0, dec!(100))]).await;
+    // Sell 5 at 110: closes the 2 (realized 20) and opens a short of 3 at 110; fee 0.55,
+    // split 2/5 → 0.22 to the closed trade and 0.33 to the new one.
+    let fills = s.step(&[bar(btc, 1, dec!(110))]).await;
+    assert_eq!(
+        (fills[0].realized_pnl, fills[0].fee),
+        (dec!(20), dec!(0.55))
+    );
+    let p = &s.report().positions[0];
+    assert_eq!(
+        (p.side, p.amount, p.entry_price, p.realized_pnl),
+        (Side::Short, dec!(3), dec!(110), dec!(0))
+    );
+    let st = s.report().stats;
+    // First trade: 20 − 0.20 − 0.22 = 19.58.
+    assert_eq!((st.total_trades, st.total_pnl), (1, dec!(19.58)));
+    // Buy 3 at 120: realized −30; fee 0.36. Second trade: −30 − 0.33 − 0.36 = −30.69.
+    s.step(&[bar(btc, 2, dec!(120))]).await;
+    let st = s.report().stats;
+    assert_eq!(
+        (st.total_trades, st.winning_trades, st.losing_trades),
+        (2, 1, 1)
+    );
+    assert_eq!(st.total_pnl, dec!(-11.11));
+    assert_eq!(st.fees, dec!(1.11));
+    assert_eq!(st.win_rate, dec!(50));
+    // Peak 19.58, then −11.11: a drawdown of 30.69. Profit factor 19.58 / 30.69 = 0.63799…
+    assert_eq!(st.max_drawdown, dec!(30.69));
+    assert_eq!(st.profit_factor, Some(dec!(0.638)));
+    let recent: Vec<Decimal> = s.ledger().recent().map(|t| t.pnl).collect();
+    assert_eq!(recent, vec![dec!(19.58), dec!(-30.69)]);
+    assert_eq!(s.broker().account().balance("USD"), dec!(-11.11));
+}
+
+#[tokio::test]
+async fn a_stop_loss_closes_the_position_when_the_loss_reaches_the_limit() {
+    // BTC-USD long 1 at 100, stop-loss 2 %, take-profit 3 %, no fee or slippage.
+    let mut s = session(
+        model(0, 0),
+        Script::new(vec![vec![(Buy, dec!(1))]]),
+        limits(dec!(1), Some(dec!(2)), Some(dec!(3))),
+        &["BTC-USD"],
+    );
+    let btc = inst("BTC-USD");
+    for (n, price) in [dec!(100), dec!(99), dec!(98.01)].into_iter().enumerate() {
+        s.step(&[bar(btc, n as i64, price)]).await;
+    }
+    assert_eq!(s.events().stop_losses, 0, "−1.99 % is not yet −2 %");
+    assert_eq!(s.report().positions.len(), 1);
+    // At 98: exactly −2 %, the limit is reached; closed at 98, realized −2.
+    let fills = s.step(&[bar(btc, 3, dec!(98))]).await;
+    assert_eq!(
+        (fills[0].price, fills[0].realized_pnl),
+        (dec!(98), dec!(-2))
+    );
+    assert_eq!(s.events().stop_losses, 1);
+    assert!(s.report().positions.is_empty());
+    assert_eq!(s.report().stats.total_pnl, dec!(-2));
+    // A gap through the limit fills at the price found, not at the limit.
+    let mut s = session(
+        model(0, 0),
+        Script::new(vec![vec![(Buy, dec!(1))]]),
+        limits(dec!(1), Some(dec!(2)), Some(dec!(3))),
+        &["BTC-USD"],
+    );
+    s.step(&[bar(btc, 0, dec!(100))]).await;
+    let fills = s.step(&[bar(btc, 1, dec!(95.5))]).await;
+    assert_eq!(fills[0].realized_pnl, dec!(-4.5));
+}
+
+#[tokio::test]
+async fn a_take_profit_closes_a_short_with_fees() {
+    // BTC-USD short 1 at 100, take-profit 3 %, fee 10 bps.
+    let mut s = session(
+        model(10, 0),
+        Script::new(vec![vec![(Sell, dec!(1))]]),
+        limits(dec!(1), Some(dec!(2)), Some(dec!(3))),
+        &["BTC-USD"],
+    );
+    let btc = inst("BTC-USD");
+    s.step(&[bar(btc, 0, dec!(100))]).await; // fee 0.10
+    s.step(&[bar(btc, 1, dec!(97.5))]).await; // +2.5 %: held
+    assert_eq!(s.events().take_profits, 0);
+    // At 97: +3 %, closed; realized 3, fee 97 × 0.001 = 0.097 → 0.10; net 2.80.
+    let fills = s.step(&[bar(btc, 2, dec!(97))]).await;
+    assert_eq!((fills[0].realized_pnl, fills[0].fee), (dec!(3), dec!(0.1)));
+    assert_eq!(s.events().take_profits, 1);
+    assert_eq!(s.report().stats.total_pnl, dec!(2.8));
+}
+
+#[tokio::test]
+async fn an_inverse_take_profit_counts_pnl_against_the_entry_value_in_coin() {
+    // BTC-PERPETUAL long 100 USD at 50,000, take-profit 3 %. In BTC the gain is
+    // (1/50,000 − 1/x) / (1/50,000) = 1 − 50,000/x: at 51,500 (a 3 % price move) it is 2.91 %,
+    // at 51,550 it is 3.007 %.
+    let mut s = session(
+        model(0, 0),
+        Script::new(vec![vec![(Buy, dec!(100))]]),
+        limits(dec!(100), Some(dec!(50)), Some(dec!(3))),
+        &["BTC-PERPETUAL"],
+    );
+    let btc = inst("BTC-PERPETUAL");
+    s.step(&[bar(btc, 0, dec!(50000))]).await;
+    s.step(&[bar(btc, 1, dec!(51500))]).await;
+    assert_eq!(s.events().take_profits, 0);
+    // Realized 100 × 1,550 / (50,000 × 51,550) = 0.0000601358… → 0.00006014 BTC.
+    let fills = s.step(&[bar(btc, 2, dec!(51550))]).await;
+    assert_eq!(fills[0].realized_pnl, dec!(0.00006014));
+    assert_eq!(s.events().take_profits, 1);
+}
+
+#[tokio::test]
+async fn orders_beyond_max_position_size_are_clipped_or_refused() {
+    let mut s = session(
+        model(0, 0),
+        Script::new(vec![
+            vec![(Buy, dec!(250))],
+            vec![(Buy, dec!(10))],
+            vec![(Sell, dec!(300))],
+        ]),
+        no_sl_tp(dec!(100)),
+        &["BTC-PERPETUAL"],
+    );
+    let btc = inst("BTC-PERPETUAL");
+    s.step(&[bar(btc, 0, dec!(50000))]).await;
+    assert_eq!(
+        s.report().positions[0].amount,
+        dec!(100),
+        "250 clipped to 100"
+    );
+    assert_eq!(s.events().clipped, 1);
+    s.step(&[bar(btc, 1, dec!(50000))]).await;
+    assert_eq!(s.events().refused, 1, "no room left for 10 more");
+    // Selling 300 from a 100 long is clipped to 200: a 100 short, the limit.
+    s.step(&[bar(btc, 2, dec!(50000))]).await;
+    let p = &s.report().positions[0];
+    assert_eq!((p.side, p.amount), (Side::Short, dec!(100)));
+    assert_eq!(s.events().clipped, 2);
+}
+
+#[tokio::test]
+async fn limit_orders_rest_until_the_price_reaches_them() {
+    let btc = inst("BTC-USD");
+    let mut b = PaperBroker::new(model(10, 10));
+    b.on_price(btc, dec!(100));
+    // A buy limit below the market rests; the price must come down to it.
+    let Placed::Resting(o) = b
+        .place(OrderRequest::limit(btc, Buy, dec!(1), dec!(99)))
+        .await
+        .unwrap()
+    else {
+        panic!("should rest")
+    };
+    assert!(b.on_price(btc, dec!(99.5)).is_empty());
+    let fills = b.on_price(btc, dec!(98.9));
+    // Filled at its limit, no slippage; fee 99 × 0.001 = 0.099 → 0.10.
+    assert_eq!(
+        (fills[0].order_id, fills[0].price, fills[0].fee),
+        (o.id, dec!(99), dec!(0.1))
+    );
+    assert!(b.open_orders().await.unwrap().is_empty());
+    // A marketable limit fills at once, at the slipped market price when better than its limit.
+    let Placed::Filled(f) = b
+        .place(OrderRequest::limit(btc, Buy, dec!(1), dec!(101)))
+        .await
+        .unwrap()
+    else {
+        panic!("marketable")
+    };
+    assert_eq!(
+        f.price,
+        dec!(99),
+        "98.9 × 1.001 = 98.9989, rounded up to the cent"
+    );
+    // Amounts off the step and cancels of unknown orders are refused.
+    assert!(matches!(
+        b.place(OrderRequest::market(btc, Buy, dec!(0.00005))).await,
+        Err(BrokerError::Refused(_))
+    ));
+    assert_eq!(b.cancel(42).await, Err(BrokerError::UnknownOrder(42)));
+}
+
+fn holding_of(s: &Session<impl Broker>, name: &str) -> Option<(Side, Decimal)> {
+    s.report()
+        .positions
+        .iter()
+        .find(|p| p.instrument_name == name)
+        .map(|p| (p.side, p.amount))
+}
+
+#[tokio::test(start_paused = true)]
+async fn flatten_cancels_orders_and_closes_every_position_confirmed_flat() {
+    // Three positions in two settlement currencies: stats are in USD, each coin figure converted
+    // at its fill's price. No fee, no slippage.
+    let mut s = session(
+        model(0, 0),
+        Box::new(Script::default()),
+        no_sl_tp(dec!(1000)),
+        &["BTC-PERPETUAL", "EUR-USD", "BTC-USD"],
+    );
+    let (perp, eur, btc) = (inst("BTC-PERPETUAL"), inst("EUR-USD"), inst("BTC-USD"));
+    s.step(&[
+        bar(perp, 0, dec!(50000)),
+        bar(eur, 0, dec!(1.1)),
+        bar(btc, 0, dec!(100)),
+    ])
+    .await;
+    s.submit(OrderRequest::market(perp, Buy, dec!(100)))
+        .await
+        .unwrap();
+    s.submit(OrderRequest::market(eur, Sell, dec!(1000)))
+        .await
+        .unwrap();
+    s.submit(OrderRequest::market(btc, Buy, dec!(0.5)))
+        .await
+        .unwrap();
+    s.submit(OrderRequest::limit(btc, Buy, dec!(0.5), dec!(90)))
+        .await
+        .unwrap();
+    s.step(&[
+        bar(perp, 1, dec!(52500)),
+        bar(eur, 1, dec!(1.09)),
+        bar(btc, 1, dec!(104)),
+    ])
+    .await;
+    assert_eq!(s.report().positions.len(), 3);
+    assert_eq!(s.broker().open_orders().await.unwrap().len(), 1);
+
+    let f = s.flatten(3, Duration::from_millis(200)).await;
+    assert_eq!(f.closed, 3);
+    assert_eq!(f.error, None);
+    assert!(
+        s.broker().positions().await.unwrap().is_empty(),
+        "the broker says flat"
+    );
+    assert!(
+        s.broker().open_orders().await.unwrap().is_empty(),
+        "orders cancelled"
+    );
+    assert!(s.report().positions.is_empty());
+    // BTC-PERPETUAL: 100 × (1/50,000 − 1/52,500) = 0.0000952380… → 0.00009524 BTC,
+    // × 52,500 = 5.0001 → 5.00 USD. EUR-USD short: 1,000 × 0.01 = 10.00. BTC-USD: 0.5 × 4 = 2.
+    let realized: Vec<Decimal> = f.fills.iter().map(|f| f.realized_pnl).collect();
+    assert_eq!(realized, vec![dec!(0.00009524), dec!(2), dec!(10)]);
+    let st = s.report().stats;
+    assert_eq!(st.currency, "USD");
+    assert_eq!((st.total_trades, st.winning_trades), (3, 3));
+    assert_eq!(st.total_pnl, dec!(17));
+}
+
+/// A paper broker whose closes of one instrument never go through.
+#[derive(Debug)]
+struct Stuck {
+    inner: PaperBroker,
+    instrument: &'static str,
+}
+
+impl Broker for Stuck {
+    fn on_price(&mut self, instrument: &'static Instrument, price: Decimal) -> Vec<Fill> {
+        self.inner.on_price(instrument, price)
+    }
+
+    async fn place(&mut self, order: OrderRequest) -> Result<Placed, BrokerError> {
+        if order.reduce_only && order.instrument.name == self.instrument {
+            return Err(BrokerError::Unavailable("exchange timeout".into()));
+        }
+        self.inner.place(order).await
+    }
+
+    async fn cancel(&mut self, id: u64) -> Result<(), BrokerError> {
+        self.inner.cancel(id).await
+    }
+
+    async fn open_orders(&self) -> Result<Vec<Order>, BrokerError> {
+        self.inner.open_orders().await
+    }
+
+    async fn positions(&self) -> Result<Vec<BrokerPosition>, BrokerError> {
+        self.inner.positions().await
+    }
+
+    fn state(&self) -> serde_json::Value {
+        self.inner.state()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn flatten_that_cannot_confirm_flat_reports_flatten_failed() {
+    let broker = Stuck {
+        inner: PaperBroker::new(model(0, 0)),
+        instrument: "EUR-USD",
+    };
+    let (perp, eur) = (inst("BTC-PERPETUAL"), inst("EUR-USD"));
+    let mut s = Session::new(
+        broker,
+        Box::new(Script::default()),
+        no_sl_tp(dec!(1000)),
+        vec![perp, eur],
+    );
+    s.step(&[bar(perp, 0, dec!(50000)), bar(eur, 0, dec!(1.1))])
+        .await;
+    s.submit(OrderRequest::market(perp, Buy, dec!(100)))
+        .await
+        .unwrap();
+    s.submit(OrderRequest::market(eur, Sell, dec!(1000)))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let f = s.flatten(3, Duration::from_millis(200)).await;
+    assert_eq!(f.closed, 1, "BTC-PERPETUAL closed");
+    let error = f.error.expect("FLATTEN_FAILED");
+    assert!(
+        error.starts_with(
+            "FLATTEN_FAILED: 1 position(s) still open after 3 attempt(s): EUR-USD -1000"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("exchange timeout"), "{error}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(400),
+        "two pauses between three rounds"
+    );
+    assert_eq!(holding_of(&s, "EUR-USD"), Some((Side::Short, dec!(1000))));
+    assert_eq!(holding_of(&s, "BTC-PERPETUAL"), None);
+}
