@@ -122,6 +122,7 @@ fn node(id: &str) -> NodeInfo {
         capacity: 10,
         runners: 1,
         started_at: 0,
+        last_heartbeat_at: None,
     }
 }
 

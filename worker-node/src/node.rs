@@ -542,6 +542,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             capacity: inner.config.capacity as u32,
             runners: beats.len() as u32,
             started_at: inner.started_at,
+            last_heartbeat_at: None,
         };
         match inner.store.renew(&info, &beats, inner.config.lease).await {
             Ok(refused) => {

@@ -146,6 +146,10 @@ pub struct NodeInfo {
     pub runners: u32,
     /// When the node process started (ms, node clock; informational only).
     pub started_at: u64,
+    /// When the store last accepted its heartbeat (ms, store clock); filled in by
+    /// [`LeaseStore::nodes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<u64>,
 }
 
 /// How a run ended, as its node reports it.

@@ -367,36 +367,43 @@ impl LeaseStore for RedisStore {
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
         let mut conn = self.conn().await?;
-        let ids: Vec<String> = ::redis::cmd("ZREVRANGE")
+        let seen: Vec<(String, u64)> = ::redis::cmd("ZREVRANGE")
             .arg(self.keys.nodes())
             .arg(0)
             .arg(-1)
+            .arg("WITHSCORES")
             .query_async(&mut *conn)
             .await?;
-        if ids.is_empty() {
+        if seen.is_empty() {
             return Ok(Vec::new());
         }
-        let node_keys: Vec<String> = ids
+        let node_keys: Vec<String> = seen
             .iter()
-            .map(|n| self.keys.node(&NodeId::new(n.as_str())))
+            .map(|(n, _)| self.keys.node(&NodeId::new(n.as_str())))
             .collect();
         let infos: Vec<Option<String>> = ::redis::cmd("MGET")
             .arg(&node_keys)
             .query_async(&mut *conn)
             .await?;
-        let (live, dead): (Vec<_>, Vec<_>) = ids.iter().zip(infos).partition(|(_, i)| i.is_some());
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for ((id, at), info) in seen.into_iter().zip(infos) {
+            match info.and_then(|i| serde_json::from_str::<NodeInfo>(&i).ok()) {
+                Some(n) => live.push(NodeInfo {
+                    last_heartbeat_at: Some(at),
+                    ..n
+                }),
+                None => dead.push(id),
+            }
+        }
         if !dead.is_empty() {
-            let dead: Vec<&String> = dead.into_iter().map(|(id, _)| id).collect();
             let _: i64 = ::redis::cmd("ZREM")
                 .arg(self.keys.nodes())
                 .arg(&dead)
                 .query_async(&mut *conn)
                 .await?;
         }
-        Ok(live
-            .into_iter()
-            .filter_map(|(_, i)| i.and_then(|i| serde_json::from_str(&i).ok()))
-            .collect())
+        Ok(live)
     }
 }
 

@@ -50,14 +50,21 @@ async fn a_worker_node_hands_its_runners_back_on_sigterm() {
                 .clone();
             (w["worker"]["status"] == "running"
                 && w["worker"]["epoch"] == want_epoch
-                && w["worker"]["lastHeartbeatAt"].is_u64())
+                && w["worker"]["lastHeartbeatAt"].as_u64() > w["worker"]["startedAt"].as_u64())
             .then_some(w)
         }
     };
     let before = eventually(
         Duration::from_secs(15),
-        "runner running on worker-1",
-        || running(1),
+        "runner running on worker-1, having traded",
+        || {
+            let running = running(1);
+            async move {
+                running
+                    .await
+                    .filter(|w| w["stats"]["totalTrades"].as_u64().unwrap_or(0) > 0)
+            }
+        },
     )
     .await;
 
@@ -93,5 +100,12 @@ async fn a_worker_node_hands_its_runners_back_on_sigterm() {
     )
     .await;
     assert_ne!(after["worker"]["nodeId"], before["worker"]["nodeId"]);
+    // The paper account travelled with the job: the new run resumed its trade history.
+    let handed_back = &s["workers"][0];
+    let trades = |w: &serde_json::Value| w["stats"]["totalTrades"].as_u64().unwrap_or(0);
+    assert!(
+        trades(handed_back) >= trades(&before) && trades(&after) >= trades(handed_back),
+        "{before}\n{handed_back}\n{after}"
+    );
     fleet.cleanup().await;
 }
