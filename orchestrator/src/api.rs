@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet::catalog::{self, check_id};
 use runfleet::config::Settings;
@@ -19,8 +19,8 @@ use runfleet::store::{Admission, FleetStore, StopRequest};
 use runfleet::tier::{Subscription, Tier};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
+use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 
@@ -69,8 +69,10 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
 /// `POST /v1/runners` (and `/runner/start`): admit a runner against the user's tier and queue it.
 pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     JsonBody(req): JsonBody<StartRunnerRequest>,
 ) -> Result<Response, ApiError> {
+    caller.act_for(&req.user_id)?;
     let options = catalog::ValidationOptions {
         allow_test_strategies: app.settings.testing.test_strategies,
     };
@@ -106,6 +108,12 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
                 current,
             });
         }
+        Admission::FleetFull { retry_after_ms } => {
+            return Err(ApiError::FleetFull { retry_after_ms });
+        }
+        Admission::QueueFull { retry_after_ms } => {
+            return Err(ApiError::QueueFull { retry_after_ms });
+        }
         Admission::BreakerOpen { retry_after_ms } => {
             return Err(ApiError::CircuitOpen {
                 strategy: spec.strategy_id.to_string(),
@@ -135,8 +143,8 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StopBody {
-    /// The runner's owner; must match.
-    pub user_id: String,
+    /// The runner's owner; when given, it must match (the seed's requests carry it).
+    pub user_id: Option<String>,
     /// The runner (`/runner/stop` only; the REST route takes it from the path).
     #[serde(alias = "jobId")]
     pub worker_id: Option<String>,
@@ -162,6 +170,7 @@ impl StopBody {
 /// `POST /v1/runners/{jobId}/stop`.
 pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     Path(raw_job): Path<String>,
     JsonBody(body): JsonBody<StopBody>,
 ) -> Result<Response, ApiError> {
@@ -171,12 +180,13 @@ pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
             "differs from the runner in the path",
         ));
     }
-    stop_runner(app, job_id(&raw_job)?, body).await
+    stop_runner(app, caller, job_id(&raw_job)?, body).await
 }
 
 /// `POST /runner/stop` (the seed's shape: the runner is named in the body).
 pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     JsonBody(body): JsonBody<StopBody>,
 ) -> Result<Response, ApiError> {
     let raw = body
@@ -185,6 +195,7 @@ pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
         .ok_or_else(|| ApiError::invalid("workerId", "missing field `workerId`"))?;
     stop_runner(
         app,
+        caller,
         job_id(&raw).map_err(|_| ApiError::invalid("workerId", "not a valid runner id"))?,
         body,
     )
@@ -193,16 +204,14 @@ pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
 
 async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
     app: AppState<S, Q>,
+    caller: Caller,
     job: JobId,
     body: StopBody,
 ) -> Result<Response, ApiError> {
-    let user = user_id(&body.user_id)?;
+    let named = body.user_id.as_deref().map(user_id).transpose()?;
     let mode = body.mode()?;
-    let not_found = || ApiError::NotFound(format!("user {user} has no runner {job}"));
-    let record = app.store.job(&job).await?.ok_or_else(not_found)?;
-    if record.user_id != user {
-        return Err(not_found());
-    }
+    let not_found = || ApiError::NotFound(format!("no runner {job}"));
+    let record = owned_job(&app, &caller, &job, named.as_ref()).await?;
     match app.store.request_stop(&job, mode).await? {
         StopRequest::NotFound => Err(not_found()),
         StopRequest::AlreadyEnded(status) => {
@@ -324,9 +333,11 @@ fn runner_view(r: &JobRecord) -> Value {
 /// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners.
 pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     Path(raw_user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let user = user_id(&raw_user)?;
+    caller.act_for(&user)?;
     let jobs = app.store.user_jobs(&user).await?;
     let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
     Ok(Json(json!({
@@ -353,38 +364,67 @@ pub struct StatusQuery {
 /// `GET /runner/status?userId=...` (the seed's shape).
 pub async fn status_compat<S: FleetStore, Q: JobQueue + Clone>(
     state: State<AppState<S, Q>>,
+    caller: Caller,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
-    status(state, Path(q.user_id)).await
+    status(state, caller, Path(q.user_id)).await
 }
 
-/// `GET /v1/runners/{jobId}?userId=...`: one runner.
+/// Query of `GET /v1/runners/{jobId}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunnerQuery {
+    /// The runner's owner; when given, it must match.
+    pub user_id: Option<String>,
+}
+
+/// The job, if the caller may see it: 404 when there is none (or `named` is not its owner),
+/// 403 when it is another user's.
+async fn owned_job<S: FleetStore, Q: JobQueue + Clone>(
+    app: &AppState<S, Q>,
+    caller: &Caller,
+    job: &JobId,
+    named: Option<&UserId>,
+) -> Result<JobRecord, ApiError> {
+    let record = app
+        .store
+        .job(job)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no runner {job}")))?;
+    caller.act_for(&record.user_id)?;
+    if named.is_some_and(|u| *u != record.user_id) {
+        return Err(ApiError::NotFound(format!(
+            "user {} has no runner {job}",
+            named.map(UserId::as_str).unwrap_or("")
+        )));
+    }
+    Ok(record)
+}
+
+/// `GET /v1/runners/{jobId}`: one runner.
 pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     Path(raw_job): Path<String>,
-    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<RunnerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
-    let (job, user) = (job_id(&raw_job)?, user_id(&q.user_id)?);
-    match app.store.job(&job).await? {
-        Some(r) if r.user_id == user => {
-            let mut view = runner_view(&r);
-            view["success"] = json!(true);
-            Ok(Json(view))
-        }
-        _ => Err(ApiError::NotFound(format!(
-            "user {user} has no runner {job}"
-        ))),
-    }
+    let named = q.user_id.as_deref().map(user_id).transpose()?;
+    let record = owned_job(&app, &caller, &job_id(&raw_job)?, named.as_ref()).await?;
+    let mut view = runner_view(&record);
+    view["success"] = json!(true);
+    Ok(Json(view))
 }
 
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
 pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     Path(raw_user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let user = user_id(&raw_user)?;
+    caller.act_for(&user)?;
     let (now, sub, current) = (
         app.store.now_ms().await?,
         app.store.subscription(&user).await?,
@@ -416,39 +456,14 @@ pub struct UpgradeBody {
     pub days: u32,
 }
 
-fn require_admin(settings: &Settings, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = settings
-        .security
-        .admin_key
-        .as_deref()
-        .filter(|k| !k.is_empty())
-    else {
-        return Err(ApiError::Forbidden(
-            "admin endpoints are disabled: no security.admin_key is configured".into(),
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized(
-            "missing admin key (Authorization: Bearer <key>)",
-        ))?;
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("wrong admin key"))
-    }
-}
-
 /// `PUT /v1/users/{userId}/entitlement` (admin): the seed's `upgradeUser(userId, tier, days)`.
 pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
     Path(raw_user): Path<String>,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    require_admin(&app.settings, &headers)?;
+    caller.admin()?;
     let user = user_id(&raw_user)?;
     if !(1..=3650).contains(&body.days) {
         return Err(ApiError::invalid("days", "must be from 1 to 3650"));
@@ -467,12 +482,63 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
 /// `GET /v1/nodes`: live worker nodes.
 pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
+    caller.admin()?;
     let nodes = app.store.nodes().await?;
     let depth = app.queue.depth().await?;
     Ok(Json(
         json!({ "success": true, "nodes": nodes, "queuedJobs": depth }),
     ))
+}
+
+/// `POST /v1/users/{userId}/keys` (admin): issues a user API key, shown only in this answer.
+pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path(raw_user): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.admin()?;
+    let user = user_id(&raw_user)?;
+    let issued = issue_key();
+    let info = app
+        .store
+        .add_key(&user, &issued.key_id, &issued.hash)
+        .await?;
+    tracing::info!(user = %user, key_id = %info.key_id, "api key issued");
+    let body = json!({ "success": true, "userId": user, "keyId": info.key_id, "apiKey": issued.key, "createdAt": info.created_at });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `GET /v1/users/{userId}/keys` (admin): the user's key ids (never the keys).
+pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path(raw_user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.admin()?;
+    let user = user_id(&raw_user)?;
+    let keys = app.store.keys(&user).await?;
+    Ok(Json(
+        json!({ "success": true, "userId": user, "keys": keys }),
+    ))
+}
+
+/// `DELETE /v1/users/{userId}/keys/{keyId}` (admin): revokes a key at once.
+pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path((raw_user, key_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    caller.admin()?;
+    let user = user_id(&raw_user)?;
+    if !app.store.revoke_key(&user, &key_id).await? {
+        return Err(ApiError::NotFound(format!(
+            "user {user} has no key {key_id}"
+        )));
+    }
+    tracing::info!(user = %user, key_id, "api key revoked");
+    Ok(Json(json!({ "success": true })))
 }
 
 /// Any unknown route.

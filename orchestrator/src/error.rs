@@ -56,6 +56,18 @@ pub enum ApiError {
         /// When to try again.
         retry_after_ms: u64,
     },
+    /// The fleet holds as many runners as it is configured for.
+    #[error("the fleet is at capacity (limits.max_runners); retry later")]
+    FleetFull {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+    /// The queue holds as many waiting jobs as it is configured for.
+    #[error("too many runners are waiting to start (limits.max_queued); retry later")]
+    QueueFull {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
     /// No such resource (or not the caller's).
     #[error("{0}")]
     NotFound(String),
@@ -99,6 +111,8 @@ impl ApiError {
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
+            ApiError::FleetFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "fleet_full"),
+            ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -133,9 +147,9 @@ impl IntoResponse for ApiError {
             error["currentWorkers"] = json!(current);
         }
         let retry_after = match &self {
-            ApiError::CircuitOpen { retry_after_ms, .. } => {
-                Some(retry_after_ms.div_ceil(1000).max(1))
-            }
+            ApiError::CircuitOpen { retry_after_ms, .. }
+            | ApiError::FleetFull { retry_after_ms }
+            | ApiError::QueueFull { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
             ApiError::Unavailable(_) | ApiError::QueueUnavailable(_) => Some(RETRY_AFTER.as_secs()),
             _ => None,
         };

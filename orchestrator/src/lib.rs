@@ -3,6 +3,7 @@
 //! on the in-memory backend with a worker pool in the same process.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod sweeper;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
 use tower_http::timeout::TimeoutLayer;
@@ -26,6 +27,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     let body_limit = http.body_limit_bytes;
     Router::new()
         .route("/healthz", get(api::healthz::<S, Q>))
+        .route("/openapi.json", get(openapi))
         .route("/v1/runners", post(api::start::<S, Q>))
         .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
         .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
@@ -35,6 +37,14 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
             get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
         )
         .route("/v1/nodes", get(api::nodes::<S, Q>))
+        .route(
+            "/v1/users/{user_id}/keys",
+            post(api::create_key::<S, Q>).get(api::list_keys::<S, Q>),
+        )
+        .route(
+            "/v1/users/{user_id}/keys/{key_id}",
+            delete(api::revoke_key::<S, Q>),
+        )
         // The seed's routes, kept for clients written against it.
         .route("/runner/start", post(api::start::<S, Q>))
         .route("/runner/stop", post(api::stop_compat::<S, Q>))
@@ -48,4 +58,16 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The OpenAPI document of the whole API (`orchestrator/src/openapi.json`; the `openapi` test
+/// keeps it in step with the router and the catalog).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /openapi.json`: [`OPENAPI`], with no key needed.
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }

@@ -1,5 +1,6 @@
 //! The HTTP API through the router (`oneshot`), on the in-memory backend: status codes, JSON
-//! error bodies naming the field, and that a refused request writes nothing.
+//! error bodies naming the field, authentication and authorization, backpressure, and that a
+//! refused request writes nothing.
 
 use std::sync::Arc;
 
@@ -16,17 +17,23 @@ use runfleet_orchestrator::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+const ADMIN: &str = "sesame";
+
 struct TestApp {
     router: Router,
     store: MemoryStore,
     queue: MemoryQueue,
 }
 
-fn test_app(admin_key: Option<&str>) -> TestApp {
+fn test_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings::default();
-    settings.security.admin_key = admin_key.map(str::to_owned);
+    settings.security.admin_key = Some(ADMIN.into());
     settings.http.body_limit_bytes = 4096;
-    let (store, queue) = (MemoryStore::new(FleetPolicy::default()), MemoryQueue::new());
+    tweak(&mut settings);
+    let (store, queue) = (
+        MemoryStore::new(FleetPolicy::from_settings(&settings)),
+        MemoryQueue::new(),
+    );
     let state = AppState {
         store: store.clone(),
         queue: queue.clone(),
@@ -40,18 +47,24 @@ fn test_app(admin_key: Option<&str>) -> TestApp {
     }
 }
 
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    retry_after: Option<String>,
+}
+
 async fn call(
     router: &Router,
     method: &str,
     uri: &str,
     body: Option<Value>,
-    auth: Option<&str>,
-) -> (StatusCode, Value, Option<String>) {
+    key: Option<&str>,
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     if body.is_some() {
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
-    if let Some(key) = auth {
+    if let Some(key) = key {
         req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
     }
     let req = req
@@ -59,16 +72,26 @@ async fn call(
         .unwrap();
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let retry = resp
+    let retry_after = resp
         .headers()
         .get(header::RETRY_AFTER)
         .map(|v| v.to_str().unwrap().to_owned());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
+    Reply {
         status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        retry,
-    )
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after,
+    }
+}
+
+async fn admin(router: &Router, method: &str, uri: &str, body: Option<Value>) -> Reply {
+    call(router, method, uri, body, Some(ADMIN)).await
+}
+
+async fn user_key(router: &Router, user: &str) -> String {
+    let r = admin(router, "POST", &format!("/v1/users/{user}/keys"), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    r.body["apiKey"].as_str().unwrap().to_owned()
 }
 
 fn start_body(user: &str) -> Value {
@@ -84,36 +107,27 @@ fn start_body(user: &str) -> Value {
 
 #[tokio::test]
 async fn a_free_user_gets_one_runner_and_a_clear_refusal_for_the_second() {
-    let t = test_app(None);
-    let (code, body, _) = call(
-        &t.router,
-        "POST",
-        "/v1/runners",
-        Some(start_body("u1")),
-        None,
-    )
-    .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["success"], true);
-    assert!(body["jobId"].as_str().unwrap().starts_with("job-"));
+    let t = test_app(|_| {});
+    let r = admin(&t.router, "POST", "/v1/runners", Some(start_body("u1"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["success"], true);
+    assert!(r.body["jobId"].as_str().unwrap().starts_with("job-"));
     assert_eq!(t.queue.depth().await.unwrap(), 1);
 
-    let (code, body, _) = call(
-        &t.router,
-        "POST",
-        "/runner/start",
-        Some(start_body("u1")),
-        None,
-    )
-    .await;
-    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["success"], false);
-    assert_eq!(body["error"]["code"], "runner_limit_reached");
-    assert!(body["error"]["message"].as_str().unwrap().contains("limit"));
+    let r = admin(&t.router, "POST", "/runner/start", Some(start_body("u1"))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["success"], false);
+    assert_eq!(r.body["error"]["code"], "runner_limit_reached");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limit")
+    );
     assert_eq!(
         (
-            body["error"]["maxWorkers"].clone(),
-            body["error"]["currentWorkers"].clone()
+            r.body["error"]["maxWorkers"].clone(),
+            r.body["error"]["currentWorkers"].clone()
         ),
         (json!(1), json!(1))
     );
@@ -130,7 +144,7 @@ async fn a_free_user_gets_one_runner_and_a_clear_refusal_for_the_second() {
 
 #[tokio::test]
 async fn bad_input_is_a_400_naming_the_field_and_writes_nothing() {
-    let t = test_app(None);
+    let t = test_app(|_| {});
     let cases: Vec<(Value, &str)> = vec![
         (json!({}), "userId"),
         (
@@ -153,6 +167,14 @@ async fn bad_input_is_a_400_naming_the_field_and_writes_nothing() {
             {
                 let mut b = start_body("u1");
                 b["config"]["type"] = json!("nope");
+                b
+            },
+            "config.type",
+        ),
+        (
+            {
+                let mut b = start_body("u1");
+                b["config"]["type"] = json!("panic-test");
                 b
             },
             "config.type",
@@ -191,11 +213,11 @@ async fn bad_input_is_a_400_naming_the_field_and_writes_nothing() {
         ),
     ];
     for (body, field) in cases {
-        let (code, answer, _) = call(&t.router, "POST", "/v1/runners", Some(body), None).await;
-        assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
-        assert_eq!(answer["success"], false);
-        assert_eq!(answer["error"]["code"], "invalid_request");
-        assert_eq!(answer["error"]["field"], field, "{answer}");
+        let r = admin(&t.router, "POST", "/v1/runners", Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.body["success"], false);
+        assert_eq!(r.body["error"]["code"], "invalid_request");
+        assert_eq!(r.body["error"]["field"], field, "{}", r.body);
     }
     assert_eq!(t.queue.depth().await.unwrap(), 0);
     assert!(
@@ -209,131 +231,349 @@ async fn bad_input_is_a_400_naming_the_field_and_writes_nothing() {
 
 #[tokio::test]
 async fn malformed_requests_get_json_errors() {
-    let t = test_app(None);
-    let not_json = Request::post("/v1/runners").body(Body::from("x")).unwrap();
+    let t = test_app(|_| {});
+    let not_json = Request::post("/v1/runners")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::from("x"))
+        .unwrap();
     assert_eq!(
         t.router.clone().oneshot(not_json).await.unwrap().status(),
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
     let huge = json!({"userId": "u".repeat(10_000)});
-    let (code, body, _) = call(&t.router, "POST", "/v1/runners", Some(huge), None).await;
-    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(body["error"]["code"], "payload_too_large");
-    let (code, body, _) = call(&t.router, "GET", "/v2/nothing", None, None).await;
+    let r = admin(&t.router, "POST", "/v1/runners", Some(huge)).await;
     assert_eq!(
-        (code, body["error"]["code"].clone()),
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("payload_too_large"))
+    );
+    let r = admin(&t.router, "GET", "/v2/nothing", None).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
         (StatusCode::NOT_FOUND, json!("no_route"))
     );
-    let (code, body, _) = call(&t.router, "DELETE", "/v1/runners", None, None).await;
+    let r = admin(&t.router, "DELETE", "/v1/runners", None).await;
     assert_eq!(
-        (code, body["error"]["code"].clone()),
+        (r.status, r.body["error"]["code"].clone()),
         (StatusCode::METHOD_NOT_ALLOWED, json!("method_not_allowed"))
     );
-    let (code, body, _) = call(&t.router, "GET", "/runner/status", None, None).await;
+    let r = admin(&t.router, "GET", "/runner/status", None).await;
     assert_eq!(
-        (code, body["error"]["field"].clone()),
+        (r.status, r.body["error"]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("userId"))
     );
 }
 
 #[tokio::test]
 async fn stopping_a_queued_runner_stops_it_at_once_and_frees_the_slot() {
-    let t = test_app(None);
-    let (_, started, _) = call(
-        &t.router,
-        "POST",
-        "/v1/runners",
-        Some(start_body("u1")),
-        None,
-    )
-    .await;
-    let job = started["jobId"].as_str().unwrap().to_owned();
+    let t = test_app(|_| {});
+    let job = admin(&t.router, "POST", "/v1/runners", Some(start_body("u1")))
+        .await
+        .body["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
-    let (code, body, _) = call(
+    let r = admin(
         &t.router,
         "POST",
         &format!("/v1/runners/{job}/stop"),
         Some(json!({"userId": "u2"})),
-        None,
     )
     .await;
     assert_eq!(
-        code,
+        r.status,
         StatusCode::NOT_FOUND,
-        "another user's runner is not found: {body}"
+        "naming the wrong owner finds nothing: {}",
+        r.body
     );
-    let (code, body, _) = call(
+    let r = admin(
         &t.router,
         "POST",
         &format!("/v1/runners/{job}/stop"),
-        Some(json!({"userId": "u1", "mode": "hold", "flattenPositions": true})),
-        None,
+        Some(json!({"mode": "hold", "flattenPositions": true})),
     )
     .await;
     assert_eq!(
-        (code, body["error"]["field"].clone()),
+        (r.status, r.body["error"]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("mode"))
     );
 
-    let (code, body, _) = call(
+    let r = admin(
         &t.router,
         "POST",
         "/runner/stop",
         Some(json!({"userId": "u1", "workerId": job, "flattenPositions": true})),
-        None,
     )
     .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
         (
-            body["success"].clone(),
-            body["status"].clone(),
-            body["flattenedPositions"].clone()
+            r.body["success"].clone(),
+            r.body["status"].clone(),
+            r.body["flattenedPositions"].clone()
         ),
         (json!(true), json!("stopped"), json!(0))
     );
     assert_eq!(t.queue.depth().await.unwrap(), 0, "removed from the queue");
     assert_eq!(t.store.active_count(&UserId::new("u1")).await.unwrap(), 0);
 
-    let (code, body, _) = call(&t.router, "GET", "/runner/status?userId=u1", None, None).await;
-    assert_eq!(code, StatusCode::OK);
-    assert_eq!(body["workers"][0]["worker"]["status"], "stopped");
-    assert_eq!(body["workers"][0]["worker"]["workerId"], job.as_str());
+    let r = admin(&t.router, "GET", "/runner/status?userId=u1", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["workers"][0]["worker"]["status"], "stopped");
+    assert_eq!(r.body["workers"][0]["worker"]["workerId"], job.as_str());
     assert_eq!(
-        body["queueStats"],
+        r.body["queueStats"],
         json!({"queuedJobs": 0, "runningWorkers": 0, "totalWorkers": 1, "failedJobs": 0})
     );
-    let shown = body.to_string();
+    let shown = r.body.to_string();
     assert!(
         !shown.contains("secret") && !shown.contains("credentials"),
         "no credentials in status: {shown}"
     );
+    assert_eq!(
+        admin(&t.router, "GET", &format!("/v1/runners/{job}"), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin(
+            &t.router,
+            "GET",
+            &format!("/v1/runners/{job}?userId=u2"),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+}
 
-    let (code, _, _) = call(
+#[tokio::test]
+async fn every_request_needs_a_key_and_a_user_key_acts_only_for_its_user() {
+    let t = test_app(|_| {});
+    let (alice, bob) = (
+        user_key(&t.router, "alice").await,
+        user_key(&t.router, "bob").await,
+    );
+
+    // No key, or a wrong one: 401, and nothing happens.
+    for key in [
+        None,
+        Some("nope"),
+        Some("rfk_000000000000000000000000_0000"),
+        Some(&alice[..alice.len() - 1]),
+    ] {
+        let r = call(
+            &t.router,
+            "POST",
+            "/v1/runners",
+            Some(start_body("alice")),
+            key,
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].clone()),
+            (StatusCode::UNAUTHORIZED, json!("unauthorized")),
+            "{key:?}"
+        );
+    }
+    assert_eq!(t.queue.depth().await.unwrap(), 0);
+
+    // Alice's key starts and sees Alice's runner.
+    let r = call(
         &t.router,
-        "GET",
-        &format!("/v1/runners/{job}?userId=u1"),
-        None,
-        None,
+        "POST",
+        "/v1/runners",
+        Some(start_body("alice")),
+        Some(&alice),
     )
     .await;
-    assert_eq!(code, StatusCode::OK);
-    let (code, _, _) = call(
-        &t.router,
-        "GET",
-        &format!("/v1/runners/{job}?userId=u2"),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = r.body["jobId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &t.router,
+            "GET",
+            "/v1/users/alice/runners",
+            None,
+            Some(&alice)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &t.router,
+            "GET",
+            &format!("/v1/runners/{job}"),
+            None,
+            Some(&alice)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &t.router,
+            "GET",
+            "/v1/users/alice/entitlement",
+            None,
+            Some(&alice)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+
+    // Bob's key reaches none of it: 403, and the runner keeps running.
+    let forbidden = [
+        call(
+            &t.router,
+            "POST",
+            "/v1/runners",
+            Some(start_body("alice")),
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "GET",
+            "/v1/users/alice/runners",
+            None,
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "GET",
+            "/runner/status?userId=alice",
+            None,
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "GET",
+            &format!("/v1/runners/{job}"),
+            None,
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "POST",
+            &format!("/v1/runners/{job}/stop"),
+            Some(json!({})),
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "POST",
+            "/runner/stop",
+            Some(json!({"workerId": job})),
+            Some(&bob),
+        )
+        .await,
+        call(
+            &t.router,
+            "GET",
+            "/v1/users/alice/entitlement",
+            None,
+            Some(&bob),
+        )
+        .await,
+    ];
+    for r in forbidden {
+        assert_eq!(
+            (r.status, r.body["error"]["code"].clone()),
+            (StatusCode::FORBIDDEN, json!("forbidden")),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        t.queue.depth().await.unwrap(),
+        1,
+        "alice's runner is still queued"
+    );
+
+    // Admin-only endpoints refuse user keys.
+    for (method, uri, body) in [
+        (
+            "PUT",
+            "/v1/users/alice/entitlement",
+            Some(json!({"tier": "pro", "days": 1})),
+        ),
+        ("POST", "/v1/users/alice/keys", None),
+        ("GET", "/v1/users/alice/keys", None),
+        ("GET", "/v1/nodes", None),
+    ] {
+        let r = call(&t.router, method, uri, body, Some(&alice)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri}: {}",
+            r.body
+        );
+    }
+
+    // Keys are listed without their secret, and a revoked key stops working at once.
+    let listed = admin(&t.router, "GET", "/v1/users/alice/keys", None).await;
+    let key_id = listed.body["keys"][0]["keyId"].as_str().unwrap().to_owned();
+    assert!(
+        !listed.body.to_string().contains(&alice[29..]),
+        "listing shows no secret"
+    );
+    assert_eq!(
+        admin(
+            &t.router,
+            "DELETE",
+            &format!("/v1/users/alice/keys/{key_id}"),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin(
+            &t.router,
+            "DELETE",
+            &format!("/v1/users/alice/keys/{key_id}"),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &t.router,
+            "GET",
+            "/v1/users/alice/runners",
+            None,
+            Some(&alice)
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    // The health check needs no key.
+    assert_eq!(
+        call(&t.router, "GET", "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn upgrades_need_the_admin_key() {
-    let disabled = test_app(None);
+    let disabled = test_app(|s| s.security.admin_key = None);
     let upgrade = json!({"tier": "pro", "days": 30});
-    let (code, _, _) = call(
+    let r = call(
         &disabled.router,
         "PUT",
         "/v1/users/u1/entitlement",
@@ -341,19 +581,26 @@ async fn upgrades_need_the_admin_key() {
         Some("x"),
     )
     .await;
-    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "with no admin key configured, no key is the admin's"
+    );
 
-    let t = test_app(Some("sesame"));
-    let (code, _, _) = call(
-        &t.router,
-        "PUT",
-        "/v1/users/u1/entitlement",
-        Some(upgrade.clone()),
-        None,
-    )
-    .await;
-    assert_eq!(code, StatusCode::UNAUTHORIZED);
-    let (code, body, _) = call(
+    let t = test_app(|_| {});
+    assert_eq!(
+        call(
+            &t.router,
+            "PUT",
+            "/v1/users/u1/entitlement",
+            Some(upgrade.clone()),
+            None
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = call(
         &t.router,
         "PUT",
         "/v1/users/u1/entitlement",
@@ -362,31 +609,29 @@ async fn upgrades_need_the_admin_key() {
     )
     .await;
     assert_eq!(
-        (code, body["error"]["code"].clone()),
+        (r.status, r.body["error"]["code"].clone()),
         (StatusCode::UNAUTHORIZED, json!("unauthorized"))
     );
-    let (code, body, _) = call(
+    let r = admin(
         &t.router,
         "PUT",
         "/v1/users/u1/entitlement",
         Some(json!({"tier": "gold", "days": 3})),
-        Some("sesame"),
     )
     .await;
     assert_eq!(
-        (code, body["error"]["field"].clone()),
+        (r.status, r.body["error"]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("tier"))
     );
-    let (code, body, _) = call(
+    let r = admin(
         &t.router,
         "PUT",
         "/v1/users/u1/entitlement",
         Some(json!({"tier": "pro", "days": 0})),
-        Some("sesame"),
     )
     .await;
     assert_eq!(
-        (code, body["error"]["field"].clone()),
+        (r.status, r.body["error"]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("days"))
     );
     assert!(
@@ -398,20 +643,94 @@ async fn upgrades_need_the_admin_key() {
         "refusals write nothing"
     );
 
-    let (code, body, _) = call(
-        &t.router,
-        "PUT",
-        "/v1/users/u1/entitlement",
-        Some(upgrade),
-        Some("sesame"),
+    let r = admin(&t.router, "PUT", "/v1/users/u1/entitlement", Some(upgrade)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let check = admin(&t.router, "GET", "/v1/users/u1/entitlement", None)
+        .await
+        .body;
+    assert_eq!(
+        (
+            check["tier"].clone(),
+            check["maxWorkers"].clone(),
+            check["currentWorkers"].clone(),
+            check["isEntitled"].clone()
+        ),
+        (json!("pro"), json!(10), json!(0), json!(true))
+    );
+}
+
+#[tokio::test]
+async fn past_the_fleet_limits_starts_are_refused_with_retry_after() {
+    let t = test_app(|s| {
+        s.limits.max_queued = 2;
+        s.limits.max_runners = 3;
+        s.limits.retry_after_ms = 7_000;
+    });
+    for user in ["a", "b"] {
+        assert_eq!(
+            admin(&t.router, "POST", "/v1/runners", Some(start_body(user)))
+                .await
+                .status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let r = admin(&t.router, "POST", "/v1/runners", Some(start_body("c"))).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("queue_full")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.retry_after.as_deref(), Some("7"));
+    assert_eq!(
+        t.queue.depth().await.unwrap(),
+        2,
+        "the queue does not grow past its limit"
+    );
+
+    // Jobs that left the queue still hold fleet slots: take one and the fleet limit bites.
+    t.queue
+        .claim(
+            &runfleet::ids::NodeId::new("n"),
+            2,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let claimed = t.store.user_jobs(&UserId::new("a")).await.unwrap()[0]
+        .job_id
+        .clone();
+    let lease = std::time::Duration::from_secs(30);
+    runfleet::store::LeaseStore::claim(
+        &t.store,
+        &runfleet::ids::NodeId::new("n"),
+        &[claimed],
+        lease,
     )
-    .await;
-    assert_eq!(code, StatusCode::OK, "{body}");
-    let (_, check, _) = call(&t.router, "GET", "/v1/users/u1/entitlement", None, None).await;
-    assert_eq!(check["tier"], "pro");
-    assert_eq!(check["maxWorkers"], 10);
-    assert_eq!(check["currentWorkers"], 0);
-    assert_eq!(check["isEntitled"], true);
+    .await
+    .unwrap();
+    assert_eq!(
+        admin(&t.router, "POST", "/v1/runners", Some(start_body("c")))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let r = admin(&t.router, "POST", "/v1/runners", Some(start_body("d"))).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("fleet_full")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.retry_after.as_deref(), Some("7"));
+    assert!(
+        t.store
+            .user_jobs(&UserId::new("d"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -431,17 +750,25 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
     };
     let pools = RedisPools::new(&redis).unwrap();
     let keys = Keys::new("unreachable");
+    let mut settings = Settings::default();
+    settings.security.admin_key = Some(ADMIN.into());
     let state = AppState {
         store: RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
         queue: RedisQueue::new(pools, keys, "jobs"),
         cipher: CredentialCipher::ephemeral(),
-        settings: Arc::new(Settings::default()),
+        settings: Arc::new(settings),
     };
     let router = app(state);
-    let (code, body, retry) = call(&router, "GET", "/healthz", None, None).await;
-    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["error"]["code"], "store_unavailable");
-    assert!(retry.is_some());
-    let (code, _, _) = call(&router, "POST", "/v1/runners", Some(start_body("u1")), None).await;
-    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    let r = call(&router, "GET", "/healthz", None, None).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("store_unavailable"))
+    );
+    assert!(r.retry_after.is_some());
+    assert_eq!(
+        admin(&router, "POST", "/v1/runners", Some(start_body("u1")))
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

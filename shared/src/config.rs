@@ -65,6 +65,30 @@ pub struct Settings {
     pub sweep: SweepSettings,
     /// Switches meant for tests and diagnosis.
     pub testing: TestingSettings,
+    /// Fleet-wide backpressure.
+    pub limits: LimitSettings,
+}
+
+/// Fleet-wide backpressure: past these, starts are refused with a Retry-After.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Runners holding a slot (queued, running or waiting for a restart) fleet-wide (503).
+    pub max_runners: u32,
+    /// Jobs waiting in the queue (429): the queue never grows past this.
+    pub max_queued: u32,
+    /// The Retry-After given with those refusals.
+    pub retry_after_ms: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_runners: 10_000,
+            max_queued: 10_000,
+            retry_after_ms: 5_000,
+        }
+    }
 }
 
 /// When and how often a crashed runner is restarted.
@@ -539,6 +563,9 @@ impl Settings {
                 "restart.base_delay_ms",
                 "must not exceed restart.max_delay_ms",
             );
+        }
+        if self.limits.max_runners == 0 || self.limits.max_queued == 0 {
+            return invalid("limits.max_runners", "limits must be at least 1");
         }
         if self.breaker.failures == 0 {
             return invalid("breaker.failures", "must be at least 1");

@@ -93,6 +93,26 @@ impl Keys {
         self.key(&["node", node.as_str()])
     }
 
+    /// Set of every job holding a slot, fleet-wide (backpressure).
+    pub fn active(&self) -> String {
+        self.key(&["active"])
+    }
+
+    /// Set of every job waiting in the queue (backpressure; backend-independent).
+    pub fn queued(&self) -> String {
+        self.key(&["queued"])
+    }
+
+    /// Hash of one API key: owner and SHA-256 of the key.
+    pub fn api_key(&self, key_id: &str) -> String {
+        self.key(&["apikey", key_id])
+    }
+
+    /// Set of a user's API key ids.
+    pub fn user_keys(&self, user: &UserId) -> String {
+        self.key(&["user", user.as_str(), "keys"])
+    }
+
     /// Sorted set of node ids scored by their last heartbeat (ms, Redis clock).
     pub fn nodes(&self) -> String {
         self.key(&["nodes"])

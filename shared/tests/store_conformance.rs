@@ -705,11 +705,12 @@ async fn lua_key_names_match_the_key_schema() {
     let keys = Keys::new("rfkeys");
     let (job, user, node) = (JobId::new("j1"), UserId::new("u1"), NodeId::new("n1"));
     let body = "return {K.job('j1'), K.hb('j1'), K.user_jobs('u1'), K.user_active('u1'), \
-                K.subscription('u1'), K.node('n1'), K.node_jobs('n1'), K.commands('n1'), K.leases, K.nodes}";
+                K.subscription('u1'), K.node('n1'), K.node_jobs('n1'), K.commands('n1'), K.leases, K.nodes, \
+                K.active, K.queued, K.apikey('k1'), K.user_keys('u1')}";
     let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
     let mut inv = script.prepare_invoke();
     inv.arg("rfkeys");
-    for _ in 0..15 {
+    for _ in 0..18 {
         inv.arg(0);
     }
     let got: Vec<String> = inv
@@ -727,6 +728,121 @@ async fn lua_key_names_match_the_key_schema() {
         keys.commands(&node),
         keys.leases(),
         keys.nodes(),
+        keys.active(),
+        keys.queued(),
+        keys.api_key("k1"),
+        keys.user_keys(&user),
     ];
     assert_eq!(got, want);
+}
+
+/// Fleet-wide backpressure holds in both stores: the queue never grows past `max_queued`, and
+/// no more than `max_runners` jobs hold slots.
+async fn backpressure_is_enforced_at_admission<S: FleetStore>(s: S) {
+    for user in ["p1", "p2"] {
+        assert!(matches!(
+            s.admit(&spec(user)).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+    }
+    let third = spec("p3");
+    assert_eq!(
+        s.admit(&third).await.unwrap(),
+        Admission::QueueFull {
+            retry_after_ms: 4_000
+        }
+    );
+    assert!(s.job(&third.id).await.unwrap().is_none());
+    let first = s.user_jobs(&UserId::new("p1")).await.unwrap()[0]
+        .job_id
+        .clone();
+    claim_one(&s, "n1", &first).await;
+    assert!(
+        matches!(s.admit(&third).await.unwrap(), Admission::Admitted { .. }),
+        "a claim frees a queue place"
+    );
+    assert_eq!(
+        s.admit(&spec("p4")).await.unwrap(),
+        Admission::FleetFull {
+            retry_after_ms: 4_000
+        }
+    );
+    assert_eq!(
+        s.request_stop(&third.id, StopMode::Hold).await.unwrap(),
+        StopRequest::Stopped
+    );
+    assert!(
+        matches!(
+            s.admit(&spec("p4")).await.unwrap(),
+            Admission::Admitted { .. }
+        ),
+        "a stop frees a fleet slot"
+    );
+}
+
+fn tight() -> FleetPolicy {
+    FleetPolicy {
+        limits: runfleet::config::LimitSettings {
+            max_runners: 3,
+            max_queued: 2,
+            retry_after_ms: 4_000,
+        },
+        ..policy()
+    }
+}
+
+#[tokio::test]
+async fn backpressure_memory() {
+    backpressure_is_enforced_at_admission(MemoryStore::new(tight())).await;
+}
+
+#[tokio::test]
+async fn backpressure_redis() {
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    backpressure_is_enforced_at_admission(RedisStore::new(pools.clone(), keys.clone(), tight()))
+        .await;
+    support::cleanup(&pools, &keys).await;
+}
+
+async fn api_keys_store_only_hashes_and_can_be_revoked<S: FleetStore>(s: S) {
+    let user = UserId::new("kay");
+    let info = s.add_key(&user, "k1", "hash-1").await.unwrap();
+    assert_eq!(info.key_id, "k1");
+    assert!(
+        s.add_key(&UserId::new("other"), "k1", "hash-2")
+            .await
+            .is_err(),
+        "key ids are unique"
+    );
+    assert_eq!(
+        s.key("k1").await.unwrap(),
+        Some((user.clone(), "hash-1".to_owned()))
+    );
+    assert_eq!(s.keys(&user).await.unwrap(), vec![info]);
+    assert!(
+        !s.revoke_key(&UserId::new("other"), "k1").await.unwrap(),
+        "only the owner's key is revoked"
+    );
+    assert!(s.revoke_key(&user, "k1").await.unwrap());
+    assert_eq!(s.key("k1").await.unwrap(), None);
+    assert!(s.keys(&user).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn api_keys_memory() {
+    api_keys_store_only_hashes_and_can_be_revoked(MemoryStore::new(policy())).await;
+}
+
+#[tokio::test]
+async fn api_keys_redis() {
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    api_keys_store_only_hashes_and_can_be_revoked(RedisStore::new(
+        pools.clone(),
+        keys.clone(),
+        policy(),
+    ))
+    .await;
+    support::cleanup(&pools, &keys).await;
 }

@@ -338,12 +338,14 @@ impl Fleet {
     }
 }
 
-/// An HTTP client for one orchestrator.
+/// An HTTP client for one orchestrator. It authenticates with the admin key unless given
+/// another key ([`Api::with_key`]).
 #[derive(Debug, Clone)]
 pub struct Api {
     /// `http://host:port`.
     pub base: String,
     http: reqwest::Client,
+    key: Option<String>,
 }
 
 /// A response: status code and JSON body.
@@ -356,10 +358,36 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
-        Self { base, http }
+        Self {
+            base,
+            http,
+            key: Some(ADMIN_KEY.into()),
+        }
+    }
+
+    /// The same client, sending `key` (or no key at all).
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self {
+            key: key.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    /// Issues a user API key through the admin API.
+    pub async fn user_key(&self, user: &str) -> String {
+        let admin = self.with_key(Some(ADMIN_KEY));
+        let (code, body) = admin
+            .post(&format!("/v1/users/{user}/keys"), &serde_json::json!({}))
+            .await;
+        assert_eq!(code, 201, "issuing a key for {user}: {body}");
+        body["apiKey"].as_str().expect("apiKey").to_owned()
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let req = match &self.key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        };
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let body = resp.json::<Value>().await.unwrap_or(Value::Null);
@@ -382,14 +410,11 @@ impl Api {
 
     /// PUT JSON to a path as the admin.
     pub async fn put_admin(&self, path: &str, body: &Value) -> Reply {
-        self.send(
-            self.http
-                .put(format!("{}{path}", self.base))
-                .bearer_auth(ADMIN_KEY)
-                .json(body),
-        )
-        .await
-        .expect("PUT")
+        let admin = self.with_key(Some(ADMIN_KEY));
+        admin
+            .send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+            .expect("PUT")
     }
 
     /// Waits until `/healthz` answers 200.

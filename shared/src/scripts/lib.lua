@@ -1,5 +1,5 @@
 -- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
--- ARGV[1..16] are the context below; a script's own arguments start at ARGV[17] (A(1)).
+-- ARGV[1..19] are the context below; a script's own arguments start at ARGV[20] (A(1)).
 -- Key names mirror shared/src/keys.rs (checked by the store conformance suite). Keys are built
 -- from the prefix inside the scripts, so Redis Cluster is not supported.
 local P = ARGV[1]
@@ -11,9 +11,11 @@ local C = {
   breaker_failures = tonumber(ARGV[11]), breaker_window = tonumber(ARGV[12]),
   cooldown = tonumber(ARGV[13]), trial = tonumber(ARGV[14]),
   retention = tonumber(ARGV[15]), audit = ARGV[16] == '1',
+  max_runners = tonumber(ARGV[17]), max_queued = tonumber(ARGV[18]),
+  retry_after = tonumber(ARGV[19]),
 }
-local function A(i) return ARGV[16 + i] end
-local NARGS = #ARGV - 16
+local function A(i) return ARGV[19 + i] end
+local NARGS = #ARGV - 19
 
 local K = {
   job = function(id) return P .. ':job:' .. id end,
@@ -27,6 +29,10 @@ local K = {
   commands = function(n) return P .. ':node:' .. n .. ':commands' end,
   leases = P .. ':leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
   audit = P .. ':audit', sweep_guard = P .. ':sweep:guard',
+  -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
+  active = P .. ':active', queued = P .. ':queued',
+  apikey = function(id) return P .. ':apikey:' .. id end,
+  user_keys = function(u) return P .. ':user:' .. u .. ':keys' end,
 }
 
 local NOW
@@ -59,6 +65,8 @@ local function end_job(id, user, status, fields)
   redis.call('HSET', jk, 'status', status, 'ended', NOW, unpack(fields))
   redis.call('HDEL', jk, 'restart_at')
   redis.call('SREM', K.user_active(user), id)
+  redis.call('SREM', K.active, id)
+  redis.call('SREM', K.queued, id)
   redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZREM', K.delayed, id)

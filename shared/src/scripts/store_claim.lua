@@ -18,6 +18,7 @@ for i = 3, NARGS do
     redis.call('SET', K.hb(id), epoch, 'PX', lease)
     redis.call('ZADD', K.leases, NOW + lease, id)
     redis.call('SADD', K.node_jobs(node), id)
+    redis.call('SREM', K.queued, id)
     audit('claim', id, epoch, node)
     out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '' }
   else

@@ -5,6 +5,7 @@ for i = 2, NARGS do
   if redis.call('HGET', jk, 'status') == 'queued' then
     redis.call('HSET', jk, 'status', 'crashed', 'restart_at', NOW + tonumber(A(1)))
     redis.call('ZADD', K.delayed, NOW + tonumber(A(1)), A(i))
+    redis.call('SREM', K.queued, A(i))
   end
 end
 return 0

@@ -7,5 +7,7 @@ local cur = redis.call('HMGET', jk, 'status', 'epoch')
 if cur[1] and (cur[1] ~= 'queued' or cur[2] ~= '0') then return 0 end
 redis.call('DEL', jk)
 redis.call('SREM', K.user_active(user), id)
+redis.call('SREM', K.active, id)
+redis.call('SREM', K.queued, id)
 redis.call('ZREM', K.user_jobs(user), id)
 return 1

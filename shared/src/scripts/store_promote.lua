@@ -7,6 +7,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT',
   if redis.call('HGET', jk, 'status') == 'crashed' then
     redis.call('HSET', jk, 'status', 'queued')
     redis.call('HDEL', jk, 'node', 'restart_at')
+    redis.call('SADD', K.queued, id)
     out[#out + 1] = id
   end
 end

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, FleetPolicy, JobStore,
-    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
-    SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION,
+    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
+    StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -43,6 +43,8 @@ struct State {
     breakers: HashMap<(UserId, StrategyId), Breaker>,
     /// When the current sweep guard lapses.
     sweep_guard_until: u64,
+    /// API key id → (owner, SHA-256 hex, created).
+    api_keys: HashMap<String, (UserId, String, u64)>,
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -182,6 +184,19 @@ impl JobStore for MemoryStore {
                 limit,
                 current,
             });
+        }
+        let holding = s.active.values().map(HashSet::len).sum::<usize>() as u32;
+        let queued = s
+            .jobs
+            .values()
+            .filter(|e| e.record.status == JobStatus::Queued)
+            .count() as u32;
+        let retry_after_ms = policy.limits.retry_after_ms;
+        if holding >= policy.limits.max_runners {
+            return Ok(Admission::FleetFull { retry_after_ms });
+        }
+        if queued >= policy.limits.max_queued {
+            return Ok(Admission::QueueFull { retry_after_ms });
         }
         if s.jobs.contains_key(&spec.id) {
             return Err(StoreError::data(format!(
@@ -473,6 +488,61 @@ impl CommandBus for MemoryStore {
                 return Ok(None);
             }
         }
+    }
+}
+
+impl ApiKeys for MemoryStore {
+    async fn add_key(
+        &self,
+        user: &UserId,
+        key_id: &str,
+        hash: &str,
+    ) -> Result<ApiKeyInfo, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        if s.api_keys.contains_key(key_id) {
+            return Err(StoreError::data(format!(
+                "api key id {key_id} already exists"
+            )));
+        }
+        s.api_keys
+            .insert(key_id.to_owned(), (user.clone(), hash.to_owned(), now));
+        Ok(ApiKeyInfo {
+            key_id: key_id.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn key(&self, key_id: &str) -> Result<Option<(UserId, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .api_keys
+            .get(key_id)
+            .map(|(u, h, _)| (u.clone(), h.clone())))
+    }
+
+    async fn keys(&self, user: &UserId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let s = self.lock();
+        let mut keys: Vec<ApiKeyInfo> = s
+            .api_keys
+            .iter()
+            .filter(|(_, (u, _, _))| u == user)
+            .map(|(id, (_, _, at))| ApiKeyInfo {
+                key_id: id.clone(),
+                created_at: *at,
+            })
+            .collect();
+        keys.sort_by_key(|k| k.created_at);
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, user: &UserId, key_id: &str) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        if s.api_keys.get(key_id).is_some_and(|(u, _, _)| u == user) {
+            s.api_keys.remove(key_id);
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-use crate::config::{BreakerSettings, RestartSettings, Settings};
+use crate::config::{BreakerSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
 use crate::redis_pool::RedisError;
@@ -35,6 +35,8 @@ pub struct FleetPolicy {
     pub breaker: BreakerSettings,
     /// Record accepted writes in the audit stream.
     pub audit: bool,
+    /// Fleet-wide backpressure.
+    pub limits: LimitSettings,
 }
 
 impl FleetPolicy {
@@ -45,6 +47,7 @@ impl FleetPolicy {
             restart: settings.restart,
             breaker: settings.breaker,
             audit: settings.testing.audit,
+            limits: settings.limits,
         }
     }
 }
@@ -99,6 +102,16 @@ pub enum Admission {
     /// The user strategy's circuit breaker is open (or its trial run is still deciding);
     /// nothing was written.
     BreakerOpen {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+    /// The fleet holds `limits.max_runners` runners already; nothing was written.
+    FleetFull {
+        /// When to try again.
+        retry_after_ms: u64,
+    },
+    /// `limits.max_queued` jobs wait in the queue already; nothing was written.
+    QueueFull {
         /// When to try again.
         retry_after_ms: u64,
     },
@@ -334,6 +347,47 @@ pub trait Sweeper: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A user API key as listed (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    /// The key's public id (part of the key).
+    pub key_id: String,
+    /// When it was issued (ms, store clock).
+    pub created_at: u64,
+}
+
+/// Per-user API keys. Only a SHA-256 hash of each key is stored; keys are 256-bit random
+/// secrets, so a fast hash suffices (no password stretching is needed).
+pub trait ApiKeys: Send + Sync {
+    /// Stores a new key's hash for `user`.
+    fn add_key(
+        &self,
+        user: &UserId,
+        key_id: &str,
+        hash: &str,
+    ) -> impl Future<Output = Result<ApiKeyInfo, StoreError>> + Send;
+
+    /// The owner and stored hash of a key id.
+    fn key(
+        &self,
+        key_id: &str,
+    ) -> impl Future<Output = Result<Option<(UserId, String)>, StoreError>> + Send;
+
+    /// A user's keys.
+    fn keys(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<ApiKeyInfo>, StoreError>> + Send;
+
+    /// Revokes one of a user's keys. Returns whether it existed.
+    fn revoke_key(
+        &self,
+        user: &UserId,
+        key_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
 /// Subscriptions (tiers) and the store's clock.
 pub trait Subscriptions: Send + Sync {
     /// The store's clock, ms since the Unix epoch (Redis `TIME` for Redis).
@@ -359,12 +413,12 @@ pub trait Subscriptions: Send + Sync {
 
 /// Everything a fleet process needs from shared state.
 pub trait FleetStore:
-    JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + Clone + 'static
+    JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + ApiKeys + Clone + 'static
 {
 }
 
-impl<T: JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + Clone + 'static> FleetStore
-    for T
+impl<T> FleetStore for T where
+    T: JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + ApiKeys + Clone + 'static
 {
 }
 

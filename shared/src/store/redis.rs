@@ -8,9 +8,9 @@ use std::time::Duration;
 use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
-    Admission, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION, FleetPolicy, JobStore,
-    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions,
-    SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION,
+    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
+    StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -41,6 +41,8 @@ script!(SWEEP, "store_sweep.lua");
 script!(PROMOTE, "store_promote.lua");
 script!(DEFER, "store_defer.lua");
 script!(FORGET, "store_forget.lua");
+script!(ADD_KEY, "store_add_key.lua");
+script!(REVOKE_KEY, "store_revoke_key.lua");
 
 /// Fleet state in Redis. Cloning shares the pools.
 #[derive(Debug, Clone)]
@@ -69,7 +71,7 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..16]).
+    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..19]).
     fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let (p, t) = (&self.policy, &self.policy.tiers);
         let (r, b) = (&p.restart, &p.breaker);
@@ -89,7 +91,10 @@ impl RedisStore {
             .arg(b.cooldown_ms)
             .arg(b.trial_ms)
             .arg(FINISHED_RETENTION.as_secs())
-            .arg(if p.audit { "1" } else { "0" });
+            .arg(if p.audit { "1" } else { "0" })
+            .arg(p.limits.max_runners)
+            .arg(p.limits.max_queued)
+            .arg(p.limits.retry_after_ms);
         inv
     }
 }
@@ -180,6 +185,8 @@ impl JobStore for RedisStore {
                 current,
             }),
             2 => Ok(Admission::BreakerOpen { retry_after_ms }),
+            3 => Ok(Admission::FleetFull { retry_after_ms }),
+            4 => Ok(Admission::QueueFull { retry_after_ms }),
             _ => Err(StoreError::data(format!(
                 "job id {} already exists",
                 spec.id
@@ -449,6 +456,75 @@ impl CommandBus for RedisStore {
                 serde_json::from_str(&raw).map_err(|e| StoreError::data(format!("command: {e}")))
             })
             .transpose()
+    }
+}
+
+impl ApiKeys for RedisStore {
+    async fn add_key(
+        &self,
+        user: &UserId,
+        key_id: &str,
+        hash: &str,
+    ) -> Result<ApiKeyInfo, StoreError> {
+        let created: i64 = self
+            .invoke(&ADD_KEY)
+            .arg(user.as_str())
+            .arg(key_id)
+            .arg(hash)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        if created < 0 {
+            return Err(StoreError::data(format!(
+                "api key id {key_id} already exists"
+            )));
+        }
+        Ok(ApiKeyInfo {
+            key_id: key_id.to_owned(),
+            created_at: created as u64,
+        })
+    }
+
+    async fn key(&self, key_id: &str) -> Result<Option<(UserId, String)>, StoreError> {
+        let (user, hash): (Option<String>, Option<String>) = ::redis::cmd("HMGET")
+            .arg(self.keys.api_key(key_id))
+            .arg("user")
+            .arg("hash")
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(user.zip(hash).map(|(u, h)| (UserId::new(u), h)))
+    }
+
+    async fn keys(&self, user: &UserId) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = ::redis::cmd("SMEMBERS")
+            .arg(self.keys.user_keys(user))
+            .query_async(&mut *conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.hget(self.keys.api_key(id), "created");
+        }
+        let created: Vec<Option<u64>> = pipe.query_async(&mut *conn).await?;
+        let mut keys: Vec<ApiKeyInfo> = ids
+            .into_iter()
+            .zip(created)
+            .filter_map(|(key_id, at)| at.map(|created_at| ApiKeyInfo { key_id, created_at }))
+            .collect();
+        keys.sort_by_key(|k| k.created_at);
+        Ok(keys)
+    }
+
+    async fn revoke_key(&self, user: &UserId, key_id: &str) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .invoke(&REVOKE_KEY)
+            .arg(user.as_str())
+            .arg(key_id)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(n == 1)
     }
 }
 

@@ -3,6 +3,7 @@
 mod rabbitmq;
 mod readme;
 mod reliability;
+mod security;
 mod shutdown;
 mod trading;
 mod walking_skeleton;

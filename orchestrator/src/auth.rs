@@ -1,0 +1,151 @@
+//! Who is calling: the admin (the configured admin key) or one user (a per-user API key).
+//!
+//! User keys look like `rfk_<keyId>_<secret>`: 96 random bits of id and 256 of secret. Only a
+//! SHA-256 hash of the whole key is stored, and presented keys are compared with it in constant
+//! time, as is the admin key.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use rand::RngCore;
+use runfleet::ids::UserId;
+use runfleet::queue::JobQueue;
+use runfleet::store::FleetStore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::AppState;
+use crate::error::ApiError;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin key: may do everything.
+    Admin,
+    /// A user's API key: may act only for that user.
+    User(UserId),
+}
+
+impl Caller {
+    /// Allows the admin and `user` themselves; any other user is refused with 403.
+    pub fn act_for(&self, user: &UserId) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::User(u) if u == user => Ok(()),
+            Caller::User(_) => Err(ApiError::Forbidden(
+                "this API key belongs to another user".into(),
+            )),
+        }
+    }
+
+    /// Allows the admin only.
+    pub fn admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::User(_) => Err(ApiError::Forbidden(
+                "this endpoint needs the admin key".into(),
+            )),
+        }
+    }
+}
+
+/// A freshly issued user key: shown once, then only its hash is kept.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// The public part, used to find the key.
+    pub key_id: String,
+    /// The whole key, for the user.
+    pub key: String,
+    /// SHA-256 hex of the whole key, for the store.
+    pub hash: String,
+}
+
+/// Makes a new random user key.
+pub fn issue_key() -> IssuedKey {
+    let mut id = [0u8; 12];
+    let mut secret = [0u8; 32];
+    let mut rng = rand::rng();
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let key_id = hex::encode(id);
+    let key = format!("rfk_{key_id}_{}", hex::encode(secret));
+    let hash = hash_key(&key);
+    IssuedKey { key_id, key, hash }
+}
+
+fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState<S, Q>) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized(
+                "missing API key (Authorization: Bearer <key>)",
+            ))?;
+        if let Some(admin) = app
+            .settings
+            .security
+            .admin_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            && bool::from(presented.as_bytes().ct_eq(admin.as_bytes()))
+        {
+            return Ok(Caller::Admin);
+        }
+        let wrong = ApiError::Unauthorized("unknown or revoked API key");
+        let key_id = presented
+            .strip_prefix("rfk_")
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(id, _)| id)
+            .filter(|id| id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or(wrong)?;
+        let (user, stored) = app
+            .store
+            .key(key_id)
+            .await?
+            .ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
+        if bool::from(hash_key(presented).as_bytes().ct_eq(stored.as_bytes())) {
+            Ok(Caller::User(user))
+        } else {
+            Err(ApiError::Unauthorized("unknown or revoked API key"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_keys_are_unique_and_only_their_hash_matches() {
+        let (a, b) = (issue_key(), issue_key());
+        assert_ne!(a.key, b.key);
+        assert!(a.key.starts_with(&format!("rfk_{}_", a.key_id)));
+        assert_eq!(a.key.len(), 4 + 24 + 1 + 64);
+        assert_eq!(hash_key(&a.key), a.hash);
+        assert!(
+            !a.hash.contains(&a.key[29..]),
+            "the stored hash reveals nothing of the secret"
+        );
+    }
+
+    #[test]
+    fn users_act_only_for_themselves() {
+        let (alice, bob) = (UserId::new("alice"), UserId::new("bob"));
+        assert!(Caller::User(alice.clone()).act_for(&alice).is_ok());
+        assert!(matches!(
+            Caller::User(alice.clone()).act_for(&bob),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(Caller::Admin.act_for(&bob).is_ok());
+        assert!(Caller::User(alice).admin().is_err());
+    }
+}
