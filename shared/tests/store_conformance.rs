@@ -518,6 +518,31 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     assert_eq!(s.active_count(&UserId::new("hana")).await.unwrap(), 0);
 }
 
+async fn a_runner_whose_node_died_during_its_stop_is_stopped_not_restarted<S: FleetStore>(s: S) {
+    let a = spec_for("rhea", "s");
+    s.admit(&a).await.unwrap();
+    claim_for(&s, "n1", &a.id, 40).await;
+    assert!(matches!(
+        s.request_stop(&a.id, StopMode::Flatten).await.unwrap(),
+        StopRequest::Sent { .. }
+    ));
+    sleep_ms(60).await;
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport {
+            crashed: 1,
+            restarting: 0,
+            failed: 1
+        }
+    );
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Stopped);
+    assert!(rec.error.unwrap().contains("stop was requested"));
+    assert_eq!(s.active_count(&UserId::new("rhea")).await.unwrap(), 0);
+    sleep_ms(70).await;
+    assert!(s.due_restarts(10).await.unwrap().is_empty());
+}
+
 async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore>(s: S) {
     let a = spec_for("ivan", "panicky");
     s.admit(&a).await.unwrap();
@@ -682,6 +707,7 @@ macro_rules! store_conformance {
                 handed_back_jobs_can_be_claimed_again,
                 a_silent_runner_is_swept_restarted_with_backoff_then_failed,
                 a_crash_reported_by_the_node_goes_through_the_same_policy,
+                a_runner_whose_node_died_during_its_stop_is_stopped_not_restarted,
                 the_breaker_opens_refuses_starts_and_a_trial_closes_it,
                 a_user_above_their_tier_after_a_downgrade_is_not_restarted);
         }

@@ -105,8 +105,15 @@ end
 -- Mirrors policy::after_failure. Returns 'restart' or 'failed'.
 local function after_failure(id, reason)
   local jk = K.job(id)
-  local j = redis.call('HMGET', jk, 'user', 'strategy', 'started', 'streak', 'streak_since', 'restarts')
+  local j = redis.call('HMGET', jk, 'user', 'strategy', 'started', 'streak', 'streak_since', 'restarts',
+    'stop_mode')
   local user, strategy = j[1], j[2]
+  if j[7] then
+    -- A stop was requested and its node died before confirming: the user wants it stopped,
+    -- not restarted. Its positions are as of its last heartbeat.
+    end_job(id, user, 'stopped', { 'error', reason .. '; a stop was requested, so it is not restarted' })
+    return 'failed'
+  end
   local started = tonumber(j[3])
   local streak, since, total = tonumber(j[4]) or 0, tonumber(j[5]) or NOW, tonumber(j[6]) or 0
   if (started and NOW - started >= C.stable) or streak == 0 or NOW - since >= C.restart_window then

@@ -104,6 +104,15 @@ impl State {
         reason: String,
         now: u64,
     ) -> AfterFailure {
+        if let Some(e) = self.jobs.get_mut(job)
+            && e.record.stop_mode.is_some()
+        {
+            // A stop was requested and its node died before confirming: stopped, not restarted.
+            let why = format!("{reason}; a stop was requested, so it is not restarted");
+            e.record.error = Some(why.clone());
+            self.end(job, JobStatus::Stopped, now);
+            return AfterFailure::Fail(why);
+        }
         let Some(e) = self.jobs.get(job) else {
             return AfterFailure::Fail(reason);
         };
