@@ -88,12 +88,15 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(lines);
     let total: u64 = by_command.values().sum();
+    // deadpool checks a pooled connection with UNWATCH and PING pipelined: one round trip.
+    let round_trips = total - by_command.get("UNWATCH").copied().unwrap_or(0);
     let intervals = (seconds * 1000 / interval_ms) as f64;
     println!(
         "node commands over {seconds} s ({intervals} heartbeat intervals of {interval_ms} ms): {by_command:?}"
     );
     println!(
-        "round trips per heartbeat interval, all of the node's traffic: {:.2}",
+        "round trips per heartbeat interval, all of the node's traffic: {:.2} ({:.2} commands)",
+        round_trips as f64 / intervals,
         total as f64 / intervals
     );
     println!(
