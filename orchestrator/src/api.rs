@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet::catalog::{self, check_id};
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, Path};
 
 /// What every handler shares: the store, the queue, the credentials cipher and the settings.
 #[derive(Debug)]

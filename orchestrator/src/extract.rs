@@ -1,9 +1,11 @@
 //! Request extractors that refuse bad input with an [`ApiError`] naming the field.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -46,8 +48,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = inner.to_string();
         // A missing field is named in serde's message, not in the path (an unknown one is in
         // both).
+        // So is a duplicate one (`{"workerId": .., "jobId": ..}`, an alias of it).
         let missing = message
             .strip_prefix("missing field `")
+            .or_else(|| message.strip_prefix("duplicate field `"))
             .and_then(|rest| rest.split('`').next());
         let syntax = inner.is_syntax() || inner.is_eof();
         let field = match (path.as_str(), missing) {
@@ -64,6 +68,48 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::invalid(field, message)
     })
+}
+
+/// Path parameters. Unlike `axum::extract::Path`, a refusal (a parameter that is not UTF-8 once
+/// percent-decoded) is a JSON error naming the parameter (`jobId`), not a plain-text 400.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => camel_case(key),
+                    _ => "path".to_owned(),
+                };
+                Err(ApiError::invalid(field, e.body_text()))
+            }
+            Err(other) => Err(ApiError::invalid("path", other.body_text())),
+        }
+    }
+}
+
+/// `job_id` (the router's name) as the API spells it: `jobId`.
+fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -93,5 +139,44 @@ mod tests {
         assert!(
             matches!(parse::<StartRunnerRequest>(b"{nope"), Err(ApiError::Invalid { field, .. }) if field == "body")
         );
+    }
+
+    #[test]
+    fn a_duplicate_field_is_named() {
+        let body = br#"{"userId": "u", "workerId": "a", "jobId": "b"}"#;
+        assert!(matches!(
+            parse::<crate::api::StopBody>(body),
+            Err(ApiError::Invalid { field, .. }) if field == "workerId"
+        ));
+        let body = br#"{"userId": "u", "credentials": {"apiKey": "k", "apiKey": "k"}}"#;
+        assert!(matches!(
+            parse::<StartRunnerRequest>(body),
+            Err(ApiError::Invalid { field, .. }) if field == "credentials.apiKey"
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_path_parameter_that_is_not_utf8_is_named() {
+        use axum::Router;
+        use axum::body::Body;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        async fn handler(Path(job): Path<String>) -> String {
+            job
+        }
+        let app = Router::new().route("/v1/runners/{job_id}", get(handler));
+        let req = Request::get("/v1/runners/%FF").body(Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE].to_str().unwrap(),
+            "application/json"
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["error"]["field"], "jobId", "{body}");
+        assert_eq!(camel_case("user_id"), "userId");
     }
 }
