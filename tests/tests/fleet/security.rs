@@ -14,7 +14,7 @@ async fn concurrent_starts_through_two_orchestrators_never_exceed_a_limit() {
     fleet.cleanup().await;
     let (_a, api_a) = fleet.orchestrator("orchestrator-a").await;
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 10;
     const STARTS: usize = 200;
     for round in 0..ROUNDS {
         let (free, basic) = (format!("free-{round}"), format!("basic-{round}"));
