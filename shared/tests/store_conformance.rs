@@ -138,6 +138,15 @@ async fn claim_one<S: FleetStore>(s: &S, n: &str, job: &JobId) -> u64 {
     }
 }
 
+/// A run that ended by crashing (panicked or erred), as a node reports it.
+fn crashed(error: &str) -> RunEnd {
+    RunEnd {
+        error: Some(error.into()),
+        flattened_positions: None,
+        ..end(JobStatus::Crashed)
+    }
+}
+
 fn end(status: JobStatus) -> RunEnd {
     RunEnd {
         account: None,
@@ -547,14 +556,7 @@ async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore
     let a = spec_for("ivan", "panicky");
     s.admit(&a).await.unwrap();
     let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
-    let crash = RunEnd {
-        status: JobStatus::Crashed,
-        error: Some("runner panicked: boom".into()),
-        flattened_positions: None,
-        positions: vec![],
-        stats: Default::default(),
-        account: None,
-    };
+    let crash = crashed("runner panicked: boom");
     assert!(
         s.finish(&NodeId::new("n1"), &a, epoch, crash)
             .await
@@ -569,14 +571,7 @@ async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore
     let b = spec_for("ivan2", "panicky");
     s.admit(&b).await.unwrap();
     let epoch = claim_for(&s, "n1", &b.id, 30_000).await;
-    let crash = RunEnd {
-        status: JobStatus::Crashed,
-        error: Some("x".into()),
-        flattened_positions: None,
-        positions: vec![],
-        stats: Default::default(),
-        account: None,
-    };
+    let crash = crashed("x");
     s.finish(&NodeId::new("n1"), &b, epoch, crash)
         .await
         .unwrap();
@@ -591,14 +586,6 @@ async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore
 
 async fn the_breaker_opens_refuses_starts_and_a_trial_closes_it<S: FleetStore>(s: S) {
     s.subscribe(&UserId::new("jo"), Tier::Pro, 1).await.unwrap();
-    let crash = || RunEnd {
-        status: JobStatus::Crashed,
-        error: Some("boom".into()),
-        flattened_positions: None,
-        positions: vec![],
-        stats: Default::default(),
-        account: None,
-    };
     let mut failed = None;
     for _ in 0..3 {
         let j = spec_for("jo", "fragile");
@@ -607,7 +594,7 @@ async fn the_breaker_opens_refuses_starts_and_a_trial_closes_it<S: FleetStore>(s
             Admission::Admitted { .. }
         ));
         let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
-        s.finish(&NodeId::new("n1"), &j, epoch, crash())
+        s.finish(&NodeId::new("n1"), &j, epoch, crashed("boom"))
             .await
             .unwrap();
         failed = Some(j.id);
@@ -671,14 +658,7 @@ async fn a_user_above_their_tier_after_a_downgrade_is_not_restarted<S: FleetStor
     s.admit(&b).await.unwrap();
     let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
     s.subscribe(&user, Tier::Free, 1).await.unwrap();
-    let crash = RunEnd {
-        status: JobStatus::Crashed,
-        error: Some("boom".into()),
-        flattened_positions: None,
-        positions: vec![],
-        stats: Default::default(),
-        account: None,
-    };
+    let crash = crashed("boom");
     s.finish(&NodeId::new("n1"), &a, epoch, crash)
         .await
         .unwrap();
