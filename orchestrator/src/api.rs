@@ -14,6 +14,7 @@ use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
+use runfleet::lifecycle::poll_until;
 use runfleet::queue::JobQueue;
 use runfleet::store::{Admission, FleetStore, StopRequest};
 use runfleet::tier::{Subscription, Tier};
@@ -293,26 +294,25 @@ fn flatten_failed(r: &JobRecord) -> Response {
     (StatusCode::BAD_GATEWAY, Json(body)).into_response()
 }
 
-/// Polls a job's record until it has ended or `wait` passes.
+/// Polls a job's record until it has ended or `wait` passes (a store failure ends the wait
+/// with that error).
 async fn wait_until_ended<S: FleetStore>(
     store: &S,
     job: &JobId,
     wait: Duration,
 ) -> Result<Option<JobRecord>, ApiError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut every = Duration::from_millis(20);
-    loop {
-        if let Some(r) = store.job(job).await?
-            && r.status != JobStatus::Running
-        {
-            return Ok(Some(r));
-        }
-        if tokio::time::Instant::now() + every > deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(every).await;
-        every = (every * 2).min(Duration::from_millis(250));
-    }
+    let seen = std::sync::Mutex::new(Ok(None));
+    poll_until(Duration::from_millis(50), wait, || async {
+        let read = store
+            .job(job)
+            .await
+            .map(|r| r.filter(|r| r.status != JobStatus::Running));
+        let done = !matches!(read, Ok(None));
+        *seen.lock().unwrap_or_else(|p| p.into_inner()) = read;
+        done
+    })
+    .await;
+    Ok(seen.into_inner().unwrap_or_else(|p| p.into_inner())?)
 }
 
 /// A runner as the status call shows it: `{worker, positions, stats}`.

@@ -5,6 +5,7 @@
 //! The orchestrator and worker-node binaries are thin layers over this crate.
 
 pub mod backend;
+pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod crypto;

@@ -92,6 +92,9 @@ impl TierLimits {
     }
 }
 
+/// A day in milliseconds.
+pub const DAY_MS: u64 = 24 * 3600 * 1000;
+
 /// A user's stored subscription: a tier until a moment in store time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -103,6 +106,14 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// `tier` for `days` from `now_ms` (store clock).
+    pub fn for_days(tier: Tier, now_ms: u64, days: u32) -> Self {
+        Self {
+            tier,
+            expires_at_ms: now_ms + u64::from(days) * DAY_MS,
+        }
+    }
+
     /// The tier in force at `now_ms`: the subscribed tier until it expires, then free.
     pub fn effective_tier(subscription: Option<&Subscription>, now_ms: u64) -> Tier {
         match subscription {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use runfleet::backoff::Backoff;
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::{JobId, NodeId};
@@ -117,19 +118,9 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Exponential backoff for retrying store and queue calls: 100 ms doubling to 5 s.
-#[derive(Debug, Default)]
-struct Backoff(u32);
-
-impl Backoff {
-    async fn wait(&mut self) {
-        let ms = (100u64 << self.0.min(6)).min(5_000);
-        self.0 += 1;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    fn reset(&mut self) {
-        self.0 = 0;
-    }
+/// Retry delays for store and queue calls: 100 ms doubling to 5 s.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
@@ -247,7 +238,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     async fn claim_loop(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         while !shutdown.is_cancelled() {
             let first = tokio::select! {
                 permit = inner.slots.clone().acquire_owned() => match permit {
@@ -476,7 +467,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     async fn finish(&self, owner: &NodeId, spec: &JobSpec, epoch: u64, end: RunEnd) {
         let inner = &self.inner;
         let give_up = tokio::time::Instant::now() + inner.config.lease;
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         loop {
             match inner.store.finish(owner, spec, epoch, end.clone()).await {
                 Ok(true) => return,
@@ -581,7 +572,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     async fn command_loop(self, shutdown: CancellationToken) {
         let inner = &self.inner;
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         while !shutdown.is_cancelled() {
             let id = self.id();
             let next = tokio::select! {

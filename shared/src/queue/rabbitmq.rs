@@ -190,11 +190,11 @@ impl RabbitMqQueue {
 
     fn backoff(&self, failures: u32) -> Duration {
         let s = &self.inner.settings;
-        let ms = s
-            .reconnect_min_ms
-            .saturating_mul(1 << failures.saturating_sub(1).min(16))
-            .min(s.reconnect_max_ms);
-        Duration::from_millis(ms)
+        crate::backoff::delay(
+            Duration::from_millis(s.reconnect_min_ms),
+            Duration::from_millis(s.reconnect_max_ms),
+            failures,
+        )
     }
 
     /// The live connection, reconnecting (after the backoff delay) if it was lost. Fails when

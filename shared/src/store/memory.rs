@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetPolicy,
+    JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError,
+    Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -651,10 +651,7 @@ impl Subscriptions for MemoryStore {
         tier: Tier,
         days: u32,
     ) -> Result<Subscription, StoreError> {
-        let sub = Subscription {
-            tier,
-            expires_at_ms: self.now() + u64::from(days) * DAY_MS,
-        };
+        let sub = Subscription::for_days(tier, self.now(), days);
         self.lock().subscriptions.insert(user.clone(), sub);
         Ok(sub)
     }

@@ -430,5 +430,3 @@ pub const SCRIPT_PRELUDE: &str = include_str!("../scripts/lib.lua");
 
 /// How long a finished job's record is kept for the status call.
 pub const FINISHED_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-const DAY_MS: u64 = 24 * 3600 * 1000;

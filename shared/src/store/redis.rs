@@ -8,9 +8,9 @@ use std::time::Duration;
 use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, DAY_MS, FINISHED_RETENTION,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetPolicy,
+    JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError,
+    Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -600,10 +600,7 @@ impl Subscriptions for RedisStore {
         tier: Tier,
         days: u32,
     ) -> Result<Subscription, StoreError> {
-        let sub = Subscription {
-            tier,
-            expires_at_ms: self.now_ms().await? + u64::from(days) * DAY_MS,
-        };
+        let sub = Subscription::for_days(tier, self.now_ms().await?, days);
         let () = ::redis::cmd("HSET")
             .arg(self.keys.subscription(user))
             .arg("tier")
