@@ -9,9 +9,10 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use runfleet::catalog::{self, check_id};
+use runfleet::catalog::{self, SYSTEM_USER, check_id, check_user_id};
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
+use runfleet::dispatch::dispatch;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
 use runfleet::lifecycle::poll_until;
@@ -50,7 +51,7 @@ impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
 }
 
 fn user_id(raw: &str) -> Result<UserId, ApiError> {
-    check_id("userId", raw, 128).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    check_user_id("userId", raw).map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(UserId::new(raw))
 }
 
@@ -71,9 +72,10 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
 pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
-    JsonBody(req): JsonBody<StartRunnerRequest>,
+    JsonBody(mut req): JsonBody<StartRunnerRequest>,
 ) -> Result<Response, ApiError> {
     caller.act_for(&req.user_id)?;
+    catalog::apply_defaults(&mut req.config);
     let options = catalog::ValidationOptions {
         allow_test_strategies: app.settings.testing.test_strategies,
     };
@@ -121,15 +123,21 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
                 retry_after_ms,
             });
         }
+        Admission::Invalid { reason } => {
+            // The request was validated above, so the store disagreeing is a defect here.
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "admission refused a validated spec: {reason}"
+            )));
+        }
     };
-    if let Err(e) = app.queue.enqueue(std::slice::from_ref(&id)).await {
+    if let Err(e) = dispatch(&app.store, &app.queue, std::slice::from_ref(&id)).await {
         // Undo the admission so the slot is not held by a job that will never run.
         if let Err(undo) = app.store.forget(&id, &spec.user_id).await {
             tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
         }
         return Err(e.into());
     }
-    tracing::info!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
+    tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
     let body = json!({
         "success": true,
         "jobId": id,
@@ -330,12 +338,17 @@ fn runner_view(r: &JobRecord) -> Value {
     json!({ "worker": worker, "positions": positions, "stats": stats })
 }
 
-/// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners.
+/// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners; for
+/// the user id `system` (admin only), the fleet-wide counts.
 pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
     Path(raw_user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    if raw_user == SYSTEM_USER {
+        caller.admin()?;
+        return fleet_status(&app).await;
+    }
     let user = user_id(&raw_user)?;
     caller.act_for(&user)?;
     let jobs = app.store.user_jobs(&user).await?;
@@ -350,6 +363,29 @@ pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
             "totalWorkers": jobs.len(),
             "failedJobs": count(JobStatus::Failed),
         },
+    })))
+}
+
+/// The seed's `getStatus({userId: 'system'})`: fleet-wide load, the same from every
+/// orchestrator (read from the store, not from this process).
+async fn fleet_status<S: FleetStore, Q: JobQueue + Clone>(
+    app: &AppState<S, Q>,
+) -> Result<Json<Value>, ApiError> {
+    let counts = app.store.fleet_counts().await?;
+    let nodes = app.store.nodes().await?;
+    let capacity: u64 = nodes.iter().map(|n| u64::from(n.capacity)).sum();
+    let held: u64 = nodes.iter().map(|n| u64::from(n.runners)).sum();
+    Ok(Json(json!({
+        "success": true,
+        "userId": SYSTEM_USER,
+        "workers": [],
+        "queueStats": {
+            "queuedJobs": counts.queued,
+            "runningWorkers": counts.running,
+            "totalWorkers": counts.active,
+            "restartingJobs": counts.restarting,
+        },
+        "nodes": { "alive": nodes.len(), "capacity": capacity, "runners": held },
     })))
 }
 

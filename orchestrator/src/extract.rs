@@ -39,9 +39,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Parses JSON, reporting the path of the first bad field.
+/// Parses JSON, reporting the path of the first bad field. Anything but white space after the
+/// JSON value (`{...}xyz`) is refused: the body is not valid JSON.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = deserialize(de)?;
+    de.end().map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("body is not valid JSON: trailing characters ({e})"),
+        )
+    })?;
+    Ok(value)
+}
+
+fn deserialize<'de, T: DeserializeOwned>(
+    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner();
@@ -139,6 +153,18 @@ mod tests {
         assert!(
             matches!(parse::<StartRunnerRequest>(b"{nope"), Err(ApiError::Invalid { field, .. }) if field == "body")
         );
+    }
+
+    #[test]
+    fn trailing_characters_after_the_json_value_are_refused() {
+        let body = br#"{"userId": "u", "mode": "hold"}xyz"#;
+        assert!(matches!(
+            parse::<crate::api::StopBody>(body),
+            Err(ApiError::Invalid { field, message }) if field == "body" && message.contains("trailing")
+        ));
+        let body = br#"{"userId": "u"} {"userId": "v"}"#;
+        assert!(parse::<crate::api::StopBody>(body).is_err());
+        assert!(parse::<crate::api::StopBody>(b" {\"userId\": \"u\"} \n").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod seed;
 pub mod sweeper;
 
 use std::time::Duration;
@@ -45,10 +46,14 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
             "/v1/users/{user_id}/keys/{key_id}",
             delete(api::revoke_key::<S, Q>),
         )
-        // The seed's routes, kept for clients written against it.
-        .route("/runner/start", post(api::start::<S, Q>))
-        .route("/runner/stop", post(api::stop_compat::<S, Q>))
-        .route("/runner/status", get(api::status_compat::<S, Q>))
+        // The seed's routes, kept for clients written against it, in the seed's shapes.
+        .merge(
+            Router::new()
+                .route("/runner/start", post(api::start::<S, Q>))
+                .route("/runner/stop", post(api::stop_compat::<S, Q>))
+                .route("/runner/status", get(api::status_compat::<S, Q>))
+                .route_layer(axum::middleware::from_fn(seed::seed_shapes)),
+        )
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,11 +1,13 @@
 //! The orchestrators' share of reliability, run as a ticker every `sweep.interval_ms`: the
-//! crash sweep (one orchestrator per interval takes it), restarts whose delay has passed, and
-//! recovery of claims held by dead nodes.
+//! crash sweep (one orchestrator per interval takes it), restarts whose delay has passed,
+//! queued jobs whose publish was never confirmed (an orchestrator died mid-start), and recovery
+//! of claims held by dead nodes.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use runfleet::config::SweepSettings;
+use runfleet::dispatch::dispatch;
 use runfleet::ids::NodeId;
 use runfleet::queue::{JobQueue, QueueError};
 use runfleet::store::{FleetStore, StoreError};
@@ -21,11 +23,9 @@ pub enum SweepError {
     Queue(#[from] QueueError),
 }
 
-/// How long a restart whose enqueue failed waits before it is tried again.
-const RETRY_ENQUEUE: Duration = Duration::from_secs(1);
-
-/// One tick: sweep expired leases (if this process takes the guard), enqueue due restarts, and
-/// give dead nodes' unacknowledged claims back to the queue.
+/// One tick: sweep expired leases (if this process takes the guard), dispatch due restarts and
+/// queued jobs whose publish was not confirmed in time, and give dead nodes' unacknowledged
+/// claims back to the queue. A publish that fails now is tried again by a later tick.
 pub async fn tick<S: FleetStore, Q: JobQueue>(
     store: &S,
     queue: &Q,
@@ -44,11 +44,17 @@ pub async fn tick<S: FleetStore, Q: JobQueue>(
     }
     let due = store.due_restarts(settings.batch).await?;
     if !due.is_empty() {
-        if let Err(e) = queue.enqueue(&due).await {
-            store.defer(&due, RETRY_ENQUEUE).await?;
-            return Err(e.into());
-        }
+        dispatch(store, queue, &due).await?;
         tracing::info!(jobs = due.len(), "crashed runners queued for restart");
+    }
+    let requeue_after = Duration::from_millis(settings.requeue_after_ms);
+    let unconfirmed = store.unconfirmed(requeue_after, settings.batch).await?;
+    if !unconfirmed.is_empty() {
+        tracing::warn!(
+            jobs = unconfirmed.len(),
+            "queued jobs whose publish was never confirmed: publishing them again"
+        );
+        dispatch(store, queue, &unconfirmed).await?;
     }
     let claimers = queue.claimers().await?;
     if !claimers.is_empty() {

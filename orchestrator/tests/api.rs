@@ -114,20 +114,16 @@ async fn a_free_user_gets_one_runner_and_a_clear_refusal_for_the_second() {
     assert!(r.body["jobId"].as_str().unwrap().starts_with("job-"));
     assert_eq!(t.queue.depth().await.unwrap(), 1);
 
+    // The seed's route, in the seed's shape: `error` is the message (`toContain('limit')`).
     let r = admin(&t.router, "POST", "/runner/start", Some(start_body("u1"))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert_eq!(r.body["success"], false);
-    assert_eq!(r.body["error"]["code"], "runner_limit_reached");
-    assert!(
-        r.body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("limit")
-    );
+    assert_eq!(r.body["code"], "runner_limit_reached");
+    assert!(r.body["error"].as_str().unwrap().contains("limit"));
     assert_eq!(
         (
-            r.body["error"]["maxWorkers"].clone(),
-            r.body["error"]["currentWorkers"].clone()
+            r.body["maxWorkers"].clone(),
+            r.body["currentWorkers"].clone()
         ),
         (json!(1), json!(1))
     );
@@ -258,7 +254,7 @@ async fn malformed_requests_get_json_errors() {
     );
     let r = admin(&t.router, "GET", "/runner/status", None).await;
     assert_eq!(
-        (r.status, r.body["error"]["field"].clone()),
+        (r.status, r.body["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("userId"))
     );
 }
@@ -488,8 +484,13 @@ async fn every_request_needs_a_key_and_a_user_key_acts_only_for_its_user() {
         .await,
     ];
     for r in forbidden {
+        // `/v1` nests the code under `error`; the seed's routes put it beside the message.
+        let code = r.body["error"]
+            .get("code")
+            .unwrap_or(&r.body["code"])
+            .clone();
         assert_eq!(
-            (r.status, r.body["error"]["code"].clone()),
+            (r.status, code),
             (StatusCode::FORBIDDEN, json!("forbidden")),
             "{}",
             r.body
@@ -771,4 +772,92 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
             .status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+/// Issue 10: the seed's own test body (`config: {name, type}` only) is accepted and stored
+/// with the documented defaults.
+#[tokio::test]
+async fn the_seeds_minimal_start_runs_with_documented_defaults() {
+    let t = test_app(|_| {});
+    let body = json!({
+        "userId": "test-user", "strategyId": "test-strategy", "brokerId": "deribit",
+        "credentials": {"apiKey": "test", "apiSecret": "test"},
+        "config": {"name": "Test", "type": "scalping"},
+    });
+    let r = admin(&t.router, "POST", "/runner/start", Some(body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["success"], true);
+    let job = r.body["jobId"].as_str().unwrap();
+    let r = admin(&t.router, "GET", &format!("/v1/runners/{job}"), None).await;
+    let config = &r.body["worker"]["config"];
+    assert_eq!(config["instruments"], json!(["BTC-PERPETUAL"]));
+    assert_eq!(
+        config["parameters"],
+        json!({"rsiPeriod": 14, "timeframe": "1m"})
+    );
+    assert!(config.get("riskManagement").is_none());
+}
+
+/// Issue 10: a JSON value followed by anything is not valid JSON; nothing is written.
+#[tokio::test]
+async fn a_body_with_trailing_characters_is_refused() {
+    let t = test_app(|_| {});
+    let body = format!("{}xyz", start_body("u1"));
+    let req = Request::post("/v1/runners")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::from(body))
+        .unwrap();
+    let resp = t.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["field"], "body", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("trailing"));
+    assert_eq!(t.queue.depth().await.unwrap(), 0, "nothing queued");
+    assert!(
+        t.store
+            .user_jobs(&UserId::new("u1"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Issue 10: the seed's `getStatus({userId: 'system'})` is the fleet-wide load, for the admin
+/// only; `system` can be no real user.
+#[tokio::test]
+async fn the_status_of_system_is_fleet_wide_and_system_is_no_user() {
+    let t = test_app(|s| s.tiers.free = 2);
+    for user in ["u1", "u2", "u2"] {
+        let r = admin(&t.router, "POST", "/v1/runners", Some(start_body(user))).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    }
+    let r = admin(&t.router, "GET", "/runner/status?userId=system", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["queueStats"]["queuedJobs"], 3);
+    assert_eq!(r.body["queueStats"]["runningWorkers"], 0);
+    assert_eq!(r.body["queueStats"]["totalWorkers"], 3);
+    let r = admin(&t.router, "GET", "/v1/users/system/runners", None).await;
+    assert_eq!(r.body["queueStats"]["queuedJobs"], 3, "{}", r.body);
+
+    let key = user_key(&t.router, "u1").await;
+    let r = call(
+        &t.router,
+        "GET",
+        "/v1/users/system/runners",
+        None,
+        Some(&key),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = admin(&t.router, "POST", "/v1/runners", Some(start_body("system"))).await;
+    assert_eq!(
+        (r.status, r.body["error"]["field"].clone()),
+        (StatusCode::BAD_REQUEST, json!("userId")),
+        "{}",
+        r.body
+    );
+    let r = admin(&t.router, "POST", "/v1/users/system/keys", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
 }

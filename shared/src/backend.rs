@@ -6,10 +6,22 @@ use crate::queue::{RabbitMqQueue, RedisQueue};
 use crate::redis_pool::{RedisError, RedisPools};
 use crate::store::{FleetPolicy, RedisStore};
 
-/// Opens the Redis store and Redis queue of `settings`. Succeeds while Redis is down (the
-/// connections open lazily and callers retry); logs a warning when Redis is unreachable or its
-/// `maxmemory-policy` could evict leases.
+/// Opens the Redis store and Redis queue of `settings`. The store queues jobs onto the queue's
+/// ready list itself, in the same script that makes them queued. Succeeds while Redis is down
+/// (the connections open lazily and callers retry); logs a warning when Redis is unreachable or
+/// its `maxmemory-policy` could evict leases.
 pub async fn open_redis(settings: &Settings) -> Result<(RedisStore, RedisQueue), RedisError> {
+    let (store, pools) = open_store(settings).await?;
+    let keys = store.keys().clone();
+    let store = store.queuing_into(keys.ready(&settings.queue.name));
+    Ok((
+        store,
+        RedisQueue::new(pools, keys, settings.queue.name.clone()),
+    ))
+}
+
+/// The Redis store alone, leaving the publishing of queued jobs to the caller.
+async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), RedisError> {
     let pools = RedisPools::new(&settings.redis)?;
     match pools.check().await {
         Ok(Some(policy)) => tracing::warn!(
@@ -20,15 +32,8 @@ pub async fn open_redis(settings: &Settings) -> Result<(RedisStore, RedisQueue),
         Err(e) => tracing::warn!(error = %e, "redis is not reachable yet; retrying until it is"),
     }
     let keys = Keys::new(settings.redis.key_prefix.clone());
-    let store = RedisStore::new(
-        pools.clone(),
-        keys.clone(),
-        FleetPolicy::from_settings(settings),
-    );
-    Ok((
-        store,
-        RedisQueue::new(pools, keys, settings.queue.name.clone()),
-    ))
+    let store = RedisStore::new(pools.clone(), keys, FleetPolicy::from_settings(settings));
+    Ok((store, pools))
 }
 
 /// Why a backend could not be opened.
@@ -49,7 +54,7 @@ pub enum BackendError {
 pub async fn open_rabbitmq(
     settings: &Settings,
 ) -> Result<(RedisStore, RabbitMqQueue), BackendError> {
-    let (store, _) = open_redis(settings).await?;
+    let (store, _) = open_store(settings).await?;
     let queue = RabbitMqQueue::new(&settings.rabbitmq, settings.queue.name.clone())?;
     if let Err(e) = queue.connect().await {
         tracing::warn!(error = %e, "rabbitmq is not reachable yet; retrying until it is");

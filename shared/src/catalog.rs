@@ -191,6 +191,8 @@ pub struct StrategyKind {
     pub name: &'static str,
     /// Its parameters.
     pub params: &'static [Param],
+    /// What it trades when the start request names no instrument.
+    pub default_instruments: &'static [&'static str],
     /// Only for fault tests: refused unless validation allows test strategies.
     pub test_only: bool,
 }
@@ -237,6 +239,7 @@ pub const STRATEGIES: &[StrategyKind] = &[
             },
             TIMEFRAME,
         ],
+        default_instruments: &["BTC-PERPETUAL"],
         test_only: false,
     },
     StrategyKind {
@@ -256,6 +259,7 @@ pub const STRATEGIES: &[StrategyKind] = &[
             },
             TIMEFRAME,
         ],
+        default_instruments: &["BTC-PERPETUAL"],
         test_only: false,
     },
     StrategyKind {
@@ -266,9 +270,37 @@ pub const STRATEGIES: &[StrategyKind] = &[
             max: 100_000,
             default: Some(0),
         }],
+        default_instruments: &["BTC-PERPETUAL"],
         test_only: true,
     },
 ];
+
+/// Fills in what a start request may leave out, so that the stored job says exactly what runs:
+/// `instruments` absent or empty becomes the strategy kind's default instruments, and every
+/// parameter with a default that is absent gets it. `riskManagement` absent stays absent,
+/// which the runtime reads as positions of at most one amount step and no stop-loss or
+/// take-profit (docs/api.md). An unknown `type` is left for validation to refuse.
+pub fn apply_defaults(config: &mut crate::job::StrategyConfig) {
+    let Some(kind) = strategy(&config.kind) else {
+        return;
+    };
+    if config.instruments.is_empty() {
+        config.instruments = kind
+            .default_instruments
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    }
+    for p in kind.params {
+        let default = match p {
+            Param::Int { default, .. } => default.map(Value::from),
+            Param::Choice { default, .. } => default.map(Value::from),
+        };
+        if let Some(d) = default {
+            config.parameters.entry(p.name()).or_insert(d);
+        }
+    }
+}
 
 /// Looks a strategy kind up by `config.type` (test-only kinds included).
 pub fn strategy(name: &str) -> Option<&'static StrategyKind> {
@@ -337,6 +369,23 @@ pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), FieldError> 
     Ok(())
 }
 
+/// The user id the fleet-wide status is asked for (`GET /v1/users/system/runners`, admin
+/// only, as the seed's `getStatus({userId: 'system'})`); no real user may have it.
+pub const SYSTEM_USER: &str = "system";
+
+/// Checks a user id: an id ([`check_id`], at most 128 characters) that is not
+/// [`SYSTEM_USER`].
+pub fn check_user_id(field: &str, value: &str) -> Result<(), FieldError> {
+    check_id(field, value, 128)?;
+    if value == SYSTEM_USER {
+        return refuse(
+            field,
+            "`system` is reserved for the fleet-wide status and cannot be a user",
+        );
+    }
+    Ok(())
+}
+
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.trim().is_empty() || value.chars().count() > max {
         return refuse(field, format!("must be 1 to {max} characters"));
@@ -376,7 +425,7 @@ pub fn validate_start_with(
     req: &StartRunnerRequest,
     options: ValidationOptions,
 ) -> Result<(), FieldError> {
-    check_id("userId", req.user_id.as_str(), 128)?;
+    check_user_id("userId", req.user_id.as_str())?;
     check_id("strategyId", req.strategy_id.as_str(), 128)?;
     if !BROKERS.contains(&req.broker_id.as_str()) {
         return refuse("brokerId", format!("must be one of {}", BROKERS.join(", ")));

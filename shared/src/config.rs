@@ -105,6 +105,9 @@ pub struct RestartSettings {
     pub max_delay_ms: u64,
     /// A run this long resets the restart count.
     pub stable_ms: u64,
+    /// Restarts allowed within `window_ms` after the job's node died (its lease expired);
+    /// counted apart from `max_restarts` and never against the strategy's breaker.
+    pub max_node_losses: u32,
 }
 
 impl Default for RestartSettings {
@@ -115,6 +118,7 @@ impl Default for RestartSettings {
             base_delay_ms: 1_000,
             max_delay_ms: 60_000,
             stable_ms: 600_000,
+            max_node_losses: 10,
         }
     }
 }
@@ -152,6 +156,10 @@ pub struct SweepSettings {
     pub interval_ms: u64,
     /// Expired leases handled per sweep at most (the rest wait for the next one).
     pub batch: u32,
+    /// A queued job whose enqueue a queue outside Redis (RabbitMQ) has not confirmed for this
+    /// long is published again by the sweep: its orchestrator died between admission and
+    /// publish, or the publish failed. Duplicates are dropped at claim.
+    pub requeue_after_ms: u64,
 }
 
 impl Default for SweepSettings {
@@ -159,6 +167,7 @@ impl Default for SweepSettings {
         Self {
             interval_ms: 5_000,
             batch: 1_000,
+            requeue_after_ms: 10_000,
         }
     }
 }

@@ -384,16 +384,42 @@ impl JobRecord {
     /// A freshly admitted job's record.
     pub fn queued(spec: &JobSpec, now_ms: u64) -> Self {
         Self {
-            job_id: spec.id.clone(),
-            user_id: spec.user_id.clone(),
-            strategy_id: spec.strategy_id.clone(),
-            broker_id: spec.broker_id.clone(),
             config: spec.config.clone(),
+            broker_id: spec.broker_id.clone(),
+            ..Self::unreadable(
+                spec.id.clone(),
+                spec.user_id.clone(),
+                spec.strategy_id.clone(),
+                now_ms,
+            )
+        }
+    }
+
+    /// The record of a job whose stored spec cannot be read: what the store knows besides it,
+    /// with an empty configuration.
+    pub fn unreadable(
+        job_id: JobId,
+        user_id: UserId,
+        strategy_id: StrategyId,
+        created_at: u64,
+    ) -> Self {
+        Self {
+            job_id,
+            user_id,
+            strategy_id,
+            broker_id: BrokerId::new(""),
+            config: StrategyConfig {
+                name: String::new(),
+                kind: String::new(),
+                parameters: serde_json::Map::new(),
+                risk_management: None,
+                instruments: Vec::new(),
+            },
             status: JobStatus::Queued,
             node_id: None,
             epoch: 0,
             restarts: 0,
-            created_at: now_ms,
+            created_at,
             started_at: None,
             ended_at: None,
             last_heartbeat_at: None,

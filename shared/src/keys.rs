@@ -2,8 +2,36 @@
 //!
 //! All keys start with a configurable prefix (default `runfleet`), so several fleets, or many
 //! parallel tests, can share one Redis. Key names use `:` separators.
+//!
+//! Ids come from users (user ids, strategy ids) and may contain `:`, so every part of a key is
+//! [escaped](escape) before it is joined: `%`, `:`, `{` and `}` become `%25`, `%3A`, `%7B` and
+//! `%7D`. A part then never contains the separator, so splitting a key on `:` gives back its
+//! parts, and two different id tuples can never name the same key (user `eve` with strategy
+//! `x:s` and user `eve:x` with strategy `s` have different breakers). Ids without those
+//! characters appear unchanged. `lib.lua` escapes the same way (a test checks they agree), and
+//! no part can open a Redis Cluster hash tag.
 
-use crate::ids::{JobId, NodeId, UserId};
+use std::borrow::Cow;
+
+use crate::ids::{JobId, NodeId, StrategyId, UserId};
+
+/// One key part, escaped so that it contains none of `%`, `:`, `{`, `}` (see the module docs).
+pub fn escape(part: &str) -> Cow<'_, str> {
+    if !part.contains(['%', ':', '{', '}']) {
+        return Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Builds the Redis key names for one fleet (one prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +56,7 @@ impl Keys {
         let mut k = self.prefix.clone();
         for p in parts {
             k.push(':');
-            k.push_str(p);
+            k.push_str(&escape(p));
         }
         k
     }
@@ -117,6 +145,27 @@ impl Keys {
     pub fn nodes(&self) -> String {
         self.key(&["nodes"])
     }
+
+    /// Hash with the circuit breaker of one user strategy (`state`, `until`, `trial`).
+    pub fn breaker(&self, user: &UserId, strategy: &StrategyId) -> String {
+        self.key(&["breaker", user.as_str(), strategy.as_str()])
+    }
+
+    /// Sorted set of the recent failures counted by a closed breaker.
+    pub fn breaker_failures(&self, user: &UserId, strategy: &StrategyId) -> String {
+        self.key(&["breaker", user.as_str(), strategy.as_str(), "failures"])
+    }
+
+    /// Sorted set of queued job ids whose enqueue is not yet confirmed, by when they became
+    /// queued (queue backends outside Redis; the sweep publishes them again when it lasts).
+    pub fn pending(&self) -> String {
+        self.key(&["pending"])
+    }
+
+    /// Sorted set of crashed job ids waiting for their restart, by due time.
+    pub fn delayed(&self) -> String {
+        self.key(&["delayed"])
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +182,78 @@ mod tests {
             k.processing("jobs", &NodeId::new("n1")),
             "t1:queue:jobs:processing:n1"
         );
+    }
+
+    #[test]
+    fn ids_without_special_characters_are_unchanged_and_others_escaped() {
+        assert_eq!(escape("user-123_a.b@c"), "user-123_a.b@c");
+        assert_eq!(escape("a:b%c{d}"), "a%3Ab%25c%7Bd%7D");
+        let k = Keys::new("P");
+        assert_eq!(
+            k.breaker(&UserId::new("eve"), &StrategyId::new("x:s")),
+            "P:breaker:eve:x%3As"
+        );
+        assert_eq!(
+            k.breaker(&UserId::new("eve:x"), &StrategyId::new("s")),
+            "P:breaker:eve%3Ax:s"
+        );
+    }
+
+    mod injective {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Every key a tuple of ids names, tagged with the kind of key.
+        fn names(k: &Keys, user: &str, other: &str) -> Vec<String> {
+            let (u, j, n, s) = (
+                UserId::new(user),
+                JobId::new(other),
+                NodeId::new(other),
+                StrategyId::new(other),
+            );
+            vec![
+                k.job(&j),
+                k.heartbeat(&j),
+                k.user_jobs(&u),
+                k.user_active(&u),
+                k.subscription(&u),
+                k.user_keys(&u),
+                k.commands(&n),
+                k.node_jobs(&n),
+                k.node(&n),
+                k.api_key(other),
+                k.processing("jobs", &n),
+                k.breaker(&u, &s),
+                k.breaker_failures(&u, &s),
+            ]
+        }
+
+        proptest! {
+            /// Two different (user, other id) pairs never share a key name, and no key of one
+            /// kind is a key of another kind, however the ids use the separator.
+            #[test]
+            fn key_names_are_injective(
+                a in "[a-z:%{}]{1,6}", b in "[a-z:%{}]{1,6}",
+                c in "[a-z:%{}]{1,6}", d in "[a-z:%{}]{1,6}",
+            ) {
+                let k = Keys::new("P");
+                let first = names(&k, &a, &b);
+                let second = names(&k, &c, &d);
+                for (i, x) in first.iter().enumerate() {
+                    for (j, y) in second.iter().enumerate() {
+                        if x == y {
+                            // Same name: same kind of key, and the ids it is built from agree.
+                            prop_assert_eq!(i, j);
+                            let user_keyed = [2, 3, 4, 5].contains(&i);
+                            let other_keyed = !user_keyed && i != 11 && i != 12;
+                            if user_keyed { prop_assert_eq!(&a, &c); }
+                            if other_keyed { prop_assert_eq!(&b, &d); }
+                            if i >= 11 { prop_assert!(a == c && b == d); }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod crypto;
+pub mod dispatch;
 pub mod ids;
 pub mod job;
 pub mod keys;

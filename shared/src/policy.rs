@@ -2,21 +2,49 @@
 //! strategy is cut off by its circuit breaker.
 //!
 //! The in-memory store applies these functions directly; the Redis store applies the same rules
-//! in `scripts/lib_policy.lua` (shared by the crash sweep and node-reported failures). The store
+//! in `scripts/lib.lua` (shared by the crash sweep and node-reported failures). The store
 //! conformance suite checks that both behave alike.
 
 use crate::config::{BreakerSettings, RestartSettings};
 use crate::ids::JobId;
 
-/// A job's restart bookkeeping.
+/// A job's restart bookkeeping. Restarts after the strategy's own failures and restarts after
+/// the loss of its node are counted apart: a node that dies is not the strategy's fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RestartCount {
-    /// Restarts within the current window.
+    /// Restarts after the strategy's own failures within the current window.
     pub streak: u32,
     /// When the current window began (ms).
     pub since: u64,
+    /// Restarts after node losses within the current node-loss window.
+    pub lost: u32,
+    /// When the current node-loss window began (ms).
+    pub lost_since: u64,
     /// Restarts ever.
     pub total: u32,
+}
+
+/// Why a run ended abnormally: decides which budget a restart draws from and whether the
+/// strategy's circuit breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The strategy panicked or returned an error: its own fault. Counts toward the breaker
+    /// and the `max_restarts` budget.
+    Crash,
+    /// The run's lease expired because its node died, hung or lost Redis: infrastructure, not
+    /// the strategy. Never counts toward the breaker; restarts draw from the separate
+    /// `max_node_losses` budget.
+    NodeLost,
+}
+
+impl FailureKind {
+    /// The kind's name as the Redis scripts take it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Crash => "crash",
+            FailureKind::NodeLost => "lost",
+        }
+    }
 }
 
 /// What happens to a run that failed.
@@ -41,13 +69,15 @@ pub struct Gates {
     pub breaker_open: bool,
 }
 
-/// Decides the fate of a failed run of a job that started at `started_at`, updating `count`.
+/// Decides the fate of a run of a job that started at `started_at` and failed as `kind`,
+/// updating `count`. Each kind has its own budget within `window_ms`; a stable run resets both.
 pub fn after_failure(
     settings: &RestartSettings,
     count: &mut RestartCount,
     started_at: Option<u64>,
     now: u64,
     gates: Gates,
+    kind: FailureKind,
     reason: &str,
 ) -> AfterFailure {
     // A stable run, or a window that has passed, forgives earlier restarts.
@@ -56,15 +86,23 @@ pub fn after_failure(
         count.streak = 0;
         count.since = now;
     }
+    if stable || count.lost == 0 || now.saturating_sub(count.lost_since) >= settings.window_ms {
+        count.lost = 0;
+        count.lost_since = now;
+    }
     if !gates.entitled {
         return AfterFailure::Fail(format!(
             "{reason}; not restarted: the user holds more runners than their tier allows"
         ));
     }
-    if count.streak >= settings.max_restarts {
+    let (streak, bound, what) = match kind {
+        FailureKind::Crash => (&mut count.streak, settings.max_restarts, "restarts"),
+        FailureKind::NodeLost => (&mut count.lost, settings.max_node_losses, "node losses"),
+    };
+    if *streak >= bound {
         return AfterFailure::Fail(format!(
-            "{reason}; not restarted: {} restarts within {} ms",
-            count.streak, settings.window_ms
+            "{reason}; not restarted: {} {what} within {} ms",
+            *streak, settings.window_ms
         ));
     }
     if gates.breaker_open {
@@ -74,9 +112,9 @@ pub fn after_failure(
     }
     let delay_ms = settings
         .base_delay_ms
-        .saturating_mul(1u64 << count.streak.min(32))
+        .saturating_mul(1u64 << (*streak).min(32))
         .min(settings.max_delay_ms);
-    count.streak += 1;
+    *streak += 1;
     count.total += 1;
     AfterFailure::Restart { delay_ms }
 }
@@ -127,6 +165,16 @@ impl Breaker {
             BreakerState::Closed => false,
             BreakerState::Open { until } => now < until,
             BreakerState::HalfOpen { .. } => true,
+        }
+    }
+
+    /// Whether it keeps `job` from restarting after a node loss (which is not counted): open
+    /// and cooling down, or half-open with another job's trial going.
+    pub fn blocks(&self, now: u64, job: &JobId) -> bool {
+        match &self.state {
+            BreakerState::Closed => false,
+            BreakerState::Open { until } => now < *until,
+            BreakerState::HalfOpen { trial } => trial != job,
         }
     }
 
@@ -198,6 +246,7 @@ mod tests {
             base_delay_ms: 1_000,
             max_delay_ms: 5_000,
             stable_ms: 30_000,
+            max_node_losses: 2,
         }
     }
 
@@ -224,6 +273,7 @@ mod tests {
                 Some(ms(origin)),
                 ms(origin),
                 OPEN_GATES,
+                FailureKind::Crash,
                 "crashed",
             ) {
                 AfterFailure::Restart { delay_ms } => delays.push(delay_ms),
@@ -237,6 +287,7 @@ mod tests {
             Some(ms(origin)),
             ms(origin),
             OPEN_GATES,
+            FailureKind::Crash,
             "crashed",
         );
         assert!(
@@ -254,12 +305,12 @@ mod tests {
         };
         let mut c = RestartCount::default();
         let delays: Vec<u64> = (0..5)
-            .map(
-                |_| match after_failure(&s, &mut c, None, 0, OPEN_GATES, "x") {
+            .map(|_| {
+                match after_failure(&s, &mut c, None, 0, OPEN_GATES, FailureKind::Crash, "x") {
                     AfterFailure::Restart { delay_ms } => delay_ms,
                     AfterFailure::Fail(r) => panic!("{r}"),
-                },
-            )
+                }
+            })
             .collect();
         assert_eq!(delays, [1_000, 2_000, 4_000, 5_000, 5_000]);
     }
@@ -269,25 +320,57 @@ mod tests {
         let origin = Instant::now();
         let (s, mut c) = (restart(), RestartCount::default());
         for _ in 0..3 {
-            after_failure(&s, &mut c, Some(ms(origin)), ms(origin), OPEN_GATES, "x");
+            after_failure(
+                &s,
+                &mut c,
+                Some(ms(origin)),
+                ms(origin),
+                OPEN_GATES,
+                FailureKind::Crash,
+                "x",
+            );
         }
         assert_eq!(c.streak, 3);
         tokio::time::advance(Duration::from_millis(s.window_ms)).await;
         let run_started = ms(origin) - 1;
         assert!(matches!(
-            after_failure(&s, &mut c, Some(run_started), ms(origin), OPEN_GATES, "x"),
+            after_failure(
+                &s,
+                &mut c,
+                Some(run_started),
+                ms(origin),
+                OPEN_GATES,
+                FailureKind::Crash,
+                "x"
+            ),
             AfterFailure::Restart { delay_ms: 1_000 }
         ));
         assert_eq!(c.streak, 1, "the window passed");
 
         for _ in 0..2 {
-            after_failure(&s, &mut c, Some(ms(origin)), ms(origin), OPEN_GATES, "x");
+            after_failure(
+                &s,
+                &mut c,
+                Some(ms(origin)),
+                ms(origin),
+                OPEN_GATES,
+                FailureKind::Crash,
+                "x",
+            );
         }
         assert_eq!(c.streak, 3);
         let run_started = ms(origin);
         tokio::time::advance(Duration::from_millis(s.stable_ms)).await;
         assert!(matches!(
-            after_failure(&s, &mut c, Some(run_started), ms(origin), OPEN_GATES, "x"),
+            after_failure(
+                &s,
+                &mut c,
+                Some(run_started),
+                ms(origin),
+                OPEN_GATES,
+                FailureKind::Crash,
+                "x"
+            ),
             AfterFailure::Restart { delay_ms: 1_000 }
         ));
         assert_eq!(
@@ -309,6 +392,7 @@ mod tests {
                 entitled: false,
                 breaker_open: false,
             },
+            FailureKind::Crash,
             "x",
         );
         assert!(matches!(not_entitled, AfterFailure::Fail(r) if r.contains("tier")));
@@ -321,9 +405,60 @@ mod tests {
                 entitled: true,
                 breaker_open: true,
             },
+            FailureKind::Crash,
             "x",
         );
         assert!(matches!(open, AfterFailure::Fail(r) if r.contains("circuit breaker")));
+    }
+
+    #[test]
+    fn node_losses_draw_from_their_own_budget() {
+        let s = restart(); // 3 restarts, 2 node losses
+        let mut c = RestartCount::default();
+        let lost = |c: &mut RestartCount| {
+            after_failure(
+                &s,
+                c,
+                Some(0),
+                10,
+                OPEN_GATES,
+                FailureKind::NodeLost,
+                "lost",
+            )
+        };
+        let crash = |c: &mut RestartCount| {
+            after_failure(&s, c, Some(0), 10, OPEN_GATES, FailureKind::Crash, "boom")
+        };
+        assert_eq!(lost(&mut c), AfterFailure::Restart { delay_ms: 1_000 });
+        assert_eq!(lost(&mut c), AfterFailure::Restart { delay_ms: 2_000 });
+        // Two node losses leave the strategy's own budget untouched...
+        assert_eq!((c.streak, c.lost, c.total), (0, 2, 2));
+        assert_eq!(crash(&mut c), AfterFailure::Restart { delay_ms: 1_000 });
+        // ...and the node-loss budget is bounded on its own.
+        let third = lost(&mut c);
+        assert!(
+            matches!(&third, AfterFailure::Fail(r) if r.contains("2 node losses within 60000 ms")),
+            "{third:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_loss_is_not_blocked_by_its_own_trial() {
+        let trial = JobId::new("t");
+        let b = Breaker {
+            state: BreakerState::HalfOpen {
+                trial: trial.clone(),
+            },
+            failures: Vec::new(),
+        };
+        assert!(!b.blocks(0, &trial), "the trial itself may restart");
+        assert!(b.blocks(0, &JobId::new("other")));
+        let open = Breaker {
+            state: BreakerState::Open { until: 100 },
+            failures: Vec::new(),
+        };
+        assert!(open.blocks(99, &trial) && !open.blocks(100, &trial));
+        assert!(!Breaker::default().blocks(0, &trial));
     }
 
     fn breaker() -> BreakerSettings {

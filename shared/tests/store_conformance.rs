@@ -69,6 +69,7 @@ fn policy() -> FleetPolicy {
             base_delay_ms: 50,
             max_delay_ms: 200,
             stable_ms: 60_000,
+            max_node_losses: 2,
         },
         breaker: BreakerSettings {
             failures: 3,
@@ -271,12 +272,17 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
         vec![a.id.clone()]
     );
     assert!(
-        !s.finish(&NodeId::new("n1"), &a, epoch + 1, end(JobStatus::Stopped))
-            .await
-            .unwrap()
+        !s.finish(
+            &NodeId::new("n1"),
+            &a.id,
+            epoch + 1,
+            end(JobStatus::Stopped)
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        s.finish(&NodeId::new("n1"), &a, epoch, end(JobStatus::Stopped))
+        s.finish(&NodeId::new("n1"), &a.id, epoch, end(JobStatus::Stopped))
             .await
             .unwrap()
     );
@@ -291,7 +297,7 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
         "the slot is free again"
     );
     assert!(
-        !s.finish(&NodeId::new("n1"), &a, epoch, end(JobStatus::Failed))
+        !s.finish(&NodeId::new("n1"), &a.id, epoch, end(JobStatus::Failed))
             .await
             .unwrap()
     );
@@ -520,7 +526,7 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     let rec = s.job(&a.id).await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Failed);
     assert!(
-        rec.error.as_deref().unwrap().contains("2 restarts"),
+        rec.error.as_deref().unwrap().contains("2 node losses"),
         "{:?}",
         rec.error
     );
@@ -558,7 +564,7 @@ async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore
     let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
     let crash = crashed("runner panicked: boom");
     assert!(
-        s.finish(&NodeId::new("n1"), &a, epoch, crash)
+        s.finish(&NodeId::new("n1"), &a.id, epoch, crash)
             .await
             .unwrap()
     );
@@ -572,7 +578,7 @@ async fn a_crash_reported_by_the_node_goes_through_the_same_policy<S: FleetStore
     s.admit(&b).await.unwrap();
     let epoch = claim_for(&s, "n1", &b.id, 30_000).await;
     let crash = crashed("x");
-    s.finish(&NodeId::new("n1"), &b, epoch, crash)
+    s.finish(&NodeId::new("n1"), &b.id, epoch, crash)
         .await
         .unwrap();
     assert_eq!(
@@ -594,7 +600,7 @@ async fn the_breaker_opens_refuses_starts_and_a_trial_closes_it<S: FleetStore>(s
             Admission::Admitted { .. }
         ));
         let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
-        s.finish(&NodeId::new("n1"), &j, epoch, crashed("boom"))
+        s.finish(&NodeId::new("n1"), &j.id, epoch, crashed("boom"))
             .await
             .unwrap();
         failed = Some(j.id);
@@ -659,7 +665,7 @@ async fn a_user_above_their_tier_after_a_downgrade_is_not_restarted<S: FleetStor
     let epoch = claim_for(&s, "n1", &a.id, 30_000).await;
     s.subscribe(&user, Tier::Free, 1).await.unwrap();
     let crash = crashed("boom");
-    s.finish(&NodeId::new("n1"), &a, epoch, crash)
+    s.finish(&NodeId::new("n1"), &a.id, epoch, crash)
         .await
         .unwrap();
     let rec = s.job(&a.id).await.unwrap().unwrap();
@@ -670,6 +676,102 @@ async fn a_user_above_their_tier_after_a_downgrade_is_not_restarted<S: FleetStor
         1,
         "its slot is freed; the other runner keeps its own"
     );
+}
+
+/// A lease that expired because its node died is infrastructure, not the strategy: the
+/// breaker does not count it, and its restarts draw from the node-loss budget.
+async fn node_losses_do_not_count_toward_the_breaker<S: FleetStore>(s: S) {
+    s.subscribe(&UserId::new("nora"), Tier::Pro, 1)
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        let j = spec_for("nora", "steady");
+        assert!(matches!(
+            s.admit(&j).await.unwrap(),
+            Admission::Admitted { .. }
+        ));
+        claim_for(&s, "n1", &j.id, 5).await;
+        jobs.push(j.id);
+    }
+    sleep_ms(10).await;
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport {
+            crashed: 4,
+            restarting: 4,
+            failed: 0
+        },
+        "4 node losses of one strategy (breaker at 3) all restart"
+    );
+    assert!(
+        matches!(
+            s.admit(&spec_for("nora", "steady")).await.unwrap(),
+            Admission::Admitted { .. }
+        ),
+        "the breaker stayed closed"
+    );
+    // The node-loss budget (2 in the window) bounds one job's restarts after node losses.
+    let j = jobs[0].clone();
+    for round in 1..=2 {
+        sleep_ms(250).await;
+        assert!(s.due_restarts(10).await.unwrap().contains(&j));
+        claim_for(&s, "n2", &j, 5).await;
+        sleep_ms(10).await;
+        sweep(&s).await;
+        let rec = s.job(&j).await.unwrap().unwrap();
+        if round == 1 {
+            assert_eq!(rec.status, JobStatus::Crashed);
+        } else {
+            assert_eq!(rec.status, JobStatus::Failed);
+            let err = rec.error.unwrap();
+            assert!(err.contains("2 node losses within"), "{err}");
+            assert!(!err.contains("circuit breaker"), "{err}");
+        }
+    }
+}
+
+/// A queued job waits in `pending` until its enqueue is confirmed; the sweep's reconciliation
+/// hands back the ones never confirmed (their orchestrator died mid-start), re-arming them,
+/// and forgets those that were claimed or stopped.
+async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
+    let (a, b, c) = (spec("uma"), spec("uli"), spec("ute"));
+    for j in [&a, &b, &c] {
+        s.admit(j).await.unwrap();
+    }
+    s.confirm_enqueued(std::slice::from_ref(&b.id))
+        .await
+        .unwrap();
+    claim_one(&s, "n1", &c.id).await;
+    sleep_ms(30).await;
+    let again = s.unconfirmed(Duration::from_millis(20), 10).await.unwrap();
+    if s.queues_inline() {
+        assert!(again.is_empty());
+        return;
+    }
+    assert_eq!(
+        again,
+        vec![a.id.clone()],
+        "confirmed and claimed jobs are not"
+    );
+    assert!(
+        s.unconfirmed(Duration::from_millis(20), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "re-armed: it waits another bound for its new publish"
+    );
+    s.request_stop(&a.id, StopMode::Hold).await.unwrap();
+    sleep_ms(30).await;
+    assert!(
+        s.unconfirmed(Duration::from_millis(20), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a stopped job is never published again"
+    );
+    let counts = s.fleet_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.running, counts.active), (1, 1, 2));
 }
 
 macro_rules! store_conformance {
@@ -689,7 +791,9 @@ macro_rules! store_conformance {
                 a_crash_reported_by_the_node_goes_through_the_same_policy,
                 a_runner_whose_node_died_during_its_stop_is_stopped_not_restarted,
                 the_breaker_opens_refuses_starts_and_a_trial_closes_it,
-                a_user_above_their_tier_after_a_downgrade_is_not_restarted);
+                a_user_above_their_tier_after_a_downgrade_is_not_restarted,
+                node_losses_do_not_count_toward_the_breaker,
+                unconfirmed_enqueues_are_published_again);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -704,42 +808,57 @@ macro_rules! store_conformance {
 
 store_conformance!(memory => Memory, redis => Redis);
 
-/// The key names the Lua prelude builds are the key schema's.
+/// The key names the Lua prelude builds are the key schema's, for plain ids and for ids that
+/// contain the separator and the escape character.
 #[tokio::test]
 async fn lua_key_names_match_the_key_schema() {
     let pools = support::redis_pools().await;
     let keys = Keys::new("rfkeys");
-    let (job, user, node) = (JobId::new("j1"), UserId::new("u1"), NodeId::new("n1"));
-    let body = "return {K.job('j1'), K.hb('j1'), K.user_jobs('u1'), K.user_active('u1'), \
-                K.subscription('u1'), K.node('n1'), K.node_jobs('n1'), K.commands('n1'), K.leases, K.nodes, \
-                K.active, K.queued, K.apikey('k1'), K.user_keys('u1')}";
-    let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
-    let mut inv = script.prepare_invoke();
-    inv.arg("rfkeys");
-    for _ in 0..18 {
-        inv.arg(0);
+    for (j, u, n, st) in [
+        ("j1", "u1", "n1", "s1"),
+        ("j:1%", "eve:x", "n:{1}", "s:failures"),
+        ("%3A", "eve", "n%", "x:s"),
+    ] {
+        let (job, user, node) = (JobId::new(j), UserId::new(u), NodeId::new(n));
+        let strategy = StrategyId::new(st);
+        let body = "local j, u, n, s = A(1), A(2), A(3), A(4)
+                    return {K.job(j), K.hb(j), K.user_jobs(u), K.user_active(u),
+                    K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
+                    K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
+                    K.breaker_failures(u, s), K.pending, K.delayed}";
+        let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
+        let mut inv = script.prepare_invoke();
+        inv.arg("rfkeys");
+        for _ in 0..19 {
+            inv.arg(0);
+        }
+        inv.arg("").arg(j).arg(u).arg(n).arg(st);
+        let got: Vec<String> = inv
+            .invoke_async(&mut *pools.commands.get().await.unwrap())
+            .await
+            .unwrap();
+        let want = vec![
+            keys.job(&job),
+            keys.heartbeat(&job),
+            keys.user_jobs(&user),
+            keys.user_active(&user),
+            keys.subscription(&user),
+            keys.node(&node),
+            keys.node_jobs(&node),
+            keys.commands(&node),
+            keys.leases(),
+            keys.nodes(),
+            keys.active(),
+            keys.queued(),
+            keys.api_key(j),
+            keys.user_keys(&user),
+            keys.breaker(&user, &strategy),
+            keys.breaker_failures(&user, &strategy),
+            keys.pending(),
+            keys.delayed(),
+        ];
+        assert_eq!(got, want, "ids {j} {u} {n} {st}");
     }
-    let got: Vec<String> = inv
-        .invoke_async(&mut *pools.commands.get().await.unwrap())
-        .await
-        .unwrap();
-    let want = vec![
-        keys.job(&job),
-        keys.heartbeat(&job),
-        keys.user_jobs(&user),
-        keys.user_active(&user),
-        keys.subscription(&user),
-        keys.node(&node),
-        keys.node_jobs(&node),
-        keys.commands(&node),
-        keys.leases(),
-        keys.nodes(),
-        keys.active(),
-        keys.queued(),
-        keys.api_key("k1"),
-        keys.user_keys(&user),
-    ];
-    assert_eq!(got, want);
 }
 
 /// Fleet-wide backpressure holds in both stores: the queue never grows past `max_queued`, and

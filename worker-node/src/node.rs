@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use runfleet::backoff::Backoff;
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
+use runfleet::dispatch::dispatch;
 use runfleet::ids::{JobId, NodeId};
-use runfleet::job::{JobSpec, JobStatus, Lease};
+use runfleet::job::{JobStatus, Lease};
 use runfleet::lifecycle::{
     ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
@@ -270,8 +271,13 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 continue;
             }
             match self.record_claims(&deliveries, &shutdown).await {
-                Ok(leases) => {
+                Ok((leases, unrunnable)) => {
                     backoff.reset();
+                    for (job, epoch, reason) in unrunnable {
+                        warn!(node = %self.id(), job = %job, reason, "claimed job cannot run; failing it");
+                        let end = failed_end(format!("the job cannot run: {reason}"));
+                        self.finish(&self.id(), &job, epoch, end).await;
+                    }
                     for lease in leases {
                         let Some(permit) = permits.pop() else { break };
                         self.spawn_runner(lease, permit);
@@ -289,12 +295,13 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     }
 
     /// Records the claims in the store, then acknowledges the deliveries. Returns the leases
-    /// to run; dropped jobs are acknowledged and forgotten.
+    /// to run, and the jobs leased to this node that can never run (their stored spec is
+    /// unreadable), to be failed alone; dropped jobs are acknowledged and forgotten.
     async fn record_claims(
         &self,
         deliveries: &[Delivery],
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<Vec<Lease>> {
+    ) -> anyhow::Result<(Vec<Lease>, Vec<(JobId, u64, String)>)> {
         let inner = &self.inner;
         let ids: Vec<JobId> = deliveries.iter().map(|d| d.job_id.clone()).collect();
         if shutdown.is_cancelled() {
@@ -309,16 +316,21 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             // script if it is ever delivered again.
             warn!(node = %self.id(), error = %e, "ack failed after claims were recorded");
         }
-        Ok(outcomes
-            .into_iter()
-            .filter_map(|o| match o {
-                ClaimOutcome::Claimed(lease) => Some(*lease),
+        let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
+        for outcome in outcomes {
+            match outcome {
+                ClaimOutcome::Claimed(lease) => leases.push(*lease),
                 ClaimOutcome::Dropped { job_id, reason } => {
                     debug!(node = %self.id(), job = %job_id, reason, "claimed job dropped");
-                    None
                 }
-            })
-            .collect())
+                ClaimOutcome::Unrunnable {
+                    job_id,
+                    epoch,
+                    reason,
+                } => unrunnable.push((job_id, epoch, reason)),
+            }
+        }
+        Ok((leases, unrunnable))
     }
 
     fn spawn_runner(&self, lease: Lease, permit: OwnedSemaphorePermit) {
@@ -341,21 +353,17 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         // none, so they are only checked.
         if inner.cipher.open(&job, &spec.credentials).is_err() {
             warn!(node = %self.id(), job = %job, "credentials could not be opened; failing the job");
-            let end = RunEnd {
-                status: JobStatus::Failed,
-                error: Some("credentials could not be opened on the worker node (credentials key mismatch?)".into()),
-                flattened_positions: None,
-                positions: Vec::new(),
-                stats: Default::default(),
-                account: None,
-            };
-            self.finish(&owner, &spec, lease.epoch, end).await;
+            let end = failed_end(
+                "credentials could not be opened on the worker node (credentials key mismatch?)"
+                    .into(),
+            );
+            self.finish(&owner, &job, lease.epoch, end).await;
             return;
         }
         let report = Arc::new(Mutex::new(Report::default()));
         let last_report = report.clone();
         let (stop, stop_rx) = watch::channel(None);
-        let outcome: Arc<Mutex<Option<RunOutcome>>> = Arc::default();
+        let outcome: Arc<Mutex<Option<Result<RunOutcome, String>>>> = Arc::default();
         let lease_fresh = {
             let inner = self.inner.clone();
             Arc::new(move || {
@@ -414,7 +422,19 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         runner.ended().await;
 
         self.runners().remove(&job);
-        let outcome = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let outcome = match taken {
+            Some(Err(reason)) => {
+                // A configuration failure: it would fail the same way every time, so it is
+                // neither restarted nor counted against the strategy's breaker.
+                warn!(node = %self.id(), job = %job, error = %reason, "runner cannot start; failing the job");
+                let end = failed_end(format!("runner cannot start: {reason}"));
+                self.finish(&owner, &job, lease.epoch, end).await;
+                return;
+            }
+            Some(Ok(o)) => Some(o),
+            None => None,
+        };
         match outcome.as_ref().map(|o| o.cause) {
             Some(StopCause::Requested(mode)) => {
                 let outcome = outcome.expect("matched Some");
@@ -425,7 +445,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 let error = outcome.flatten_error.clone();
                 self.finish(
                     &owner,
-                    &spec,
+                    &job,
                     lease.epoch,
                     end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
                 )
@@ -453,7 +473,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     std::mem::take(&mut *last_report.lock().unwrap_or_else(|p| p.into_inner()));
                 self.finish(
                     &owner,
-                    &spec,
+                    &job,
                     lease.epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, last),
                 )
@@ -464,31 +484,31 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     /// Records the end of a run, retrying while the store is unreachable (bounded by a lease:
     /// past that the lease has expired and the orchestrators own the job's fate).
-    async fn finish(&self, owner: &NodeId, spec: &JobSpec, epoch: u64, end: RunEnd) {
+    async fn finish(&self, owner: &NodeId, job: &JobId, epoch: u64, end: RunEnd) {
         let inner = &self.inner;
         let give_up = tokio::time::Instant::now() + inner.config.lease;
         let mut backoff = backoff();
         loop {
-            match inner.store.finish(owner, spec, epoch, end.clone()).await {
+            match inner.store.finish(owner, job, epoch, end.clone()).await {
                 Ok(true) => return,
                 Ok(false) => {
-                    warn!(node = %self.id(), job = %spec.id, epoch, "end of run refused: stale epoch");
+                    warn!(node = %self.id(), job = %job, epoch, "end of run refused: stale epoch");
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() < give_up => {
-                    warn!(node = %self.id(), job = %spec.id, error = %e, "recording end of run failed; retrying");
+                    warn!(node = %self.id(), job = %job, error = %e, "recording end of run failed; retrying");
                     backoff.wait().await;
                 }
                 Err(e) => {
-                    warn!(node = %self.id(), job = %spec.id, error = %e, "giving up recording end of run");
+                    warn!(node = %self.id(), job = %job, error = %e, "giving up recording end of run");
                     return;
                 }
             }
         }
     }
 
-    /// Hands a job back at shutdown: queued again in the store (with its paper account), then
-    /// enqueued.
+    /// Hands a job back at shutdown: queued again in the store (with its paper account), and
+    /// dispatched to the queue.
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
         match inner
@@ -496,10 +516,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             .hand_back(owner, job, epoch, account_of(&last))
             .await
         {
-            Ok(true) => match inner.queue.enqueue(std::slice::from_ref(job)).await {
+            Ok(true) => match dispatch(&inner.store, &inner.queue, std::slice::from_ref(job)).await
+            {
                 Ok(()) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
                 Err(e) => {
-                    warn!(node = %self.id(), job = %job, error = %e, "job marked queued but not enqueued")
+                    warn!(node = %self.id(), job = %job, error = %e, "job marked queued but not enqueued; the sweep publishes it again")
                 }
             },
             Ok(false) => debug!(node = %self.id(), job = %job, "hand-back refused: stale epoch"),
@@ -614,6 +635,18 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 }
             });
         }
+    }
+}
+
+/// The end of a run that failed for good: no restart, no breaker count.
+fn failed_end(error: String) -> RunEnd {
+    RunEnd {
+        status: JobStatus::Failed,
+        error: Some(error),
+        flattened_positions: None,
+        positions: Vec::new(),
+        stats: Default::default(),
+        account: None,
     }
 }
 

@@ -28,7 +28,7 @@ fn scalping(instruments: Value) -> Value {
 struct Running {
     report: Arc<Mutex<Report>>,
     stop: watch::Sender<Option<StopCause>>,
-    task: JoinHandle<RunOutcome>,
+    task: JoinHandle<Result<RunOutcome, String>>,
 }
 
 impl Running {
@@ -55,7 +55,7 @@ impl Running {
 
     async fn stop(self, cause: StopCause) -> RunOutcome {
         self.stop.send_replace(Some(cause));
-        self.task.await.unwrap()
+        self.task.await.unwrap().unwrap()
     }
 }
 
@@ -115,7 +115,7 @@ async fn hold_leaves_positions_and_fenced_trades_no_further() {
     r.stop.send_replace(Some(StopCause::Fenced));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(r.ticks(), ticks, "no tick after the fence");
-    let out = r.task.await.unwrap();
+    let out = r.task.await.unwrap().unwrap();
     assert_eq!(out.flattened, None);
     assert_eq!(out.report.account.unwrap()["events"]["ticks"], 30);
 }
@@ -223,7 +223,7 @@ async fn the_panic_test_strategy_panics_after_its_ticks() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_runner_that_cannot_start_panics_with_the_reason() {
+async fn a_runner_that_cannot_start_says_why() {
     let market = MarketSettings {
         feed: FeedKind::Replay,
         replay_file: "/nonexistent/{index}.csv".into(),
@@ -234,8 +234,7 @@ async fn a_runner_that_cannot_start_panics_with_the_reason() {
         market,
         None,
     );
-    let msg = r.task.await.unwrap_err().into_panic();
-    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    let msg = r.task.await.unwrap().unwrap_err();
     assert!(msg.contains("/nonexistent/EURUSD.csv"), "{msg}");
 
     let r = Running::start(
@@ -243,7 +242,6 @@ async fn a_runner_that_cannot_start_panics_with_the_reason() {
         MarketSettings::default(),
         Some(json!({"version": 1, "broker": {"account": "garbage"}})),
     );
-    let msg = r.task.await.unwrap_err().into_panic();
-    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    let msg = r.task.await.unwrap().unwrap_err();
     assert!(msg.contains("cannot resume"), "{msg}");
 }

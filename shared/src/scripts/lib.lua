@@ -1,7 +1,8 @@
 -- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
--- ARGV[1..19] are the context below; a script's own arguments start at ARGV[20] (A(1)).
--- Key names mirror shared/src/keys.rs (checked by the store conformance suite). Keys are built
--- from the prefix inside the scripts, so Redis Cluster is not supported.
+-- ARGV[1..21] are the context below; a script's own arguments start at ARGV[22] (A(1)).
+-- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
+-- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
+-- supported.
 local P = ARGV[1]
 local C = {
   limits = { free = tonumber(ARGV[2]), basic = tonumber(ARGV[3]), pro = tonumber(ARGV[4]),
@@ -12,27 +13,39 @@ local C = {
   cooldown = tonumber(ARGV[13]), trial = tonumber(ARGV[14]),
   retention = tonumber(ARGV[15]), audit = ARGV[16] == '1',
   max_runners = tonumber(ARGV[17]), max_queued = tonumber(ARGV[18]),
-  retry_after = tonumber(ARGV[19]),
+  retry_after = tonumber(ARGV[19]), max_lost = tonumber(ARGV[20]),
+  -- The Redis-list queue's ready list, when jobs are queued by the scripts themselves (in the
+  -- same atomic step that makes them queued); '' when the queue lives elsewhere (RabbitMQ).
+  ready = ARGV[21],
 }
-local function A(i) return ARGV[19 + i] end
-local NARGS = #ARGV - 19
+local CTX = 21
+local function A(i) return ARGV[CTX + i] end
+local NARGS = #ARGV - CTX
+
+-- One key part, escaped like keys::escape: '%', ':', '{', '}' never appear in a part, so key
+-- names are injective whatever separators the ids contain.
+local ESC = { ['%'] = '%25', [':'] = '%3A', ['{'] = '%7B', ['}'] = '%7D' }
+local function E(s) return (string.gsub(s, '[%%:{}]', ESC)) end
 
 local K = {
-  job = function(id) return P .. ':job:' .. id end,
-  hb = function(id) return P .. ':heartbeat:' .. id end,
-  user_jobs = function(u) return P .. ':user:' .. u .. ':jobs' end,
-  user_active = function(u) return P .. ':user:' .. u .. ':active' end,
-  subscription = function(u) return P .. ':user:' .. u .. ':subscription' end,
-  breaker = function(u, s) return P .. ':breaker:' .. u .. ':' .. s end,
-  node = function(n) return P .. ':node:' .. n end,
-  node_jobs = function(n) return P .. ':node:' .. n .. ':jobs' end,
-  commands = function(n) return P .. ':node:' .. n .. ':commands' end,
+  job = function(id) return P .. ':job:' .. E(id) end,
+  hb = function(id) return P .. ':heartbeat:' .. E(id) end,
+  user_jobs = function(u) return P .. ':user:' .. E(u) .. ':jobs' end,
+  user_active = function(u) return P .. ':user:' .. E(u) .. ':active' end,
+  subscription = function(u) return P .. ':user:' .. E(u) .. ':subscription' end,
+  breaker = function(u, s) return P .. ':breaker:' .. E(u) .. ':' .. E(s) end,
+  breaker_failures = function(u, s) return P .. ':breaker:' .. E(u) .. ':' .. E(s) .. ':failures' end,
+  node = function(n) return P .. ':node:' .. E(n) end,
+  node_jobs = function(n) return P .. ':node:' .. E(n) .. ':jobs' end,
+  commands = function(n) return P .. ':node:' .. E(n) .. ':commands' end,
   leases = P .. ':leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
   audit = P .. ':audit', sweep_guard = P .. ':sweep:guard',
   -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
   active = P .. ':active', queued = P .. ':queued',
-  apikey = function(id) return P .. ':apikey:' .. id end,
-  user_keys = function(u) return P .. ':user:' .. u .. ':keys' end,
+  -- Queued jobs whose publish to an outside queue is not confirmed yet, by when.
+  pending = P .. ':pending',
+  apikey = function(id) return P .. ':apikey:' .. E(id) end,
+  user_keys = function(u) return P .. ':user:' .. E(u) .. ':keys' end,
 }
 
 local NOW
@@ -59,6 +72,17 @@ local function tier_of(user)
   return tier, C.limits[tier]
 end
 
+-- A job just became queued: with the Redis-list queue it is pushed in this same step, so no
+-- crash can leave a queued job that no queue holds; with an outside queue it waits in
+-- `pending` until its publish is confirmed (the sweep publishes it again if that never comes).
+local function to_queue(id)
+  if C.ready ~= '' then
+    redis.call('LPUSH', C.ready, id)
+  else
+    redis.call('ZADD', K.pending, NOW, id)
+  end
+end
+
 -- Ends a job for good (stopped or failed): frees the user's slot, starts the retention.
 local function end_job(id, user, status, fields)
   local jk = K.job(id)
@@ -70,6 +94,7 @@ local function end_job(id, user, status, fields)
   redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZREM', K.delayed, id)
+  redis.call('ZREM', K.pending, id)
   redis.call('EXPIRE', jk, C.retention)
 end
 
@@ -77,7 +102,7 @@ end
 -- breaker is open afterwards. Mirrors policy::Breaker::record_failure.
 local function breaker_failure(user, strategy, id)
   local bk = K.breaker(user, strategy)
-  local fk = bk .. ':failures'
+  local fk = K.breaker_failures(user, strategy)
   local st = redis.call('HMGET', bk, 'state', 'until', 'trial')
   local state = st[1] or 'closed'
   if state == 'half' and st[3] == id then
@@ -101,12 +126,24 @@ local function breaker_failure(user, strategy, id)
   return true -- half-open, another job's trial is going
 end
 
--- A run of job `id` failed (crash or error): restart it after a growing delay, or fail it.
--- Mirrors policy::after_failure. Returns 'restart' or 'failed'.
-local function after_failure(id, reason)
+-- Whether the breaker of (user, strategy) keeps job `id` from restarting after a node loss,
+-- which it does not count: open and cooling down, or half-open with another job's trial going.
+-- Mirrors policy::Breaker::blocks.
+local function breaker_blocks(user, strategy, id)
+  local st = redis.call('HMGET', K.breaker(user, strategy), 'state', 'until', 'trial')
+  if st[1] == 'open' then return NOW < tonumber(st[2]) end
+  if st[1] == 'half' then return st[3] ~= id end
+  return false
+end
+
+-- A run of job `id` failed: kind 'crash' (the strategy panicked or erred: counts toward its
+-- breaker and the max_restarts budget) or 'lost' (its lease expired, the node died: never
+-- counted by the breaker; the max_node_losses budget). Restart it after a growing delay, or
+-- fail it. Mirrors policy::after_failure. Returns 'restart' or 'failed'.
+local function after_failure(id, reason, kind)
   local jk = K.job(id)
   local j = redis.call('HMGET', jk, 'user', 'strategy', 'started', 'streak', 'streak_since', 'restarts',
-    'stop_mode')
+    'stop_mode', 'lost', 'lost_since')
   local user, strategy = j[1], j[2]
   if j[7] then
     -- A stop was requested and its node died before confirming: the user wants it stopped,
@@ -116,26 +153,40 @@ local function after_failure(id, reason)
   end
   local started = tonumber(j[3])
   local streak, since, total = tonumber(j[4]) or 0, tonumber(j[5]) or NOW, tonumber(j[6]) or 0
-  if (started and NOW - started >= C.stable) or streak == 0 or NOW - since >= C.restart_window then
+  local lost, lost_since = tonumber(j[8]) or 0, tonumber(j[9]) or NOW
+  local stable = started and NOW - started >= C.stable
+  if stable or streak == 0 or NOW - since >= C.restart_window then
     streak, since = 0, NOW
   end
-  local open = breaker_failure(user, strategy, id)
+  if stable or lost == 0 or NOW - lost_since >= C.restart_window then
+    lost, lost_since = 0, NOW
+  end
+  local open
+  if kind == 'lost' then
+    open = breaker_blocks(user, strategy, id)
+  else
+    open = breaker_failure(user, strategy, id)
+  end
   local _, limit = tier_of(user)
+  local count, bound, what = streak, C.max_restarts, ' restarts'
+  if kind == 'lost' then count, bound, what = lost, C.max_lost, ' node losses' end
   local fail
   if redis.call('SCARD', K.user_active(user)) > limit then
     fail = reason .. '; not restarted: the user holds more runners than their tier allows'
-  elseif streak >= C.max_restarts then
-    fail = reason .. '; not restarted: ' .. streak .. ' restarts within ' .. C.restart_window .. ' ms'
+  elseif count >= bound then
+    fail = reason .. '; not restarted: ' .. count .. what .. ' within ' .. C.restart_window .. ' ms'
   elseif open then
     fail = reason .. "; not restarted: the strategy's circuit breaker is open"
   end
+  local book = { 'streak', streak, 'streak_since', since, 'lost', lost, 'lost_since', lost_since }
   if fail then
-    end_job(id, user, 'failed', { 'error', fail, 'streak', streak, 'streak_since', since })
+    end_job(id, user, 'failed', { 'error', fail, unpack(book) })
     return 'failed'
   end
-  local delay = math.min(C.base_delay * 2 ^ math.min(streak, 32), C.max_delay)
-  redis.call('HSET', jk, 'status', 'crashed', 'error', reason, 'ended', NOW, 'streak', streak + 1,
-    'streak_since', since, 'restarts', total + 1, 'restart_at', NOW + delay)
+  local delay = math.min(C.base_delay * 2 ^ math.min(count, 32), C.max_delay)
+  if kind == 'lost' then book[6] = lost + 1 else book[2] = streak + 1 end
+  redis.call('HSET', jk, 'status', 'crashed', 'error', reason, 'ended', NOW, 'restarts', total + 1,
+    'restart_at', NOW + delay, unpack(book))
   redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZADD', K.delayed, NOW + delay, id)

@@ -1,9 +1,14 @@
 -- Claim up to ARGV[1] job ids for node ARGV[2]: each moves atomically from the ready list's
 -- tail (oldest) to the head of the node's processing list.
+-- A node takes at most its fair share of what waits: the waiting ids divided by the nodes that
+-- claim from this queue (at least one), so that idle nodes share a burst (after a node dies or
+-- Redis comes back) instead of the first to wake taking everything it has room for.
 -- KEYS[1] ready list, KEYS[2] the node's processing list, KEYS[3] set of claimer nodes.
 redis.call('SADD', KEYS[3], ARGV[2])
+local waiting = redis.call('LLEN', KEYS[1])
+local share = math.ceil(waiting / math.max(redis.call('SCARD', KEYS[3]), 1))
 local out = {}
-for _ = 1, tonumber(ARGV[1]) do
+for _ = 1, math.min(tonumber(ARGV[1]), share) do
   local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
   if not id then break end
   out[#out + 1] = id

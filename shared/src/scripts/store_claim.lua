@@ -1,6 +1,7 @@
 -- Record node A(1)'s claim of each job A(3..): bump the epoch (fencing token), mark it running,
 -- start its lease of A(2) ms. A job that is not queued (nor running under an expired lease) is
--- dropped: stopped while queued, a duplicate delivery, or unknown.
+-- dropped: stopped while queued, a duplicate delivery, or unknown. A claim is also the
+-- delivery an outside queue's `pending` entry waited for.
 -- Returns per job {id, 'claimed', epoch, spec, account} or {id, reason}.
 local node, lease = A(1), tonumber(A(2))
 local out = {}
@@ -19,6 +20,7 @@ for i = 3, NARGS do
     redis.call('ZADD', K.leases, NOW + lease, id)
     redis.call('SADD', K.node_jobs(node), id)
     redis.call('SREM', K.queued, id)
+    redis.call('ZREM', K.pending, id)
     audit('claim', id, epoch, node)
     out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '' }
   else

@@ -13,7 +13,7 @@ redis.call('HSET', jk, 'positions', A(7), 'stats', A(8))
 if A(9) ~= '' then redis.call('HSET', jk, 'account', A(9)) end
 redis.call('SREM', K.node_jobs(node), id)
 if status == 'crashed' then
-  return after_failure(id, A(5)) == 'restart' and 2 or 3
+  return after_failure(id, A(5), 'crash') == 'restart' and 2 or 3
 end
 local fields = {}
 if A(5) ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = A(5) end

@@ -9,5 +9,6 @@ redis.call('DEL', jk)
 redis.call('SREM', K.user_active(user), id)
 redis.call('SREM', K.active, id)
 redis.call('SREM', K.queued, id)
+redis.call('ZREM', K.pending, id)
 redis.call('ZREM', K.user_jobs(user), id)
 return 1

@@ -1,5 +1,6 @@
 -- A node hands a running job back (shutdown): it becomes queued again, keeps its user's slot,
--- and its lease ends; not a crash. The caller enqueues it next. Fenced by epoch and node.
+-- and its lease ends; not a crash. It is queued in this step (Redis-list queue) or the caller
+-- publishes it next (outside queue). Fenced by epoch and node.
 -- A(1) job id, A(2) epoch, A(3) node id, A(4) account JSON ('' none). Returns 1 or 0 (fenced).
 local id, epoch, node = A(1), A(2), A(3)
 local jk = K.job(id)
@@ -13,4 +14,5 @@ redis.call('HDEL', jk, 'node')
 redis.call('DEL', K.hb(id))
 redis.call('ZREM', K.leases, id)
 redis.call('SREM', K.node_jobs(node), id)
+to_queue(id)
 return 1

@@ -1,5 +1,6 @@
 -- Restarts that are due (at most A(1)): crashed jobs whose delay has passed become queued again
--- and are returned; the caller enqueues them.
+-- (and, with the Redis-list queue, are pushed in this step) and are returned; with an outside
+-- queue the caller publishes them.
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT', 0, tonumber(A(1)))) do
   redis.call('ZREM', K.delayed, id)
@@ -8,6 +9,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT',
     redis.call('HSET', jk, 'status', 'queued')
     redis.call('HDEL', jk, 'node', 'restart_at')
     redis.call('SADD', K.queued, id)
+    to_queue(id)
     out[#out + 1] = id
   end
 end

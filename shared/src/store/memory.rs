@@ -9,14 +9,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetPolicy,
-    JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError,
-    Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
+    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
+    StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::policy::{
-    self, AfterFailure, Breaker, BreakerState, Gates, RestartCount, TrialProgress,
+    self, AfterFailure, Breaker, BreakerState, FailureKind, Gates, RestartCount, TrialProgress,
 };
 use crate::tier::{Subscription, Tier};
 
@@ -40,6 +40,8 @@ struct State {
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
     /// Crashed jobs waiting for their restart, by due time.
     delayed: BTreeSet<(u64, JobId)>,
+    /// Queued jobs whose enqueue is not confirmed yet, and since when.
+    pending: HashMap<JobId, u64>,
     breakers: HashMap<(UserId, StrategyId), Breaker>,
     /// When the current sweep guard lapses.
     sweep_guard_until: u64,
@@ -94,13 +96,16 @@ impl State {
             }
         }
         self.delayed.retain(|(_, j)| j != job);
+        self.pending.remove(job);
     }
 
-    /// A run of `job` failed: restart it later or fail it (mirrors `after_failure` in lib.lua).
+    /// A run of `job` failed as `kind`: restart it later or fail it (mirrors `after_failure` in
+    /// lib.lua).
     fn after_failure(
         &mut self,
         policy: &FleetPolicy,
         job: &JobId,
+        kind: FailureKind,
         reason: String,
         now: u64,
     ) -> AfterFailure {
@@ -118,11 +123,11 @@ impl State {
         };
         let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
         let started = e.record.started_at;
-        let breaker_open = self
-            .breakers
-            .entry((user.clone(), strategy))
-            .or_default()
-            .record_failure(&policy.breaker, now, job);
+        let breaker = self.breakers.entry((user.clone(), strategy)).or_default();
+        let breaker_open = match kind {
+            FailureKind::Crash => breaker.record_failure(&policy.breaker, now, job),
+            FailureKind::NodeLost => breaker.blocks(now, job),
+        };
         let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
         let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
         let gates = Gates {
@@ -132,8 +137,15 @@ impl State {
         let Some(e) = self.jobs.get_mut(job) else {
             return AfterFailure::Fail(reason);
         };
-        let decision =
-            policy::after_failure(&policy.restart, &mut e.count, started, now, gates, &reason);
+        let decision = policy::after_failure(
+            &policy.restart,
+            &mut e.count,
+            started,
+            now,
+            gates,
+            kind,
+            &reason,
+        );
         e.record.restarts = e.count.total;
         e.lease_until = 0;
         match &decision {
@@ -230,10 +242,31 @@ impl JobStore for MemoryStore {
             .entry(spec.user_id.clone())
             .or_default()
             .insert(spec.id.clone());
+        s.pending.insert(spec.id.clone(), now);
         Ok(Admission::Admitted {
             tier,
             limit,
             current: current + 1,
+        })
+    }
+
+    async fn confirm_enqueued(&self, jobs: &[JobId]) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        for job in jobs {
+            s.pending.remove(job);
+        }
+        Ok(())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
+        let now = self.now();
+        let s = self.lock();
+        let count = |f: &dyn Fn(&Entry) -> bool| s.jobs.values().filter(|e| f(e)).count() as u64;
+        Ok(FleetCounts {
+            queued: count(&|e| e.record.status == JobStatus::Queued),
+            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
+            active: s.active.values().map(HashSet::len).sum::<usize>() as u64,
+            restarting: s.delayed.len() as u64,
         })
     }
 
@@ -246,6 +279,7 @@ impl JobStore for MemoryStore {
             return Ok(()); // claimed meanwhile: it runs, so it keeps its record and slot
         }
         s.jobs.remove(job);
+        s.pending.remove(job);
         if let Some(a) = s.active.get_mut(user) {
             a.remove(job);
         }
@@ -295,7 +329,8 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
-        Ok(jobs
+        let mut claimed = Vec::new();
+        let outcomes = jobs
             .iter()
             .map(|id| {
                 let Some(e) = s.jobs.get_mut(id) else {
@@ -315,6 +350,7 @@ impl LeaseStore for MemoryStore {
                 let r = &mut e.record;
                 r.epoch += 1;
                 r.status = JobStatus::Running;
+                claimed.push(id.clone());
                 r.node_id = Some(node.clone());
                 r.started_at = Some(now);
                 r.last_heartbeat_at = Some(now);
@@ -328,7 +364,11 @@ impl LeaseStore for MemoryStore {
                     account: e.account.clone(),
                 }))
             })
-            .collect())
+            .collect();
+        for id in claimed {
+            s.pending.remove(&id);
+        }
+        Ok(outcomes)
     }
 
     async fn renew(
@@ -368,13 +408,13 @@ impl LeaseStore for MemoryStore {
     async fn finish(
         &self,
         node: &NodeId,
-        spec: &JobSpec,
+        job: &JobId,
         epoch: u64,
         end: RunEnd,
     ) -> Result<bool, StoreError> {
         let now = self.now();
         let mut s = self.lock();
-        let Some(e) = s.jobs.get_mut(&spec.id) else {
+        let Some(e) = s.jobs.get_mut(job) else {
             return Ok(false);
         };
         let r = &mut e.record;
@@ -388,13 +428,13 @@ impl LeaseStore for MemoryStore {
         }
         if end.status == JobStatus::Crashed {
             let reason = end.error.unwrap_or_else(|| "runner failed".into());
-            s.after_failure(&self.policy, &spec.id, reason, now);
+            s.after_failure(&self.policy, job, FailureKind::Crash, reason, now);
             return Ok(true);
         }
-        let r = &mut s.jobs.get_mut(&spec.id).expect("present").record;
+        let r = &mut s.jobs.get_mut(job).expect("present").record;
         r.error = end.error;
         r.flattened_positions = end.flattened_positions;
-        s.end(&spec.id, end.status, now);
+        s.end(job, end.status, now);
         Ok(true)
     }
 
@@ -419,6 +459,8 @@ impl LeaseStore for MemoryStore {
         if account.is_some() {
             e.account = account;
         }
+        let now = self.now();
+        s.pending.insert(job.clone(), now);
         Ok(true)
     }
 
@@ -589,7 +631,7 @@ impl Sweeper for MemoryStore {
                 "no heartbeat for {} ms from node {node} (epoch {epoch})",
                 now - hb
             );
-            match s.after_failure(&self.policy, &id, reason, now) {
+            match s.after_failure(&self.policy, &id, FailureKind::NodeLost, reason, now) {
                 AfterFailure::Restart { .. } => report.restarting += 1,
                 AfterFailure::Fail(_) => report.failed += 1,
             }
@@ -615,24 +657,42 @@ impl Sweeper for MemoryStore {
             {
                 e.record.status = JobStatus::Queued;
                 e.record.node_id = None;
+                s.pending.insert(item.1.clone(), now);
                 out.push(item.1);
             }
         }
         Ok(out)
     }
 
-    async fn defer(&self, jobs: &[JobId], delay: Duration) -> Result<(), StoreError> {
-        let at = self.now() + delay.as_millis() as u64;
+    async fn unconfirmed(
+        &self,
+        older_than: Duration,
+        batch: u32,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let now = self.now();
+        let horizon = now.saturating_sub(older_than.as_millis() as u64);
         let mut s = self.lock();
-        for job in jobs {
-            if let Some(e) = s.jobs.get_mut(job)
-                && e.record.status == JobStatus::Queued
+        let mut due: Vec<(u64, JobId)> = s
+            .pending
+            .iter()
+            .filter(|(_, at)| **at <= horizon)
+            .map(|(j, at)| (*at, j.clone()))
+            .collect();
+        due.sort();
+        due.truncate(batch as usize);
+        let mut out = Vec::new();
+        for (_, job) in due {
+            if s.jobs
+                .get(&job)
+                .is_some_and(|e| e.record.status == JobStatus::Queued)
             {
-                e.record.status = JobStatus::Crashed;
-                s.delayed.insert((at, job.clone()));
+                s.pending.insert(job.clone(), now);
+                out.push(job);
+            } else {
+                s.pending.remove(&job);
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 

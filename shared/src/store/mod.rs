@@ -115,6 +115,12 @@ pub enum Admission {
         /// When to try again.
         retry_after_ms: u64,
     },
+    /// The spec is not a job spec of the documented shape (a Redis client other than the API
+    /// sent it); nothing was written.
+    Invalid {
+        /// What is wrong, starting with the field (`spec.config: ...`).
+        reason: String,
+    },
 }
 
 /// What a claim found for one job.
@@ -130,6 +136,31 @@ pub enum ClaimOutcome {
         /// Why.
         reason: String,
     },
+    /// The job is leased to the claiming node but its stored spec cannot be read: it cannot
+    /// run, ever. The node fails it at once under this epoch (no restart, no breaker count);
+    /// the rest of its batch is not affected.
+    Unrunnable {
+        /// The job.
+        job_id: JobId,
+        /// The claim's fencing token.
+        epoch: u64,
+        /// Why it cannot run.
+        reason: String,
+    },
+}
+
+/// Fleet-wide counts, the same whichever orchestrator reads them (the status of `system`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetCounts {
+    /// Jobs waiting in the queue.
+    pub queued: u64,
+    /// Runners holding a live lease.
+    pub running: u64,
+    /// Jobs holding a slot (queued, running, or crashed and waiting for a restart).
+    pub active: u64,
+    /// Crashed jobs waiting for their restart.
+    pub restarting: u64,
 }
 
 /// One runner's report in a node's heartbeat.
@@ -221,6 +252,24 @@ pub trait JobStore: Send + Sync {
     /// step.
     fn admit(&self, spec: &JobSpec) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
+    /// Whether the store queues jobs itself, in the same atomic step that makes them queued
+    /// (admission, restart, hand-back): the Redis store over the Redis-list queue. Otherwise the
+    /// caller publishes them ([`crate::dispatch`]) and confirms with
+    /// [`JobStore::confirm_enqueued`].
+    fn queues_inline(&self) -> bool {
+        false
+    }
+
+    /// The queue confirmed it holds `jobs`: they no longer wait to be published again by the
+    /// sweep ([`Sweeper::unconfirmed`]).
+    fn confirm_enqueued(
+        &self,
+        jobs: &[JobId],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Fleet-wide counts.
+    fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send;
+
     /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
     /// claimed it meanwhile (the enqueue reached the queue after all).
     fn forget(
@@ -273,7 +322,7 @@ pub trait LeaseStore: Send + Sync {
     fn finish(
         &self,
         node: &NodeId,
-        spec: &JobSpec,
+        job: &JobId,
         epoch: u64,
         end: RunEnd,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -332,19 +381,22 @@ pub trait Sweeper: Send + Sync {
         batch: u32,
     ) -> impl Future<Output = Result<Option<SweepReport>, StoreError>> + Send;
 
-    /// Crashed jobs whose restart delay has passed (at most `batch`), now queued again. The
-    /// caller enqueues them.
+    /// Crashed jobs whose restart delay has passed (at most `batch`), now queued again (and
+    /// queued, when [`JobStore::queues_inline`]). The caller dispatches them.
     fn due_restarts(
         &self,
         batch: u32,
     ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
 
-    /// Puts just-promoted jobs back to wait `delay` (their enqueue failed).
-    fn defer(
+    /// Queued jobs whose enqueue was not confirmed within `older_than` (at most `batch`): their
+    /// orchestrator died between admission and publish, or the publish failed. They wait
+    /// another `older_than` for the confirmation of the publish the caller now makes. Always
+    /// empty when the store queues inline.
+    fn unconfirmed(
         &self,
-        jobs: &[JobId],
-        delay: Duration,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        older_than: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<Vec<JobId>, StoreError>> + Send;
 }
 
 /// A user API key as listed (never its secret or hash).

@@ -8,9 +8,9 @@ use std::time::Duration;
 use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetPolicy,
-    JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest, StoreError,
-    Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
+    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
+    StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -39,7 +39,7 @@ script!(HAND_BACK, "store_hand_back.lua");
 script!(STOP, "store_stop.lua");
 script!(SWEEP, "store_sweep.lua");
 script!(PROMOTE, "store_promote.lua");
-script!(DEFER, "store_defer.lua");
+script!(RECONCILE, "store_reconcile.lua");
 script!(FORGET, "store_forget.lua");
 script!(ADD_KEY, "store_add_key.lua");
 script!(REVOKE_KEY, "store_revoke_key.lua");
@@ -50,16 +50,28 @@ pub struct RedisStore {
     pools: RedisPools,
     keys: Keys,
     policy: FleetPolicy,
+    /// The Redis-list queue's ready list, when the scripts queue jobs themselves.
+    ready_list: Option<String>,
 }
 
 impl RedisStore {
-    /// A store under the key prefix of `keys`, applying `policy`.
+    /// A store under the key prefix of `keys`, applying `policy`. Queued jobs are left for the
+    /// caller to publish (see [`crate::dispatch`]) until [`RedisStore::queuing_into`] is set.
     pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
         Self {
             pools,
             keys,
             policy,
+            ready_list: None,
         }
+    }
+
+    /// The same store, pushing every job it makes queued onto the Redis list `ready` in the
+    /// same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
+    /// and enqueue become one atomic step.
+    pub fn queuing_into(mut self, ready: String) -> Self {
+        self.ready_list = Some(ready);
+        self
     }
 
     /// The key schema in use.
@@ -71,7 +83,7 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..19]).
+    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..21]).
     fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let (p, t) = (&self.policy, &self.policy.tiers);
         let (r, b) = (&p.restart, &p.breaker);
@@ -94,7 +106,9 @@ impl RedisStore {
             .arg(if p.audit { "1" } else { "0" })
             .arg(p.limits.max_runners)
             .arg(p.limits.max_queued)
-            .arg(p.limits.retry_after_ms);
+            .arg(p.limits.retry_after_ms)
+            .arg(r.max_node_losses)
+            .arg(self.ready_list.as_deref().unwrap_or(""));
         inv
     }
 }
@@ -116,18 +130,32 @@ fn parse<T: serde::de::DeserializeOwned>(
 }
 
 /// Builds a [`JobRecord`] from a job hash (`HGETALL`). `None` for a missing hash.
-fn record_from_hash(h: &HashMap<String, String>) -> Result<Option<JobRecord>, StoreError> {
+///
+/// A record whose stored data cannot be read (a spec that is not a job spec, written by some
+/// other client or damaged) is still shown, with what can be read and the reason in `error`:
+/// one bad record must not hide a user's other runners.
+fn record_from_hash(id: &str, h: &HashMap<String, String>) -> Option<JobRecord> {
     if h.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let spec: JobSpec = parse("spec", h.get("spec"))?;
     let num = |f: &str| h.get(f).and_then(|v| v.parse::<u64>().ok());
-    let status = h
-        .get("status")
-        .and_then(|s| JobStatus::parse(s))
-        .ok_or_else(|| StoreError::data("job hash has no valid status"))?;
-    let mut record = JobRecord::queued(&spec, num("created").unwrap_or(0));
-    record.status = status;
+    let mut unreadable = Vec::new();
+    let mut record = match parse::<JobSpec>("spec", h.get("spec")) {
+        Ok(spec) => JobRecord::queued(&spec, num("created").unwrap_or(0)),
+        Err(e) => {
+            unreadable.push(e.to_string());
+            JobRecord::unreadable(
+                JobId::new(id),
+                UserId::new(h.get("user").cloned().unwrap_or_default()),
+                h.get("strategy").cloned().unwrap_or_default().into(),
+                num("created").unwrap_or(0),
+            )
+        }
+    };
+    match h.get("status").and_then(|s| JobStatus::parse(s)) {
+        Some(status) => record.status = status,
+        None => unreadable.push("job hash has no valid status".into()),
+    }
     record.node_id = h
         .get("node")
         .filter(|n| !n.is_empty())
@@ -145,12 +173,25 @@ fn record_from_hash(h: &HashMap<String, String>) -> Result<Option<JobRecord>, St
     });
     record.flattened_positions = num("flattened").map(|n| n as u32);
     if h.contains_key("positions") {
-        record.positions = parse("positions", h.get("positions"))?;
+        match parse("positions", h.get("positions")) {
+            Ok(p) => record.positions = p,
+            Err(e) => unreadable.push(e.to_string()),
+        }
     }
     if h.contains_key("stats") {
-        record.stats = parse("stats", h.get("stats"))?;
+        match parse("stats", h.get("stats")) {
+            Ok(s) => record.stats = s,
+            Err(e) => unreadable.push(e.to_string()),
+        }
     }
-    Ok(Some(record))
+    if !unreadable.is_empty() {
+        let note = format!("stored record unreadable: {}", unreadable.join("; "));
+        record.error = Some(match record.error.take() {
+            Some(e) => format!("{e}; {note}"),
+            None => note,
+        });
+    }
+    Some(record)
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -164,7 +205,7 @@ fn text(v: &Value) -> Option<String> {
 
 impl JobStore for RedisStore {
     async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
-        let (code, tier, limit, current, retry_after_ms): (i64, String, u32, u32, u64) = self
+        let (code, tier, limit, current, last): (i64, String, u32, u32, Value) = self
             .invoke(&ADMIT)
             .arg(spec.id.as_str())
             .arg(spec.user_id.as_str())
@@ -172,6 +213,12 @@ impl JobStore for RedisStore {
             .arg(json(spec))
             .invoke_async(&mut *self.conn().await?)
             .await?;
+        if code == -2 {
+            return Ok(Admission::Invalid {
+                reason: text(&last).unwrap_or_default(),
+            });
+        }
+        let retry_after_ms = text(&last).and_then(|t| t.parse().ok()).unwrap_or(0);
         let tier: Tier = tier.parse().map_err(StoreError::data)?;
         match code {
             1 => Ok(Admission::Admitted {
@@ -194,6 +241,39 @@ impl JobStore for RedisStore {
         }
     }
 
+    fn queues_inline(&self) -> bool {
+        self.ready_list.is_some()
+    }
+
+    async fn confirm_enqueued(&self, jobs: &[JobId]) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = jobs.iter().map(JobId::as_str).collect();
+        let _: i64 = ::redis::cmd("ZREM")
+            .arg(self.keys.pending())
+            .arg(&ids)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
+        let (queued, running, active, restarting): (u64, u64, u64, u64) = ::redis::pipe()
+            .scard(self.keys.queued())
+            .zcard(self.keys.leases())
+            .scard(self.keys.active())
+            .zcard(self.keys.delayed())
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(FleetCounts {
+            queued,
+            running,
+            active,
+            restarting,
+        })
+    }
+
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
         let _: i64 = self
             .invoke(&FORGET)
@@ -209,7 +289,7 @@ impl JobStore for RedisStore {
             .arg(self.keys.job(job))
             .query_async(&mut *self.conn().await?)
             .await?;
-        record_from_hash(&h)
+        Ok(record_from_hash(job.as_str(), &h))
     }
 
     async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
@@ -241,7 +321,7 @@ impl JobStore for RedisStore {
         let mut records = Vec::with_capacity(ids.len());
         let mut gone = Vec::new();
         for (id, h) in ids.iter().zip(&hashes) {
-            match record_from_hash(h)? {
+            match record_from_hash(id, h) {
                 Some(r) => records.push(r),
                 None => gone.push(id.as_str()),
             }
@@ -292,7 +372,17 @@ impl LeaseStore for RedisStore {
                     .and_then(text)
                     .and_then(|e| e.parse().ok())
                     .unwrap_or(0);
-                let spec: JobSpec = parse("spec", row.get(3).and_then(text).as_ref())?;
+                // One job's bad spec fails that job alone, never its batch-mates.
+                let spec: JobSpec = match parse("spec", row.get(3).and_then(text).as_ref()) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        return Ok(ClaimOutcome::Unrunnable {
+                            job_id: JobId::new(id),
+                            epoch,
+                            reason: e.to_string(),
+                        });
+                    }
+                };
                 let account = row
                     .get(4)
                     .and_then(text)
@@ -330,13 +420,13 @@ impl LeaseStore for RedisStore {
     async fn finish(
         &self,
         node: &NodeId,
-        spec: &JobSpec,
+        job: &JobId,
         epoch: u64,
         end: RunEnd,
     ) -> Result<bool, StoreError> {
         let accepted: i64 = self
             .invoke(&FINISH)
-            .arg(spec.id.as_str())
+            .arg(job.as_str())
             .arg(epoch)
             .arg(node.as_str())
             .arg(end.status.as_str())
@@ -556,17 +646,21 @@ impl Sweeper for RedisStore {
         Ok(ids.into_iter().map(JobId::new).collect())
     }
 
-    async fn defer(&self, jobs: &[JobId], delay: Duration) -> Result<(), StoreError> {
-        if jobs.is_empty() {
-            return Ok(());
+    async fn unconfirmed(
+        &self,
+        older_than: Duration,
+        batch: u32,
+    ) -> Result<Vec<JobId>, StoreError> {
+        if self.queues_inline() {
+            return Ok(Vec::new());
         }
-        let mut inv = self.invoke(&DEFER);
-        inv.arg(delay.as_millis() as u64);
-        for j in jobs {
-            inv.arg(j.as_str());
-        }
-        let _: i64 = inv.invoke_async(&mut *self.conn().await?).await?;
-        Ok(())
+        let ids: Vec<String> = self
+            .invoke(&RECONCILE)
+            .arg(older_than.as_millis() as u64)
+            .arg(batch)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(ids.into_iter().map(JobId::new).collect())
     }
 }
 

@@ -144,9 +144,10 @@ fn publish(to: &Mutex<Report>, report: Report) {
 /// Runs a job's strategy until `stop` says why it must end, publishing its report after every
 /// tick; resumes from `resume` (a [`Report::account`]) exactly when given one.
 ///
-/// A runner that cannot start (unknown strategy type, unreadable replay file, a saved state
-/// that does not parse) panics with the reason: the node records it as the job's failure,
-/// and a state it cannot read is never taken for a flat account.
+/// A runner that cannot start (unknown strategy type, unreadable or invalid replay file, a
+/// saved state that does not parse) returns `Err` with the reason: a configuration failure,
+/// which the node records as the job's failure at once (restarting it would fail the same
+/// way), and a state it cannot read is never taken for a flat account.
 pub async fn run(
     spec: Arc<JobSpec>,
     market: &MarketSettings,
@@ -154,11 +155,8 @@ pub async fn run(
     report: Arc<Mutex<Report>>,
     mut stop: watch::Receiver<Option<StopCause>>,
     lease_fresh: impl Fn() -> bool + Send,
-) -> RunOutcome {
-    let (mut session, mut feed) = match start(&spec, market, resume.as_ref()).await {
-        Ok(started) => started,
-        Err(e) => panic!("runner {} cannot start: {e}", spec.id),
-    };
+) -> Result<RunOutcome, String> {
+    let (mut session, mut feed) = start(&spec, market, resume.as_ref()).await?;
     publish(&report, snapshot(&session, feed.as_ref()));
     let mut last = Instant::now();
     let mut first = true;
@@ -216,10 +214,10 @@ pub async fn run(
     }
     let last = snapshot(&session, feed.as_ref());
     publish(&report, last.clone());
-    RunOutcome {
+    Ok(RunOutcome {
         cause,
         flattened,
         flatten_error,
         report: last,
-    }
+    })
 }
