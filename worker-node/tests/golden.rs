@@ -1,13 +1,16 @@
 //! Golden tests: every figure below was worked out by hand (the arithmetic is in the comments)
-//! and the runtime must reproduce it to the last digit.
+//! and the runtime must reproduce it to the last digit. The definitions docs/trading.md
+//! decides (RSI of a window without change, when sma-cross fires, fee precision, bar spacing)
+//! are each pinned by a hand-worked CSV of a few rows, replayed as a runner would play it.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Script, bar, inst, limits, model, session};
+use common::{Script, bar, csv_file, inst, limits, model, play, replay_market, session, spec};
 use runfleet::catalog::Instrument;
 use runfleet::job::Side;
+use runfleet_worker::trading;
 use runfleet_worker::trading::broker::{
     Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
 };
@@ -16,6 +19,7 @@ use runfleet_worker::trading::risk::RiskLimits;
 use runfleet_worker::trading::session::Session;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
+use serde_json::{Value, json};
 
 use OrderSide::{Buy, Sell};
 
@@ -485,4 +489,87 @@ async fn flatten_that_cannot_confirm_flat_reports_flatten_failed() {
     );
     assert_eq!(holding_of(&s, "EUR-USD"), Some((Side::Short, dec!(1000))));
     assert_eq!(holding_of(&s, "BTC-PERPETUAL"), None);
+}
+
+/// A EUR-USD runner of strategy `kind` with `parameters` and `risk` (`null`: none, one amount
+/// step).
+fn eur_usd(kind: &str, parameters: Value, risk: Value) -> Value {
+    json!({
+        "name": "golden", "type": kind, "parameters": parameters,
+        "riskManagement": risk, "instruments": ["EUR-USD"]
+    })
+}
+
+/// Replays `csv` (written to a file named after `name`) for a runner of `config`, with
+/// `fee_bps` and no slippage, to its last row.
+async fn replay_csv(
+    name: &str,
+    config: Value,
+    fee_bps: i64,
+    csv: &str,
+) -> (Session<PaperBroker>, Vec<Vec<Fill>>) {
+    let file = csv_file(name, csv);
+    let played = play(&spec(name, config), &replay_market(&file, fee_bps, 0)).await;
+    std::fs::remove_file(&file).unwrap();
+    played.unwrap()
+}
+
+/// The fills of a replay as (line of the CSV row they traded on, side, amount, price), for a
+/// CSV with its header on line 1 and one row per line after it.
+fn fills_by_line(steps: &[Vec<Fill>]) -> Vec<(usize, OrderSide, Decimal, Decimal)> {
+    steps
+        .iter()
+        .enumerate()
+        .flat_map(|(n, fills)| {
+            fills
+                .iter()
+                .map(move |f| (n + 2, f.side, f.amount, f.price))
+        })
+        .collect()
+}
+
+/// 1,000 EUR a position, stop-loss and take-profit out of reach.
+fn risk_1000() -> Value {
+    json!({"maxPositionSize": 1000, "stopLossPercent": 50, "takeProfitPercent": 100})
+}
+
+#[tokio::test]
+async fn daily_rows_last_a_day_over_weekends_and_a_stray_intraday_row_is_refused() {
+    // Daily rows, Thursday to Tuesday; sma-cross 1/2 on 1d candles, no fee.
+    let rows = [
+        "2020-01-02,1.1,1.1,1.1,1.1,0",
+        "2020-01-03,1.1,1.1,1.09,1.09,0",
+        "2020-01-06,1.09,1.1,1.09,1.1,0",
+        "2020-01-07,1.1,1.11,1.1,1.11,0",
+    ];
+    let csv = |rows: &[&str]| format!(",Open,High,Low,Close,Volume\n{}\n", rows.join("\n"));
+    let params = json!({"fastPeriod": 1, "slowPeriod": 2, "timeframe": "1d"});
+    let config = eur_usd("sma-cross", params, risk_1000());
+    // The weekend is a longer gap, not a shorter bar: each row is a 1d candle, and the cross
+    // of Monday (line 4) trades on Monday's row, at its close.
+    let (_, steps) = replay_csv("daily", config.clone(), 0, &csv(&rows)).await;
+    assert_eq!(fills_by_line(&steps), vec![(4, Buy, dec!(1000), dec!(1.1))]);
+    // A stray row on Friday afternoon would have made every row 15 h long (the smallest gap),
+    // and a 1d strategy would have seen each day only once the next row came: a row late.
+    // The file is refused instead, naming the file and the line.
+    let stray = [
+        rows[0],
+        rows[1],
+        "2020-01-03 15:00,1.09,1.1,1.09,1.095,0",
+        rows[2],
+        rows[3],
+    ];
+    let file = csv_file("daily-stray", &csv(&stray));
+    let refused = trading::start(&spec("stray", config), &replay_market(&file, 0, 0), None).await;
+    std::fs::remove_file(&file).unwrap();
+    let Err(e) = refused else {
+        panic!("a stray row is refused")
+    };
+    assert!(
+        e.starts_with(&format!(
+            "replay file {file}: line 4: this row starts 15h after line 3"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("rows are 1d apart"), "{e}");
 }
