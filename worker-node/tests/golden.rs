@@ -537,6 +537,90 @@ fn risk_1000() -> Value {
 }
 
 #[tokio::test]
+async fn rsi_of_a_window_that_never_moved_is_neutral_50() {
+    // RSI over 2 changes, hourly rows, fee 5 bps, no slippage.
+    let csv = "\
+,Open,High,Low,Close,Volume
+2020-01-02 09:00,1.1,1.1,1.1,1.1,0
+2020-01-02 10:00,1.1,1.1,1.1,1.1,0
+2020-01-02 11:00,1.1,1.1,1.1,1.1,0
+2020-01-02 12:00,1.1,1.1,1.09,1.09,0
+2020-01-02 13:00,1.09,1.09,1.09,1.09,0
+2020-01-02 14:00,1.09,1.09,1.09,1.09,0
+2020-01-02 15:00,1.09,1.1,1.09,1.1,0
+";
+    let params = json!({"rsiPeriod": 2, "timeframe": "1h"});
+    let (s, steps) = replay_csv("rsi-flat", eur_usd("scalping", params, risk_1000()), 5, csv).await;
+    // Line 4: 1.1, 1.1, 1.1 never moved: RSI 50, flat stays flat (read as 100, it would have
+    // sold short into a market that is not moving).
+    // Line 5: 1.1, 1.1, 1.09 only fell: RSI 0, buy 1,000 at 1.09.
+    // Line 6: 1.1, 1.09, 1.09 only fell: 0, the long is held.
+    // Line 7: 1.09, 1.09, 1.09 never moved: 50, back to neutral, the long closes at 1.09.
+    // Line 8: 1.09, 1.09, 1.1 only rose: RSI 100, sell short 1,000 at 1.1.
+    assert_eq!(
+        fills_by_line(&steps),
+        vec![
+            (5, Buy, dec!(1000), dec!(1.09)),
+            (7, Sell, dec!(1000), dec!(1.09)),
+            (8, Sell, dec!(1000), dec!(1.1)),
+        ]
+    );
+    // Fees 1,000 × 1.09 × 0.0005 = 0.545 twice, then 1,000 × 1.1 × 0.0005 = 0.55. The
+    // closed long made 0 − 0.545 − 0.545 = −1.09: a loss.
+    let st = s.report().stats;
+    assert_eq!(
+        (st.total_trades, st.winning_trades, st.losing_trades),
+        (1, 0, 1)
+    );
+    assert_eq!((st.total_pnl, st.fees), (dec!(-1.09), dec!(1.64)));
+    assert_eq!(holding_of(&s, "EUR-USD"), Some((Side::Short, dec!(1000))));
+}
+
+#[tokio::test]
+async fn sma_cross_fires_when_the_side_changes_and_ties_keep_the_side() {
+    // Fast 1, slow 2: fast − slow = (close − previous close) / 2, so the side of a row is the
+    // sign of its change. No fee, no slippage.
+    let csv = "\
+,Open,High,Low,Close,Volume
+2020-01-02 09:00,1.1,1.1,1.1,1.1,0
+2020-01-02 10:00,1.1,1.1,1.1,1.1,0
+2020-01-02 11:00,1.1,1.11,1.1,1.11,0
+2020-01-02 12:00,1.11,1.11,1.11,1.11,0
+2020-01-02 13:00,1.11,1.11,1.1,1.1,0
+2020-01-02 14:00,1.1,1.1,1.1,1.1,0
+2020-01-02 15:00,1.1,1.1,1.1,1.1,0
+2020-01-02 16:00,1.1,1.1,1.09,1.09,0
+2020-01-02 17:00,1.09,1.095,1.09,1.095,0
+2020-01-02 18:00,1.095,1.095,1.095,1.095,0
+";
+    let params = json!({"fastPeriod": 1, "slowPeriod": 2, "timeframe": "1h"});
+    let (s, steps) = replay_csv(
+        "sma-ties",
+        eur_usd("sma-cross", params, risk_1000()),
+        0,
+        csv,
+    )
+    .await;
+    // Line 2: warming up. Line 3: a tie, no side. Line 4: above, the first side after warm-up:
+    // only remembered, no trade. Line 5: a tie keeps "above". Line 6: below, a cross: sell
+    // 1,000 at 1.1. Lines 7, 8: ties. Line 9: below again, no cross (ties between two "below"
+    // are no cross). Line 10: above, a cross: buy 2,000 at 1.095, the short becomes a long.
+    // Line 11: a tie.
+    assert_eq!(
+        fills_by_line(&steps),
+        vec![
+            (6, Sell, dec!(1000), dec!(1.1)),
+            (10, Buy, dec!(2000), dec!(1.095)),
+        ]
+    );
+    // The short: 1,000 × (1.1 − 1.095) = 5.
+    let st = s.report().stats;
+    assert_eq!((st.total_trades, st.winning_trades), (1, 1));
+    assert_eq!(st.total_pnl, dec!(5));
+    assert_eq!(holding_of(&s, "EUR-USD"), Some((Side::Long, dec!(1000))));
+}
+
+#[tokio::test]
 async fn a_round_trip_at_one_price_loses_its_fees_however_small() {
     // No riskManagement: one amount step, 1 EUR. Fee 5 bps, no slippage; sma-cross 1/2.
     let csv = "\
