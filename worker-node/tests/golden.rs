@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use common::{Script, bar, csv_file, inst, limits, model, play, replay_market, session, spec};
 use runfleet::catalog::Instrument;
+use runfleet::config::MarketSettings;
 use runfleet::job::Side;
-use runfleet_worker::trading;
 use runfleet_worker::trading::broker::{
     Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
 };
 use runfleet_worker::trading::paper::PaperBroker;
 use runfleet_worker::trading::risk::RiskLimits;
 use runfleet_worker::trading::session::Session;
+use runfleet_worker::trading::{self, Report};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
@@ -702,4 +703,28 @@ async fn daily_rows_last_a_day_over_weekends_and_a_stray_intraday_row_is_refused
         "{e}"
     );
     assert!(e.contains("rows are 1d apart"), "{e}");
+}
+
+#[tokio::test]
+async fn a_runner_that_has_not_traded_shows_its_currency() {
+    for (instruments, currency) in [
+        (json!(["BTC-PERPETUAL"]), "BTC"),
+        (json!(["EUR-USD"]), "USD"),
+        (json!(["BTC-PERPETUAL", "ETH-PERPETUAL"]), "USD"),
+    ] {
+        let spec = spec(
+            "idle",
+            json!({
+                "name": "idle", "type": "scalping", "parameters": {},
+                "instruments": instruments
+            }),
+        );
+        let before = Report::before_start(&spec);
+        assert_eq!(before.stats.currency, currency);
+        assert_eq!(before.stats.total_trades, 0);
+        let (session, _) = trading::start(&spec, &MarketSettings::default(), None)
+            .await
+            .unwrap();
+        assert_eq!(session.report().stats, before.stats, "{instruments}");
+    }
 }

@@ -8,7 +8,8 @@
 //!   so a resumed runner continues it exactly. Each step is one candle of the strategy's
 //!   timeframe (simulated time runs at one candle per `market.tick_ms`).
 //! - [`ReplayFeed`]: candles from CSV files (`,Open,High,Low,Close,Volume`, as in
-//!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`.
+//!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`. A
+//!   file that is not a regular series of candles is refused with its line ([`parse_csv`]).
 //!
 //! [`CandleBuilder`] turns a feed's bars into candles of a strategy's timeframe.
 
@@ -469,7 +470,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Candle>, CsvError> {
             line,
             reason: format!(
                 "this row starts {} after line {before}, but the file's rows are {} apart; \
-                 a row closer than 3/4 of that would overlap its neighbour (a stray row?)",
+                 a row closer than {num}/{den} of that would overlap its neighbour (a stray row?)",
                 span(gap),
                 span(period)
             ),
