@@ -1,6 +1,6 @@
 //! Properties over random order sequences on the paper broker, through a session: the money
 //! adds up exactly, flatten leaves nothing open, and every closed trade is a win, a loss or
-//! neither.
+//! neither; and a round trip at one price always loses its fees, however small.
 
 mod common;
 
@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::{Script, bar, inst, limits, model, session};
 use proptest::prelude::*;
+use runfleet::catalog::INSTRUMENTS;
 use runfleet_worker::trading::broker::{Broker, Fill, OrderRequest, OrderSide, Placed};
+use runfleet_worker::trading::paper::FillModel;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -42,6 +44,56 @@ fn op(instruments: usize) -> impl Strategy<Value = Op> {
         1 => (0usize..4).prop_map(|k| Op::Cancel { k }),
         1 => i.prop_map(|i| Op::Close { i }),
     ]
+}
+
+/// Opens `steps` amount steps of instrument `i` of the catalog at `percent` % of its simulated
+/// start price (on the price step) and closes them at the same price, with a fee of
+/// `fee_hundredths` hundredths of a basis point and no slippage; checks that the trade lost
+/// exactly its two fees, each above zero.
+fn round_trip(
+    i: usize,
+    buy: bool,
+    steps: u32,
+    percent: i64,
+    fee_hundredths: i64,
+) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let instrument = &INSTRUMENTS[i];
+        let fill_model = FillModel {
+            fee_bps: Decimal::new(fee_hundredths, 2),
+            slippage_bps: Decimal::ZERO,
+        };
+        let mut s = session(
+            fill_model,
+            Box::new(Script::default()),
+            limits(dec!(1000000000), None, None),
+            &[instrument.name],
+        );
+        let price = instrument.start_price() * Decimal::from(percent) / Decimal::from(100);
+        let price = ((price / instrument.price_step).round() * instrument.price_step)
+            .max(instrument.price_step);
+        s.step(&[bar(instrument, 0, price)]).await;
+        let side = if buy { OrderSide::Buy } else { OrderSide::Sell };
+        let amount = instrument.amount_step * Decimal::from(steps);
+        let Some(Placed::Filled(open)) = s
+            .submit(OrderRequest::market(instrument, side, amount))
+            .await
+        else {
+            return Err(TestCaseError::fail("the opening order did not fill"));
+        };
+        let close = s.close(instrument).await.unwrap().unwrap();
+        prop_assert_eq!((open.price, close.price), (price, price));
+        prop_assert_eq!(close.realized_pnl, Decimal::ZERO);
+        prop_assert!(open.fee > Decimal::ZERO && close.fee > Decimal::ZERO);
+        let st = s.report().stats;
+        prop_assert_eq!((st.total_trades, st.losing_trades), (1, 1));
+        prop_assert_eq!(st.total_pnl, -(open.fee + close.fee));
+        prop_assert_eq!(st.fees, open.fee + close.fee);
+        Ok(())
+    })
 }
 
 /// Plays `ops` on a session over `names` (all settling in one currency), checking after every
@@ -177,7 +229,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
-    fn linear_books_balance_to_the_cent(
+    fn linear_books_balance_exactly(
         fee in 0i64..=50,
         slip in 0i64..=50,
         ops in proptest::collection::vec(op(2), 1..60),
@@ -186,11 +238,22 @@ proptest! {
     }
 
     #[test]
-    fn inverse_books_balance_to_the_satoshi(
+    fn inverse_books_balance_exactly(
         fee in 0i64..=50,
         slip in 0i64..=50,
         ops in proptest::collection::vec(op(1), 1..60),
     ) {
         check(&["BTC-PERPETUAL"], fee, slip, ops)?;
+    }
+
+    #[test]
+    fn a_round_trip_at_one_price_always_loses_its_fees(
+        i in 0..INSTRUMENTS.len(),
+        buy in any::<bool>(),
+        steps in 1u32..=1000,
+        percent in 1i64..=1000,
+        fee_hundredths in 1i64..=100_000,
+    ) {
+        round_trip(i, buy, steps, percent, fee_hundredths)?;
     }
 }

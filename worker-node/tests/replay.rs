@@ -7,19 +7,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eurusd_csv, spec};
-use runfleet::config::{FeedKind, MarketSettings};
+use common::{csv_file, eurusd_csv, play, replay_market, spec};
+use runfleet::config::MarketSettings;
 use runfleet::job::Stats;
 use runfleet_worker::trading;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
+/// The EUR-USD file with the default fill model.
 fn market() -> MarketSettings {
+    let defaults = MarketSettings::default();
     MarketSettings {
-        feed: FeedKind::Replay,
-        replay_file: eurusd_csv(),
-        replay_speed: 0,
-        ..MarketSettings::default()
+        fee_bps: defaults.fee_bps,
+        slippage_bps: defaults.slippage_bps,
+        ..replay_market(&eurusd_csv(), 0, 0)
     }
 }
 
@@ -35,10 +36,7 @@ fn config(kind: &str, parameters: Value) -> Value {
 /// saved state.
 async fn replay(config: Value) -> (Stats, u64, Value) {
     let spec = spec("job-replay", config);
-    let (mut session, mut feed) = trading::start(&spec, &market(), None).await.unwrap();
-    while let Some(bars) = feed.next_bars() {
-        session.step(&bars).await;
-    }
+    let (mut session, _) = play(&spec, &market()).await.unwrap();
     let flatten = session.flatten(3, Duration::ZERO).await;
     assert_eq!(flatten.error, None);
     let ticks = session.events().ticks;
@@ -86,10 +84,10 @@ async fn scalping_replays_eurusd_to_the_end_with_the_same_stats_every_run() {
             total_trades: 231,
             winning_trades: 87,
             losing_trades: 144,
-            total_pnl: dec!(-2916.31),
+            total_pnl: dec!(-2916.26075),
             win_rate: dec!(37.66),
-            fees: dec!(2692.21),
-            max_drawdown: dec!(2963.09),
+            fees: dec!(2692.16075),
+            max_drawdown: dec!(2963.0424),
             profit_factor: Some(dec!(0.3317)),
             currency: "USD".into(),
         },
@@ -115,13 +113,56 @@ async fn sma_cross_replays_eurusd_on_4h_candles_with_the_same_stats_every_run() 
             total_trades: 51,
             winning_trades: 14,
             losing_trades: 37,
-            total_pnl: dec!(-746.99),
+            total_pnl: dec!(-746.95905),
             win_rate: dec!(27.45),
-            fees: dec!(595.09),
-            max_drawdown: dec!(1027.29),
+            fees: dec!(595.05905),
+            max_drawdown: dec!(1027.2535),
             profit_factor: Some(dec!(0.6515)),
             currency: "USD".into(),
         },
         "pinned"
+    );
+}
+
+/// Why a scalping EUR-USD runner on `csv` (written to a file named after `name`) cannot
+/// start, and the file's path.
+async fn refused(name: &str, csv: &str) -> (String, String) {
+    let file = csv_file(name, csv);
+    let cfg = config("scalping", json!({"rsiPeriod": 14, "timeframe": "1h"}));
+    let started = trading::start(&spec(name, cfg), &replay_market(&file, 5, 1), None).await;
+    std::fs::remove_file(&file).unwrap();
+    match started {
+        Ok(_) => panic!("{name}: started"),
+        Err(e) => (file, e),
+    }
+}
+
+#[tokio::test]
+async fn replay_input_that_is_wrong_is_refused_with_the_file_and_line() {
+    for (name, csv) in [
+        ("empty", ""),
+        ("header-only", ",Open,High,Low,Close,Volume\n"),
+    ] {
+        let (file, e) = refused(name, csv).await;
+        assert_eq!(
+            e,
+            format!("replay file {file}: no candle rows (the file is empty or has only a header)")
+        );
+    }
+    const ROWS: &str = ",Open,High,Low,Close,Volume\n2005-02-28,1.3,1.3,1.3,1.3,0\n";
+    let (file, e) = refused("feb-29", &format!("{ROWS}2005-02-29,1.3,1.3,1.3,1.3,0\n")).await;
+    assert_eq!(
+        e,
+        format!("replay file {file}: line 3: no such date \"2005-02-29\": 2005-02 has 28 days")
+    );
+    // Not read as 2005-03-03, which would blame line 4 for going back in time.
+    let (file, e) = refused(
+        "feb-31",
+        &format!("{ROWS}2005-02-31,1.3,1.3,1.3,1.3,0\n2005-03-01,1.3,1.3,1.3,1.3,0\n"),
+    )
+    .await;
+    assert!(
+        e.starts_with(&format!("replay file {file}: line 3: no such date")),
+        "{e}"
     );
 }

@@ -197,7 +197,7 @@ async fn a_replay_runner_plays_the_file_then_holds_until_stopped() {
         (s.total_trades, s.winning_trades, s.losing_trades),
         (231, 87, 144)
     );
-    assert_eq!(s.total_pnl, dec!(-2916.31));
+    assert_eq!(s.total_pnl, dec!(-2916.26075));
 }
 
 #[tokio::test(start_paused = true)]

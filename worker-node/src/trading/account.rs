@@ -32,9 +32,15 @@ pub fn pnl(
     }
 }
 
-/// Rounds money to the decimals of `instrument`'s settlement currency, half away from zero.
-pub fn round_money(instrument: &Instrument, value: Decimal) -> Decimal {
-    round_half_away(value, instrument.money_decimals())
+/// Decimal places every fee and realized PnL is booked with, in every currency: 1e-8, a
+/// satoshi, which is also what venues and accounting engines book fiat fees at. Cents are too
+/// coarse: a fee under half a cent would book as nothing, and a small trade closed at its
+/// entry price would end at exactly zero instead of losing its fees.
+pub const BOOKING_DECIMALS: u32 = 8;
+
+/// Rounds money to the booking precision ([`BOOKING_DECIMALS`]), half away from zero.
+pub fn round_money(value: Decimal) -> Decimal {
+    round_half_away(value, BOOKING_DECIMALS)
 }
 
 /// Rounds half away from zero (0.005 → 0.01, −0.005 → −0.01).
@@ -53,13 +59,13 @@ pub fn notional(instrument: &Instrument, amount: Decimal, price: Decimal) -> Dec
     }
 }
 
-/// The fee of a fill: `fee_bps` basis points of its notional, rounded to the settlement
-/// currency's decimals (half away from zero).
+/// The fee of a fill: `fee_bps` basis points of its notional, rounded up to the booking
+/// precision. Up, as a venue charges: a fee rate above zero then never books a fee of zero,
+/// so a round trip at one price always loses its fees.
 pub fn fee(instrument: &Instrument, amount: Decimal, price: Decimal, fee_bps: Decimal) -> Decimal {
-    round_money(
-        instrument,
-        notional(instrument, amount, price) * fee_bps / Decimal::from(10_000),
-    )
+    (notional(instrument, amount, price) * fee_bps / Decimal::from(10_000))
+        .round_dp_with_strategy(BOOKING_DECIMALS, RoundingStrategy::ToPositiveInfinity)
+        .normalize()
 }
 
 /// A net position on one instrument.
@@ -106,7 +112,7 @@ impl Holding {
     }
 
     /// Books a signed quantity at `price`. Returns the PnL realized by the part that reduces
-    /// the position, rounded to the settlement currency's decimals.
+    /// the position, rounded to the booking precision.
     pub fn apply(&mut self, instrument: &Instrument, qty: Decimal, price: Decimal) -> Decimal {
         if qty.is_zero() {
             return Decimal::ZERO;
@@ -129,16 +135,13 @@ impl Holding {
             return Decimal::ZERO;
         }
         let closing = qty.abs().min(self.size.abs());
-        let realized = round_money(
-            instrument,
-            pnl(
-                instrument.kind,
-                self.side(),
-                closing,
-                self.entry_price,
-                price,
-            ),
-        );
+        let realized = round_money(pnl(
+            instrument.kind,
+            self.side(),
+            closing,
+            self.entry_price,
+            price,
+        ));
         let before = self.size;
         self.size += qty;
         if self.size.is_zero() {
@@ -299,10 +302,7 @@ mod tests {
         // Closing both lots at 50,000 realizes what the two lots would have separately.
         let lots = pnl(btc.kind, Side::Long, dec!(100), dec!(40000), dec!(50000))
             + pnl(btc.kind, Side::Long, dec!(100), dec!(60000), dec!(50000));
-        assert_eq!(
-            h.apply(btc, dec!(-200), dec!(50000)),
-            round_money(btc, lots)
-        );
+        assert_eq!(h.apply(btc, dec!(-200), dec!(50000)), round_money(lots));
         assert_eq!(h, Holding::default());
     }
 
@@ -311,5 +311,20 @@ mod tests {
         assert_eq!(round_half_away(dec!(0.005), 2), dec!(0.01));
         assert_eq!(round_half_away(dec!(-0.005), 2), dec!(-0.01));
         assert_eq!(round_half_away(dec!(0.0049), 2), dec!(0));
+    }
+
+    #[test]
+    fn fees_book_to_1e_8_rounded_up_so_a_fee_rate_always_charges() {
+        let eur = catalog::instrument("EUR-USD").unwrap();
+        // 1 EUR at 1.1, 5 bps: 0.00055 USD, no longer 0.00 (under half a cent).
+        assert_eq!(fee(eur, dec!(1), dec!(1.1), dec!(5)), dec!(0.00055));
+        // 10 USD of BTC-PERPETUAL at 50,000, 0.01 bps: 2e-10 BTC, charged as 1e-8.
+        let perp = catalog::instrument("BTC-PERPETUAL").unwrap();
+        assert_eq!(
+            fee(perp, dec!(10), dec!(50000), dec!(0.01)),
+            dec!(0.00000001)
+        );
+        assert_eq!(fee(perp, dec!(10), dec!(50000), dec!(0)), dec!(0));
+        assert_eq!(round_money(dec!(-0.000000005)), dec!(-0.00000001));
     }
 }

@@ -8,7 +8,8 @@
 //!   so a resumed runner continues it exactly. Each step is one candle of the strategy's
 //!   timeframe (simulated time runs at one candle per `market.tick_ms`).
 //! - [`ReplayFeed`]: candles from CSV files (`,Open,High,Low,Close,Volume`, as in
-//!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`.
+//!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`. A
+//!   file that is not a regular series of candles is refused with its line ([`parse_csv`]).
 //!
 //! [`CandleBuilder`] turns a feed's bars into candles of a strategy's timeframe.
 
@@ -65,17 +66,34 @@ pub enum FeedError {
         /// Why.
         source: std::io::Error,
     },
-    /// A line of a replay file is not a candle.
-    #[error("replay data, line {line}: {reason}")]
-    Parse {
+    /// A replay file is not a series of candles.
+    #[error("replay file {path}: {source}")]
+    Csv {
+        /// The file.
+        path: String,
+        /// What is wrong, and on which line.
+        source: CsvError,
+    },
+    /// The saved position of a feed does not fit it.
+    #[error("saved feed state: {0}")]
+    State(String),
+}
+
+/// Why candle CSV text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    /// Not one candle row: an empty file, or a header alone. Played, it would run a runner
+    /// that never sees a price.
+    #[error("no candle rows (the file is empty or has only a header)")]
+    Empty,
+    /// A line that is not a candle, or not in its place.
+    #[error("line {line}: {reason}")]
+    Line {
         /// 1-based line number.
         line: usize,
         /// What is wrong.
         reason: String,
     },
-    /// The saved position of a feed does not fit it.
-    #[error("saved feed state: {0}")]
-    State(String),
 }
 
 /// A source of prices.
@@ -359,24 +377,42 @@ impl MarketFeed for ReplayFeed {
     }
 }
 
-/// Reads a candle CSV file.
+/// Reads a candle CSV file (see [`parse_csv`]); errors name the file.
 pub fn load_csv(path: &Path) -> Result<Vec<Candle>, FeedError> {
     let text = std::fs::read_to_string(path).map_err(|source| FeedError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse_csv(&text)
+    parse_csv(&text).map_err(|source| FeedError::Csv {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
+/// How long the only row of a one-row file lasts: nothing in the file says, and one minute
+/// passes through as a candle of no timeframe but `1s` and `5s`.
+const SINGLE_ROW_MS: i64 = 60_000;
+
+/// The shortest gap between two rows, as a fraction (numerator, denominator) of the file's bar
+/// length, that is not refused. Calendar months (28 days for a bar of 31) and daylight-saving
+/// shifts (23 h for 24) stay above it; a stray row inside a regular gap leaves half of it or
+/// less on one side, and is refused.
+const SHORTEST_GAP: (i64, i64) = (3, 4);
+
 /// Parses candle CSV: an optional header, then `time,open,high,low,close[,volume]` rows with
-/// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM[:SS]` times (UTC), in increasing time order. Every row
-/// lasts the smallest gap between two rows (a daily file's rows last a day, a monthly file's
-/// at least 28 days).
-pub fn parse_csv(text: &str) -> Result<Vec<Candle>, FeedError> {
-    let mut rows: Vec<Candle> = Vec::new();
+/// `YYYY-MM-DD` or `YYYY-MM-DD HH:MM[:SS]` times (UTC), in increasing time order.
+///
+/// Every row lasts the file's bar length: its most common gap between consecutive rows (the
+/// shorter on a tie), so that weekends, holidays and missing rows (longer gaps) change
+/// nothing. A row closer to the previous one than 3/4 of the bar length is refused with its
+/// line: it would overlap its neighbour (a stray intraday row in a daily file). A text without
+/// a row is refused too.
+pub fn parse_csv(text: &str) -> Result<Vec<Candle>, CsvError> {
+    // Each row with its line number, for the spacing check.
+    let mut rows: Vec<(usize, Candle)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
-        let fail = |reason: String| FeedError::Parse {
+        let fail = |reason: String| CsvError::Line {
             line: n + 1,
             reason,
         };
@@ -390,8 +426,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Candle>, FeedError> {
                 fields.len()
             )));
         }
-        let start_ms =
-            parse_time(fields[0]).ok_or_else(|| fail(format!("bad time {:?}", fields[0])))?;
+        let start_ms = parse_time(fields[0]).map_err(fail)?;
         let price = |i: usize| {
             Decimal::from_str(fields[i])
                 .ok()
@@ -406,43 +441,111 @@ pub fn parse_csv(text: &str) -> Result<Vec<Candle>, FeedError> {
             low: price(3)?,
             close: price(4)?,
         };
-        if rows.last().is_some_and(|last| last.start_ms >= start_ms) {
+        if rows
+            .last()
+            .is_some_and(|(_, last)| last.start_ms >= start_ms)
+        {
             return Err(fail("times must increase".into()));
         }
-        rows.push(candle);
+        rows.push((n + 1, candle));
     }
-    let period = rows
-        .windows(2)
-        .map(|w| w[1].start_ms - w[0].start_ms)
-        .min()
-        .unwrap_or(60_000);
-    for r in &mut rows {
-        r.period_ms = period;
+    if rows.is_empty() {
+        return Err(CsvError::Empty);
     }
-    Ok(rows)
+    let gaps = || {
+        rows.windows(2)
+            .map(|w| (w[0].0, w[1].0, w[1].1.start_ms - w[0].1.start_ms))
+    };
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for (_, _, gap) in gaps() {
+        *counts.entry(gap).or_default() += 1;
+    }
+    let period = counts
+        .iter()
+        .max_by(|(g1, n1), (g2, n2)| n1.cmp(n2).then(g2.cmp(g1)))
+        .map_or(SINGLE_ROW_MS, |(gap, _)| *gap);
+    let (num, den) = SHORTEST_GAP;
+    if let Some((before, line, gap)) = gaps().find(|(_, _, gap)| gap * den < period * num) {
+        return Err(CsvError::Line {
+            line,
+            reason: format!(
+                "this row starts {} after line {before}, but the file's rows are {} apart; \
+                 a row closer than {num}/{den} of that would overlap its neighbour (a stray row?)",
+                span(gap),
+                span(period)
+            ),
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(_, c)| Candle {
+            period_ms: period,
+            ..c
+        })
+        .collect())
 }
 
-/// `YYYY-MM-DD[ HH:MM[:SS]]` (or with a `T`) as ms since the Unix epoch, UTC.
-pub fn parse_time(s: &str) -> Option<i64> {
+/// A duration in ms as the largest unit that divides it: `1d`, `9h`, `30m`, `5s`, `250ms`.
+fn span(ms: i64) -> String {
+    [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ]
+    .iter()
+    .find(|(unit, _)| ms % unit == 0)
+    .map_or_else(
+        || format!("{ms}ms"),
+        |(unit, name)| format!("{}{name}", ms / unit),
+    )
+}
+
+/// `YYYY-MM-DD[ HH:MM[:SS]]` (or with a `T`, or a trailing `Z`) as ms since the Unix epoch,
+/// UTC. A date or time that does not exist (`2005-02-29`, `2005-04-31`, `24:00`) is refused,
+/// never rolled over into the next day or month.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let bad = || format!("bad time {s:?}, need YYYY-MM-DD[ HH:MM[:SS]]");
     let (date, time) = s.split_once([' ', 'T']).unwrap_or((s, "00:00:00"));
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return None;
+    let (Some(Some(y)), Some(Some(m)), Some(Some(day))) = (d.next(), d.next(), d.next()) else {
+        return Err(bad());
+    };
+    if !(1..=12).contains(&m) {
+        return Err(bad());
+    }
+    let month_days = days_in_month(y, m);
+    if !(1..=month_days).contains(&day) {
+        return Err(format!(
+            "no such date {s:?}: {y}-{m:02} has {month_days} days"
+        ));
     }
     let mut t = time
         .trim_end_matches('Z')
         .split(':')
         .map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (
-        t.next()??,
-        t.next().unwrap_or(Some(0))?,
-        t.next().unwrap_or(Some(0))?,
-    );
-    if hh > 23 || mm > 59 || ss > 60 {
-        return None;
+    let (Some(Some(hh)), Some(mm), Some(ss)) = (
+        t.next(),
+        t.next().unwrap_or(Some(0)),
+        t.next().unwrap_or(Some(0)),
+    ) else {
+        return Err(bad());
+    };
+    if !(0..=23).contains(&hh) || !(0..=59).contains(&mm) || !(0..=59).contains(&ss) {
+        return Err(format!("no such time {s:?}"));
     }
-    Some(((days_from_civil(y, m, day) * 24 + hh) * 60 + mm) * 60_000 + ss * 1_000)
+    Ok(((days_from_civil(y, m, day) * 24 + hh) * 60 + mm) * 60_000 + ss * 1_000)
+}
+
+/// Days in month `m` (1–12) of year `y`, proleptic Gregorian: February has 29 in years
+/// divisible by 4, except centuries not divisible by 400.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
@@ -557,9 +660,110 @@ mod tests {
         assert_eq!(rows[0].start_ms, 1_492_592_400_000);
         assert_eq!(rows[0].period_ms, 3_600_000);
         assert_eq!(rows[1].close, dec!(1.0726));
-        assert_eq!(parse_time("2012-01-31"), Some(1_327_968_000_000));
+        assert_eq!(parse_time("2012-01-31"), Ok(1_327_968_000_000));
+        assert_eq!(parse_time("2012-01-31T00:00:01Z"), Ok(1_327_968_001_000));
         assert!(parse_csv("2017-04-19,1,2,0.5,x\n").is_err());
         assert!(parse_csv("2017-04-19,1,2,0.5,1\n2017-04-18,1,2,0.5,1\n").is_err());
+    }
+
+    fn refused_line(csv: &str) -> (usize, String) {
+        match parse_csv(csv) {
+            Err(CsvError::Line { line, reason }) => (line, reason),
+            other => panic!("not refused with a line: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dates_off_the_calendar_are_refused_on_their_own_line() {
+        const HEADER: &str = ",Open,High,Low,Close,Volume\n2005-02-28,1,1,1,1,0\n";
+        let (line, reason) = refused_line(&format!("{HEADER}2005-02-29,1,1,1,1,0\n"));
+        assert_eq!(line, 3);
+        assert!(reason.contains("2005-02 has 28 days"), "{reason}");
+        // Not read as 2005-03-03, which would blame the next row for going back in time.
+        let (line, _) = refused_line(&format!(
+            "{HEADER}2005-02-31,1,1,1,1,0\n2005-03-01,1,1,1,1,0\n"
+        ));
+        assert_eq!(line, 3);
+        for date in ["2004-02-29", "2000-02-29", "2005-04-30", "2005-12-31"] {
+            assert!(parse_time(date).is_ok(), "{date}");
+        }
+        for date in [
+            "1900-02-29",
+            "2005-04-31",
+            "2005-06-31",
+            "2005-13-01",
+            "2005-00-10",
+        ] {
+            assert!(parse_time(date).is_err(), "{date}");
+        }
+        for time in [
+            "2005-01-01 24:00",
+            "2005-01-01 10:60",
+            "2005-01-01 10:00:60",
+        ] {
+            assert!(parse_time(time).is_err(), "{time}");
+        }
+    }
+
+    #[test]
+    fn empty_and_header_only_texts_are_refused() {
+        for text in [
+            "",
+            "\n\n",
+            ",Open,High,Low,Close,Volume\n",
+            ",Open,High,Low,Close\n\n",
+        ] {
+            assert_eq!(parse_csv(text), Err(CsvError::Empty), "{text:?}");
+        }
+        // One row plays, for a minute: nothing says how long it lasts.
+        let one = parse_csv("2017-04-19 09:00:00,1,1,1,1\n").unwrap();
+        assert_eq!(one[0].period_ms, 60_000);
+    }
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn the_bar_length_is_the_most_common_gap_and_a_stray_row_is_refused() {
+        // Daily rows over a weekend (a 3-day gap): rows last a day.
+        let daily = "2020-01-02,1,1,1,1\n2020-01-03,1,1,1,1\n2020-01-06,1,1,1,1\n\
+                     2020-01-07,1,1,1,1\n";
+        assert!(parse_csv(daily).unwrap().iter().all(|c| c.period_ms == DAY));
+        // Calendar months: most gaps are 31 days, February's 29 is no stray row.
+        let monthly: String = [
+            "2012-01-31",
+            "2012-02-29",
+            "2012-03-31",
+            "2012-04-30",
+            "2012-05-31",
+            "2012-06-30",
+            "2012-07-31",
+        ]
+        .iter()
+        .map(|d| format!("{d},1,1,1,1\n"))
+        .collect();
+        assert_eq!(parse_csv(&monthly).unwrap()[0].period_ms, 31 * DAY);
+        // Daily candles that shift with daylight saving (23 h once): still a day.
+        let dst = "2020-03-05 22:00,1,1,1,1\n2020-03-06 22:00,1,1,1,1\n\
+                   2020-03-09 21:00,1,1,1,1\n2020-03-10 21:00,1,1,1,1\n2020-03-11 21:00,1,1,1,1\n";
+        assert_eq!(parse_csv(dst).unwrap()[0].period_ms, DAY);
+        // A tie between two gaps: the shorter.
+        let tie = "2020-01-01,1,1,1,1\n2020-01-02,1,1,1,1\n2020-01-04,1,1,1,1\n";
+        assert_eq!(parse_csv(tie).unwrap()[0].period_ms, DAY);
+        // A stray intraday row: refused with its line, whichever of its gaps is the short one.
+        let (line, reason) = refused_line(
+            "2020-01-02,1,1,1,1\n2020-01-03,1,1,1,1\n2020-01-03 15:00,1,1,1,1\n\
+             2020-01-06,1,1,1,1\n2020-01-07,1,1,1,1\n2020-01-08,1,1,1,1\n",
+        );
+        assert_eq!(line, 3);
+        assert!(
+            reason.contains("starts 15h after line 2") && reason.contains("rows are 1d apart"),
+            "{reason}"
+        );
+        let (line, reason) = refused_line(
+            "2020-01-02,1,1,1,1\n2020-01-02 03:00,1,1,1,1\n2020-01-03,1,1,1,1\n\
+             2020-01-06,1,1,1,1\n2020-01-07,1,1,1,1\n2020-01-08,1,1,1,1\n",
+        );
+        assert_eq!(line, 2, "{reason}");
     }
 
     fn bar(start_ms: i64, period_ms: i64, close: Decimal) -> Candle {

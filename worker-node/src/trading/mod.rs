@@ -67,6 +67,25 @@ pub struct Report {
     pub account: Option<Value>,
 }
 
+impl Report {
+    /// What a runner of `spec` shows before it has published anything: no position, and empty
+    /// stats in the currency its trades will be counted in (the same as [`stats::Ledger`]
+    /// gives once it runs), never `""`.
+    pub fn before_start(spec: &JobSpec) -> Self {
+        let instruments: Vec<&'static Instrument> = spec
+            .config
+            .instruments
+            .iter()
+            .filter_map(|n| catalog::instrument(n))
+            .collect();
+        Self {
+            positions: Vec::new(),
+            stats: stats::Ledger::new(&instruments).stats(),
+            account: None,
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {

@@ -480,7 +480,7 @@ impl<B: Broker> Session<B> {
                     amount: p.size.abs().normalize(),
                     entry_price: round_half_away(p.entry_price, 8),
                     mark_price: mark.normalize(),
-                    unrealized_pnl: round_money(i, holding.unrealized(i, mark)),
+                    unrealized_pnl: round_money(holding.unrealized(i, mark)),
                     realized_pnl: p.realized_pnl.normalize(),
                     currency: i.settlement().to_owned(),
                 })

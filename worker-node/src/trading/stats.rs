@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use runfleet::catalog::{ContractKind, Instrument, currency_decimals};
+use runfleet::catalog::{ContractKind, Instrument};
 use runfleet::job::{Side, Stats};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use super::account::round_half_away;
+use super::account::{round_half_away, round_money};
 use super::broker::Fill;
 
 /// Closed trades kept for inspection in the saved state.
@@ -80,12 +80,12 @@ impl Ledger {
     }
 
     /// `amount` of `instrument`'s settlement currency in the ledger's currency: itself, or
-    /// (when converting) coins times the fill price, rounded to the cent.
+    /// (when converting) coins times the fill price, rounded to the booking precision.
     fn value(&self, instrument: &Instrument, amount: Decimal, price: Decimal) -> Decimal {
         if !self.converted || instrument.settlement() == self.currency {
             amount
         } else if instrument.kind == ContractKind::Inverse {
-            round_half_away(amount * price, 2)
+            round_money(amount * price)
         } else {
             amount
         }
@@ -132,10 +132,7 @@ impl Ledger {
         let closing_fee = if after.is_zero() {
             fee
         } else {
-            round_half_away(
-                fee * before.abs() / fill.amount,
-                currency_decimals(&self.currency),
-            )
+            round_money(fee * before.abs() / fill.amount)
         };
         let trade = self.open.remove(&fill.instrument).unwrap_or_default();
         let fees = trade.fees + closing_fee;

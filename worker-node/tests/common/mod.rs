@@ -5,7 +5,10 @@
 use std::collections::VecDeque;
 
 use runfleet::catalog::{self, Instrument};
-use runfleet_worker::trading::broker::{OrderRequest, OrderSide};
+use runfleet::config::{FeedKind, MarketSettings};
+use runfleet::job::JobSpec;
+use runfleet_worker::trading;
+use runfleet_worker::trading::broker::{Fill, OrderRequest, OrderSide};
 use runfleet_worker::trading::feed::{Bar, Candle};
 use runfleet_worker::trading::paper::{FillModel, PaperBroker};
 use runfleet_worker::trading::risk::RiskLimits;
@@ -101,10 +104,10 @@ pub fn limits(max: Decimal, sl: Option<Decimal>, tp: Option<Decimal>) -> RiskLim
 }
 
 /// A job spec as the orchestrator would store it: `config` is the start request's `config`.
-pub fn spec(job: &str, config: Value) -> runfleet::job::JobSpec {
+pub fn spec(job: &str, config: Value) -> JobSpec {
     use runfleet::crypto::CredentialCipher;
     use runfleet::ids::{BrokerId, JobId, StrategyId, UserId};
-    use runfleet::job::{Credentials, JobSpec};
+    use runfleet::job::Credentials;
     let id = JobId::new(job);
     let credentials = CredentialCipher::ephemeral()
         .seal(
@@ -128,4 +131,40 @@ pub fn spec(job: &str, config: Value) -> runfleet::job::JobSpec {
 /// The EUR-USD hourly candles shipped with the tests.
 pub fn eurusd_csv() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/EURUSD.csv").to_owned()
+}
+
+/// A replay market over `file`, played as fast as the runner can, with this fill model.
+pub fn replay_market(file: &str, fee_bps: i64, slippage_bps: i64) -> MarketSettings {
+    MarketSettings {
+        feed: FeedKind::Replay,
+        replay_file: file.to_owned(),
+        replay_speed: 0,
+        fee_bps: Decimal::from(fee_bps),
+        slippage_bps: Decimal::from(slippage_bps),
+        ..MarketSettings::default()
+    }
+}
+
+/// Writes `text` to a file of the system's temporary directory named after `name` (unique
+/// per test) and this process, and returns its path.
+pub fn csv_file(name: &str, text: &str) -> String {
+    let path =
+        std::env::temp_dir().join(format!("runfleet-test-{}-{name}.csv", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Starts a runner of `spec` on `market` as the node does (`trading::start`), then plays its
+/// feed to the end without flattening. Returns the session and the fills of every step, or
+/// why it could not start.
+pub async fn play(
+    spec: &JobSpec,
+    market: &MarketSettings,
+) -> Result<(Session<PaperBroker>, Vec<Vec<Fill>>), String> {
+    let (mut session, mut feed) = trading::start(spec, market, None).await?;
+    let mut steps = Vec::new();
+    while let Some(bars) = feed.next_bars() {
+        steps.push(session.step(&bars).await);
+    }
+    Ok((session, steps))
 }

@@ -19,7 +19,7 @@ use runfleet::job::JobSpec;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-pub use indicators::{rsi, sma};
+pub use indicators::{rsi, sma, sum_last};
 pub use panic_test::PanicTest;
 pub use scalping::Scalping;
 pub use sma_cross::SmaCross;

@@ -1,6 +1,7 @@
 //! `scalping`: RSI over `rsiPeriod` candles of `timeframe`. Flat and RSI below 30: buy;
 //! flat and above 70: sell short; a long closes once RSI is back to 50 or more, a short once
-//! it is 50 or less.
+//! it is 50 or less. A window without any change reads 50 (see [`rsi`]): it opens nothing,
+//! and it closes either side, momentum being back to neutral.
 
 use std::collections::{BTreeMap, VecDeque};
 

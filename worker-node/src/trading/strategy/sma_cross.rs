@@ -2,6 +2,14 @@
 //! `timeframe`. When the fast average crosses above the slow one the strategy goes long (from
 //! a short, in one order that flips it), when it crosses below it goes short. It is always in
 //! the market after the first cross.
+//!
+//! When a cross fires: from the first candle with `slowPeriod` closes on, each candle has a
+//! side, the sign of fast − slow. A tie (fast = slow) is no side: it neither fires nor changes
+//! the side remembered. A cross fires on the candle whose side is the opposite of the side
+//! remembered, however many ties lie between them. The first side after warm-up (or after
+//! ties at warm-up) is only remembered: the strategy enters on a change it saw, never on the
+//! state it happened to start in, which would make its first trade depend on when it was
+//! started rather than on the market.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -9,7 +17,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Context, Strategy, sma};
+use super::{Context, Strategy, sum_last};
 use crate::trading::broker::{OrderRequest, OrderSide};
 use crate::trading::feed::Candle;
 
@@ -17,7 +25,8 @@ use crate::trading::feed::Candle;
 #[serde(rename_all = "camelCase")]
 struct Track {
     closes: VecDeque<Decimal>,
-    /// +1 fast above slow, −1 below, 0 unknown yet.
+    /// The side remembered: +1 fast above slow, −1 below, 0 none seen yet (warming up, or ties
+    /// only).
     above: i8,
 }
 
@@ -56,12 +65,17 @@ impl Strategy for SmaCross {
         while track.closes.len() > self.slow {
             track.closes.pop_front();
         }
-        let (Some(fast), Some(slow)) =
-            (sma(&track.closes, self.fast), sma(&track.closes, self.slow))
-        else {
+        let (Some(fast_sum), Some(slow_sum)) = (
+            sum_last(&track.closes, self.fast),
+            sum_last(&track.closes, self.slow),
+        ) else {
             return Vec::new();
         };
-        let now: i8 = match fast.cmp(&slow) {
+        // fast − slow has the sign of fast_sum × slow − slow_sum × fast: compared without a
+        // division, a tie is a true tie and no rounding can make or break a cross.
+        let fast_side = fast_sum * Decimal::from(self.slow as u64);
+        let slow_side = slow_sum * Decimal::from(self.fast as u64);
+        let now: i8 = match fast_side.cmp(&slow_side) {
             std::cmp::Ordering::Greater => 1,
             std::cmp::Ordering::Less => -1,
             std::cmp::Ordering::Equal => return Vec::new(),
