@@ -131,6 +131,19 @@ pub fn instrument(name: &str) -> Option<&'static Instrument> {
     INSTRUMENTS.iter().find(|i| i.name == name)
 }
 
+/// The currency a runner trading `instruments` reports its stats in: their common settlement
+/// currency, or USD when they settle in different ones (then `true`: figures are converted).
+pub fn stats_currency(instruments: &[&Instrument]) -> (&'static str, bool) {
+    let mut currencies: Vec<&'static str> = instruments.iter().map(|i| i.settlement()).collect();
+    currencies.sort_unstable();
+    currencies.dedup();
+    match currencies.as_slice() {
+        [one] => (one, false),
+        [] => ("USD", false),
+        _ => ("USD", true),
+    }
+}
+
 /// Brokers a start request may name. Every one of them trades on the paper broker in this
 /// version (no live exchange connector exists yet).
 pub const BROKERS: &[&str] = &["paper", "deribit"];

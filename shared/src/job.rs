@@ -383,9 +383,19 @@ pub struct JobRecord {
 impl JobRecord {
     /// A freshly admitted job's record.
     pub fn queued(spec: &JobSpec, now_ms: u64) -> Self {
+        let instruments: Vec<&crate::catalog::Instrument> = spec
+            .config
+            .instruments
+            .iter()
+            .filter_map(|n| crate::catalog::instrument(n))
+            .collect();
         Self {
             config: spec.config.clone(),
             broker_id: spec.broker_id.clone(),
+            stats: Stats {
+                currency: crate::catalog::stats_currency(&instruments).0.into(),
+                ..Stats::default()
+            },
             ..Self::unreadable(
                 spec.id.clone(),
                 spec.user_id.clone(),

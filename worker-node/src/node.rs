@@ -360,7 +360,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             self.finish(&owner, &job, lease.epoch, end).await;
             return;
         }
-        let report = Arc::new(Mutex::new(Report::default()));
+        let report = Arc::new(Mutex::new(Report::before_start(&spec)));
         let last_report = report.clone();
         let (stop, stop_rx) = watch::channel(None);
         let outcome: Arc<Mutex<Option<Result<RunOutcome, String>>>> = Arc::default();

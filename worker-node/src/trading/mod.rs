@@ -72,12 +72,7 @@ impl Report {
     /// stats in the currency its trades will be counted in (the same as [`stats::Ledger`]
     /// gives once it runs), never `""`.
     pub fn before_start(spec: &JobSpec) -> Self {
-        let instruments: Vec<&'static Instrument> = spec
-            .config
-            .instruments
-            .iter()
-            .filter_map(|n| catalog::instrument(n))
-            .collect();
+        let instruments = instruments_of(spec);
         Self {
             positions: Vec::new(),
             stats: stats::Ledger::new(&instruments).stats(),
@@ -108,18 +103,22 @@ pub fn job_seed(job_id: &str, market_seed: u64) -> u64 {
     h ^ market_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// The catalog instruments a job names (unknown names are skipped).
+fn instruments_of(spec: &JobSpec) -> Vec<&'static Instrument> {
+    spec.config
+        .instruments
+        .iter()
+        .filter_map(|n| catalog::instrument(n))
+        .collect()
+}
+
 /// The paper session and the feed of a job, resumed from `resume` when given.
 pub async fn start(
     spec: &JobSpec,
     market: &MarketSettings,
     resume: Option<&Value>,
 ) -> Result<(Session<PaperBroker>, Box<dyn MarketFeed>), String> {
-    let instruments: Vec<&'static Instrument> = spec
-        .config
-        .instruments
-        .iter()
-        .filter_map(|n| catalog::instrument(n))
-        .collect();
+    let instruments = instruments_of(spec);
     if instruments.is_empty() {
         return Err("the job names no known instrument".into());
     }

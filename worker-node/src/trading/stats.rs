@@ -65,15 +65,9 @@ impl Ledger {
     /// A ledger for a runner trading `instruments`: in their common settlement currency, or in
     /// USD when they settle in different ones.
     pub fn new(instruments: &[&'static Instrument]) -> Self {
-        let mut currencies: Vec<&str> = instruments.iter().map(|i| i.settlement()).collect();
-        currencies.dedup();
-        let converted = currencies.len() > 1;
+        let (currency, converted) = runfleet::catalog::stats_currency(instruments);
         Self {
-            currency: if converted || currencies.is_empty() {
-                "USD".into()
-            } else {
-                currencies[0].into()
-            },
+            currency: currency.into(),
             converted,
             ..Self::default()
         }
