@@ -401,6 +401,22 @@ impl Api {
             .expect("GET")
     }
 
+    /// POST a body given as text (malformed JSON included) to a path.
+    pub async fn post_text(&self, path: &str, body: String) -> Reply {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(req).await.expect("POST")
+    }
+
+    /// POST JSON to a path; an error when there is no answer (a killed orchestrator).
+    pub async fn try_post(&self, path: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// POST JSON to a path.
     pub async fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body))

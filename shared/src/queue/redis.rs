@@ -4,9 +4,14 @@
 //! ids in one round trip. Only when that finds nothing does the node block, with `BLMOVE` on a
 //! connection of its own (Lua cannot block); a job that arrives wakes it, and the rest of the
 //! batch is taken with the script again.
+//!
+//! Spreading a burst: the script gives a node at most its fair share of what waits (waiting ÷
+//! claiming nodes). A node whose claim that share capped waits [`SHARE_PAUSE`] before its next
+//! claim, so that the other nodes take their shares instead of the fastest loop coming back for
+//! the rest. Outside bursts a claim is never capped and nothing waits.
 
-use std::sync::LazyLock;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use ::redis::Script;
 
@@ -22,12 +27,17 @@ static RELEASE: LazyLock<Script> =
 static RECOVER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/queue_recover.lua")));
 
-/// A queue in Redis lists. Cloning shares the pools.
+/// How long a node whose claim was capped by its fair share waits before it claims again.
+pub const SHARE_PAUSE: Duration = Duration::from_millis(50);
+
+/// A queue in Redis lists. Cloning shares the pools (and the pause after a capped claim: one
+/// queue value serves one node).
 #[derive(Debug, Clone)]
 pub struct RedisQueue {
     pools: RedisPools,
     keys: Keys,
     name: String,
+    capped_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl RedisQueue {
@@ -37,6 +47,7 @@ impl RedisQueue {
             pools,
             keys,
             name: name.into(),
+            capped_at: Arc::default(),
         }
     }
 
@@ -50,14 +61,25 @@ impl RedisQueue {
 
     async fn claim_now(&self, node: &NodeId, max: usize) -> Result<Vec<Delivery>, QueueError> {
         let mut conn = self.pools.commands.get().await?;
-        let ids: Vec<String> = CLAIM
+        let (capped, ids): (u8, Vec<String>) = CLAIM
             .key(self.ready())
             .key(self.processing(node))
             .key(self.keys.claimers(&self.name))
             .arg(max)
             .arg(node.as_str())
-            .invoke_async(&mut *conn)
-            .await?;
+            .invoke_async::<Vec<::redis::Value>>(&mut *conn)
+            .await
+            .and_then(|mut v| {
+                let flag = if v.is_empty() {
+                    0
+                } else {
+                    ::redis::from_redis_value(v.remove(0))?
+                };
+                Ok((flag, ::redis::from_redis_value(::redis::Value::Array(v))?))
+            })?;
+        if capped == 1 {
+            *self.capped_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         Ok(ids
             .into_iter()
             .map(|id| Delivery::untagged(JobId::new(id)))
@@ -89,6 +111,14 @@ impl JobQueue for RedisQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         if max == 0 {
             return Ok(Vec::new());
+        }
+        let capped_at = self
+            .capped_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(at) = capped_at {
+            tokio::time::sleep_until((at + SHARE_PAUSE).into()).await;
         }
         let got = self.claim_now(node, max).await?;
         if !got.is_empty() || wait.is_zero() {
