@@ -142,7 +142,20 @@ impl Client {
 const USER: &str = "user-any";
 const STRATEGY: &str = "s1";
 
-/// A job spec as the document shows it, credentials sealed for `job`.
+/// The example spec of the document (the JSON block of its section 3).
+fn documented_example() -> Value {
+    let doc = read("docs/redis-schema.md");
+    let block = doc
+        .split("### 3. The job spec")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("docs/redis-schema.md shows an example spec in section 3");
+    serde_json::from_str(block).expect("the documented example spec is JSON")
+}
+
+/// The document's example spec made out for `job` of [`USER`] and [`STRATEGY`], its
+/// credentials sealed for `job`.
 fn spec(job: &str) -> Value {
     let sealed = CredentialCipher::ephemeral()
         .seal(
@@ -153,20 +166,12 @@ fn spec(job: &str) -> Value {
             },
         )
         .unwrap();
-    json!({
-        "id": job,
-        "userId": USER,
-        "strategyId": STRATEGY,
-        "brokerId": "paper",
-        "config": {
-            "name": "BTC Scalping",
-            "type": "scalping",
-            "parameters": {"timeframe": "1m", "rsiPeriod": 14},
-            "riskManagement": {"maxPositionSize": 100, "stopLossPercent": 2, "takeProfitPercent": 3},
-            "instruments": ["BTC-PERPETUAL"]
-        },
-        "credentials": sealed,
-    })
+    let mut spec = documented_example();
+    spec["id"] = json!(job);
+    spec["userId"] = json!(USER);
+    spec["strategyId"] = json!(STRATEGY);
+    spec["credentials"] = json!(sealed);
+    spec
 }
 
 /// One refused spec: its JSON text, the field its reason must name, and whether the Rust
