@@ -7,6 +7,7 @@ use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::JobId;
@@ -27,13 +28,27 @@ pub enum CryptoError {
 }
 
 /// Credentials encrypted for storage: base64 nonce and ciphertext (which includes the tag).
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+///
+/// AES-256-GCM under the fleet's credentials key, with the job id's bytes as associated data;
+/// the plaintext is the JSON of `{"apiKey": ..., "apiSecret": ...}`. Both fields are standard
+/// base64 with padding.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct SealedCredentials {
-    /// 96-bit nonce, base64.
+    /// The 96-bit (12-byte) random nonce, base64: 16 characters.
+    #[schemars(regex(pattern = NONCE_PATTERN))]
     pub nonce: String,
-    /// Ciphertext and authentication tag, base64.
+    /// The ciphertext followed by the 16-byte authentication tag, base64.
+    #[schemars(regex(pattern = CIPHERTEXT_PATTERN), length(min = 24))]
     pub ciphertext: String,
 }
+
+/// The shape of a sealed nonce: 12 bytes as standard base64 (the admission script checks it).
+pub const NONCE_PATTERN: &str = "^[A-Za-z0-9+/]{16}$";
+
+/// The shape of a sealed ciphertext: standard base64 with padding (the admission script checks
+/// it, and that it holds at least the 16-byte tag).
+pub const CIPHERTEXT_PATTERN: &str =
+    "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
 
 impl std::fmt::Debug for SealedCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -3,15 +3,25 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// What a job, user or strategy id may be (a JSON Schema `pattern`): 1 to 128 ASCII letters,
+/// digits and `. _ : @ -`. The API checks it ([`crate::catalog::check_id`]) and so does the
+/// admission script, for specs that reach Redis another way; the job spec's schema carries it.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";
+
+/// Defines an id newtype. Attributes after `;` go on the inner `String`: they add the
+/// constraints that hold for that id to its JSON Schema.
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident $(; $(#[$inner:meta])*)?) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+        )]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name($($(#[$inner])*)? String);
 
         impl $name {
             /// Wraps an existing identifier. Validation of user-supplied ids happens at the API edge.
@@ -48,11 +58,14 @@ macro_rules! string_id {
 string_id!(
     /// A job: one requested runner, from its start request until it ends. Also the runner's
     /// `workerId` in the API, since a job runs as exactly one runner at a time.
-    JobId
+    JobId;
+    #[schemars(regex(pattern = ID_PATTERN), length(min = 1, max = 128))]
 );
 string_id!(
-    /// The user (tenant) a job belongs to.
-    UserId
+    /// The user (tenant) a job belongs to. `system` is reserved for the fleet-wide status.
+    UserId;
+    #[schemars(regex(pattern = ID_PATTERN), length(min = 1, max = 128))]
+    #[schemars(extend("not" = { "const": crate::catalog::SYSTEM_USER }))]
 );
 string_id!(
     /// A worker-node process. A new one is made at every process start (reusing a name breaks
@@ -61,7 +74,8 @@ string_id!(
 );
 string_id!(
     /// The user's own name for a strategy (`strategyId` in the start request).
-    StrategyId
+    StrategyId;
+    #[schemars(regex(pattern = ID_PATTERN), length(min = 1, max = 128))]
 );
 string_id!(
     /// The broker a strategy trades on (`brokerId` in the start request).

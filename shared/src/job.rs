@@ -8,6 +8,7 @@
 use std::fmt;
 
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::SealedCredentials;
@@ -49,7 +50,7 @@ impl fmt::Debug for Credentials {
 }
 
 /// A strategy's configuration, as sent by the client.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StrategyConfig {
     /// Display name.
@@ -69,23 +70,26 @@ pub struct StrategyConfig {
 }
 
 /// Risk limits of a strategy.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RiskManagement {
     /// Largest position, in the instrument's amount unit.
     #[serde(with = "rust_decimal::serde::float")]
+    #[schemars(with = "f64")]
     pub max_position_size: Decimal,
     /// Close a position when its loss reaches this percentage of its entry value.
     #[serde(with = "rust_decimal::serde::float")]
+    #[schemars(with = "f64")]
     pub stop_loss_percent: Decimal,
     /// Close a position when its gain reaches this percentage of its entry value.
     #[serde(with = "rust_decimal::serde::float")]
+    #[schemars(with = "f64")]
     pub take_profit_percent: Decimal,
 }
 
 /// Everything a worker node needs to run a job. Stored with the job and never returned by the
 /// API (it holds the sealed credentials).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// The job's id.
@@ -100,6 +104,19 @@ pub struct JobSpec {
     pub config: StrategyConfig,
     /// Credentials, sealed with the fleet's credentials key.
     pub credentials: SealedCredentials,
+}
+
+impl JobSpec {
+    /// The JSON Schema of a job spec (draft 2020-12), as committed in
+    /// `docs/job-spec.schema.json`: the shape any Redis client must store as a job's `spec`
+    /// (docs/redis-schema.md). Pretty-printed, ending with a newline.
+    pub fn json_schema() -> String {
+        let schema = schemars::schema_for!(JobSpec);
+        let mut text =
+            serde_json::to_string_pretty(&schema).expect("a JSON Schema serializes to JSON");
+        text.push('\n');
+        text
+    }
 }
 
 /// Where a job is in its life.

@@ -271,7 +271,16 @@ impl Fleet {
 
     /// The Redis this fleet uses.
     pub fn redis_url(&self) -> &str {
-        &self.env["RUNFLEET__REDIS__URL"]
+        self.setting("RUNFLEET__REDIS__URL")
+    }
+
+    /// A setting this fleet gives its processes, by its environment variable
+    /// (`RUNFLEET__SECURITY__CREDENTIALS_KEY`): for clients that talk to the fleet's Redis
+    /// directly. Panics when the fleet sets no such variable.
+    pub fn setting(&self, var: &str) -> &str {
+        self.env
+            .get(var)
+            .unwrap_or_else(|| panic!("the test fleet sets no {var}"))
     }
 
     /// A connection to this fleet's Redis.

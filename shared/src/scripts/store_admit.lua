@@ -9,8 +9,9 @@
 -- element names what is wrong; nothing is written).
 local id, user, strategy = A(1), A(2), A(3)
 
--- The shape of docs/job-spec.schema.json that the fleet relies on: what a worker needs to run
--- the job, and ids that are the ones the keys are built from.
+-- The shape of docs/job-spec.schema.json: what a worker needs to run the job (what the Rust
+-- JobSpec reads), and ids that are the ones the keys are built from. Checked before anything is
+-- read or written, so a refused spec leaves no trace.
 local function invalid(why) return { -2, '', 0, 0, why } end
 local ID = '^[%w._:@-]+$'
 for name, v in pairs({ jobId = id, userId = user, strategyId = strategy }) do
@@ -19,25 +20,68 @@ for name, v in pairs({ jobId = id, userId = user, strategyId = strategy }) do
   end
 end
 if user == 'system' then return invalid('userId: system is reserved for fleet-wide status') end
-local ok, spec = pcall(cjson.decode, A(4))
-if not ok or type(spec) ~= 'table' then return invalid('spec: not a JSON object') end
+local raw = A(4)
+local ok, spec = pcall(cjson.decode, raw)
+if not ok then return invalid('spec: not valid JSON (' .. tostring(spec) .. ')') end
+-- cjson decodes [] and {} to the same empty table; the text's first character tells them apart.
+if type(spec) ~= 'table' or not string.find(raw, '^[ \t\r\n]*{') then
+  return invalid('spec: must be a JSON object')
+end
+-- A decoded JSON object: a table with no array items (an empty array still passes here, since
+-- cjson cannot tell it from {}).
+local function is_object(v) return type(v) == 'table' and v[1] == nil end
+local function is_strings(v)
+  if type(v) ~= 'table' then return false end
+  local n = 0
+  for _, item in pairs(v) do
+    if type(item) ~= 'string' then return false end
+    n = n + 1
+  end
+  return n == #v
+end
 if spec.id ~= id then return invalid('spec.id: must equal the job id') end
 if spec.userId ~= user then return invalid('spec.userId: must equal the user') end
 if spec.strategyId ~= strategy then return invalid('spec.strategyId: must equal the strategy id') end
 if type(spec.brokerId) ~= 'string' then return invalid('spec.brokerId: must be a string') end
 local cfg = spec.config
-if type(cfg) ~= 'table' or type(cfg.name) ~= 'string' or type(cfg.type) ~= 'string' then
-  return invalid('spec.config: must be an object with string name and type')
+if not is_object(cfg) then return invalid('spec.config: must be an object') end
+local CONFIG = { name = true, type = true, parameters = true, riskManagement = true, instruments = true }
+for k in pairs(cfg) do
+  if not CONFIG[k] then return invalid('spec.config.' .. tostring(k) .. ': unknown field') end
 end
-if cfg.instruments ~= nil and type(cfg.instruments) ~= 'table' then
-  return invalid('spec.config.instruments: must be an array of strings')
-end
-if cfg.parameters ~= nil and type(cfg.parameters) ~= 'table' then
+if type(cfg.name) ~= 'string' then return invalid('spec.config.name: must be a string') end
+if type(cfg.type) ~= 'string' then return invalid('spec.config.type: must be a string') end
+if cfg.parameters ~= nil and not is_object(cfg.parameters) then
   return invalid('spec.config.parameters: must be an object')
 end
+if cfg.instruments ~= nil and not is_strings(cfg.instruments) then
+  return invalid('spec.config.instruments: must be an array of strings')
+end
+local risk = cfg.riskManagement
+if risk ~= nil and risk ~= cjson.null then
+  if not is_object(risk) then return invalid('spec.config.riskManagement: must be an object or null') end
+  local RISK = { maxPositionSize = true, stopLossPercent = true, takeProfitPercent = true }
+  for k in pairs(risk) do
+    if not RISK[k] then return invalid('spec.config.riskManagement.' .. tostring(k) .. ': unknown field') end
+  end
+  for k in pairs(RISK) do
+    if type(risk[k]) ~= 'number' then
+      return invalid('spec.config.riskManagement.' .. k .. ': must be a number')
+    end
+  end
+end
 local cred = spec.credentials
-if type(cred) ~= 'table' or type(cred.nonce) ~= 'string' or type(cred.ciphertext) ~= 'string' then
-  return invalid('spec.credentials: must be sealed credentials {nonce, ciphertext} (base64)')
+if not is_object(cred) or (cred.nonce == nil and cred.ciphertext == nil) then
+  return invalid('spec.credentials: must be sealed credentials {nonce, ciphertext}, never the '
+    .. 'plain apiKey and apiSecret (docs/redis-schema.md says how to seal them)')
+end
+if type(cred.nonce) ~= 'string' or #cred.nonce ~= 16 or not string.find(cred.nonce, '^[%w+/]+$') then
+  return invalid('spec.credentials.nonce: must be the 12-byte nonce in base64 (16 characters)')
+end
+local ct = cred.ciphertext
+if type(ct) ~= 'string' or #ct < 24 or #ct % 4 ~= 0 or not string.find(ct, '^[%w+/]+=?=?$') then
+  return invalid('spec.credentials.ciphertext: must be the ciphertext and its 16-byte tag in '
+    .. 'base64 with padding')
 end
 
 local tier, limit = tier_of(user)

@@ -83,32 +83,43 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..21]).
-    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+    /// The prelude's 21 context arguments (`lib.lua`, ARGV[1..21]) for this store's prefix,
+    /// policy and queue, in order: what any Redis client calling a store script must send
+    /// first (docs/redis-schema.md lists them).
+    pub fn context_args(&self) -> [String; 21] {
         let (p, t) = (&self.policy, &self.policy.tiers);
         let (r, b) = (&p.restart, &p.breaker);
+        [
+            self.keys.prefix().to_owned(),
+            t.free.to_string(),
+            t.basic.to_string(),
+            t.pro.to_string(),
+            t.enterprise.to_string(),
+            r.max_restarts.to_string(),
+            r.window_ms.to_string(),
+            r.base_delay_ms.to_string(),
+            r.max_delay_ms.to_string(),
+            r.stable_ms.to_string(),
+            b.failures.to_string(),
+            b.window_ms.to_string(),
+            b.cooldown_ms.to_string(),
+            b.trial_ms.to_string(),
+            FINISHED_RETENTION.as_secs().to_string(),
+            if p.audit { "1" } else { "0" }.to_owned(),
+            p.limits.max_runners.to_string(),
+            p.limits.max_queued.to_string(),
+            p.limits.retry_after_ms.to_string(),
+            r.max_node_losses.to_string(),
+            self.ready_list.clone().unwrap_or_default(),
+        ]
+    }
+
+    /// An invocation of `script` with the prelude's context arguments.
+    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.arg(self.keys.prefix())
-            .arg(t.free)
-            .arg(t.basic)
-            .arg(t.pro)
-            .arg(t.enterprise)
-            .arg(r.max_restarts)
-            .arg(r.window_ms)
-            .arg(r.base_delay_ms)
-            .arg(r.max_delay_ms)
-            .arg(r.stable_ms)
-            .arg(b.failures)
-            .arg(b.window_ms)
-            .arg(b.cooldown_ms)
-            .arg(b.trial_ms)
-            .arg(FINISHED_RETENTION.as_secs())
-            .arg(if p.audit { "1" } else { "0" })
-            .arg(p.limits.max_runners)
-            .arg(p.limits.max_queued)
-            .arg(p.limits.retry_after_ms)
-            .arg(r.max_node_losses)
-            .arg(self.ready_list.as_deref().unwrap_or(""));
+        for arg in self.context_args() {
+            inv.arg(arg);
+        }
         inv
     }
 }
