@@ -166,6 +166,12 @@ impl Keys {
     pub fn delayed(&self) -> String {
         self.key(&["delayed"])
     }
+
+    /// Sorted set of the jobs failed within the last hour, by when they failed (trimmed as jobs
+    /// fail), for the `runfleet_runners{status="failed_last_hour"}` gauge.
+    pub fn failed(&self) -> String {
+        self.key(&["failed"])
+    }
 }
 
 #[cfg(test)]

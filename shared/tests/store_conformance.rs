@@ -825,7 +825,7 @@ async fn lua_key_names_match_the_key_schema() {
                     return {K.job(j), K.hb(j), K.user_jobs(u), K.user_active(u),
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
-                    K.breaker_failures(u, s), K.pending, K.delayed}";
+                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
         inv.arg("rfkeys");
@@ -856,6 +856,7 @@ async fn lua_key_names_match_the_key_schema() {
             keys.breaker_failures(&user, &strategy),
             keys.pending(),
             keys.delayed(),
+            keys.failed(),
         ];
         assert_eq!(got, want, "ids {j} {u} {n} {st}");
     }

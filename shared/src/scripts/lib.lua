@@ -44,9 +44,14 @@ local K = {
   active = P .. ':active', queued = P .. ':queued',
   -- Queued jobs whose publish to an outside queue is not confirmed yet, by when.
   pending = P .. ':pending',
+  -- Jobs failed within the last hour, by when (the failed_last_hour gauge).
+  failed = P .. ':failed',
   apikey = function(id) return P .. ':apikey:' .. E(id) end,
   user_keys = function(u) return P .. ':user:' .. E(u) .. ':keys' end,
 }
+
+-- The window of the failed_last_hour gauge.
+local HOUR_MS = 3600000
 
 local NOW
 do
@@ -96,6 +101,10 @@ local function end_job(id, user, status, fields)
   redis.call('ZREM', K.delayed, id)
   redis.call('ZREM', K.pending, id)
   redis.call('EXPIRE', jk, C.retention)
+  if status == 'failed' then
+    redis.call('ZADD', K.failed, NOW, id)
+    redis.call('ZREMRANGEBYSCORE', K.failed, '-inf', NOW - HOUR_MS)
+  end
 end
 
 -- Counts a failure of job `id` against the breaker of (user, strategy); returns whether the

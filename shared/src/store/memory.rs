@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FAILED_WINDOW_MS, FINISHED_RETENTION,
+    FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd,
+    RunnerBeat, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -47,6 +47,8 @@ struct State {
     sweep_guard_until: u64,
     /// API key id → (owner, SHA-256 hex, created).
     api_keys: HashMap<String, (UserId, String, u64)>,
+    /// When jobs failed for good, oldest first, within the last hour (the `failed` key).
+    failed_at: VecDeque<u64>,
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -97,6 +99,32 @@ impl State {
         }
         self.delayed.retain(|(_, j)| j != job);
         self.pending.remove(job);
+        if status == JobStatus::Failed {
+            self.failed_at.push_back(now);
+            self.trim_failed(now);
+        }
+    }
+
+    /// Forgets failures older than an hour (as `end_job` in lib.lua trims `failed`).
+    fn trim_failed(&mut self, now: u64) {
+        while self
+            .failed_at
+            .front()
+            .is_some_and(|at| *at < now.saturating_sub(FAILED_WINDOW_MS))
+        {
+            self.failed_at.pop_front();
+        }
+    }
+
+    /// Fleet-wide counts at `now`.
+    fn counts(&self, now: u64) -> FleetCounts {
+        let count = |f: &dyn Fn(&Entry) -> bool| self.jobs.values().filter(|e| f(e)).count() as u64;
+        FleetCounts {
+            queued: count(&|e| e.record.status == JobStatus::Queued),
+            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
+            active: self.active.values().map(HashSet::len).sum::<usize>() as u64,
+            restarting: self.delayed.len() as u64,
+        }
     }
 
     /// A run of `job` failed as `kind`: restart it later or fail it (mirrors `after_failure` in
@@ -260,13 +288,23 @@ impl JobStore for MemoryStore {
 
     async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
         let now = self.now();
-        let s = self.lock();
-        let count = |f: &dyn Fn(&Entry) -> bool| s.jobs.values().filter(|e| f(e)).count() as u64;
-        Ok(FleetCounts {
-            queued: count(&|e| e.record.status == JobStatus::Queued),
-            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
-            active: s.active.values().map(HashSet::len).sum::<usize>() as u64,
-            restarting: s.delayed.len() as u64,
+        Ok(self.lock().counts(now))
+    }
+
+    async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        s.trim_failed(now);
+        let live = || s.nodes.values().filter(|(_, expires)| *expires > now);
+        Ok(FleetGauges {
+            counts: s.counts(now),
+            failed_last_hour: s.failed_at.len() as u64,
+            nodes_alive: live().count() as u64,
+            node_capacity: live().map(|(n, _)| u64::from(n.capacity)).sum(),
+            node_runners: live().map(|(n, _)| u64::from(n.runners)).sum(),
+            // The in-memory queue is not the store's to see.
+            ready: None,
+            processing: None,
         })
     }
 
@@ -362,6 +400,7 @@ impl LeaseStore for MemoryStore {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
                     account: e.account.clone(),
+                    since_created_ms: now.saturating_sub(r.created_at),
                 }))
             })
             .collect();

@@ -163,6 +163,47 @@ pub struct FleetCounts {
     pub restarting: u64,
 }
 
+/// How far back `runfleet_runners{status="failed_last_hour"}` counts (`HOUR_MS` in lib.lua).
+pub const FAILED_WINDOW_MS: u64 = 3_600_000;
+
+/// Fleet-wide gauges for `/metrics`: read in one round trip, the same whichever orchestrator
+/// reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetGauges {
+    /// Jobs waiting in the queue, runners holding a lease, crashed jobs awaiting a restart.
+    pub counts: FleetCounts,
+    /// Jobs that failed for good within the last hour.
+    pub failed_last_hour: u64,
+    /// Nodes whose liveness key is live.
+    pub nodes_alive: u64,
+    /// The runner slots of those nodes.
+    pub node_capacity: u64,
+    /// The runners those nodes report holding.
+    pub node_runners: u64,
+    /// Job ids in the ready list, when the store sees the queue (the Redis-list queue).
+    pub ready: Option<u64>,
+    /// Job ids claimed by nodes and not yet acknowledged, when the store sees the queue.
+    pub processing: Option<u64>,
+}
+
+impl FleetGauges {
+    /// The worker nodes the current load needs: `ceil((queued + running) / average node
+    /// capacity)`, at least 1 while anything is queued or running, 0 when nothing is. With no
+    /// node alive the average is `default_capacity` (what a new node would bring).
+    pub fn nodes_needed(&self, default_capacity: u64) -> u64 {
+        let load = self.counts.queued + self.counts.running;
+        if load == 0 {
+            return 0;
+        }
+        let average = match self.nodes_alive {
+            0 => default_capacity,
+            n => self.node_capacity / n,
+        }
+        .max(1);
+        load.div_ceil(average).max(1)
+    }
+}
+
 /// One runner's report in a node's heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerBeat {
@@ -269,6 +310,9 @@ pub trait JobStore: Send + Sync {
 
     /// Fleet-wide counts.
     fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send;
+
+    /// Fleet-wide gauges for `/metrics`, in one round trip.
+    fn fleet_gauges(&self) -> impl Future<Output = Result<FleetGauges, StoreError>> + Send;
 
     /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
     /// claimed it meanwhile (the enqueue reached the queue after all).

@@ -9,8 +9,8 @@ use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
     Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat,
+    StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -38,6 +38,7 @@ script!(FINISH, "store_finish.lua");
 script!(HAND_BACK, "store_hand_back.lua");
 script!(STOP, "store_stop.lua");
 script!(SWEEP, "store_sweep.lua");
+script!(GAUGES, "store_gauges.lua");
 script!(PROMOTE, "store_promote.lua");
 script!(RECONCILE, "store_reconcile.lua");
 script!(FORGET, "store_forget.lua");
@@ -274,6 +275,43 @@ impl JobStore for RedisStore {
         })
     }
 
+    async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
+        let v: Vec<i64> = self
+            .invoke(&GAUGES)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        let [
+            queued,
+            running,
+            restarting,
+            failed,
+            alive,
+            capacity,
+            runners,
+            ready,
+            processing,
+        ] = v[..]
+        else {
+            return Err(StoreError::data("the gauges script answered an odd shape"));
+        };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let queue_side = |n: i64| u64::try_from(n).ok();
+        Ok(FleetGauges {
+            counts: FleetCounts {
+                queued: count(queued),
+                running: count(running),
+                restarting: count(restarting),
+                active: 0,
+            },
+            failed_last_hour: count(failed),
+            nodes_alive: count(alive),
+            node_capacity: count(capacity),
+            node_runners: count(runners),
+            ready: queue_side(ready),
+            processing: queue_side(processing),
+        })
+    }
+
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
         let _: i64 = self
             .invoke(&FORGET)
@@ -387,10 +425,16 @@ impl LeaseStore for RedisStore {
                     .get(4)
                     .and_then(text)
                     .and_then(|a| serde_json::from_str(&a).ok());
+                let since_created_ms = row
+                    .get(5)
+                    .and_then(text)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
                 Ok(ClaimOutcome::Claimed(Box::new(Lease {
                     spec,
                     epoch,
                     account,
+                    since_created_ms,
                 })))
             })
             .collect()
@@ -403,16 +447,23 @@ impl LeaseStore for RedisStore {
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
         let mut inv = self.invoke(&RENEW);
+        let node_json = json(node);
+        let mut bytes = node_json.len();
         inv.arg(node.node_id.as_str())
             .arg(lease.as_millis() as u64)
-            .arg(json(node));
+            .arg(node_json);
         for b in beats {
+            let (positions, stats, account) =
+                (json(&b.positions), json(&b.stats), account_arg(&b.account));
+            bytes += b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
             inv.arg(b.job_id.as_str())
                 .arg(b.epoch)
-                .arg(json(&b.positions))
-                .arg(json(&b.stats))
-                .arg(account_arg(&b.account));
+                .arg(positions)
+                .arg(stats)
+                .arg(account);
         }
+        // The size of what a heartbeat sends is known only here, where it is encoded.
+        metrics::histogram!(crate::observability::HEARTBEAT_BYTES).record(bytes as f64);
         let refused: Vec<String> = inv.invoke_async(&mut *self.conn().await?).await?;
         Ok(refused.into_iter().map(JobId::new).collect())
     }

@@ -1,6 +1,7 @@
 //! Whole-fleet tests: the real binaries, the real Redis. One test binary, a module per feature.
 
 mod integrity;
+mod observability;
 mod rabbitmq;
 mod readme;
 mod reliability;
