@@ -518,6 +518,29 @@ pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     Ok(Json(view))
 }
 
+/// `GET /v1/runners/{jobId}/events`: the runner's lifecycle events, oldest first (owner or
+/// admin). The history outlives the job's record (`events.max_age_ms`), so the owner is taken
+/// from the events when the record has expired.
+pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path(raw_job): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = job_id(&raw_job)?;
+    let (record, events) = (
+        app.store.job(&job).await?,
+        app.store.job_events(&job).await?,
+    );
+    let owner = record
+        .map(|r| r.user_id)
+        .or_else(|| events.first().map(|e| e.user.clone()))
+        .ok_or_else(|| ApiError::NotFound(format!("no runner {job}")))?;
+    caller.act_for(&owner)?;
+    Ok(Json(
+        json!({ "success": true, "jobId": job, "events": events }),
+    ))
+}
+
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
 pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,

@@ -33,6 +33,10 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
         .route("/v1/runners", post(api::start::<S, Q>))
         .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
         .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
+        .route(
+            "/v1/runners/{job_id}/events",
+            get(api::runner_events::<S, Q>),
+        )
         .route("/v1/users/{user_id}/runners", get(api::status::<S, Q>))
         .route(
             "/v1/users/{user_id}/entitlement",

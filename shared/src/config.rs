@@ -69,6 +69,28 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The orchestrators' `/metrics` endpoint.
     pub metrics: MetricsSettings,
+    /// The runner lifecycle event stream.
+    pub events: EventSettings,
+}
+
+/// The fleet's runner lifecycle event stream (`<prefix>:events`) and each job's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events the stream keeps (approximately: trimmed with `MAXLEN ~`).
+    pub max_len: u64,
+    /// Events older than this are trimmed from the stream, and a job's history expires this
+    /// long after its last event.
+    pub max_age_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_len: 100_000,
+            max_age_ms: 7 * 24 * 3_600_000,
+        }
+    }
 }
 
 /// The orchestrators' Prometheus endpoint.

@@ -22,6 +22,7 @@ for i = 3, NARGS do
     redis.call('SREM', K.queued, id)
     redis.call('ZREM', K.pending, id)
     audit('claim', id, epoch, node)
+    event(id, 'claimed', '')
     out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '', tostring(NOW - (tonumber(cur[4]) or NOW)) }
   else
     out[#out + 1] = { id, status }

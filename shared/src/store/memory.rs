@@ -11,8 +11,9 @@ use tokio::sync::Notify;
 use super::{
     Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FAILED_WINDOW_MS, FINISHED_RETENTION,
     FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd,
-    RunnerBeat, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
+    RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
+use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::policy::{
@@ -49,6 +50,14 @@ struct State {
     api_keys: HashMap<String, (UserId, String, u64)>,
     /// When jobs failed for good, oldest first, within the last hour (the `failed` key).
     failed_at: VecDeque<u64>,
+    /// The event stream's caps.
+    event_caps: EventSettings,
+    /// The fleet's lifecycle events, oldest first (the `events` stream).
+    events: VecDeque<RunnerEvent>,
+    /// Each job's own events (its `events` list).
+    job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
+    /// The last event id's (ms, sequence), so ids increase as stream ids do.
+    last_event: (u64, u64),
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -65,8 +74,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store applying `policy`.
     pub fn new(policy: FleetPolicy) -> Self {
+        let state = State {
+            event_caps: policy.events,
+            ..State::default()
+        };
         Self {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             commands_sent: Arc::default(),
             policy,
             epoch_ms: SystemTime::now()
@@ -86,7 +99,57 @@ impl MemoryStore {
     }
 }
 
+/// A job's own history keeps at most this many events (`JOB_EVENTS_MAX` in lib.lua).
+const JOB_EVENTS_MAX: usize = 1000;
+
 impl State {
+    /// Appends a lifecycle event of `job` (mirrors `event` in lib.lua): epoch and node are the
+    /// job's current ones unless `at` names others.
+    fn event(
+        &mut self,
+        now: u64,
+        job: &JobId,
+        kind: &str,
+        reason: impl Into<String>,
+        at: Option<(u64, &NodeId)>,
+    ) {
+        let Some(e) = self.jobs.get(job) else { return };
+        let (epoch, node) = match at {
+            Some((epoch, node)) => (epoch, node.to_string()),
+            None => (
+                e.record.epoch,
+                e.record
+                    .node_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+        };
+        let (ms, seq) = self.last_event;
+        self.last_event = if now > ms { (now, 0) } else { (ms, seq + 1) };
+        let event = RunnerEvent {
+            id: format!("{}-{}", self.last_event.0, self.last_event.1),
+            job: job.clone(),
+            user: e.record.user_id.clone(),
+            kind: kind.to_owned(),
+            epoch,
+            node,
+            reason: reason.into(),
+            at: now,
+        };
+        let history = self.job_events.entry(job.clone()).or_default();
+        history.push_back(event.clone());
+        if history.len() > JOB_EVENTS_MAX {
+            history.pop_front();
+        }
+        self.events.push_back(event);
+        let oldest = now.saturating_sub(self.event_caps.max_age_ms);
+        while self.events.len() as u64 > self.event_caps.max_len
+            || self.events.front().is_some_and(|e| e.at < oldest)
+        {
+            self.events.pop_front();
+        }
+    }
     /// Ends a job for good: frees its slot, forgets any pending restart.
     fn end(&mut self, job: &JobId, status: JobStatus, now: u64) {
         if let Some(e) = self.jobs.get_mut(job) {
@@ -99,6 +162,23 @@ impl State {
         }
         self.delayed.retain(|(_, j)| j != job);
         self.pending.remove(job);
+        let reason = self.jobs.get(job).map(|e| {
+            let r = &e.record;
+            let error = r.error.as_ref().map(|e| format!("error: {e}"));
+            let flattened = r.flattened_positions.map(|n| format!("flattened: {n}"));
+            [error, flattened]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        self.event(
+            now,
+            job,
+            &status.to_string(),
+            reason.unwrap_or_default(),
+            None,
+        );
         if status == JobStatus::Failed {
             self.failed_at.push_back(now);
             self.trim_failed(now);
@@ -137,6 +217,7 @@ impl State {
         reason: String,
         now: u64,
     ) -> AfterFailure {
+        self.event(now, job, "crashed", reason.clone(), None);
         if let Some(e) = self.jobs.get_mut(job)
             && e.record.stop_mode.is_some()
         {
@@ -151,11 +232,19 @@ impl State {
         };
         let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
         let started = e.record.started_at;
-        let breaker = self.breakers.entry((user.clone(), strategy)).or_default();
+        let breaker = self
+            .breakers
+            .entry((user.clone(), strategy.clone()))
+            .or_default();
+        let was_open = matches!(breaker.state, BreakerState::Open { .. });
         let breaker_open = match kind {
             FailureKind::Crash => breaker.record_failure(&policy.breaker, now, job),
             FailureKind::NodeLost => breaker.blocks(now, job),
         };
+        if !was_open && matches!(breaker.state, BreakerState::Open { .. }) {
+            let why = format!("strategy {strategy} failed too often");
+            self.event(now, job, "breaker_opened", why, None);
+        }
         let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
         let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
         let gates = Gates {
@@ -182,6 +271,8 @@ impl State {
                 e.record.error = Some(reason);
                 e.record.ended_at = Some(now);
                 self.delayed.insert((now + delay_ms, job.clone()));
+                let why = format!("restart at {}", now + delay_ms);
+                self.event(now, job, "restart_scheduled", why, None);
             }
             AfterFailure::Fail(why) => {
                 e.record.error = Some(why.clone());
@@ -253,7 +344,17 @@ impl JobStore for MemoryStore {
                 spec.id
             )));
         }
+        let closed = match s.breakers.get(&key).map(|b| &b.state) {
+            Some(BreakerState::HalfOpen { trial }) if breaker.state == BreakerState::Closed => {
+                Some(trial.clone())
+            }
+            _ => None,
+        };
         s.breakers.insert(key, breaker);
+        if let Some(trial) = closed {
+            let why = format!("the trial run of strategy {} passed", spec.strategy_id);
+            s.event(now, &trial, "breaker_closed", why, None);
+        }
         let entry = Entry {
             spec: spec.clone(),
             record: JobRecord::queued(spec, now),
@@ -271,6 +372,7 @@ impl JobStore for MemoryStore {
             .or_default()
             .insert(spec.id.clone());
         s.pending.insert(spec.id.clone(), now);
+        s.event(now, &spec.id, "admitted", format!("tier {tier}"), None);
         Ok(Admission::Admitted {
             tier,
             limit,
@@ -289,6 +391,14 @@ impl JobStore for MemoryStore {
     async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
         let now = self.now();
         Ok(self.lock().counts(now))
+    }
+
+    async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
+        let s = self.lock();
+        Ok(s.job_events
+            .get(job)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
@@ -406,6 +516,7 @@ impl LeaseStore for MemoryStore {
             .collect();
         for id in claimed {
             s.pending.remove(&id);
+            s.event(now, &id, "claimed", "", None);
         }
         Ok(outcomes)
     }
@@ -438,7 +549,18 @@ impl LeaseStore for MemoryStore {
                         e.account = b.account.clone();
                     }
                 }
-                _ => refused.push(b.job_id.clone()),
+                Some(_) => {
+                    let why = format!("heartbeat of epoch {} refused", b.epoch);
+                    s.event(
+                        now,
+                        &b.job_id,
+                        "fenced",
+                        why,
+                        Some((b.epoch, &node.node_id)),
+                    );
+                    refused.push(b.job_id.clone());
+                }
+                None => refused.push(b.job_id.clone()),
             }
         }
         Ok(refused)
@@ -492,13 +614,18 @@ impl LeaseStore for MemoryStore {
         if r.epoch != epoch || r.status != JobStatus::Running || r.node_id.as_ref() != Some(node) {
             return Ok(false);
         }
+        let now = self.now();
+        s.event(now, job, "handed_back", "its node shut down", None);
+        let Some(e) = s.jobs.get_mut(job) else {
+            return Ok(false);
+        };
+        let r = &mut e.record;
         r.status = JobStatus::Queued;
         r.node_id = None;
         e.lease_until = 0;
         if account.is_some() {
             e.account = account;
         }
-        let now = self.now();
         s.pending.insert(job.clone(), now);
         Ok(true)
     }
@@ -536,6 +663,10 @@ impl CommandBus for MemoryStore {
                 }
                 JobStatus::Running => {
                     e.record.stop_mode = Some(mode);
+                    s.event(now, job, "stop_requested", mode.as_str(), None);
+                    let Some(e) = s.jobs.get_mut(job) else {
+                        return Ok(StopRequest::NotFound);
+                    };
                     let epoch = e.record.epoch;
                     let node = e.record.node_id.clone().unwrap_or_else(|| NodeId::new(""));
                     s.commands
@@ -697,6 +828,7 @@ impl Sweeper for MemoryStore {
                 e.record.status = JobStatus::Queued;
                 e.record.node_id = None;
                 s.pending.insert(item.1.clone(), now);
+                s.event(now, &item.1, "restarted", "", None);
                 out.push(item.1);
             }
         }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-use crate::config::{BreakerSettings, LimitSettings, RestartSettings, Settings};
+use crate::config::{BreakerSettings, EventSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
 use crate::redis_pool::RedisError;
@@ -37,6 +37,8 @@ pub struct FleetPolicy {
     pub audit: bool,
     /// Fleet-wide backpressure.
     pub limits: LimitSettings,
+    /// Caps of the event stream.
+    pub events: EventSettings,
 }
 
 impl FleetPolicy {
@@ -48,6 +50,7 @@ impl FleetPolicy {
             breaker: settings.breaker,
             audit: settings.testing.audit,
             limits: settings.limits,
+            events: settings.events,
         }
     }
 }
@@ -204,6 +207,33 @@ impl FleetGauges {
     }
 }
 
+/// One step of a runner's life, as recorded in the event stream by the same atomic step that
+/// made the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerEvent {
+    /// The event's stream id (`<ms>-<seq>`), increasing: an SSE `Last-Event-ID`.
+    pub id: String,
+    /// The job.
+    pub job: JobId,
+    /// Its owner.
+    pub user: UserId,
+    /// What happened: `admitted`, `claimed`, `crashed`, `restart_scheduled`, `restarted`,
+    /// `fenced`, `stop_requested`, `stopped`, `failed`, `breaker_opened`, `breaker_closed`,
+    /// `handed_back`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The job's epoch at the event (the claim's epoch for `claimed`, the refused one for
+    /// `fenced`).
+    pub epoch: u64,
+    /// The node concerned ('' when none).
+    pub node: String,
+    /// Why, or the detail (restart time, flattened count, stop mode); '' when none.
+    pub reason: String,
+    /// When (ms, store clock).
+    pub at: u64,
+}
+
 /// One runner's report in a node's heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerBeat {
@@ -331,6 +361,12 @@ pub trait JobStore: Send + Sync {
     /// The spec of a job (with sealed credentials), for whoever runs it.
     fn spec(&self, job: &JobId)
     -> impl Future<Output = Result<Option<JobSpec>, StoreError>> + Send;
+
+    /// A job's lifecycle events, oldest first (the newest 1000; empty once they expired).
+    fn job_events(
+        &self,
+        job: &JobId,
+    ) -> impl Future<Output = Result<Vec<RunnerEvent>, StoreError>> + Send;
 
     /// A user's jobs, oldest first (finished ones until their retention passes).
     fn user_jobs(

@@ -10,7 +10,7 @@ use ::redis::{Script, ScriptInvocation, Value};
 use super::{
     Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
     FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat,
-    StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
+    RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -84,7 +84,7 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..21]).
+    /// An invocation of `script` with the prelude's context arguments (`lib.lua`, ARGV[1..23]).
     fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let (p, t) = (&self.policy, &self.policy.tiers);
         let (r, b) = (&p.restart, &p.breaker);
@@ -109,7 +109,9 @@ impl RedisStore {
             .arg(p.limits.max_queued)
             .arg(p.limits.retry_after_ms)
             .arg(r.max_node_losses)
-            .arg(self.ready_list.as_deref().unwrap_or(""));
+            .arg(self.ready_list.as_deref().unwrap_or(""))
+            .arg(p.events.max_len)
+            .arg(p.events.max_age_ms);
         inv
     }
 }
@@ -310,6 +312,25 @@ impl JobStore for RedisStore {
             ready: queue_side(ready),
             processing: queue_side(processing),
         })
+    }
+
+    async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
+        let raw: Vec<String> = ::redis::cmd("LRANGE")
+            .arg(self.keys.job_events(job))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        // Lua's cjson writes the epoch as a string; one odd entry is skipped, not fatal.
+        Ok(raw
+            .iter()
+            .filter_map(|e| {
+                let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
+                let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
+                v["epoch"] = epoch.unwrap_or(0).into();
+                serde_json::from_value(v).ok()
+            })
+            .collect())
     }
 
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {

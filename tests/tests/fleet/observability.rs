@@ -352,3 +352,103 @@ async fn metrics_of_two_orchestrators_and_a_node_match_redis_while_runners_start
     );
     assert_eq!(calls.get("evalsha"), Some(&SCRAPES), "{calls:?}");
 }
+
+/// The runner's state as its owner sees it: (status, epoch, node).
+async fn runner_state(api: &Api, user: &str) -> (String, u64, String) {
+    let body = api.status(user).await;
+    let w = &body["workers"][0]["worker"];
+    (
+        w["status"].as_str().unwrap_or_default().to_owned(),
+        w["epoch"].as_u64().unwrap_or(0),
+        w["nodeId"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Waits until the user's one runner runs at `epoch`; returns its node.
+async fn node_running_at(api: &Api, user: &str, epoch: u64) -> String {
+    let what = format!("the runner of {user} running at epoch {epoch}");
+    let (_, _, node) = eventually(Duration::from_secs(20), &what, || async {
+        let s = runner_state(api, user).await;
+        (s.0 == "running" && s.1 == epoch).then_some(s)
+    })
+    .await;
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runners_history_follows_it_through_a_kill_9_a_restart_elsewhere_and_a_stop() {
+    let fleet = Fleet::new("events");
+    fleet.cleanup().await;
+    let (_orchestrator, admin) = fleet.orchestrator("orchestrator").await;
+    let ivy = admin.with_key(Some(&admin.user_key("ivy").await));
+    let eve = admin.with_key(Some(&admin.user_key("eve").await));
+    let doomed = fleet.worker("worker-doomed", 1);
+    let (code, body) = ivy.start_runner("ivy", "s1").await;
+    assert_eq!(code, 202, "{body}");
+    let job = body["jobId"].as_str().unwrap().to_owned();
+    let first_node = node_running_at(&ivy, "ivy", 1).await;
+    let _survivor = fleet.worker("worker-survivor", 1);
+    doomed.signal("KILL");
+    let second_node = node_running_at(&ivy, "ivy", 2).await;
+    assert_ne!(first_node, second_node);
+    let (code, body) = ivy
+        .post(
+            &format!("/v1/runners/{job}/stop"),
+            &json!({"mode": "flatten"}),
+        )
+        .await;
+    assert!(code == 200 || code == 202, "{body}");
+    eventually(Duration::from_secs(15), "stopped", || async {
+        (runner_state(&ivy, "ivy").await.0 == "stopped").then_some(())
+    })
+    .await;
+
+    let (code, body) = ivy.get(&format!("/v1/runners/{job}/events")).await;
+    assert_eq!(code, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    let steps: Vec<(&str, u64, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["epoch"].as_u64().unwrap(),
+                e["node"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (n1, n2) = (first_node.as_str(), second_node.as_str());
+    assert_eq!(
+        steps,
+        vec![
+            ("admitted", 0, ""),
+            ("claimed", 1, n1),
+            ("crashed", 1, n1),
+            ("restart_scheduled", 1, n1),
+            ("restarted", 1, ""),
+            ("claimed", 2, n2),
+            ("stop_requested", 2, n2),
+            ("stopped", 2, n2),
+        ],
+        "{body}"
+    );
+    assert!(
+        events[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no heartbeat"),
+        "{body}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["user"] == "ivy" && e["job"] == job.as_str())
+    );
+    // Another user may not read it; the admin may.
+    assert_eq!(eve.get(&format!("/v1/runners/{job}/events")).await.0, 403);
+    assert_eq!(
+        admin.get(&format!("/v1/runners/{job}/events")).await.1,
+        body
+    );
+    println!("history of {job}: {body:#}");
+    fleet.cleanup().await;
+}
