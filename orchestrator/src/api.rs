@@ -16,6 +16,7 @@ use runfleet::dispatch::dispatch;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
 use runfleet::lifecycle::poll_until;
+use runfleet::observability;
 use runfleet::queue::JobQueue;
 use runfleet::store::{Admission, FleetStore, StopRequest};
 use runfleet::tier::{Subscription, Tier};
@@ -60,6 +61,54 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
     Ok(JobId::new(raw))
 }
 
+/// `GET /metrics`: this process's counters and histograms and the fleet-wide gauges, read from
+/// the store in one round trip (the same whichever orchestrator answers), in the Prometheus
+/// text format. Needs the admin key unless `metrics.public`.
+pub async fn metrics<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Result<Caller, ApiError>,
+) -> Result<Response, ApiError> {
+    if !app.settings.metrics.public {
+        caller?.admin()?;
+    }
+    let g = app.store.fleet_gauges().await?;
+    let ready = match g.ready {
+        Some(n) => n,
+        None => app.queue.depth().await?,
+    };
+    let capacity = app.settings.node.capacity as u64;
+    let gauge = |name: &'static str, v: u64| metrics::gauge!(name).set(v as f64);
+    gauge(observability::QUEUE_READY_JOBS, ready);
+    if let Some(processing) = g.processing {
+        gauge(observability::QUEUE_PROCESSING_JOBS, processing);
+    }
+    for (status, v) in [
+        ("queued", g.counts.queued),
+        ("running", g.counts.running),
+        ("restarting", g.counts.restarting),
+        ("failed_last_hour", g.failed_last_hour),
+    ] {
+        metrics::gauge!(observability::RUNNERS, "status" => status).set(v as f64);
+    }
+    gauge(observability::NODES_ALIVE, g.nodes_alive);
+    gauge(observability::NODE_CAPACITY_SLOTS, g.node_capacity);
+    gauge(observability::NODE_RUNNERS, g.node_runners);
+    gauge(observability::NODES_NEEDED, g.nodes_needed(capacity));
+    Ok(prometheus_text(observability::render()))
+}
+
+/// A Prometheus text exposition as a response.
+pub fn prometheus_text(body: String) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// `GET /healthz`: 200 when the store answers, 503 otherwise.
 pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
@@ -69,10 +118,26 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `POST /v1/runners` (and `/runner/start`): admit a runner against the user's tier and queue it.
+/// Counts the outcome in `runfleet_admissions_total` (requests refused before their body was
+/// read, such as a missing key or malformed JSON, are not admissions and are not counted).
 pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
-    JsonBody(mut req): JsonBody<StartRunnerRequest>,
+    JsonBody(req): JsonBody<StartRunnerRequest>,
+) -> Result<Response, ApiError> {
+    let result = admit_runner(app, caller, req).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    };
+    metrics::counter!(observability::ADMISSIONS_TOTAL, "outcome" => outcome).increment(1);
+    result
+}
+
+async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
+    app: AppState<S, Q>,
+    caller: Caller,
+    mut req: StartRunnerRequest,
 ) -> Result<Response, ApiError> {
     caller.act_for(&req.user_id)?;
     catalog::apply_defaults(&mut req.config);
@@ -451,6 +516,29 @@ pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     let mut view = runner_view(&record);
     view["success"] = json!(true);
     Ok(Json(view))
+}
+
+/// `GET /v1/runners/{jobId}/events`: the runner's lifecycle events, oldest first (owner or
+/// admin). The history outlives the job's record (`events.max_age_ms`), so the owner is taken
+/// from the events when the record has expired.
+pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path(raw_job): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = job_id(&raw_job)?;
+    let (record, events) = (
+        app.store.job(&job).await?,
+        app.store.job_events(&job).await?,
+    );
+    let owner = record
+        .map(|r| r.user_id)
+        .or_else(|| events.first().map(|e| e.user.clone()))
+        .ok_or_else(|| ApiError::NotFound(format!("no runner {job}")))?;
+    caller.act_for(&owner)?;
+    Ok(Json(
+        json!({ "success": true, "jobId": job, "events": events }),
+    ))
 }
 
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use runfleet::observability;
 use runfleet::queue::QueueError;
 use runfleet::redis_pool::RedisError;
 use runfleet::store::StoreError;
@@ -97,6 +98,12 @@ impl ApiError {
         }
     }
 
+    /// The stable machine code of this error (the body's `error.code`, and the `outcome` label
+    /// of `runfleet_admissions_total` for refused starts).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -172,6 +179,7 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
         match e {
             StoreError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
             StoreError::Redis(_) => ApiError::Unavailable(e.into()),
@@ -181,6 +189,7 @@ impl From<StoreError> for ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
+        metrics::counter!(observability::QUEUE_ERRORS_TOTAL).increment(1);
         match e {
             QueueError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
             _ => ApiError::QueueUnavailable(e.into()),

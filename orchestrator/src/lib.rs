@@ -29,9 +29,14 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     Router::new()
         .route("/healthz", get(api::healthz::<S, Q>))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(api::metrics::<S, Q>))
         .route("/v1/runners", post(api::start::<S, Q>))
         .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
         .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
+        .route(
+            "/v1/runners/{job_id}/events",
+            get(api::runner_events::<S, Q>),
+        )
         .route("/v1/users/{user_id}/runners", get(api::status::<S, Q>))
         .route(
             "/v1/users/{user_id}/entitlement",

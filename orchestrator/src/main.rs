@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::lifecycle::{RunnerGroup, RunnerOptions, ServiceRunner, Ticker};
+use runfleet::lifecycle::{RunnerGroup, RunnerOptions, Ticker};
 use runfleet::queue::{JobQueue, MemoryQueue};
 use runfleet::store::{FleetPolicy, FleetStore, MemoryStore};
-use runfleet::{backend, shutdown, telemetry};
+use runfleet::{backend, observability, shutdown, telemetry};
 use runfleet_orchestrator::{AppState, app, sweeper};
+use runfleet_worker::http::http_service;
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         settings.http.bind = bind;
     }
     telemetry::init(&settings.telemetry);
+    observability::prometheus();
     let cipher = settings.credential_cipher()?;
     let settings = Arc::new(settings);
     match settings.queue.backend {
@@ -125,7 +127,7 @@ where
     let mut services = RunnerGroup::new();
     let sweep = state.settings.sweep;
     let (store, queue) = (state.store.clone(), state.queue.clone());
-    services.register(Arc::new(http_service(listener, app(state))))?;
+    services.register(Arc::new(http_service("http", listener, app(state))))?;
     services.register(Arc::new(
         Ticker::new(
             RunnerOptions::new("crash-sweep"),
@@ -145,28 +147,4 @@ where
         std::process::exit(1);
     }
     Ok(())
-}
-
-/// The HTTP server as a service: serves until its token is cancelled, then finishes the
-/// requests in flight. A restart listens again on the same address.
-fn http_service(listener: tokio::net::TcpListener, router: axum::Router) -> ServiceRunner {
-    let addr = listener.local_addr().ok();
-    let first = Arc::new(std::sync::Mutex::new(Some(listener)));
-    ServiceRunner::new(
-        RunnerOptions::new("http"),
-        move |token: CancellationToken| {
-            let (first, router) = (first.clone(), router.clone());
-            async move {
-                let taken = first.lock().unwrap_or_else(|p| p.into_inner()).take();
-                let listener = match (taken, addr) {
-                    (Some(l), _) => l,
-                    (None, Some(addr)) => tokio::net::TcpListener::bind(addr).await?,
-                    (None, None) => return Err(std::io::Error::other("no address to listen on")),
-                };
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-            }
-        },
-    )
 }

@@ -4,11 +4,12 @@
 //! of claims held by dead nodes.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use runfleet::config::SweepSettings;
 use runfleet::dispatch::dispatch;
 use runfleet::ids::NodeId;
+use runfleet::observability;
 use runfleet::queue::{JobQueue, QueueError};
 use runfleet::store::{FleetStore, StoreError};
 
@@ -31,10 +32,31 @@ pub async fn tick<S: FleetStore, Q: JobQueue>(
     queue: &Q,
     settings: &SweepSettings,
 ) -> Result<(), SweepError> {
+    let began = Instant::now();
+    let result = sweep_once(store, queue, settings).await;
+    metrics::histogram!(observability::SWEEP_DURATION_SECONDS).record(began.elapsed());
+    match &result {
+        Err(SweepError::Store(_)) => {
+            metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
+        }
+        Err(SweepError::Queue(_)) => {
+            metrics::counter!(observability::QUEUE_ERRORS_TOTAL).increment(1);
+        }
+        Ok(()) => {}
+    }
+    result
+}
+
+async fn sweep_once<S: FleetStore, Q: JobQueue>(
+    store: &S,
+    queue: &Q,
+    settings: &SweepSettings,
+) -> Result<(), SweepError> {
     let interval = Duration::from_millis(settings.interval_ms);
     if let Some(report) = store.sweep(interval, settings.batch).await?
         && report.crashed > 0
     {
+        metrics::counter!(observability::EXPIRED_LEASES_TOTAL).increment(report.crashed.into());
         tracing::warn!(
             crashed = report.crashed,
             restarting = report.restarting,
@@ -44,6 +66,7 @@ pub async fn tick<S: FleetStore, Q: JobQueue>(
     }
     let due = store.due_restarts(settings.batch).await?;
     if !due.is_empty() {
+        metrics::counter!(observability::RESTARTS_TOTAL).increment(due.len() as u64);
         dispatch(store, queue, &due).await?;
         tracing::info!(jobs = due.len(), "crashed runners queued for restart");
     }

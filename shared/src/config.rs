@@ -67,6 +67,39 @@ pub struct Settings {
     pub testing: TestingSettings,
     /// Fleet-wide backpressure.
     pub limits: LimitSettings,
+    /// The orchestrators' `/metrics` endpoint.
+    pub metrics: MetricsSettings,
+    /// The runner lifecycle event stream.
+    pub events: EventSettings,
+}
+
+/// The fleet's runner lifecycle event stream (`<prefix>:events`) and each job's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events the stream keeps (approximately: trimmed with `MAXLEN ~`).
+    pub max_len: u64,
+    /// Events older than this are trimmed from the stream, and a job's history expires this
+    /// long after its last event.
+    pub max_age_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_len: 100_000,
+            max_age_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// The orchestrators' Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` without a key (scrapers on a private network); otherwise it needs
+    /// the admin key.
+    pub public: bool,
 }
 
 /// Fleet-wide backpressure: past these, starts are refused with a Retry-After.
@@ -365,6 +398,9 @@ pub struct NodeSettings {
     pub claim_wait_ms: u64,
     /// Worker slots the embedded mode runs in-process.
     pub embedded_capacity: usize,
+    /// Address of the node's own HTTP listener (`GET /metrics`, `GET /healthz`), such as
+    /// `0.0.0.0:9100`; unset, the node listens nowhere.
+    pub http_bind: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -373,6 +409,7 @@ impl Default for NodeSettings {
             capacity: 100,
             claim_wait_ms: 1_000,
             embedded_capacity: 100,
+            http_bind: None,
         }
     }
 }

@@ -468,6 +468,9 @@ pub struct Lease {
     pub epoch: u64,
     /// The paper account the job's previous run left, to resume from.
     pub account: Option<serde_json::Value>,
+    /// From the job's admission to this claim, on the store's clock (ms): its start-to-running
+    /// latency on a first claim.
+    pub since_created_ms: u64,
 }
 
 #[cfg(test)]

@@ -166,6 +166,23 @@ impl Keys {
     pub fn delayed(&self) -> String {
         self.key(&["delayed"])
     }
+
+    /// Stream of the fleet's runner lifecycle events (fields `job`, `user`, `type`, `epoch`,
+    /// `node`, `reason`, `at`), capped by `events.max_len` and `events.max_age_ms`.
+    pub fn events(&self) -> String {
+        self.key(&["events"])
+    }
+
+    /// List of one job's own events (JSON, oldest first, with their stream ids): its history.
+    pub fn job_events(&self, job: &JobId) -> String {
+        self.key(&["job", job.as_str(), "events"])
+    }
+
+    /// Sorted set of the jobs failed within the last hour, by when they failed (trimmed as jobs
+    /// fail), for the `runfleet_runners{status="failed_last_hour"}` gauge.
+    pub fn failed(&self) -> String {
+        self.key(&["failed"])
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +232,7 @@ mod tests {
             vec![
                 k.job(&j),
                 k.heartbeat(&j),
+                k.job_events(&j),
                 k.user_jobs(&u),
                 k.user_active(&u),
                 k.subscription(&u),
@@ -245,11 +263,11 @@ mod tests {
                         if x == y {
                             // Same name: same kind of key, and the ids it is built from agree.
                             prop_assert_eq!(i, j);
-                            let user_keyed = [2, 3, 4, 5].contains(&i);
-                            let other_keyed = !user_keyed && i != 11 && i != 12;
+                            let user_keyed = [3, 4, 5, 6].contains(&i);
+                            let other_keyed = !user_keyed && i != 12 && i != 13;
                             if user_keyed { prop_assert_eq!(&a, &c); }
                             if other_keyed { prop_assert_eq!(&b, &d); }
-                            if i >= 11 { prop_assert!(a == c && b == d); }
+                            if i >= 12 { prop_assert!(a == c && b == d); }
                         }
                     }
                 }

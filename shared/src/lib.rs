@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod ids;
 pub mod job;
 pub mod keys;
+pub mod observability;
 pub mod policy;
 pub mod queue;
 pub mod redis_pool;

@@ -774,6 +774,87 @@ async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
     assert_eq!((counts.queued, counts.running, counts.active), (1, 1, 2));
 }
 
+/// Every step of a runner's life is in its history, in order, with the epoch and node it
+/// concerned: admitted, claimed, crashed, restart scheduled, restarted, claimed again, a stale
+/// heartbeat fenced, stop requested, stopped.
+async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) {
+    let a = spec("evh");
+    assert!(matches!(
+        s.admit(&a).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    assert_eq!(claim_one(&s, "n1", &a.id).await, 1);
+    assert!(
+        s.finish(&NodeId::new("n1"), &a.id, 1, crashed("boom"))
+            .await
+            .unwrap()
+    );
+    sleep_ms(60).await;
+    assert_eq!(s.due_restarts(10).await.unwrap(), vec![a.id.clone()]);
+    assert_eq!(claim_one(&s, "n2", &a.id).await, 2);
+    let stale = RunnerBeat {
+        job_id: a.id.clone(),
+        epoch: 1,
+        positions: vec![],
+        stats: Default::default(),
+        account: None,
+    };
+    assert_eq!(
+        s.renew(&node("n1"), &[stale], LEASE).await.unwrap(),
+        vec![a.id.clone()]
+    );
+    assert!(matches!(
+        s.request_stop(&a.id, StopMode::Flatten).await.unwrap(),
+        StopRequest::Sent { .. }
+    ));
+    assert!(
+        s.finish(&NodeId::new("n2"), &a.id, 2, end(JobStatus::Stopped))
+            .await
+            .unwrap()
+    );
+
+    let history = s.job_events(&a.id).await.unwrap();
+    let steps: Vec<(&str, u64, &str)> = history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.epoch, e.node.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("admitted", 0, ""),
+            ("claimed", 1, "n1"),
+            ("crashed", 1, "n1"),
+            ("restart_scheduled", 1, "n1"),
+            ("restarted", 1, ""),
+            ("claimed", 2, "n2"),
+            ("fenced", 1, "n1"),
+            ("stop_requested", 2, "n2"),
+            ("stopped", 2, "n2"),
+        ]
+    );
+    assert!(
+        history
+            .iter()
+            .all(|e| e.job == a.id && e.user.as_str() == "evh")
+    );
+    assert!(history[2].reason.contains("boom"), "{:?}", history[2]);
+    assert_eq!(history[8].reason, "flattened: 2");
+    let ids: Vec<(u64, u64)> = history
+        .iter()
+        .map(|e| {
+            let (ms, seq) = e.id.split_once('-').expect("a stream id");
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    assert!(
+        s.job_events(&JobId::new("no-such-job"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -793,7 +874,8 @@ macro_rules! store_conformance {
                 the_breaker_opens_refuses_starts_and_a_trial_closes_it,
                 a_user_above_their_tier_after_a_downgrade_is_not_restarted,
                 node_losses_do_not_count_toward_the_breaker,
-                unconfirmed_enqueues_are_published_again);
+                unconfirmed_enqueues_are_published_again,
+                a_runners_history_lists_every_step_with_its_epoch);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -825,14 +907,14 @@ async fn lua_key_names_match_the_key_schema() {
                     return {K.job(j), K.hb(j), K.user_jobs(u), K.user_active(u),
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
-                    K.breaker_failures(u, s), K.pending, K.delayed}";
+                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j)}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
         inv.arg("rfkeys");
         for _ in 0..19 {
             inv.arg(0);
         }
-        inv.arg("").arg(j).arg(u).arg(n).arg(st);
+        inv.arg("").arg(0).arg(0).arg(j).arg(u).arg(n).arg(st);
         let got: Vec<String> = inv
             .invoke_async(&mut *pools.commands.get().await.unwrap())
             .await
@@ -856,6 +938,9 @@ async fn lua_key_names_match_the_key_schema() {
             keys.breaker_failures(&user, &strategy),
             keys.pending(),
             keys.delayed(),
+            keys.failed(),
+            keys.events(),
+            keys.job_events(&job),
         ];
         assert_eq!(got, want, "ids {j} {u} {n} {st}");
     }

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "shared" / "src" / "scripts"
 
-# The 21 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
+# The 23 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
 # ARGV[1] (prefix) and ARGV[21] (ready list) are filled in from the options.
 DEFAULT_CONTEXT = [
     None,  # 1 redis.key_prefix
@@ -45,6 +45,7 @@ DEFAULT_CONTEXT = [
     "10000", "10000", "5000",  # 17-19 limits.*
     "10",  # 20 restart.max_node_losses
     None,  # 21 the ready list key
+    "100000", "604800000",  # 22-23 events.max_len, events.max_age_ms
 ]
 
 

@@ -269,6 +269,19 @@ impl Fleet {
         )
     }
 
+    /// Spawns a worker node holding at most `capacity` runners that serves its metrics and
+    /// health on a free port (`node.http_bind`); returns it and that listener's base URL.
+    pub fn worker_with_http(&self, name: &str, capacity: usize) -> (Process, String) {
+        let port = free_port();
+        let p = self.spawn(
+            name,
+            "runfleet-worker-node",
+            &["--capacity".into(), capacity.to_string()],
+            &[("RUNFLEET__NODE__HTTP_BIND", format!("127.0.0.1:{port}"))],
+        );
+        (p, format!("http://127.0.0.1:{port}"))
+    }
+
     /// The Redis this fleet uses.
     pub fn redis_url(&self) -> &str {
         self.setting("RUNFLEET__REDIS__URL")
@@ -408,6 +421,18 @@ impl Api {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
             .expect("GET")
+    }
+
+    /// GET a path whose answer is text (such as `/metrics`): status and body.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let req = self.http.get(format!("{}{path}", self.base));
+        let req = match &self.key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        };
+        let resp = req.send().await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
     }
 
     /// POST a body given as text (malformed JSON included) to a path.

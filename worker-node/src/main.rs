@@ -10,8 +10,8 @@ use runfleet::config::{QueueBackend, Settings};
 use runfleet::lifecycle::RunnerGroup;
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
-use runfleet::{backend, shutdown, telemetry};
-use runfleet_worker::{NodeConfig, WorkerNode};
+use runfleet::{backend, observability, shutdown, telemetry};
+use runfleet_worker::{NodeConfig, WorkerNode, http};
 use tokio_util::sync::CancellationToken;
 
 /// A runfleet worker node. Settings come from built-in defaults, then `--config`, then
@@ -49,25 +49,38 @@ async fn main() -> anyhow::Result<()> {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await
                 .context("rabbitmq settings")?;
-            run_node(WorkerNode::new(store, queue, cipher, config), deadline).await?;
+            let node = WorkerNode::new(store, queue, cipher, config);
+            run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
         }
         QueueBackend::Redis => {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            run_node(WorkerNode::new(store, queue, cipher, config), deadline).await?;
+            let node = WorkerNode::new(store, queue, cipher, config);
+            run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
         }
     }
     Ok(())
 }
 
-/// Runs `node` as the process' one service until SIGTERM or Ctrl-C, then stops it within
-/// `deadline` (exit status 1 if it does not stop cleanly).
+/// Runs `node` (and, on `http_bind`, its metrics and health listener) as the process'
+/// services until SIGTERM or Ctrl-C, then stops them within `deadline` (exit status 1 if they
+/// do not stop cleanly).
 async fn run_node<S: FleetStore, Q: JobQueue + Clone>(
     node: WorkerNode<S, Q>,
+    http_bind: Option<&str>,
     deadline: Duration,
 ) -> anyhow::Result<()> {
+    observability::prometheus();
     let mut services = RunnerGroup::new();
+    if let Some(bind) = http_bind {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind} (node.http_bind)"))?;
+        tracing::info!(addr = %listener.local_addr()?, "node metrics and health on http://{}", listener.local_addr()?);
+        let router = http::node_router(node.clone());
+        services.register(Arc::new(http::http_service("http", listener, router)))?;
+    }
     services.register(Arc::new(node.service("worker-node")))?;
     let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
     if !report.is_ok() {

@@ -9,6 +9,7 @@
 //! survived.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use runfleet::job::{JobStatus, Lease};
 use runfleet::lifecycle::{
     ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
+use runfleet::observability;
 use runfleet::queue::{Delivery, JobQueue};
 use runfleet::store::{
     ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StoreError,
@@ -81,6 +83,8 @@ struct Inner<S, Q> {
     runners: Mutex<HashMap<JobId, JobRunner>>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
+    /// Whether the node's services run (claiming, listening, heartbeating): `/healthz`.
+    serving: AtomicBool,
 }
 
 /// A worker node. Cheap to clone; clones share the node.
@@ -139,6 +143,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 last_renewed: Mutex::new(tokio::time::Instant::now()),
                 runners: Mutex::new(HashMap::new()),
                 slots,
+                serving: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -151,6 +156,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the node's services run: from a successful start until shutdown begins.
+    pub fn is_serving(&self) -> bool {
+        self.inner.serving.load(Ordering::Acquire)
     }
 
     /// Runners running now.
@@ -215,7 +225,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             return Err(e);
         }
 
+        self.inner.serving.store(true, Ordering::Release);
         shutdown.cancelled().await;
+        self.inner.serving.store(false, Ordering::Release);
         // A claim in flight is never abandoned; it blocks at most `claim_wait`.
         let report = intake
             .stop_all(config.claim_wait + Duration::from_secs(2))
@@ -270,6 +282,8 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             if deliveries.is_empty() {
                 continue;
             }
+            metrics::histogram!(observability::NODE_CLAIM_BATCH_JOBS)
+                .record(deliveries.len() as f64);
             match self.record_claims(&deliveries, &shutdown).await {
                 Ok((leases, unrunnable)) => {
                     backoff.reset();
@@ -319,7 +333,15 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
         for outcome in outcomes {
             match outcome {
-                ClaimOutcome::Claimed(lease) => leases.push(*lease),
+                ClaimOutcome::Claimed(lease) => {
+                    // Only a first claim measures admission to running; a restart's wait is
+                    // its restart delay.
+                    if lease.epoch == 1 {
+                        metrics::histogram!(observability::START_TO_RUNNING_SECONDS)
+                            .record(lease.since_created_ms as f64 / 1000.0);
+                    }
+                    leases.push(*lease);
+                }
                 ClaimOutcome::Dropped { job_id, reason } => {
                     debug!(node = %self.id(), job = %job_id, reason, "claimed job dropped");
                 }
@@ -443,6 +465,8 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     warn!(node = %self.id(), job = %job, error = %e, "flatten failed: positions remain open");
                 }
                 let error = outcome.flatten_error.clone();
+                metrics::counter!(observability::FLATTENS_TOTAL)
+                    .increment(outcome.flattened.unwrap_or(0).into());
                 self.finish(
                     &owner,
                     &job,
@@ -468,6 +492,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     None => "runner ended abnormally".to_owned(),
                 };
                 warn!(node = %self.id(), job = %job, error = %reason, "runner failed; reporting the crash");
+                metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
                 // The last report the runner published is what it leaves behind.
                 let last =
                     std::mem::take(&mut *last_report.lock().unwrap_or_else(|p| p.into_inner()));
@@ -556,8 +581,17 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             started_at: inner.started_at,
             last_heartbeat_at: None,
         };
-        match inner.store.renew(&info, &beats, inner.config.lease).await {
+        let capacity = inner.config.capacity;
+        metrics::gauge!(observability::NODE_RUNNERS).set(beats.len() as f64);
+        metrics::gauge!(observability::NODE_FREE_SLOTS)
+            .set(capacity.saturating_sub(beats.len()) as f64);
+        let began = std::time::Instant::now();
+        let renewed = inner.store.renew(&info, &beats, inner.config.lease).await;
+        metrics::histogram!(observability::HEARTBEAT_SECONDS).record(began.elapsed());
+        match renewed {
             Ok(refused) => {
+                metrics::counter!(observability::LEASE_RENEWALS_REFUSED_TOTAL)
+                    .increment(refused.len() as u64);
                 *inner.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) =
                     tokio::time::Instant::now();
                 for job in refused {

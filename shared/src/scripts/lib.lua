@@ -1,5 +1,5 @@
 -- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
--- ARGV[1..21] are the context below; a script's own arguments start at ARGV[22] (A(1)).
+-- ARGV[1..23] are the context below; a script's own arguments start at ARGV[24] (A(1)).
 -- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
 -- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
 -- supported.
@@ -17,8 +17,10 @@ local C = {
   -- The Redis-list queue's ready list, when jobs are queued by the scripts themselves (in the
   -- same atomic step that makes them queued); '' when the queue lives elsewhere (RabbitMQ).
   ready = ARGV[21],
+  -- The event stream's caps: entries (approximate) and age in ms.
+  events_max = tonumber(ARGV[22]), events_age = tonumber(ARGV[23]),
 }
-local CTX = 21
+local CTX = 23
 local function A(i) return ARGV[CTX + i] end
 local NARGS = #ARGV - CTX
 
@@ -44,9 +46,17 @@ local K = {
   active = P .. ':active', queued = P .. ':queued',
   -- Queued jobs whose publish to an outside queue is not confirmed yet, by when.
   pending = P .. ':pending',
+  -- Jobs failed within the last hour, by when (the failed_last_hour gauge).
+  failed = P .. ':failed',
   apikey = function(id) return P .. ':apikey:' .. E(id) end,
   user_keys = function(u) return P .. ':user:' .. E(u) .. ':keys' end,
+  -- The fleet's lifecycle event stream, and each job's own history of those events.
+  events = P .. ':events',
+  job_events = function(id) return P .. ':job:' .. E(id) .. ':events' end,
 }
+
+-- The window of the failed_last_hour gauge.
+local HOUR_MS = 3600000
 
 local NOW
 do
@@ -60,6 +70,25 @@ local function audit(op, id, epoch, node)
     redis.call('XADD', K.audit, 'MAXLEN', '~', 100000, '*', 'op', op, 'job', id,
       'epoch', tostring(epoch), 'node', node or '')
   end
+end
+
+-- A job's own history keeps at most this many events (its newest).
+local JOB_EVENTS_MAX = 1000
+
+-- Appends a lifecycle event of job `id` to the fleet's event stream (capped by length and by
+-- age) and to the job's own history (so reading one job's history costs what its own events
+-- cost). User, epoch and node default to the job's current ones.
+local function event(id, kind, reason, epoch, node, user)
+  local j = redis.call('HMGET', K.job(id), 'user', 'epoch', 'node')
+  local e = { job = id, user = user or j[1] or '', type = kind, epoch = tostring(epoch or j[2] or 0),
+    node = node or j[3] or '', reason = reason or '', at = NOW }
+  e.id = redis.call('XADD', K.events, 'MAXLEN', '~', C.events_max, '*', 'job', e.job, 'user', e.user,
+    'type', kind, 'epoch', e.epoch, 'node', e.node, 'reason', e.reason, 'at', NOW)
+  redis.call('XTRIM', K.events, 'MINID', '~', NOW - C.events_age)
+  local hk = K.job_events(id)
+  redis.call('RPUSH', hk, cjson.encode(e))
+  redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)
+  redis.call('PEXPIRE', hk, C.events_age)
 end
 
 -- The tier in force for a user (an expired subscription is free) and its limit.
@@ -96,6 +125,17 @@ local function end_job(id, user, status, fields)
   redis.call('ZREM', K.delayed, id)
   redis.call('ZREM', K.pending, id)
   redis.call('EXPIRE', jk, C.retention)
+  local reason = {}
+  for i = 1, #fields, 2 do
+    if fields[i] == 'error' or fields[i] == 'flattened' then
+      reason[#reason + 1] = fields[i] .. ': ' .. fields[i + 1]
+    end
+  end
+  event(id, status, table.concat(reason, '; '))
+  if status == 'failed' then
+    redis.call('ZADD', K.failed, NOW, id)
+    redis.call('ZREMRANGEBYSCORE', K.failed, '-inf', NOW - HOUR_MS)
+  end
 end
 
 -- Counts a failure of job `id` against the breaker of (user, strategy); returns whether the
@@ -106,6 +146,7 @@ local function breaker_failure(user, strategy, id)
   local st = redis.call('HMGET', bk, 'state', 'until', 'trial')
   local state = st[1] or 'closed'
   if state == 'half' and st[3] == id then
+    event(id, 'breaker_opened', 'the trial run of strategy ' .. strategy .. ' failed')
     redis.call('HSET', bk, 'state', 'open', 'until', NOW + C.cooldown)
     redis.call('HDEL', bk, 'trial')
     redis.call('DEL', fk)
@@ -116,6 +157,7 @@ local function breaker_failure(user, strategy, id)
     redis.call('ZADD', fk, NOW, id .. '@' .. NOW)
     redis.call('PEXPIRE', fk, C.breaker_window)
     if redis.call('ZCARD', fk) >= C.breaker_failures then
+      event(id, 'breaker_opened', 'strategy ' .. strategy .. ' failed ' .. C.breaker_failures .. ' times')
       redis.call('HSET', bk, 'state', 'open', 'until', NOW + C.cooldown)
       redis.call('DEL', fk)
       return true
@@ -145,6 +187,7 @@ local function after_failure(id, reason, kind)
   local j = redis.call('HMGET', jk, 'user', 'strategy', 'started', 'streak', 'streak_since', 'restarts',
     'stop_mode', 'lost', 'lost_since')
   local user, strategy = j[1], j[2]
+  event(id, 'crashed', reason)
   if j[7] then
     -- A stop was requested and its node died before confirming: the user wants it stopped,
     -- not restarted. Its positions are as of its last heartbeat.
@@ -190,5 +233,6 @@ local function after_failure(id, reason, kind)
   redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZADD', K.delayed, NOW + delay, id)
+  event(id, 'restart_scheduled', 'restart at ' .. (NOW + delay))
   return 'restart'
 end

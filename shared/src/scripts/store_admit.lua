@@ -98,6 +98,7 @@ elseif b[1] == 'half' then
   local passed = (not t[1]) or t[1] == 'stopped' or (t[1] == 'running' and ran >= C.trial)
   if not passed then return { 2, tier, limit, current, math.max(C.trial - ran, 1000) } end
   redis.call('DEL', bk, K.breaker_failures(user, strategy))
+  event(b[3], 'breaker_closed', 'the trial run of strategy ' .. strategy .. ' passed', nil, nil, user)
 end
 if current >= limit then return { 0, tier, limit, current, 0 } end
 if redis.call('SCARD', K.active) >= C.max_runners then return { 3, tier, limit, current, C.retry_after } end
@@ -115,4 +116,5 @@ if trial then
   redis.call('HDEL', bk, 'until')
 end
 to_queue(id)
+event(id, 'admitted', 'tier ' .. tier)
 return { 1, tier, limit, current + 1, 0 }

@@ -2,13 +2,13 @@
 -- start its lease of A(2) ms. A job that is not queued (nor running under an expired lease) is
 -- dropped: stopped while queued, a duplicate delivery, or unknown. A claim is also the
 -- delivery an outside queue's `pending` entry waited for.
--- Returns per job {id, 'claimed', epoch, spec, account} or {id, reason}.
+-- Returns per job {id, 'claimed', epoch, spec, account, ms since its admission} or {id, reason}.
 local node, lease = A(1), tonumber(A(2))
 local out = {}
 for i = 3, NARGS do
   local id = A(i)
   local jk = K.job(id)
-  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account')
+  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created')
   local status = cur[1]
   if not status then
     out[#out + 1] = { id, 'unknown' }
@@ -22,7 +22,8 @@ for i = 3, NARGS do
     redis.call('SREM', K.queued, id)
     redis.call('ZREM', K.pending, id)
     audit('claim', id, epoch, node)
-    out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '' }
+    event(id, 'claimed', '')
+    out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '', tostring(NOW - (tonumber(cur[4]) or NOW)) }
   else
     out[#out + 1] = { id, status }
   end

@@ -7,6 +7,7 @@ local jk = K.job(id)
 local cur = redis.call('HMGET', jk, 'epoch', 'status', 'node')
 if cur[1] ~= epoch or cur[2] ~= 'running' or cur[3] ~= node then return 0 end
 audit('hand_back', id, epoch, node)
+event(id, 'handed_back', 'its node shut down')
 redis.call('HSET', jk, 'status', 'queued')
 redis.call('SADD', K.queued, id)
 if A(4) ~= '' then redis.call('HSET', jk, 'account', A(4)) end

@@ -10,6 +10,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', NOW, 'LIMIT',
     redis.call('HDEL', jk, 'node', 'restart_at')
     redis.call('SADD', K.queued, id)
     to_queue(id)
+    event(id, 'restarted', '')
     out[#out + 1] = id
   end
 end

@@ -18,6 +18,9 @@ for a = 4, NARGS, 5 do
     if A(a + 4) ~= '' then redis.call('HSET', jk, 'account', A(a + 4)) end
     audit('renew', id, epoch, node)
   else
+    if cur[2] then
+      event(id, 'fenced', 'heartbeat of epoch ' .. epoch .. ' refused', epoch, node)
+    end
     refused[#refused + 1] = id
   end
 end

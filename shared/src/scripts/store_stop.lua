@@ -13,6 +13,7 @@ if status == 'queued' or status == 'crashed' then
   return { 'stopped' }
 end
 redis.call('HSET', jk, 'stop_mode', mode)
+event(id, 'stop_requested', mode)
 redis.call('RPUSH', K.commands(cur[2]), cjson.encode({ command = 'stop', jobId = id,
   epoch = tonumber(cur[3]), mode = mode }))
 return { 'sent', cur[2] }

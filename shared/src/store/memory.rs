@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FAILED_WINDOW_MS, FINISHED_RETENTION,
+    FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd,
+    RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
+use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::policy::{
@@ -47,6 +48,16 @@ struct State {
     sweep_guard_until: u64,
     /// API key id → (owner, SHA-256 hex, created).
     api_keys: HashMap<String, (UserId, String, u64)>,
+    /// When jobs failed for good, oldest first, within the last hour (the `failed` key).
+    failed_at: VecDeque<u64>,
+    /// The event stream's caps.
+    event_caps: EventSettings,
+    /// The fleet's lifecycle events, oldest first (the `events` stream).
+    events: VecDeque<RunnerEvent>,
+    /// Each job's own events (its `events` list).
+    job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
+    /// The last event id's (ms, sequence), so ids increase as stream ids do.
+    last_event: (u64, u64),
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -63,8 +74,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store applying `policy`.
     pub fn new(policy: FleetPolicy) -> Self {
+        let state = State {
+            event_caps: policy.events,
+            ..State::default()
+        };
         Self {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             commands_sent: Arc::default(),
             policy,
             epoch_ms: SystemTime::now()
@@ -84,7 +99,57 @@ impl MemoryStore {
     }
 }
 
+/// A job's own history keeps at most this many events (`JOB_EVENTS_MAX` in lib.lua).
+const JOB_EVENTS_MAX: usize = 1000;
+
 impl State {
+    /// Appends a lifecycle event of `job` (mirrors `event` in lib.lua): epoch and node are the
+    /// job's current ones unless `at` names others.
+    fn event(
+        &mut self,
+        now: u64,
+        job: &JobId,
+        kind: &str,
+        reason: impl Into<String>,
+        at: Option<(u64, &NodeId)>,
+    ) {
+        let Some(e) = self.jobs.get(job) else { return };
+        let (epoch, node) = match at {
+            Some((epoch, node)) => (epoch, node.to_string()),
+            None => (
+                e.record.epoch,
+                e.record
+                    .node_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+        };
+        let (ms, seq) = self.last_event;
+        self.last_event = if now > ms { (now, 0) } else { (ms, seq + 1) };
+        let event = RunnerEvent {
+            id: format!("{}-{}", self.last_event.0, self.last_event.1),
+            job: job.clone(),
+            user: e.record.user_id.clone(),
+            kind: kind.to_owned(),
+            epoch,
+            node,
+            reason: reason.into(),
+            at: now,
+        };
+        let history = self.job_events.entry(job.clone()).or_default();
+        history.push_back(event.clone());
+        if history.len() > JOB_EVENTS_MAX {
+            history.pop_front();
+        }
+        self.events.push_back(event);
+        let oldest = now.saturating_sub(self.event_caps.max_age_ms);
+        while self.events.len() as u64 > self.event_caps.max_len
+            || self.events.front().is_some_and(|e| e.at < oldest)
+        {
+            self.events.pop_front();
+        }
+    }
     /// Ends a job for good: frees its slot, forgets any pending restart.
     fn end(&mut self, job: &JobId, status: JobStatus, now: u64) {
         if let Some(e) = self.jobs.get_mut(job) {
@@ -97,6 +162,49 @@ impl State {
         }
         self.delayed.retain(|(_, j)| j != job);
         self.pending.remove(job);
+        let reason = self.jobs.get(job).map(|e| {
+            let r = &e.record;
+            let error = r.error.as_ref().map(|e| format!("error: {e}"));
+            let flattened = r.flattened_positions.map(|n| format!("flattened: {n}"));
+            [error, flattened]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        self.event(
+            now,
+            job,
+            &status.to_string(),
+            reason.unwrap_or_default(),
+            None,
+        );
+        if status == JobStatus::Failed {
+            self.failed_at.push_back(now);
+            self.trim_failed(now);
+        }
+    }
+
+    /// Forgets failures older than an hour (as `end_job` in lib.lua trims `failed`).
+    fn trim_failed(&mut self, now: u64) {
+        while self
+            .failed_at
+            .front()
+            .is_some_and(|at| *at < now.saturating_sub(FAILED_WINDOW_MS))
+        {
+            self.failed_at.pop_front();
+        }
+    }
+
+    /// Fleet-wide counts at `now`.
+    fn counts(&self, now: u64) -> FleetCounts {
+        let count = |f: &dyn Fn(&Entry) -> bool| self.jobs.values().filter(|e| f(e)).count() as u64;
+        FleetCounts {
+            queued: count(&|e| e.record.status == JobStatus::Queued),
+            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
+            active: self.active.values().map(HashSet::len).sum::<usize>() as u64,
+            restarting: self.delayed.len() as u64,
+        }
     }
 
     /// A run of `job` failed as `kind`: restart it later or fail it (mirrors `after_failure` in
@@ -109,6 +217,7 @@ impl State {
         reason: String,
         now: u64,
     ) -> AfterFailure {
+        self.event(now, job, "crashed", reason.clone(), None);
         if let Some(e) = self.jobs.get_mut(job)
             && e.record.stop_mode.is_some()
         {
@@ -123,11 +232,19 @@ impl State {
         };
         let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
         let started = e.record.started_at;
-        let breaker = self.breakers.entry((user.clone(), strategy)).or_default();
+        let breaker = self
+            .breakers
+            .entry((user.clone(), strategy.clone()))
+            .or_default();
+        let was_open = matches!(breaker.state, BreakerState::Open { .. });
         let breaker_open = match kind {
             FailureKind::Crash => breaker.record_failure(&policy.breaker, now, job),
             FailureKind::NodeLost => breaker.blocks(now, job),
         };
+        if !was_open && matches!(breaker.state, BreakerState::Open { .. }) {
+            let why = format!("strategy {strategy} failed too often");
+            self.event(now, job, "breaker_opened", why, None);
+        }
         let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
         let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
         let gates = Gates {
@@ -154,6 +271,8 @@ impl State {
                 e.record.error = Some(reason);
                 e.record.ended_at = Some(now);
                 self.delayed.insert((now + delay_ms, job.clone()));
+                let why = format!("restart at {}", now + delay_ms);
+                self.event(now, job, "restart_scheduled", why, None);
             }
             AfterFailure::Fail(why) => {
                 e.record.error = Some(why.clone());
@@ -225,7 +344,17 @@ impl JobStore for MemoryStore {
                 spec.id
             )));
         }
+        let closed = match s.breakers.get(&key).map(|b| &b.state) {
+            Some(BreakerState::HalfOpen { trial }) if breaker.state == BreakerState::Closed => {
+                Some(trial.clone())
+            }
+            _ => None,
+        };
         s.breakers.insert(key, breaker);
+        if let Some(trial) = closed {
+            let why = format!("the trial run of strategy {} passed", spec.strategy_id);
+            s.event(now, &trial, "breaker_closed", why, None);
+        }
         let entry = Entry {
             spec: spec.clone(),
             record: JobRecord::queued(spec, now),
@@ -243,6 +372,7 @@ impl JobStore for MemoryStore {
             .or_default()
             .insert(spec.id.clone());
         s.pending.insert(spec.id.clone(), now);
+        s.event(now, &spec.id, "admitted", format!("tier {tier}"), None);
         Ok(Admission::Admitted {
             tier,
             limit,
@@ -260,13 +390,31 @@ impl JobStore for MemoryStore {
 
     async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
         let now = self.now();
+        Ok(self.lock().counts(now))
+    }
+
+    async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
         let s = self.lock();
-        let count = |f: &dyn Fn(&Entry) -> bool| s.jobs.values().filter(|e| f(e)).count() as u64;
-        Ok(FleetCounts {
-            queued: count(&|e| e.record.status == JobStatus::Queued),
-            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
-            active: s.active.values().map(HashSet::len).sum::<usize>() as u64,
-            restarting: s.delayed.len() as u64,
+        Ok(s.job_events
+            .get(job)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        s.trim_failed(now);
+        let live = || s.nodes.values().filter(|(_, expires)| *expires > now);
+        Ok(FleetGauges {
+            counts: s.counts(now),
+            failed_last_hour: s.failed_at.len() as u64,
+            nodes_alive: live().count() as u64,
+            node_capacity: live().map(|(n, _)| u64::from(n.capacity)).sum(),
+            node_runners: live().map(|(n, _)| u64::from(n.runners)).sum(),
+            // The in-memory queue is not the store's to see.
+            ready: None,
+            processing: None,
         })
     }
 
@@ -362,11 +510,13 @@ impl LeaseStore for MemoryStore {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
                     account: e.account.clone(),
+                    since_created_ms: now.saturating_sub(r.created_at),
                 }))
             })
             .collect();
         for id in claimed {
             s.pending.remove(&id);
+            s.event(now, &id, "claimed", "", None);
         }
         Ok(outcomes)
     }
@@ -399,7 +549,18 @@ impl LeaseStore for MemoryStore {
                         e.account = b.account.clone();
                     }
                 }
-                _ => refused.push(b.job_id.clone()),
+                Some(_) => {
+                    let why = format!("heartbeat of epoch {} refused", b.epoch);
+                    s.event(
+                        now,
+                        &b.job_id,
+                        "fenced",
+                        why,
+                        Some((b.epoch, &node.node_id)),
+                    );
+                    refused.push(b.job_id.clone());
+                }
+                None => refused.push(b.job_id.clone()),
             }
         }
         Ok(refused)
@@ -453,13 +614,18 @@ impl LeaseStore for MemoryStore {
         if r.epoch != epoch || r.status != JobStatus::Running || r.node_id.as_ref() != Some(node) {
             return Ok(false);
         }
+        let now = self.now();
+        s.event(now, job, "handed_back", "its node shut down", None);
+        let Some(e) = s.jobs.get_mut(job) else {
+            return Ok(false);
+        };
+        let r = &mut e.record;
         r.status = JobStatus::Queued;
         r.node_id = None;
         e.lease_until = 0;
         if account.is_some() {
             e.account = account;
         }
-        let now = self.now();
         s.pending.insert(job.clone(), now);
         Ok(true)
     }
@@ -497,6 +663,10 @@ impl CommandBus for MemoryStore {
                 }
                 JobStatus::Running => {
                     e.record.stop_mode = Some(mode);
+                    s.event(now, job, "stop_requested", mode.as_str(), None);
+                    let Some(e) = s.jobs.get_mut(job) else {
+                        return Ok(StopRequest::NotFound);
+                    };
                     let epoch = e.record.epoch;
                     let node = e.record.node_id.clone().unwrap_or_else(|| NodeId::new(""));
                     s.commands
@@ -658,6 +828,7 @@ impl Sweeper for MemoryStore {
                 e.record.status = JobStatus::Queued;
                 e.record.node_id = None;
                 s.pending.insert(item.1.clone(), now);
+                s.event(now, &item.1, "restarted", "", None);
                 out.push(item.1);
             }
         }

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-use crate::config::{BreakerSettings, LimitSettings, RestartSettings, Settings};
+use crate::config::{BreakerSettings, EventSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
 use crate::redis_pool::RedisError;
@@ -37,6 +37,8 @@ pub struct FleetPolicy {
     pub audit: bool,
     /// Fleet-wide backpressure.
     pub limits: LimitSettings,
+    /// Caps of the event stream.
+    pub events: EventSettings,
 }
 
 impl FleetPolicy {
@@ -48,6 +50,7 @@ impl FleetPolicy {
             breaker: settings.breaker,
             audit: settings.testing.audit,
             limits: settings.limits,
+            events: settings.events,
         }
     }
 }
@@ -163,6 +166,74 @@ pub struct FleetCounts {
     pub restarting: u64,
 }
 
+/// How far back `runfleet_runners{status="failed_last_hour"}` counts (`HOUR_MS` in lib.lua).
+pub const FAILED_WINDOW_MS: u64 = 3_600_000;
+
+/// Fleet-wide gauges for `/metrics`: read in one round trip, the same whichever orchestrator
+/// reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetGauges {
+    /// Jobs waiting in the queue, runners holding a lease, crashed jobs awaiting a restart.
+    pub counts: FleetCounts,
+    /// Jobs that failed for good within the last hour.
+    pub failed_last_hour: u64,
+    /// Nodes whose liveness key is live.
+    pub nodes_alive: u64,
+    /// The runner slots of those nodes.
+    pub node_capacity: u64,
+    /// The runners those nodes report holding.
+    pub node_runners: u64,
+    /// Job ids in the ready list, when the store sees the queue (the Redis-list queue).
+    pub ready: Option<u64>,
+    /// Job ids claimed by nodes and not yet acknowledged, when the store sees the queue.
+    pub processing: Option<u64>,
+}
+
+impl FleetGauges {
+    /// The worker nodes the current load needs: `ceil((queued + running) / average node
+    /// capacity)`, at least 1 while anything is queued or running, 0 when nothing is. With no
+    /// node alive the average is `default_capacity` (what a new node would bring).
+    pub fn nodes_needed(&self, default_capacity: u64) -> u64 {
+        let load = self.counts.queued + self.counts.running;
+        if load == 0 {
+            return 0;
+        }
+        let average = match self.nodes_alive {
+            0 => default_capacity,
+            n => self.node_capacity / n,
+        }
+        .max(1);
+        load.div_ceil(average).max(1)
+    }
+}
+
+/// One step of a runner's life, as recorded in the event stream by the same atomic step that
+/// made the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerEvent {
+    /// The event's stream id (`<ms>-<seq>`), increasing: an SSE `Last-Event-ID`.
+    pub id: String,
+    /// The job.
+    pub job: JobId,
+    /// Its owner.
+    pub user: UserId,
+    /// What happened: `admitted`, `claimed`, `crashed`, `restart_scheduled`, `restarted`,
+    /// `fenced`, `stop_requested`, `stopped`, `failed`, `breaker_opened`, `breaker_closed`,
+    /// `handed_back`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The job's epoch at the event (the claim's epoch for `claimed`, the refused one for
+    /// `fenced`).
+    pub epoch: u64,
+    /// The node concerned ('' when none).
+    pub node: String,
+    /// Why, or the detail (restart time, flattened count, stop mode); '' when none.
+    pub reason: String,
+    /// When (ms, store clock).
+    pub at: u64,
+}
+
 /// One runner's report in a node's heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunnerBeat {
@@ -270,6 +341,9 @@ pub trait JobStore: Send + Sync {
     /// Fleet-wide counts.
     fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send;
 
+    /// Fleet-wide gauges for `/metrics`, in one round trip.
+    fn fleet_gauges(&self) -> impl Future<Output = Result<FleetGauges, StoreError>> + Send;
+
     /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
     /// claimed it meanwhile (the enqueue reached the queue after all).
     fn forget(
@@ -287,6 +361,12 @@ pub trait JobStore: Send + Sync {
     /// The spec of a job (with sealed credentials), for whoever runs it.
     fn spec(&self, job: &JobId)
     -> impl Future<Output = Result<Option<JobSpec>, StoreError>> + Send;
+
+    /// A job's lifecycle events, oldest first (the newest 1000; empty once they expired).
+    fn job_events(
+        &self,
+        job: &JobId,
+    ) -> impl Future<Output = Result<Vec<RunnerEvent>, StoreError>> + Send;
 
     /// A user's jobs, oldest first (finished ones until their retention passes).
     fn user_jobs(

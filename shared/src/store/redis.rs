@@ -9,8 +9,8 @@ use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
     Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat,
+    RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -38,6 +38,7 @@ script!(FINISH, "store_finish.lua");
 script!(HAND_BACK, "store_hand_back.lua");
 script!(STOP, "store_stop.lua");
 script!(SWEEP, "store_sweep.lua");
+script!(GAUGES, "store_gauges.lua");
 script!(PROMOTE, "store_promote.lua");
 script!(RECONCILE, "store_reconcile.lua");
 script!(FORGET, "store_forget.lua");
@@ -83,10 +84,10 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// The prelude's 21 context arguments (`lib.lua`, ARGV[1..21]) for this store's prefix,
+    /// The prelude's 23 context arguments (`lib.lua`, ARGV[1..23]) for this store's prefix,
     /// policy and queue, in order: what any Redis client calling a store script must send
     /// first (docs/redis-schema.md lists them).
-    pub fn context_args(&self) -> [String; 21] {
+    pub fn context_args(&self) -> [String; 23] {
         let (p, t) = (&self.policy, &self.policy.tiers);
         let (r, b) = (&p.restart, &p.breaker);
         [
@@ -111,6 +112,8 @@ impl RedisStore {
             p.limits.retry_after_ms.to_string(),
             r.max_node_losses.to_string(),
             self.ready_list.clone().unwrap_or_default(),
+            p.events.max_len.to_string(),
+            p.events.max_age_ms.to_string(),
         ]
     }
 
@@ -285,6 +288,62 @@ impl JobStore for RedisStore {
         })
     }
 
+    async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
+        let v: Vec<i64> = self
+            .invoke(&GAUGES)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        let [
+            queued,
+            running,
+            restarting,
+            failed,
+            alive,
+            capacity,
+            runners,
+            ready,
+            processing,
+        ] = v[..]
+        else {
+            return Err(StoreError::data("the gauges script answered an odd shape"));
+        };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let queue_side = |n: i64| u64::try_from(n).ok();
+        Ok(FleetGauges {
+            counts: FleetCounts {
+                queued: count(queued),
+                running: count(running),
+                restarting: count(restarting),
+                active: 0,
+            },
+            failed_last_hour: count(failed),
+            nodes_alive: count(alive),
+            node_capacity: count(capacity),
+            node_runners: count(runners),
+            ready: queue_side(ready),
+            processing: queue_side(processing),
+        })
+    }
+
+    async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
+        let raw: Vec<String> = ::redis::cmd("LRANGE")
+            .arg(self.keys.job_events(job))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        // Lua's cjson writes the epoch as a string; one odd entry is skipped, not fatal.
+        Ok(raw
+            .iter()
+            .filter_map(|e| {
+                let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
+                let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
+                v["epoch"] = epoch.unwrap_or(0).into();
+                serde_json::from_value(v).ok()
+            })
+            .collect())
+    }
+
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
         let _: i64 = self
             .invoke(&FORGET)
@@ -398,10 +457,16 @@ impl LeaseStore for RedisStore {
                     .get(4)
                     .and_then(text)
                     .and_then(|a| serde_json::from_str(&a).ok());
+                let since_created_ms = row
+                    .get(5)
+                    .and_then(text)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
                 Ok(ClaimOutcome::Claimed(Box::new(Lease {
                     spec,
                     epoch,
                     account,
+                    since_created_ms,
                 })))
             })
             .collect()
@@ -414,16 +479,23 @@ impl LeaseStore for RedisStore {
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
         let mut inv = self.invoke(&RENEW);
+        let node_json = json(node);
+        let mut bytes = node_json.len();
         inv.arg(node.node_id.as_str())
             .arg(lease.as_millis() as u64)
-            .arg(json(node));
+            .arg(node_json);
         for b in beats {
+            let (positions, stats, account) =
+                (json(&b.positions), json(&b.stats), account_arg(&b.account));
+            bytes += b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
             inv.arg(b.job_id.as_str())
                 .arg(b.epoch)
-                .arg(json(&b.positions))
-                .arg(json(&b.stats))
-                .arg(account_arg(&b.account));
+                .arg(positions)
+                .arg(stats)
+                .arg(account);
         }
+        // The size of what a heartbeat sends is known only here, where it is encoded.
+        metrics::histogram!(crate::observability::HEARTBEAT_BYTES).record(bytes as f64);
         let refused: Vec<String> = inv.invoke_async(&mut *self.conn().await?).await?;
         Ok(refused.into_iter().map(JobId::new).collect())
     }

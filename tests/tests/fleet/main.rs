@@ -2,6 +2,7 @@
 
 mod any_client;
 mod integrity;
+mod observability;
 mod rabbitmq;
 mod readme;
 mod reliability;

@@ -1,0 +1,31 @@
+-- Fleet-wide gauges for the orchestrators' /metrics, in one round trip and read-only: every
+-- orchestrator scraped reports the same values. Mirrors MemoryStore::fleet_gauges.
+-- Returns {queued, running, restarting, failed within the hour, nodes alive, their capacity,
+-- their runners, ready jobs, processing jobs}; the last two are -1 when the queue lives outside
+-- Redis (C.ready is '').
+local alive, capacity, runners = 0, 0, 0
+local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
+for _, n in ipairs(nodes) do
+  -- A node whose own key lapsed is dead, whatever the `nodes` set still says.
+  local info = redis.call('GET', K.node(n))
+  if info then
+    local ok, node = pcall(cjson.decode, info)
+    if ok and type(node) == 'table' then
+      alive = alive + 1
+      capacity = capacity + (tonumber(node.capacity) or 0)
+      runners = runners + (tonumber(node.runners) or 0)
+    end
+  end
+end
+local ready, processing = -1, -1
+if C.ready ~= '' then
+  ready = redis.call('LLEN', C.ready)
+  processing = 0
+  -- '<prefix>:queue:<name>:ready' -> '<prefix>:queue:<name>:' (keys::Keys::claimers/processing).
+  local base = string.sub(C.ready, 1, -6)
+  for _, n in ipairs(redis.call('SMEMBERS', base .. 'claimers')) do
+    processing = processing + redis.call('LLEN', base .. 'processing:' .. E(n))
+  end
+end
+return { redis.call('SCARD', K.queued), redis.call('ZCARD', K.leases), redis.call('ZCARD', K.delayed),
+  redis.call('ZCOUNT', K.failed, NOW - HOUR_MS, '+inf'), alive, capacity, runners, ready, processing }
