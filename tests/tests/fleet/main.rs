@@ -4,6 +4,7 @@ mod integrity;
 mod rabbitmq;
 mod readme;
 mod reliability;
+mod scale_down;
 mod security;
 mod shutdown;
 mod trading;
