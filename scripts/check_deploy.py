@@ -13,7 +13,9 @@ pinned there). Nothing here needs a cluster, a Docker engine or the network:
 - compose.yaml against the compose-spec schema that check-jsonschema vendors;
 - deploy/prometheus/prometheus.yml scrapes the ports the manifests and compose.yaml use;
 - deploy/grafana/runfleet.json is a dashboard whose queries use only runfleet's metrics
-  (METRICS), and uses each of them.
+  (METRICS), and uses each of them;
+- docs/operations.md: its ```yaml examples that are Kubernetes objects pass the checks above,
+  and its metric table lists exactly METRICS.
 
 Every problem is printed; the exit status is 1 if there was any.
 """
@@ -35,6 +37,7 @@ KEDA_SCHEMA = K8S / "schemas" / "keda-scaledobject.json"
 DASHBOARD = ROOT / "deploy" / "grafana" / "runfleet.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 COMPOSE = ROOT / "compose.yaml"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 # The oldest Kubernetes still commonly run, and the newest kubernetes-validate knows.
 VERSIONS = ["1.29.0", "1.37.0"]
@@ -263,6 +266,22 @@ def check_dashboard():
     print(f"check_deploy: dashboard has {len(panels)} panels over {len(used)} metrics")
 
 
+def check_operations_doc(keda_schema):
+    text = OPERATIONS.read_text()
+    examples = 0
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        for obj in yaml.safe_load_all(block):
+            if isinstance(obj, dict) and "kind" in obj and "apiVersion" in obj:
+                check_object(f"{rel(OPERATIONS)} example", obj, keda_schema)
+                examples += 1
+    documented = set(re.findall(r"^\| `(runfleet_[a-z_]+)", text, re.M))
+    for name in sorted(METRICS - documented):
+        problem(rel(OPERATIONS), f"the metric table lacks {name}")
+    for name in sorted(documented - METRICS):
+        problem(rel(OPERATIONS), f"the metric table lists {name}, which the dashboard check does not know")
+    print(f"check_deploy: {examples} Kubernetes examples in {rel(OPERATIONS)}")
+
+
 def main():
     keda_schema = json.loads(KEDA_SCHEMA.read_text())
     jsonschema.Draft202012Validator.check_schema(keda_schema)
@@ -270,6 +289,7 @@ def main():
     check_compose()
     check_prometheus()
     check_dashboard()
+    check_operations_doc(keda_schema)
     if problems:
         print(f"check_deploy: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
