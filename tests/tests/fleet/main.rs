@@ -6,6 +6,7 @@ mod observability;
 mod rabbitmq;
 mod readme;
 mod reliability;
+mod scale_down;
 mod security;
 mod shutdown;
 mod trading;
