@@ -67,6 +67,24 @@ pub struct Settings {
     pub testing: TestingSettings,
     /// Fleet-wide backpressure.
     pub limits: LimitSettings,
+    /// The admin audit trail.
+    pub admin_audit: AdminAuditSettings,
+}
+
+/// The admin audit trail: every admin action, kept in a capped Redis stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAuditSettings {
+    /// Entries kept; the oldest are trimmed as new ones are appended.
+    pub max_entries: u64,
+}
+
+impl Default for AdminAuditSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+        }
+    }
 }
 
 /// Fleet-wide backpressure: past these, starts are refused with a Retry-After.
@@ -575,6 +593,9 @@ impl Settings {
         }
         if self.limits.max_runners == 0 || self.limits.max_queued == 0 {
             return invalid("limits.max_runners", "limits must be at least 1");
+        }
+        if self.admin_audit.max_entries == 0 {
+            return invalid("admin_audit.max_entries", "must be at least 1");
         }
         if self.breaker.failures == 0 {
             return invalid("breaker.failures", "must be at least 1");

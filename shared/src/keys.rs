@@ -166,6 +166,13 @@ impl Keys {
     pub fn delayed(&self) -> String {
         self.key(&["delayed"])
     }
+
+    /// Capped stream of admin actions (tier changes, keys issued and revoked, stops of other
+    /// users' runners): the admin audit trail, `GET /v1/audit`. Not the `audit` stream of
+    /// accepted fencing writes that `testing.audit` turns on.
+    pub fn admin_audit(&self) -> String {
+        self.key(&["admin-audit"])
+    }
 }
 
 #[cfg(test)]

@@ -351,6 +351,19 @@ pub struct Api {
 /// A response: status code and JSON body.
 pub type Reply = (u16, Value);
 
+/// A response with the headers some tests look at.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// The `x-request-id` header.
+    pub request_id: Option<String>,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// JSON body (`null` when there is none).
+    pub body: Value,
+}
+
 impl Api {
     /// A client for `base`.
     pub fn new(base: String) -> Self {
@@ -431,6 +444,44 @@ impl Api {
             .send(self.http.put(format!("{}{path}", self.base)).json(body))
             .await
             .expect("PUT")
+    }
+
+    /// Sends `method path` with this client's key, an optional JSON body and an optional
+    /// `x-request-id`; returns the status, the answer's `x-request-id` and `Retry-After`
+    /// headers, and the body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        request_id: Option<&str>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("request");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (request_id, retry_after) = (header("x-request-id"), header("retry-after"));
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            request_id,
+            retry_after,
+            body,
+        }
     }
 
     /// Waits until `/healthz` answers 200.

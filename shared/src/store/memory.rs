@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StopRequest,
-    StoreError, Subscriptions, SweepReport, Sweeper,
+    AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
+    FINISHED_RETENTION, FleetCounts, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo,
+    RunEnd, RunnerBeat, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -47,6 +47,8 @@ struct State {
     sweep_guard_until: u64,
     /// API key id → (owner, SHA-256 hex, created).
     api_keys: HashMap<String, (UserId, String, u64)>,
+    /// The admin audit trail, oldest first, and how many entries were ever appended.
+    admin_trail: (VecDeque<AdminEntry>, u64),
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -594,6 +596,30 @@ impl ApiKeys for MemoryStore {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+impl AdminAudit for MemoryStore {
+    async fn record_admin(&self, action: &AdminAction) -> Result<AdminEntry, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        let (trail, appended) = &mut s.admin_trail;
+        *appended += 1;
+        let entry = AdminEntry {
+            id: format!("{now}-{appended}"),
+            at: now,
+            action: action.clone(),
+        };
+        trail.push_back(entry.clone());
+        while trail.len() as u64 > self.policy.admin_audit_max {
+            trail.pop_front();
+        }
+        Ok(entry)
+    }
+
+    async fn admin_trail(&self, count: usize) -> Result<Vec<AdminEntry>, StoreError> {
+        let s = self.lock();
+        Ok(s.admin_trail.0.iter().rev().take(count).cloned().collect())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Whole-fleet tests: the real binaries, the real Redis. One test binary, a module per feature.
 
+mod admin_audit;
 mod integrity;
 mod rabbitmq;
 mod readme;
