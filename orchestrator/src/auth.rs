@@ -4,6 +4,8 @@
 //! SHA-256 hash of the whole key is stored, and presented keys are compared with it in constant
 //! time, as is the admin key.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -16,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::AppState;
 use crate::error::ApiError;
+use crate::rate_limit::{CallClass, RateLimits};
 
 /// The public id the admin key goes by in the audit trail and in rate limits: the admin key
 /// has no id of its own, and the key itself must never be written anywhere.
@@ -129,14 +132,17 @@ impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for Ca
             .key(key_id)
             .await?
             .ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
-        if bool::from(hash_key(presented).as_bytes().ct_eq(stored.as_bytes())) {
-            Ok(Caller::User {
-                user,
-                key_id: key_id.to_owned(),
-            })
-        } else {
-            Err(ApiError::Unauthorized("unknown or revoked API key"))
+        if !bool::from(hash_key(presented).as_bytes().ct_eq(stored.as_bytes())) {
+            return Err(ApiError::Unauthorized("unknown or revoked API key"));
         }
+        // Keyed by the verified key: a guessed key id cannot spend another key's budget.
+        if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {
+            limits.check(key_id, CallClass::of(&parts.method, parts.uri.path()))?;
+        }
+        Ok(Caller::User {
+            user,
+            key_id: key_id.to_owned(),
+        })
     }
 }
 

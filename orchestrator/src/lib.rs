@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod rate_limit;
 pub mod request_id;
 pub mod seed;
 pub mod sweeper;
@@ -29,6 +30,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     let http = &state.settings.http;
     let timeout = Duration::from_millis(http.request_timeout_ms);
     let body_limit = http.body_limit_bytes;
+    let rate_limits = std::sync::Arc::new(rate_limit::RateLimits::new(&state.settings.rate_limits));
     Router::new()
         .route("/healthz", get(api::healthz::<S, Q>))
         .route("/openapi.json", get(openapi))
@@ -61,6 +63,8 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Read by the `Caller` extractor, so a call over its key's limit is refused there.
+        .layer(axum::Extension(rate_limits))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,

@@ -1043,3 +1043,94 @@ async fn admin_actions_are_in_the_audit_trail_with_who_what_and_the_request_id()
     let r2 = call(r, "GET", "/v1/audit", None, Some(&other)).await;
     assert_eq!(r2.status, StatusCode::FORBIDDEN, "the trail is the admin's");
 }
+
+#[tokio::test]
+async fn a_key_over_its_limit_gets_429_with_retry_after_and_writes_nothing() {
+    let t = test_app(|s| {
+        s.rate_limits.starts_burst = 2;
+        s.rate_limits.starts_per_minute = 2;
+        s.rate_limits.reads_burst = 3;
+        s.rate_limits.reads_per_minute = 3;
+    });
+    let r = &t.router;
+    admin(
+        r,
+        "PUT",
+        "/v1/users/hal/entitlement",
+        Some(json!({"tier": "pro", "days": 1})),
+    )
+    .await;
+    let (hal, ivy) = (user_key(r, "hal").await, user_key(r, "ivy").await);
+    for _ in 0..2 {
+        let ok = call(
+            r,
+            "POST",
+            "/v1/runners",
+            Some(start_body("hal")),
+            Some(&hal),
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+    }
+    let depth = t.queue.depth().await.unwrap();
+    let refused = call(
+        r,
+        "POST",
+        "/v1/runners",
+        Some(start_body("hal")),
+        Some(&hal),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        refused.body["error"]["code"], "rate_limited",
+        "{}",
+        refused.body
+    );
+    let secs: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&secs), "{secs}");
+    let seed = call(
+        r,
+        "POST",
+        "/runner/start",
+        Some(start_body("hal")),
+        Some(&hal),
+    )
+    .await;
+    assert_eq!(seed.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        seed.body["code"], "rate_limited",
+        "the seed's shape: {}",
+        seed.body
+    );
+    assert_eq!(t.queue.depth().await.unwrap(), depth, "nothing queued");
+    assert_eq!(
+        t.store.active_count(&UserId::new("hal")).await.unwrap(),
+        2,
+        "nothing admitted"
+    );
+    // Another user's key, and the admin, are unaffected; reads are limited apart from starts.
+    let other = call(
+        r,
+        "POST",
+        "/v1/runners",
+        Some(start_body("ivy")),
+        Some(&ivy),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::ACCEPTED, "{}", other.body);
+    let by_admin = admin(r, "POST", "/v1/runners", Some(start_body("hal"))).await;
+    assert_eq!(by_admin.status, StatusCode::ACCEPTED, "{}", by_admin.body);
+    for _ in 0..3 {
+        let read = call(r, "GET", "/v1/users/hal/runners", None, Some(&hal)).await;
+        assert_eq!(read.status, StatusCode::OK);
+    }
+    let read = call(r, "GET", "/v1/users/hal/runners", None, Some(&hal)).await;
+    assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(read.retry_after.is_some());
+}

@@ -69,6 +69,44 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The admin audit trail.
     pub admin_audit: AdminAuditSettings,
+    /// Per-key request rate limits.
+    pub rate_limits: RateLimitSettings,
+}
+
+/// Per-key request rate limits, each orchestrator on its own (see docs/api.md). A user key
+/// over a limit is answered 429 `rate_limited` with a Retry-After, before anything is written.
+/// The admin key is not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off: no limits at all.
+    pub enabled: bool,
+    /// Starts per key per minute, sustained.
+    pub starts_per_minute: u32,
+    /// Starts a key may make at once before the per-minute rate applies.
+    pub starts_burst: u32,
+    /// Stops per key per minute, sustained.
+    pub stops_per_minute: u32,
+    /// Stops a key may make at once.
+    pub stops_burst: u32,
+    /// Every other call (status, runner, entitlement reads) per key per minute, sustained.
+    pub reads_per_minute: u32,
+    /// Reads a key may make at once.
+    pub reads_burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            starts_per_minute: 30,
+            starts_burst: 10,
+            stops_per_minute: 60,
+            stops_burst: 20,
+            reads_per_minute: 600,
+            reads_burst: 60,
+        }
+    }
 }
 
 /// The admin audit trail: every admin action, kept in a capped Redis stream.
@@ -593,6 +631,22 @@ impl Settings {
         }
         if self.limits.max_runners == 0 || self.limits.max_queued == 0 {
             return invalid("limits.max_runners", "limits must be at least 1");
+        }
+        let r = &self.rate_limits;
+        if [
+            r.starts_per_minute,
+            r.starts_burst,
+            r.stops_per_minute,
+            r.stops_burst,
+            r.reads_per_minute,
+            r.reads_burst,
+        ]
+        .contains(&0)
+        {
+            return invalid(
+                "rate_limits",
+                "every rate and burst must be at least 1 (set rate_limits.enabled = false for none)",
+            );
         }
         if self.admin_audit.max_entries == 0 {
             return invalid("admin_audit.max_entries", "must be at least 1");

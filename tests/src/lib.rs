@@ -386,6 +386,11 @@ impl Api {
         }
     }
 
+    /// The key this client sends.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// Issues a user API key through the admin API.
     pub async fn user_key(&self, user: &str) -> String {
         let admin = self.with_key(Some(ADMIN_KEY));

@@ -3,6 +3,7 @@
 mod admin_audit;
 mod integrity;
 mod rabbitmq;
+mod rate_limits;
 mod readme;
 mod reliability;
 mod security;
