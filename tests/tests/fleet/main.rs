@@ -8,5 +8,6 @@ mod readme;
 mod reliability;
 mod security;
 mod shutdown;
+mod tls;
 mod trading;
 mod walking_skeleton;
