@@ -23,9 +23,11 @@ use runfleet::tier::{Subscription, Tier};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::audit::{self, Action};
 use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
+use crate::request_id::RequestId;
 
 /// What every handler shares: the store, the queue, the credentials cipher and the settings.
 #[derive(Debug)]
@@ -245,6 +247,7 @@ impl StopBody {
 pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
+    request: RequestId,
     Path(raw_job): Path<String>,
     JsonBody(body): JsonBody<StopBody>,
 ) -> Result<Response, ApiError> {
@@ -254,13 +257,14 @@ pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
             "differs from the runner in the path",
         ));
     }
-    stop_runner(app, caller, job_id(&raw_job)?, body).await
+    stop_runner(app, caller, request, job_id(&raw_job)?, body).await
 }
 
 /// `POST /runner/stop` (the seed's shape: the runner is named in the body).
 pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
+    request: RequestId,
     JsonBody(body): JsonBody<StopBody>,
 ) -> Result<Response, ApiError> {
     let raw = body
@@ -270,6 +274,7 @@ pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
     stop_runner(
         app,
         caller,
+        request,
         job_id(&raw).map_err(|_| ApiError::invalid("workerId", "not a valid runner id"))?,
         body,
     )
@@ -279,6 +284,7 @@ pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
 async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
     app: AppState<S, Q>,
     caller: Caller,
+    request: RequestId,
     job: JobId,
     body: StopBody,
 ) -> Result<Response, ApiError> {
@@ -286,7 +292,21 @@ async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
     let mode = body.mode()?;
     let not_found = || ApiError::NotFound(format!("no runner {job}"));
     let record = owned_job(&app, &caller, &job, named.as_ref()).await?;
-    match app.store.request_stop(&job, mode).await? {
+    let outcome = app.store.request_stop(&job, mode).await?;
+    if caller == Caller::Admin && matches!(outcome, StopRequest::Stopped | StopRequest::Sent { .. })
+    {
+        let detail = json!({ "jobId": job, "mode": mode.as_str() });
+        audit::record(
+            &app.store,
+            &caller,
+            &request,
+            Action::RunnerStopped,
+            &record.user_id,
+            detail,
+        )
+        .await;
+    }
+    match outcome {
         StopRequest::NotFound => Err(not_found()),
         StopRequest::AlreadyEnded(status) => {
             let record = app.store.job(&job).await?.unwrap_or(record);
@@ -584,6 +604,7 @@ pub struct UpgradeBody {
 pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
+    request: RequestId,
     Path(raw_user): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> Result<Json<Value>, ApiError> {
@@ -593,7 +614,16 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
         return Err(ApiError::invalid("days", "must be from 1 to 3650"));
     }
     let sub = app.store.subscribe(&user, body.tier, body.days).await?;
-    tracing::info!(user = %user, tier = %sub.tier, days = body.days, "user upgraded");
+    let detail = json!({ "tier": sub.tier, "days": body.days, "expiresAt": sub.expires_at_ms });
+    audit::record(
+        &app.store,
+        &caller,
+        &request,
+        Action::TierChanged,
+        &user,
+        detail,
+    )
+    .await;
     Ok(Json(json!({
         "success": true,
         "userId": user,
@@ -620,6 +650,7 @@ pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
 pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
+    request: RequestId,
     Path(raw_user): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.admin()?;
@@ -629,7 +660,16 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
         .store
         .add_key(&user, &issued.key_id, &issued.hash)
         .await?;
-    tracing::info!(user = %user, key_id = %info.key_id, "api key issued");
+    let detail = json!({ "keyId": info.key_id });
+    audit::record(
+        &app.store,
+        &caller,
+        &request,
+        Action::KeyIssued,
+        &user,
+        detail,
+    )
+    .await;
     let body = json!({ "success": true, "userId": user, "keyId": info.key_id, "apiKey": issued.key, "createdAt": info.created_at });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -652,6 +692,7 @@ pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
 pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
+    request: RequestId,
     Path((raw_user, key_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     caller.admin()?;
@@ -661,7 +702,16 @@ pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
             "user {user} has no key {key_id}"
         )));
     }
-    tracing::info!(user = %user, key_id, "api key revoked");
+    let detail = json!({ "keyId": key_id });
+    audit::record(
+        &app.store,
+        &caller,
+        &request,
+        Action::KeyRevoked,
+        &user,
+        detail,
+    )
+    .await;
     Ok(Json(json!({ "success": true })))
 }
 

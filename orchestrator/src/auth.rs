@@ -4,6 +4,8 @@
 //! SHA-256 hash of the whole key is stored, and presented keys are compared with it in constant
 //! time, as is the admin key.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
@@ -16,6 +18,11 @@ use subtle::ConstantTimeEq;
 
 use crate::api::AppState;
 use crate::error::ApiError;
+use crate::rate_limit::{CallClass, RateLimits};
+
+/// The public id the admin key goes by in the audit trail and in rate limits: the admin key
+/// has no id of its own, and the key itself must never be written anywhere.
+pub const ADMIN_KEY_ID: &str = "admin";
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,16 +30,29 @@ pub enum Caller {
     /// The admin key: may do everything.
     Admin,
     /// A user's API key: may act only for that user.
-    User(UserId),
+    User {
+        /// The key's owner.
+        user: UserId,
+        /// The key's public id (`rfk_<keyId>_...`).
+        key_id: String,
+    },
 }
 
 impl Caller {
+    /// The public id of the key used: [`ADMIN_KEY_ID`] or a user key's id.
+    pub fn key_id(&self) -> &str {
+        match self {
+            Caller::Admin => ADMIN_KEY_ID,
+            Caller::User { key_id, .. } => key_id,
+        }
+    }
+
     /// Allows the admin and `user` themselves; any other user is refused with 403.
     pub fn act_for(&self, user: &UserId) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::User(u) if u == user => Ok(()),
-            Caller::User(_) => Err(ApiError::Forbidden(
+            Caller::User { user: u, .. } if u == user => Ok(()),
+            Caller::User { .. } => Err(ApiError::Forbidden(
                 "this API key belongs to another user".into(),
             )),
         }
@@ -42,7 +62,7 @@ impl Caller {
     pub fn admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::User(_) => Err(ApiError::Forbidden(
+            Caller::User { .. } => Err(ApiError::Forbidden(
                 "this endpoint needs the admin key".into(),
             )),
         }
@@ -112,11 +132,17 @@ impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for Ca
             .key(key_id)
             .await?
             .ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
-        if bool::from(hash_key(presented).as_bytes().ct_eq(stored.as_bytes())) {
-            Ok(Caller::User(user))
-        } else {
-            Err(ApiError::Unauthorized("unknown or revoked API key"))
+        if !bool::from(hash_key(presented).as_bytes().ct_eq(stored.as_bytes())) {
+            return Err(ApiError::Unauthorized("unknown or revoked API key"));
         }
+        // Keyed by the verified key: a guessed key id cannot spend another key's budget.
+        if let Some(limits) = parts.extensions.get::<Arc<RateLimits>>() {
+            limits.check(key_id, CallClass::of(&parts.method, parts.uri.path()))?;
+        }
+        Ok(Caller::User {
+            user,
+            key_id: key_id.to_owned(),
+        })
     }
 }
 
@@ -140,12 +166,18 @@ mod tests {
     #[test]
     fn users_act_only_for_themselves() {
         let (alice, bob) = (UserId::new("alice"), UserId::new("bob"));
-        assert!(Caller::User(alice.clone()).act_for(&alice).is_ok());
+        let key = |user: &UserId| Caller::User {
+            user: user.clone(),
+            key_id: "0123456789abcdef01234567".into(),
+        };
+        assert!(key(&alice).act_for(&alice).is_ok());
         assert!(matches!(
-            Caller::User(alice.clone()).act_for(&bob),
+            key(&alice).act_for(&bob),
             Err(ApiError::Forbidden(_))
         ));
         assert!(Caller::Admin.act_for(&bob).is_ok());
-        assert!(Caller::User(alice).admin().is_err());
+        assert!(key(&alice).admin().is_err());
+        assert_eq!(key(&alice).key_id(), "0123456789abcdef01234567");
+        assert_eq!(Caller::Admin.key_id(), "admin");
     }
 }

@@ -69,6 +69,14 @@ pub enum ApiError {
         /// When to try again.
         retry_after_ms: u64,
     },
+    /// The caller's key made more calls of this kind than `rate_limits` allow.
+    #[error("too many {class} requests with this API key; retry after the Retry-After")]
+    RateLimited {
+        /// `start`, `stop` or `read`.
+        class: &'static str,
+        /// When the next call of this kind will be allowed.
+        retry_after_ms: u64,
+    },
     /// No such resource (or not the caller's).
     #[error("{0}")]
     NotFound(String),
@@ -120,6 +128,7 @@ impl ApiError {
             ApiError::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit_open"),
             ApiError::FleetFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "fleet_full"),
             ApiError::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::QueueUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
@@ -156,7 +165,10 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             ApiError::CircuitOpen { retry_after_ms, .. }
             | ApiError::FleetFull { retry_after_ms }
-            | ApiError::QueueFull { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            | ApiError::QueueFull { retry_after_ms }
+            | ApiError::RateLimited { retry_after_ms, .. } => {
+                Some(retry_after_ms.div_ceil(1000).max(1))
+            }
             ApiError::Unavailable(_) | ApiError::QueueUnavailable(_) => Some(RETRY_AFTER.as_secs()),
             _ => None,
         };

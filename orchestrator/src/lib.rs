@@ -3,9 +3,12 @@
 //! on the in-memory backend with a worker pool in the same process.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod rate_limit;
+pub mod request_id;
 pub mod seed;
 pub mod sweeper;
 
@@ -16,6 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -26,6 +30,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     let http = &state.settings.http;
     let timeout = Duration::from_millis(http.request_timeout_ms);
     let body_limit = http.body_limit_bytes;
+    let rate_limits = std::sync::Arc::new(rate_limit::RateLimits::new(&state.settings.rate_limits));
     Router::new()
         .route("/healthz", get(api::healthz::<S, Q>))
         .route("/openapi.json", get(openapi))
@@ -43,6 +48,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
             get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
         )
         .route("/v1/nodes", get(api::nodes::<S, Q>))
+        .route("/v1/audit", get(audit::trail::<S, Q>))
         .route(
             "/v1/users/{user_id}/keys",
             post(api::create_key::<S, Q>).get(api::list_keys::<S, Q>),
@@ -62,12 +68,28 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Read by the `Caller` extractor, so a call over its key's limit is refused there.
+        .layer(axum::Extension(rate_limits))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(TraceLayer::new_for_http())
+        // Outermost last: the id is settled first, so the log span and every answer carry it.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::from_fn(request_id::drop_unusable))
         .with_state(state)
+}
+
+/// The log span of one request: its method, path and request id, on every line it logs.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id = %request_id::RequestId::of(req.extensions()).0,
+    )
 }
 
 /// The OpenAPI document of the whole API (`orchestrator/src/openapi.json`; the `openapi` test

@@ -861,3 +861,276 @@ async fn the_status_of_system_is_fleet_wide_and_system_is_no_user() {
     let r = admin(&t.router, "POST", "/v1/users/system/keys", None).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
 }
+
+/// Sends one request with optional `x-request-id`; returns status, the answer's request id and
+/// the body.
+async fn call_with_id(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+    key: Option<&str>,
+    request_id: Option<&str>,
+) -> (StatusCode, String, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(key) = key {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    if let Some(id) = request_id {
+        req = req.header("x-request-id", id);
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let id = resp
+        .headers()
+        .get("x-request-id")
+        .expect("every answer carries x-request-id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        id,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_the_clients_when_usable() {
+    let t = test_app(|_| {});
+    let (status, id, _) = call_with_id(
+        &t.router,
+        "GET",
+        "/healthz",
+        None,
+        None,
+        Some("client-id.1:a"),
+    )
+    .await;
+    assert_eq!((status, id.as_str()), (StatusCode::OK, "client-id.1:a"));
+    // Refusals too, with an id made up when none was sent.
+    let (status, made, _) = call_with_id(&t.router, "GET", "/v1/nodes", None, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(made.len(), 36, "a UUID: {made}");
+    let (_, other, _) = call_with_id(&t.router, "GET", "/nope", None, None, None).await;
+    assert_ne!(made, other, "a fresh id per request");
+    // An id that is too long or carries odd characters is replaced, not echoed.
+    for bad in ["a b", "<script>", &"x".repeat(129)] {
+        let (_, id, _) = call_with_id(&t.router, "GET", "/healthz", None, None, Some(bad)).await;
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 36, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn admin_actions_are_in_the_audit_trail_with_who_what_and_the_request_id() {
+    let t = test_app(|_| {});
+    let r = &t.router;
+    let (s, _, issued) = call_with_id(
+        r,
+        "POST",
+        "/v1/users/ann/keys",
+        None,
+        Some(ADMIN),
+        Some("req-issue"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (key, key_id) = (
+        issued["apiKey"].as_str().unwrap().to_owned(),
+        issued["keyId"].as_str().unwrap().to_owned(),
+    );
+    let (s, _, _) = call_with_id(
+        r,
+        "PUT",
+        "/v1/users/ann/entitlement",
+        Some(json!({"tier": "pro", "days": 7})),
+        Some(ADMIN),
+        Some("req-tier"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // A user's own start and stop are not admin actions; the admin's stop of ann's runner is.
+    let (s, _, started) = call_with_id(
+        r,
+        "POST",
+        "/v1/runners",
+        Some(start_body("ann")),
+        Some(&key),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let job = started["jobId"].as_str().unwrap().to_owned();
+    let (s, _, _) = call_with_id(
+        r,
+        "POST",
+        &format!("/v1/runners/{job}/stop"),
+        Some(json!({})),
+        Some(ADMIN),
+        Some("req-stop"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call_with_id(
+        r,
+        "DELETE",
+        &format!("/v1/users/ann/keys/{key_id}"),
+        None,
+        Some(ADMIN),
+        Some("req-revoke"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // Refused admin calls are not actions.
+    let (s, _, _) = call_with_id(
+        r,
+        "PUT",
+        "/v1/users/ann/entitlement",
+        Some(json!({"tier": "pro", "days": 0})),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let trail = admin(r, "GET", "/v1/audit", None).await;
+    assert_eq!(trail.status, StatusCode::OK, "{}", trail.body);
+    let entries = trail.body["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["requestId"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("key.revoked", "req-revoke"),
+            ("runner.stopped", "req-stop"),
+            ("tier.changed", "req-tier"),
+            ("key.issued", "req-issue"),
+        ],
+        "newest first: {entries:?}"
+    );
+    for e in entries {
+        assert_eq!(e["actor"], "admin");
+        assert_eq!(e["user"], "ann");
+        assert!(e["at"].as_u64().unwrap() > 0);
+        assert!(!e.to_string().contains(ADMIN), "never the admin key: {e}");
+        assert!(!e.to_string().contains(&key), "never a user key: {e}");
+    }
+    assert_eq!(entries[0]["detail"]["keyId"], key_id.as_str());
+    assert_eq!(entries[1]["detail"]["jobId"], job.as_str());
+    assert_eq!(entries[2]["detail"]["tier"], "pro");
+
+    let one = admin(r, "GET", "/v1/audit?count=1", None).await;
+    assert_eq!(one.body["entries"].as_array().unwrap().len(), 1);
+    let bad = admin(r, "GET", "/v1/audit?count=0", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["error"]["field"], "count");
+    let other = user_key(r, "bo").await;
+    let r2 = call(r, "GET", "/v1/audit", None, Some(&other)).await;
+    assert_eq!(r2.status, StatusCode::FORBIDDEN, "the trail is the admin's");
+}
+
+#[tokio::test]
+async fn a_key_over_its_limit_gets_429_with_retry_after_and_writes_nothing() {
+    let t = test_app(|s| {
+        s.rate_limits.starts_burst = 2;
+        s.rate_limits.starts_per_minute = 2;
+        s.rate_limits.reads_burst = 3;
+        s.rate_limits.reads_per_minute = 3;
+    });
+    let r = &t.router;
+    admin(
+        r,
+        "PUT",
+        "/v1/users/hal/entitlement",
+        Some(json!({"tier": "pro", "days": 1})),
+    )
+    .await;
+    let (hal, ivy) = (user_key(r, "hal").await, user_key(r, "ivy").await);
+    for _ in 0..2 {
+        let ok = call(
+            r,
+            "POST",
+            "/v1/runners",
+            Some(start_body("hal")),
+            Some(&hal),
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::ACCEPTED, "{}", ok.body);
+    }
+    let depth = t.queue.depth().await.unwrap();
+    let refused = call(
+        r,
+        "POST",
+        "/v1/runners",
+        Some(start_body("hal")),
+        Some(&hal),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        refused.body["error"]["code"], "rate_limited",
+        "{}",
+        refused.body
+    );
+    let secs: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&secs), "{secs}");
+    let seed = call(
+        r,
+        "POST",
+        "/runner/start",
+        Some(start_body("hal")),
+        Some(&hal),
+    )
+    .await;
+    assert_eq!(seed.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        seed.body["code"], "rate_limited",
+        "the seed's shape: {}",
+        seed.body
+    );
+    assert_eq!(t.queue.depth().await.unwrap(), depth, "nothing queued");
+    assert_eq!(
+        t.store.active_count(&UserId::new("hal")).await.unwrap(),
+        2,
+        "nothing admitted"
+    );
+    // Another user's key, and the admin, are unaffected; reads are limited apart from starts.
+    let other = call(
+        r,
+        "POST",
+        "/v1/runners",
+        Some(start_body("ivy")),
+        Some(&ivy),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::ACCEPTED, "{}", other.body);
+    let by_admin = admin(r, "POST", "/v1/runners", Some(start_body("hal"))).await;
+    assert_eq!(by_admin.status, StatusCode::ACCEPTED, "{}", by_admin.body);
+    for _ in 0..3 {
+        let read = call(r, "GET", "/v1/users/hal/runners", None, Some(&hal)).await;
+        assert_eq!(read.status, StatusCode::OK);
+    }
+    let read = call(r, "GET", "/v1/users/hal/runners", None, Some(&hal)).await;
+    assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(read.retry_after.is_some());
+}

@@ -9,7 +9,8 @@ use crate::store::{FleetPolicy, RedisStore};
 /// Opens the Redis store and Redis queue of `settings`. The store queues jobs onto the queue's
 /// ready list itself, in the same script that makes them queued. Succeeds while Redis is down
 /// (the connections open lazily and callers retry); logs a warning when Redis is unreachable or
-/// its `maxmemory-policy` could evict leases.
+/// its `maxmemory-policy` could evict leases. Fails when the first connection fails in a way
+/// that waiting cannot heal ([`RedisError::is_permanent`]: TLS, credentials, permissions).
 pub async fn open_redis(settings: &Settings) -> Result<(RedisStore, RedisQueue), RedisError> {
     let (store, pools) = open_store(settings).await?;
     let keys = store.keys().clone();
@@ -29,6 +30,14 @@ async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), Red
             "redis maxmemory-policy is not noeviction: an evicted lease strands its job"
         ),
         Ok(None) => {}
+        // A wrong CA, a plaintext/TLS mismatch or refused credentials never heal: stop here.
+        Err(e) if e.is_permanent() => {
+            return Err(RedisError::Tls(format!(
+                "cannot use the Redis at {} ({e}); check the URL's scheme (rediss:// for a TLS \
+                 port), redis.tls_ca_file, the client certificate, and the ACL user and password",
+                crate::config::redact_url(&settings.redis.url)
+            )));
+        }
         Err(e) => tracing::warn!(error = %e, "redis is not reachable yet; retrying until it is"),
     }
     let keys = Keys::new(settings.redis.key_prefix.clone());

@@ -71,6 +71,10 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The runner lifecycle event stream.
     pub events: EventSettings,
+    /// The admin audit trail.
+    pub admin_audit: AdminAuditSettings,
+    /// Per-key request rate limits.
+    pub rate_limits: RateLimitSettings,
 }
 
 /// The fleet's runner lifecycle event stream (`<prefix>:events`) and each job's history.
@@ -93,6 +97,42 @@ impl Default for EventSettings {
     }
 }
 
+/// Per-key request rate limits, each orchestrator on its own (see docs/api.md). A user key
+/// over a limit is answered 429 `rate_limited` with a Retry-After, before anything is written.
+/// The admin key is not limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off: no limits at all.
+    pub enabled: bool,
+    /// Starts per key per minute, sustained.
+    pub starts_per_minute: u32,
+    /// Starts a key may make at once before the per-minute rate applies.
+    pub starts_burst: u32,
+    /// Stops per key per minute, sustained.
+    pub stops_per_minute: u32,
+    /// Stops a key may make at once.
+    pub stops_burst: u32,
+    /// Every other call (status, runner, entitlement reads) per key per minute, sustained.
+    pub reads_per_minute: u32,
+    /// Reads a key may make at once.
+    pub reads_burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            starts_per_minute: 30,
+            starts_burst: 10,
+            stops_per_minute: 60,
+            stops_burst: 20,
+            reads_per_minute: 600,
+            reads_burst: 60,
+        }
+    }
+}
+
 /// The orchestrators' Prometheus endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -100,6 +140,22 @@ pub struct MetricsSettings {
     /// Serve `GET /metrics` without a key (scrapers on a private network); otherwise it needs
     /// the admin key.
     pub public: bool,
+}
+
+/// The admin audit trail: every admin action, kept in a capped Redis stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAuditSettings {
+    /// Entries kept; the oldest are trimmed as new ones are appended.
+    pub max_entries: u64,
+}
+
+impl Default for AdminAuditSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+        }
+    }
 }
 
 /// Fleet-wide backpressure: past these, starts are refused with a Retry-After.
@@ -216,11 +272,21 @@ pub struct TestingSettings {
 }
 
 /// Redis connection and key settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Connection URL.
+    /// Connection URL: `redis://` or, over TLS, `rediss://`; an ACL user and password go in it
+    /// (`rediss://user:password@host:port`).
     pub url: String,
+    /// `rediss://` only: a PEM file of the CA certificates that sign the server's certificate.
+    /// Unset: the system's trusted roots. The server's name is always verified against the
+    /// URL's host, unless the URL ends in `#insecure`.
+    pub tls_ca_file: Option<String>,
+    /// `rediss://` only: a PEM client certificate, for servers that require one (mutual TLS,
+    /// `tls-auth-clients yes`). Needs `tls_key_file`.
+    pub tls_cert_file: Option<String>,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<String>,
     /// Prefix of every key runfleet writes.
     pub key_prefix: String,
     /// Connections in the pool used for short commands.
@@ -239,6 +305,9 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             key_prefix: "runfleet".into(),
             pool_size: 16,
             blocking_pool_size: 8,
@@ -341,19 +410,41 @@ impl RabbitMqSettings {
     }
 }
 
+/// A URL as it may be printed: any password replaced by `<set>`.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:<set>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry an ACL user's password.
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("blocking_pool_size", &self.blocking_pool_size)
+            .field("wait_timeout_ms", &self.wait_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for RabbitMqSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: print it without one.
-        let url = match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let userinfo = &self.url[scheme + 3..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                format!("{}{user}:<set>{}", &self.url[..scheme + 3], &self.url[at..])
-            }
-            _ => self.url.clone(),
-        };
         f.debug_struct("RabbitMqSettings")
-            .field("url", &url)
+            .field("url", &redact_url(&self.url))
             .field("heartbeat_s", &self.heartbeat_s)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("confirm_timeout_ms", &self.confirm_timeout_ms)
@@ -592,6 +683,22 @@ impl Settings {
                 "must be longer than heartbeat.interval_ms",
             );
         }
+        let tls = self.redis.url.starts_with("rediss://");
+        let r = &self.redis;
+        if !tls
+            && (r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some())
+        {
+            return invalid(
+                "redis.tls_ca_file",
+                "TLS files are set but redis.url is not rediss://",
+            );
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            return invalid(
+                "redis.tls_cert_file",
+                "a client certificate needs its key (redis.tls_key_file), and a key its certificate",
+            );
+        }
         if self.redis.pool_size == 0 || self.redis.blocking_pool_size == 0 {
             return invalid("redis.pool_size", "pools need at least one connection");
         }
@@ -612,6 +719,25 @@ impl Settings {
         }
         if self.limits.max_runners == 0 || self.limits.max_queued == 0 {
             return invalid("limits.max_runners", "limits must be at least 1");
+        }
+        let r = &self.rate_limits;
+        if [
+            r.starts_per_minute,
+            r.starts_burst,
+            r.stops_per_minute,
+            r.stops_burst,
+            r.reads_per_minute,
+            r.reads_burst,
+        ]
+        .contains(&0)
+        {
+            return invalid(
+                "rate_limits",
+                "every rate and burst must be at least 1 (set rate_limits.enabled = false for none)",
+            );
+        }
+        if self.admin_audit.max_entries == 0 {
+            return invalid("admin_audit.max_entries", "must be at least 1");
         }
         if self.breaker.failures == 0 {
             return invalid("breaker.failures", "must be at least 1");
@@ -724,6 +850,7 @@ mod tests {
     fn debug_never_prints_secrets() {
         let mut s = Settings::default();
         s.security.admin_key = Some("hunter2".into());
+        s.redis.url = "rediss://worker:hunter2@redis:6380".into();
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

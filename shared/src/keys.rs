@@ -183,6 +183,13 @@ impl Keys {
     pub fn failed(&self) -> String {
         self.key(&["failed"])
     }
+
+    /// Capped stream of admin actions (tier changes, keys issued and revoked, stops of other
+    /// users' runners): the admin audit trail, `GET /v1/audit`. Not the `audit` stream of
+    /// accepted fencing writes that `testing.audit` turns on.
+    pub fn admin_audit(&self) -> String {
+        self.key(&["admin-audit"])
+    }
 }
 
 #[cfg(test)]

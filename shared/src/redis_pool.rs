@@ -4,11 +4,15 @@
 //! that blocks for a second or more; a blocking pop on a shared multiplexed connection would also
 //! stall every command queued behind it. So blocking pops (BLMOVE, BLPOP) take a connection of
 //! their own from a second pool whose response timeout exceeds the longest block.
+//!
+//! `rediss://` URLs connect over TLS with rustls (the same TLS stack as the RabbitMQ client),
+//! trusting `redis.tls_ca_file` or the system's roots and verifying the server's name, with an
+//! optional client certificate for mutual TLS.
 
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
+use redis::{AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 
 use crate::config::RedisSettings;
 
@@ -27,12 +31,90 @@ pub enum RedisError {
     /// Redis answered something runfleet did not write (a bug or a foreign writer).
     #[error("unexpected data in redis: {0}")]
     Data(String),
+    /// The TLS settings or credentials cannot be used (a certificate or key file unreadable, a
+    /// handshake or login that failed at start-up).
+    #[error("redis TLS or credentials: {0}")]
+    Tls(String),
 }
+
+impl RedisError {
+    /// Whether this failure, on a process' first connection, cannot heal by waiting: a TLS
+    /// handshake that failed (wrong CA, wrong name, plaintext on one side), or credentials or
+    /// permissions refused. A process should stop
+    /// at start-up with it rather than retry forever; a refused or timed-out connection (Redis
+    /// not up yet) is worth waiting for.
+    pub fn is_permanent(&self) -> bool {
+        let e = match self {
+            RedisError::Tls(_) => return true,
+            RedisError::Command(e) => e,
+            RedisError::Pool(_) | RedisError::Data(_) => return false,
+        };
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || e.code()
+                .is_some_and(|c| ["NOPERM", "WRONGPASS", "NOAUTH"].contains(&c))
+        {
+            return true;
+        }
+        // redis-rs keeps an I/O failure's cause behind an `Arc<dyn Error>` that cannot be
+        // downcast, so a TLS failure is told by its text (rustls' and the TLS alerts' wording).
+        let text = e.to_string().to_ascii_lowercase();
+        e.kind() == redis::ErrorKind::Io && PERMANENT_IO_FAILURES.iter().any(|w| text.contains(w))
+    }
+}
+
+/// Words of the I/O failures that waiting does not heal: the rustls errors of a failed
+/// handshake (a certificate not trusted or not for this name, a TLS alert from a server that
+/// refused our certificate, a peer that does not speak TLS), and a reset of a fresh connection,
+/// which is what a TLS-only port answers a plaintext client (a Redis that is down refuses the
+/// connection instead, and one that is full or loading answers an error).
+const PERMANENT_IO_FAILURES: [&str; 6] = [
+    "certificate",
+    "alert",
+    "corrupt message",
+    "invalidcontenttype",
+    "handshake",
+    "connection reset",
+];
 
 impl From<deadpool_redis::PoolError> for RedisError {
     fn from(e: deadpool_redis::PoolError) -> Self {
-        RedisError::Pool(e.to_string())
+        match e {
+            // Keep the cause, so that a TLS or ACL failure can be told from Redis being down.
+            deadpool_redis::PoolError::Backend(e) => RedisError::Command(e),
+            e => RedisError::Pool(e.to_string()),
+        }
     }
+}
+
+/// Where to connect: the URL, and for `rediss://` the CA, client certificate and key files.
+fn connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
+    if !settings.url.starts_with("rediss://") {
+        return Ok(settings.url.as_str().into_connection_info()?);
+    }
+    let read = |path: &str, what: &str| {
+        std::fs::read(path).map_err(|e| RedisError::Tls(format!("cannot read {what} {path}: {e}")))
+    };
+    let root_cert = settings
+        .tls_ca_file
+        .as_deref()
+        .map(|p| read(p, "redis.tls_ca_file"))
+        .transpose()?;
+    let client_tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read(cert, "redis.tls_cert_file")?,
+            client_key: read(key, "redis.tls_key_file")?,
+        }),
+        _ => None,
+    };
+    let client = redis::Client::build_with_tls(
+        settings.url.as_str(),
+        TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| RedisError::Tls(e.to_string()))?;
+    Ok(client.get_connection_info().clone())
 }
 
 /// The two connection pools of a process.
@@ -64,8 +146,9 @@ impl RedisPools {
             .set_connection_timeout(connect)
             .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(5)));
         let wait = Some(Duration::from_millis(settings.wait_timeout_ms));
+        let info = connection_info(settings)?;
         let build = |config, size| -> Result<Pool, RedisError> {
-            let manager = Manager::new_with_config(settings.url.as_str(), config)?;
+            let manager = Manager::new_with_config(info.clone(), config)?;
             Pool::builder(manager)
                 .max_size(size)
                 .wait_timeout(wait)
@@ -83,9 +166,11 @@ impl RedisPools {
 
     /// Checks that Redis answers and is configured so that leases cannot be evicted.
     /// Returns the `maxmemory-policy` found, as a warning for the caller to log when it is
-    /// not `noeviction`.
+    /// not `noeviction`. An ACL user without `CONFIG` (least privilege) gets no answer to that
+    /// and no warning; a PING proves the connection and the user's credentials.
     pub async fn check(&self) -> Result<Option<String>, RedisError> {
         let mut conn = self.commands.get().await?;
+        let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
         let (_, policy): (String, String) = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")

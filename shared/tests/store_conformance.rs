@@ -12,8 +12,8 @@ use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
 use runfleet::store::{
-    Admission, ClaimOutcome, FleetPolicy, FleetStore, MemoryStore, NodeCommand, NodeInfo,
-    RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
+    AdminAction, Admission, ClaimOutcome, FleetPolicy, FleetStore, MemoryStore, NodeCommand,
+    NodeInfo, RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
 };
 use runfleet::tier::Tier;
 
@@ -78,6 +78,7 @@ fn policy() -> FleetPolicy {
             trial_ms: 150,
         },
         audit: true,
+        admin_audit_max: 3,
         ..FleetPolicy::default()
     }
 }
@@ -855,6 +856,29 @@ async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) 
     );
 }
 
+async fn the_admin_trail_is_capped_and_read_newest_first<S: FleetStore>(s: S) {
+    assert!(s.admin_trail(10).await.unwrap().is_empty());
+    let mut recorded = Vec::new();
+    for i in 0..5 {
+        let action = AdminAction {
+            actor: "admin".into(),
+            action: "key.issued".into(),
+            user: format!("u{i}"),
+            detail: serde_json::json!({"keyId": format!("k{i}")}),
+            request_id: format!("req-{i}"),
+        };
+        let entry = s.record_admin(&action).await.unwrap();
+        assert_eq!(entry.action, action);
+        assert!(entry.at > 0);
+        recorded.push(entry);
+    }
+    let trail = s.admin_trail(10).await.unwrap();
+    let users: Vec<&str> = trail.iter().map(|e| e.action.user.as_str()).collect();
+    assert_eq!(users, ["u4", "u3", "u2"], "capped at 3, newest first");
+    assert_eq!(trail[0], recorded[4], "read back as recorded");
+    assert_eq!(s.admin_trail(1).await.unwrap().len(), 1);
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -875,7 +899,8 @@ macro_rules! store_conformance {
                 a_user_above_their_tier_after_a_downgrade_is_not_restarted,
                 node_losses_do_not_count_toward_the_breaker,
                 unconfirmed_enqueues_are_published_again,
-                a_runners_history_lists_every_step_with_its_epoch);
+                a_runners_history_lists_every_step_with_its_epoch,
+                the_admin_trail_is_capped_and_read_newest_first);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(

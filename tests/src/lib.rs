@@ -373,6 +373,19 @@ pub struct Api {
 /// A response: status code and JSON body.
 pub type Reply = (u16, Value);
 
+/// A response with the headers some tests look at.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// The `x-request-id` header.
+    pub request_id: Option<String>,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// JSON body (`null` when there is none).
+    pub body: Value,
+}
+
 impl Api {
     /// A client for `base`.
     pub fn new(base: String) -> Self {
@@ -393,6 +406,11 @@ impl Api {
             key: key.map(str::to_owned),
             ..self.clone()
         }
+    }
+
+    /// The key this client sends.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// Issues a user API key through the admin API.
@@ -465,6 +483,44 @@ impl Api {
             .send(self.http.put(format!("{}{path}", self.base)).json(body))
             .await
             .expect("PUT")
+    }
+
+    /// Sends `method path` with this client's key, an optional JSON body and an optional
+    /// `x-request-id`; returns the status, the answer's `x-request-id` and `Retry-After`
+    /// headers, and the body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        request_id: Option<&str>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.expect("request");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (request_id, retry_after) = (header("x-request-id"), header("retry-after"));
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            request_id,
+            retry_after,
+            body,
+        }
     }
 
     /// Waits until `/healthz` answers 200.
@@ -576,6 +632,115 @@ pub fn assert_one_live_epoch_at_a_time(audit: &[AuditEntry]) -> HashMap<String, 
     epochs
 }
 
+/// A test certificate authority made with the `openssl` CLI: a CA, a server certificate for
+/// `127.0.0.1` and `localhost`, and a client certificate, all PEM files in `dir`.
+#[derive(Debug, Clone)]
+pub struct TestCa {
+    /// Where the files are: `ca.crt`, `server.crt`, `server.key`, `client.crt`, `client.key`.
+    pub dir: PathBuf,
+}
+
+impl TestCa {
+    /// Makes a fresh CA and its certificates in a new temporary directory named after `name`.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("runfleet-ca-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("ca dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("this test makes a CA with the openssl CLI and could not run it ({e}); install openssl"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=runfleet test CA",
+        ]);
+        // Extensions make them X.509 v3 certificates: rustls refuses v1 ones.
+        let server_ext = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n";
+        std::fs::write(dir.join("server.ext"), server_ext).unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (who, ext) in [
+            ("server", Some("server.ext")),
+            ("client", Some("client.ext")),
+        ] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+                "-subj",
+                &format!("/CN=runfleet test {who}"),
+            ]);
+            let mut args = vec![
+                "x509",
+                "-req",
+                "-in",
+                &*format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &*format!("{who}.crt"),
+                "-days",
+                "2",
+            ]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+            if let Some(ext) = ext {
+                args.extend(["-extfile".to_owned(), ext.to_owned()]);
+            }
+            openssl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        Self { dir }
+    }
+
+    /// The path of one of its files, as a string.
+    pub fn file(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// A client of a `rediss://` URL trusting this CA and presenting the client certificate.
+    pub fn client(&self, url: &str) -> redis::Client {
+        let read = |f: &str| std::fs::read(self.dir.join(f)).expect("pem");
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: read("client.crt"),
+                    client_key: read("client.key"),
+                }),
+                root_cert: Some(read("ca.crt")),
+            },
+        )
+        .expect("tls client")
+    }
+}
+
 /// A private `redis-server` on a free port, for tests that stop and restart Redis. Its data
 /// survives a restart (append-only file in a temporary directory).
 #[derive(Debug)]
@@ -584,11 +749,23 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// With TLS: the CA, and the TLS port is the only port.
+    tls: Option<TestCa>,
 }
 
 impl PrivateRedis {
     /// Starts one, and waits until it answers.
     pub async fn start() -> Self {
+        Self::launch(None).await
+    }
+
+    /// Starts one that speaks TLS only (`--port 0 --tls-port`), with certificates from `ca`
+    /// and client certificates required (mutual TLS).
+    pub async fn start_tls(ca: &TestCa) -> Self {
+        Self::launch(Some(ca.clone())).await
+    }
+
+    async fn launch(tls: Option<TestCa>) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("runfleet-redis-{port}-{}", std::process::id()));
@@ -597,19 +774,52 @@ impl PrivateRedis {
             port,
             dir,
             child: None,
+            tls,
         };
         r.up().await;
         r
     }
 
-    /// Its URL.
+    /// Its URL (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// A client for it (trusting the test CA, with TLS).
+    pub fn client(&self, url: &str) -> redis::Client {
+        match &self.tls {
+            Some(ca) => ca.client(url),
+            None => redis::Client::open(url).expect("redis url"),
+        }
     }
 
     async fn up(&mut self) {
+        let port = self.port.to_string();
+        let ports: Vec<String> = match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(ca) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                ca.file("server.crt"),
+                "--tls-key-file".into(),
+                ca.file("server.key"),
+                "--tls-ca-cert-file".into(),
+                ca.file("ca.crt"),
+                "--tls-auth-clients".into(),
+                "yes".into(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(&ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(&self.dir)
@@ -618,12 +828,17 @@ impl PrivateRedis {
             .spawn()
             .unwrap_or_else(|e| panic!("this test starts its own redis-server and could not ({e}); install redis-server"));
         self.child = Some(child);
-        let url = self.url();
+        let client = self.client(&self.url());
         eventually(Duration::from_secs(10), "private redis answers", || {
-            let url = url.clone();
+            let client = client.clone();
             async move {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                let mut c = match client.get_multiplexed_async_connection().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("private redis: not yet: {e}");
+                        return None;
+                    }
+                };
                 redis::cmd("PING").query_async::<String>(&mut c).await.ok()
             }
         })

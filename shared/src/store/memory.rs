@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FAILED_WINDOW_MS, FINISHED_RETENTION,
-    FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd,
-    RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
+    AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
+    FAILED_WINDOW_MS, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore,
+    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
+    Subscriptions, SweepReport, Sweeper,
 };
 use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
@@ -58,6 +59,8 @@ struct State {
     job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
     /// The last event id's (ms, sequence), so ids increase as stream ids do.
     last_event: (u64, u64),
+    /// The admin audit trail, oldest first, and how many entries were ever appended.
+    admin_trail: (VecDeque<AdminEntry>, u64),
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -764,6 +767,30 @@ impl ApiKeys for MemoryStore {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+impl AdminAudit for MemoryStore {
+    async fn record_admin(&self, action: &AdminAction) -> Result<AdminEntry, StoreError> {
+        let now = self.now();
+        let mut s = self.lock();
+        let (trail, appended) = &mut s.admin_trail;
+        *appended += 1;
+        let entry = AdminEntry {
+            id: format!("{now}-{appended}"),
+            at: now,
+            action: action.clone(),
+        };
+        trail.push_back(entry.clone());
+        while trail.len() as u64 > self.policy.admin_audit_max {
+            trail.pop_front();
+        }
+        Ok(entry)
+    }
+
+    async fn admin_trail(&self, count: usize) -> Result<Vec<AdminEntry>, StoreError> {
+        let s = self.lock();
+        Ok(s.admin_trail.0.iter().rev().take(count).cloned().collect())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::redis_pool::RedisError;
 use crate::tier::{Subscription, Tier, TierLimits};
 
 /// The rules a store applies on its own: tier limits, restarts, breakers, auditing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FleetPolicy {
     /// Concurrent runners per tier.
     pub tiers: TierLimits,
@@ -39,6 +39,14 @@ pub struct FleetPolicy {
     pub limits: LimitSettings,
     /// Caps of the event stream.
     pub events: EventSettings,
+    /// Entries the admin audit trail keeps.
+    pub admin_audit_max: u64,
+}
+
+impl Default for FleetPolicy {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
+    }
 }
 
 impl FleetPolicy {
@@ -51,6 +59,7 @@ impl FleetPolicy {
             audit: settings.testing.audit,
             limits: settings.limits,
             events: settings.events,
+            admin_audit_max: settings.admin_audit.max_entries,
         }
     }
 }
@@ -520,6 +529,50 @@ pub trait ApiKeys: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
+/// One admin action, as the orchestrator records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminAction {
+    /// Who: the public id of the key used (`admin` for the admin key), never the key.
+    pub actor: String,
+    /// What: `tier.changed`, `key.issued`, `key.revoked` or `runner.stopped`.
+    pub action: String,
+    /// The user acted upon.
+    pub user: String,
+    /// The action's particulars (tier and days, key id, runner and stop mode).
+    pub detail: serde_json::Value,
+    /// The request's `x-request-id`.
+    pub request_id: String,
+}
+
+/// An [`AdminAction`] as the trail holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminEntry {
+    /// The entry's id in the trail (the stream id for Redis), increasing.
+    pub id: String,
+    /// When it was recorded (ms, store clock).
+    pub at: u64,
+    /// The action.
+    #[serde(flatten)]
+    pub action: AdminAction,
+}
+
+/// The admin audit trail: append-only, capped at [`FleetPolicy::admin_audit_max`] entries.
+pub trait AdminAudit: Send + Sync {
+    /// Appends one action.
+    fn record_admin(
+        &self,
+        action: &AdminAction,
+    ) -> impl Future<Output = Result<AdminEntry, StoreError>> + Send;
+
+    /// The newest `count` entries, newest first.
+    fn admin_trail(
+        &self,
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<AdminEntry>, StoreError>> + Send;
+}
+
 /// Subscriptions (tiers) and the store's clock.
 pub trait Subscriptions: Send + Sync {
     /// The store's clock, ms since the Unix epoch (Redis `TIME` for Redis).
@@ -545,12 +598,28 @@ pub trait Subscriptions: Send + Sync {
 
 /// Everything a fleet process needs from shared state.
 pub trait FleetStore:
-    JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + ApiKeys + Clone + 'static
+    JobStore
+    + LeaseStore
+    + CommandBus
+    + Subscriptions
+    + Sweeper
+    + ApiKeys
+    + AdminAudit
+    + Clone
+    + 'static
 {
 }
 
 impl<T> FleetStore for T where
-    T: JobStore + LeaseStore + CommandBus + Subscriptions + Sweeper + ApiKeys + Clone + 'static
+    T: JobStore
+        + LeaseStore
+        + CommandBus
+        + Subscriptions
+        + Sweeper
+        + ApiKeys
+        + AdminAudit
+        + Clone
+        + 'static
 {
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
-    Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus, FINISHED_RETENTION, FleetCounts,
-    FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat,
-    RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
+    AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
+    FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand,
+    NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport,
+    Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -699,6 +700,73 @@ impl ApiKeys for RedisStore {
             .await?;
         Ok(n == 1)
     }
+}
+
+impl AdminAudit for RedisStore {
+    async fn record_admin(&self, action: &AdminAction) -> Result<AdminEntry, StoreError> {
+        let id: String = ::redis::cmd("XADD")
+            .arg(self.keys.admin_audit())
+            // Exact trimming: admin actions are rare, and the cap is then what it says.
+            .arg("MAXLEN")
+            .arg(self.policy.admin_audit_max)
+            .arg("*")
+            .arg("actor")
+            .arg(&action.actor)
+            .arg("action")
+            .arg(&action.action)
+            .arg("user")
+            .arg(&action.user)
+            .arg("detail")
+            .arg(action.detail.to_string())
+            .arg("requestId")
+            .arg(&action.request_id)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(AdminEntry {
+            at: stream_id_ms(&id)?,
+            id,
+            action: action.clone(),
+        })
+    }
+
+    async fn admin_trail(&self, count: usize) -> Result<Vec<AdminEntry>, StoreError> {
+        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XREVRANGE")
+            .arg(self.keys.admin_audit())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let field = |k: &str| e.get::<String>(k).unwrap_or_default();
+                let detail = serde_json::from_str(&field("detail"))
+                    .map_err(|err| StoreError::data(format!("admin audit {}: {err}", e.id)))?;
+                Ok(AdminEntry {
+                    at: stream_id_ms(&e.id)?,
+                    action: AdminAction {
+                        actor: field("actor"),
+                        action: field("action"),
+                        user: field("user"),
+                        detail,
+                        request_id: field("requestId"),
+                    },
+                    id: e.id,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The time part of a stream entry id (`<ms>-<seq>`): when Redis appended it.
+fn stream_id_ms(id: &str) -> Result<u64, StoreError> {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .ok_or_else(|| StoreError::data(format!("stream id {id}")))
 }
 
 impl Sweeper for RedisStore {

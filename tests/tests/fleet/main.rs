@@ -1,13 +1,16 @@
 //! Whole-fleet tests: the real binaries, the real Redis. One test binary, a module per feature.
 
+mod admin_audit;
 mod any_client;
 mod integrity;
 mod observability;
 mod rabbitmq;
+mod rate_limits;
 mod readme;
 mod reliability;
 mod scale_down;
 mod security;
 mod shutdown;
+mod tls;
 mod trading;
 mod walking_skeleton;

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Fleet, eventually};
+use runfleet_fleet_tests::{Api, Fleet, eventually};
 use serde_json::{Value, json};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -22,7 +22,18 @@ async fn runners_started_on_one_orchestrator_are_seen_and_stopped_through_anothe
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
     let _n1 = fleet.worker("worker-1", 3);
     let _n2 = fleet.worker("worker-2", 3);
+    scenario(&api_a, &api_b).await;
+    assert_eq!(
+        fleet.queue_lengths().await,
+        (0, 0),
+        "queue and processing lists are empty"
+    );
+    fleet.cleanup().await;
+}
 
+/// The scenario on a running fleet of two orchestrators (`api_a`, `api_b`) and two nodes of
+/// capacity 3 (also run over TLS with ACL users, tls.rs).
+pub async fn scenario(api_a: &Api, api_b: &Api) {
     // Two runners per user needs more than the free tier's one.
     for user in USERS {
         let (code, body) = api_a
@@ -129,10 +140,4 @@ async fn runners_started_on_one_orchestrator_are_seen_and_stopped_through_anothe
         let (_, ent) = api_a.get(&format!("/v1/users/{user}/entitlement")).await;
         assert_eq!(ent["currentWorkers"], 0, "slots freed: {ent}");
     }
-    assert_eq!(
-        fleet.queue_lengths().await,
-        (0, 0),
-        "queue and processing lists are empty"
-    );
-    fleet.cleanup().await;
 }

@@ -1,0 +1,113 @@
+//! The admin audit trail: every admin action (a tier change, a key issued or revoked, a stop of
+//! another user's runner) is written as one structured log line and appended to a capped store
+//! stream (`<prefix>:admin-audit` in Redis) that the admin reads with `GET /v1/audit`.
+//!
+//! An entry is written after its action succeeded, so the trail never shows an action that did
+//! not happen. If the store fails between the two, the log line still records the action and an
+//! error line says the trail missed it.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use runfleet::ids::UserId;
+use runfleet::queue::JobQueue;
+use runfleet::store::{AdminAction, FleetStore};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::request_id::RequestId;
+
+/// What an admin did, as the trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `PUT /v1/users/{userId}/entitlement`.
+    TierChanged,
+    /// `POST /v1/users/{userId}/keys`.
+    KeyIssued,
+    /// `DELETE /v1/users/{userId}/keys/{keyId}`.
+    KeyRevoked,
+    /// A stop of a user's runner with the admin key.
+    RunnerStopped,
+}
+
+impl Action {
+    /// The name recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::TierChanged => "tier.changed",
+            Action::KeyIssued => "key.issued",
+            Action::KeyRevoked => "key.revoked",
+            Action::RunnerStopped => "runner.stopped",
+        }
+    }
+}
+
+/// Records an admin action that has just succeeded: a log line, then the trail entry.
+pub async fn record<S: FleetStore>(
+    store: &S,
+    caller: &Caller,
+    request: &RequestId,
+    action: Action,
+    user: &UserId,
+    detail: Value,
+) {
+    let action = AdminAction {
+        actor: caller.key_id().to_owned(),
+        action: action.as_str().to_owned(),
+        user: user.to_string(),
+        detail,
+        request_id: request.0.clone(),
+    };
+    tracing::info!(
+        target: "runfleet::admin_audit",
+        actor = %action.actor,
+        action = %action.action,
+        user = %action.user,
+        detail = %action.detail,
+        request_id = %action.request_id,
+        "admin action"
+    );
+    if let Err(e) = store.record_admin(&action).await {
+        tracing::error!(
+            target: "runfleet::admin_audit",
+            error = %e,
+            action = %action.action,
+            request_id = %action.request_id,
+            "admin action not recorded in the audit trail"
+        );
+    }
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrailQuery {
+    /// Entries wanted, newest first (1 to [`MAX_COUNT`]; default [`DEFAULT_COUNT`]).
+    pub count: Option<usize>,
+}
+
+/// Entries `GET /v1/audit` returns when no count is given.
+pub const DEFAULT_COUNT: usize = 100;
+/// The most entries one `GET /v1/audit` returns.
+pub const MAX_COUNT: usize = 1_000;
+
+/// `GET /v1/audit` (admin): the newest admin actions, newest first.
+pub async fn trail<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    query: Result<Query<TrailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    caller.admin()?;
+    let Query(q) = query.map_err(|e| ApiError::invalid("count", e.body_text()))?;
+    let count = q.count.unwrap_or(DEFAULT_COUNT);
+    if !(1..=MAX_COUNT).contains(&count) {
+        return Err(ApiError::invalid(
+            "count",
+            format!("must be from 1 to {MAX_COUNT}"),
+        ));
+    }
+    let entries = app.store.admin_trail(count).await?;
+    Ok(Json(json!({ "success": true, "entries": entries })))
+}
