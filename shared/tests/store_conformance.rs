@@ -879,6 +879,49 @@ async fn the_admin_trail_is_capped_and_read_newest_first<S: FleetStore>(s: S) {
     assert_eq!(s.admin_trail(1).await.unwrap().len(), 1);
 }
 
+/// Issue 13's bug: a breaker trial that ends `failed` for a reason of its own (a configuration
+/// failure, not counted by the breaker) closes the breaker in both stores, instead of keeping
+/// the strategy refused until the trial's record expires.
+async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: FleetStore>(s: S) {
+    s.subscribe(&UserId::new("tess"), Tier::Pro, 1)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let j = spec_for("tess", "brittle");
+        s.admit(&j).await.unwrap();
+        let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
+        s.finish(&NodeId::new("n1"), &j.id, epoch, crashed("boom"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        s.admit(&spec_for("tess", "brittle")).await.unwrap(),
+        Admission::BreakerOpen { .. }
+    ));
+    sleep_ms(320).await;
+    let trial = spec_for("tess", "brittle");
+    assert!(matches!(
+        s.admit(&trial).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    let epoch = claim_for(&s, "n1", &trial.id, 30_000).await;
+    let failed = RunEnd {
+        error: Some("runner cannot start: replay file x.csv: no candle rows".into()),
+        flattened_positions: None,
+        ..end(JobStatus::Failed)
+    };
+    assert!(
+        s.finish(&NodeId::new("n1"), &trial.id, epoch, failed)
+            .await
+            .unwrap()
+    );
+    let next = s.admit(&spec_for("tess", "brittle")).await.unwrap();
+    assert!(
+        matches!(next, Admission::Admitted { .. }),
+        "the failed trial decided nothing against the strategy: {next:?}"
+    );
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -900,7 +943,8 @@ macro_rules! store_conformance {
                 node_losses_do_not_count_toward_the_breaker,
                 unconfirmed_enqueues_are_published_again,
                 a_runners_history_lists_every_step_with_its_epoch,
-                the_admin_trail_is_capped_and_read_newest_first);
+                the_admin_trail_is_capped_and_read_newest_first,
+                a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(

@@ -95,7 +95,11 @@ if b[1] == 'open' then
 elseif b[1] == 'half' then
   local t = redis.call('HMGET', K.job(b[3]), 'status', 'started')
   local ran = (t[1] == 'running' and tonumber(t[2])) and NOW - tonumber(t[2]) or 0
-  local passed = (not t[1]) or t[1] == 'stopped' or (t[1] == 'running' and ran >= C.trial)
+  -- Mirrors MemoryStore::trial_progress. A trial that crashed reopened the breaker already (and
+  -- one waiting for a restart after a node loss is still pending); one that ended `failed` for a
+  -- reason of its own (a configuration failure) said nothing against the strategy.
+  local passed = (not t[1]) or t[1] == 'stopped' or t[1] == 'failed'
+    or (t[1] == 'running' and ran >= C.trial)
   if not passed then return { 2, tier, limit, current, math.max(C.trial - ran, 1000) } end
   redis.call('DEL', bk, K.breaker_failures(user, strategy))
   event(b[3], 'breaker_closed', 'the trial run of strategy ' .. strategy .. ' passed', nil, nil, user)

@@ -296,7 +296,11 @@ impl State {
                     ran_ms: now - started,
                 }
             }
-            Some((JobStatus::Queued, _)) => TrialProgress::Pending { ran_ms: 0 },
+            // Waiting for a restart after a node loss: the trial has not decided yet (a crash
+            // of the strategy reopened the breaker already). Mirrors store_admit.lua.
+            Some((JobStatus::Queued | JobStatus::Crashed, _)) => {
+                TrialProgress::Pending { ran_ms: 0 }
+            }
             _ => TrialProgress::Passed,
         }
     }
