@@ -452,14 +452,12 @@ pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// The seed's `getStatus({userId: 'system'})`: fleet-wide load, the same from every
-/// orchestrator (read from the store, not from this process).
+/// orchestrator (read from the store in one round trip, not from this process).
 async fn fleet_status<S: FleetStore, Q: JobQueue + Clone>(
     app: &AppState<S, Q>,
 ) -> Result<Json<Value>, ApiError> {
-    let counts = app.store.fleet_counts().await?;
-    let nodes = app.store.nodes().await?;
-    let capacity: u64 = nodes.iter().map(|n| u64::from(n.capacity)).sum();
-    let held: u64 = nodes.iter().map(|n| u64::from(n.runners)).sum();
+    let g = app.store.fleet_gauges().await?;
+    let counts = g.counts;
     Ok(Json(json!({
         "success": true,
         "userId": SYSTEM_USER,
@@ -470,7 +468,7 @@ async fn fleet_status<S: FleetStore, Q: JobQueue + Clone>(
             "totalWorkers": counts.active,
             "restartingJobs": counts.restarting,
         },
-        "nodes": { "alive": nodes.len(), "capacity": capacity, "runners": held },
+        "nodes": { "alive": g.nodes_alive, "capacity": g.node_capacity, "runners": g.node_runners },
     })))
 }
 

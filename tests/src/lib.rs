@@ -423,12 +423,16 @@ impl Api {
         body["apiKey"].as_str().expect("apiKey").to_owned()
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
-        let req = match &self.key {
+    /// `req` with this client's key, if it has one.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.key {
             Some(key) => req.bearer_auth(key),
             None => req,
-        };
-        let resp = req.send().await?;
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let resp = self.authed(req).send().await?;
         let status = resp.status().as_u16();
         let body = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, body))
@@ -443,11 +447,7 @@ impl Api {
 
     /// GET a path whose answer is text (such as `/metrics`): status and body.
     pub async fn get_text(&self, path: &str) -> (u16, String) {
-        let req = self.http.get(format!("{}{path}", self.base));
-        let req = match &self.key {
-            Some(key) => req.bearer_auth(key),
-            None => req,
-        };
+        let req = self.authed(self.http.get(format!("{}{path}", self.base)));
         let resp = req.send().await.expect("GET");
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap_or_default())
@@ -502,10 +502,7 @@ impl Api {
         if let Some(id) = request_id {
             req = req.header("x-request-id", id);
         }
-        if let Some(key) = &self.key {
-            req = req.bearer_auth(key);
-        }
-        let resp = req.send().await.expect("request");
+        let resp = self.authed(req).send().await.expect("request");
         let header = |name: &str| {
             resp.headers()
                 .get(name)

@@ -75,16 +75,19 @@ end
 -- A job's own history keeps at most this many events (its newest).
 local JOB_EVENTS_MAX = 1000
 
--- Appends a lifecycle event of job `id` to the fleet's event stream (capped by length and by
--- age) and to the job's own history (so reading one job's history costs what its own events
--- cost). User, epoch and node default to the job's current ones.
+-- Appends a lifecycle event of job `id` to the fleet's event stream (capped by length here,
+-- and by age once per sweep) and to the job's own history (so reading one job's history costs
+-- what its own events cost). User, epoch and node default to the job's current ones; a caller
+-- that knows all three (the hot paths: admission, claim) saves reading them.
 local function event(id, kind, reason, epoch, node, user)
-  local j = redis.call('HMGET', K.job(id), 'user', 'epoch', 'node')
-  local e = { job = id, user = user or j[1] or '', type = kind, epoch = tostring(epoch or j[2] or 0),
-    node = node or j[3] or '', reason = reason or '', at = NOW }
+  if not (epoch and node and user) then
+    local j = redis.call('HMGET', K.job(id), 'user', 'epoch', 'node')
+    user, epoch, node = user or j[1] or '', epoch or j[2] or 0, node or j[3] or ''
+  end
+  local e = { job = id, user = user, type = kind, epoch = tostring(epoch), node = node,
+    reason = reason or '', at = NOW }
   e.id = redis.call('XADD', K.events, 'MAXLEN', '~', C.events_max, '*', 'job', e.job, 'user', e.user,
     'type', kind, 'epoch', e.epoch, 'node', e.node, 'reason', e.reason, 'at', NOW)
-  redis.call('XTRIM', K.events, 'MINID', '~', NOW - C.events_age)
   local hk = K.job_events(id)
   redis.call('RPUSH', hk, cjson.encode(e))
   redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)

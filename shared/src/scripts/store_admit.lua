@@ -120,5 +120,5 @@ if trial then
   redis.call('HDEL', bk, 'until')
 end
 to_queue(id)
-event(id, 'admitted', 'tier ' .. tier)
+event(id, 'admitted', 'tier ' .. tier, 0, '', user)
 return { 1, tier, limit, current + 1, 0 }

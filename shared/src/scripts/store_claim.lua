@@ -8,7 +8,7 @@ local out = {}
 for i = 3, NARGS do
   local id = A(i)
   local jk = K.job(id)
-  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created')
+  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created', 'user')
   local status = cur[1]
   if not status then
     out[#out + 1] = { id, 'unknown' }
@@ -22,7 +22,7 @@ for i = 3, NARGS do
     redis.call('SREM', K.queued, id)
     redis.call('ZREM', K.pending, id)
     audit('claim', id, epoch, node)
-    event(id, 'claimed', '')
+    event(id, 'claimed', '', epoch, node, cur[5] or '')
     out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '', tostring(NOW - (tonumber(cur[4]) or NOW)) }
   else
     out[#out + 1] = { id, status }

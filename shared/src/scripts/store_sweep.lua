@@ -1,8 +1,11 @@
 -- The crash sweep, run by whichever orchestrator takes this interval's guard (A(1) ms): leases
 -- that expired (at most A(2) of them, oldest first) become crashed jobs and the restart policy
--- decides each, as node losses (not the strategy's fault: no breaker count). Cost grows with the expired leases, not the live ones.
+-- decides each, as node losses (not the strategy's fault: no breaker count). Cost grows with
+-- the expired leases, not the live ones.
 -- Returns false when another orchestrator has the guard, else {crashed, restarting, failed}.
 if not redis.call('SET', K.sweep_guard, '1', 'NX', 'PX', tonumber(A(1))) then return false end
+-- The event stream's age cap, applied once per sweep rather than at every event.
+redis.call('XTRIM', K.events, 'MINID', '~', NOW - C.events_age)
 local crashed, restarting, failed = 0, 0, 0
 local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, tonumber(A(2)))
 for _, id in ipairs(expired) do

@@ -395,11 +395,6 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
-    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
-        let now = self.now();
-        Ok(self.lock().counts(now))
-    }
-
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
         let s = self.lock();
         Ok(s.job_events

@@ -182,7 +182,8 @@ pub const FAILED_WINDOW_MS: u64 = 3_600_000;
 /// reads them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FleetGauges {
-    /// Jobs waiting in the queue, runners holding a lease, crashed jobs awaiting a restart.
+    /// Jobs waiting in the queue, runners holding a lease, jobs holding a slot, crashed jobs
+    /// awaiting a restart.
     pub counts: FleetCounts,
     /// Jobs that failed for good within the last hour.
     pub failed_last_hour: u64,
@@ -347,11 +348,13 @@ pub trait JobStore: Send + Sync {
         jobs: &[JobId],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Fleet-wide counts.
-    fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send;
-
-    /// Fleet-wide gauges for `/metrics`, in one round trip.
+    /// Fleet-wide gauges (`/metrics`, the status of `system`), in one round trip.
     fn fleet_gauges(&self) -> impl Future<Output = Result<FleetGauges, StoreError>> + Send;
+
+    /// Fleet-wide counts: the counts of [`JobStore::fleet_gauges`].
+    fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send {
+        async { Ok(self.fleet_gauges().await?.counts) }
+    }
 
     /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
     /// claimed it meanwhile (the enqueue reached the queue after all).

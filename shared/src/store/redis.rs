@@ -2,7 +2,7 @@
 //! from `src/scripts/` (see docs/redis-schema.md for the layout).
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::{Script, ScriptInvocation, Value};
@@ -54,17 +54,24 @@ pub struct RedisStore {
     policy: FleetPolicy,
     /// The Redis-list queue's ready list, when the scripts queue jobs themselves.
     ready_list: Option<String>,
+    /// The prelude's context arguments, made once: every script call sends them.
+    context: Arc<[String; CONTEXT_ARGS]>,
 }
+
+/// How many context arguments the prelude takes (`lib.lua`, ARGV[1..23]).
+const CONTEXT_ARGS: usize = 23;
 
 impl RedisStore {
     /// A store under the key prefix of `keys`, applying `policy`. Queued jobs are left for the
     /// caller to publish (see [`crate::dispatch`]) until [`RedisStore::queuing_into`] is set.
     pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
+        let context = Arc::new(context_args(&keys, &policy, None));
         Self {
             pools,
             keys,
             policy,
             ready_list: None,
+            context,
         }
     }
 
@@ -72,6 +79,7 @@ impl RedisStore {
     /// same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
     /// and enqueue become one atomic step.
     pub fn queuing_into(mut self, ready: String) -> Self {
+        self.context = Arc::new(context_args(&self.keys, &self.policy, Some(&ready)));
         self.ready_list = Some(ready);
         self
     }
@@ -88,44 +96,49 @@ impl RedisStore {
     /// The prelude's 23 context arguments (`lib.lua`, ARGV[1..23]) for this store's prefix,
     /// policy and queue, in order: what any Redis client calling a store script must send
     /// first (docs/redis-schema.md lists them).
-    pub fn context_args(&self) -> [String; 23] {
-        let (p, t) = (&self.policy, &self.policy.tiers);
-        let (r, b) = (&p.restart, &p.breaker);
-        [
-            self.keys.prefix().to_owned(),
-            t.free.to_string(),
-            t.basic.to_string(),
-            t.pro.to_string(),
-            t.enterprise.to_string(),
-            r.max_restarts.to_string(),
-            r.window_ms.to_string(),
-            r.base_delay_ms.to_string(),
-            r.max_delay_ms.to_string(),
-            r.stable_ms.to_string(),
-            b.failures.to_string(),
-            b.window_ms.to_string(),
-            b.cooldown_ms.to_string(),
-            b.trial_ms.to_string(),
-            FINISHED_RETENTION.as_secs().to_string(),
-            if p.audit { "1" } else { "0" }.to_owned(),
-            p.limits.max_runners.to_string(),
-            p.limits.max_queued.to_string(),
-            p.limits.retry_after_ms.to_string(),
-            r.max_node_losses.to_string(),
-            self.ready_list.clone().unwrap_or_default(),
-            p.events.max_len.to_string(),
-            p.events.max_age_ms.to_string(),
-        ]
+    pub fn context_args(&self) -> [String; CONTEXT_ARGS] {
+        (*self.context).clone()
     }
 
     /// An invocation of `script` with the prelude's context arguments.
     fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        for arg in self.context_args() {
+        for arg in self.context.iter() {
             inv.arg(arg);
         }
         inv
     }
+}
+
+/// The prelude's context arguments for `keys`, `policy` and the ready list the scripts push onto
+/// (none: an outside queue).
+fn context_args(keys: &Keys, p: &FleetPolicy, ready: Option<&str>) -> [String; CONTEXT_ARGS] {
+    let (t, r, b) = (&p.tiers, &p.restart, &p.breaker);
+    [
+        keys.prefix().to_owned(),
+        t.free.to_string(),
+        t.basic.to_string(),
+        t.pro.to_string(),
+        t.enterprise.to_string(),
+        r.max_restarts.to_string(),
+        r.window_ms.to_string(),
+        r.base_delay_ms.to_string(),
+        r.max_delay_ms.to_string(),
+        r.stable_ms.to_string(),
+        b.failures.to_string(),
+        b.window_ms.to_string(),
+        b.cooldown_ms.to_string(),
+        b.trial_ms.to_string(),
+        FINISHED_RETENTION.as_secs().to_string(),
+        if p.audit { "1" } else { "0" }.to_owned(),
+        p.limits.max_runners.to_string(),
+        p.limits.max_queued.to_string(),
+        p.limits.retry_after_ms.to_string(),
+        r.max_node_losses.to_string(),
+        ready.unwrap_or_default().to_owned(),
+        p.events.max_len.to_string(),
+        p.events.max_age_ms.to_string(),
+    ]
 }
 
 fn account_arg(account: &Option<serde_json::Value>) -> String {
@@ -273,22 +286,6 @@ impl JobStore for RedisStore {
         Ok(())
     }
 
-    async fn fleet_counts(&self) -> Result<FleetCounts, StoreError> {
-        let (queued, running, active, restarting): (u64, u64, u64, u64) = ::redis::pipe()
-            .scard(self.keys.queued())
-            .zcard(self.keys.leases())
-            .scard(self.keys.active())
-            .zcard(self.keys.delayed())
-            .query_async(&mut *self.conn().await?)
-            .await?;
-        Ok(FleetCounts {
-            queued,
-            running,
-            active,
-            restarting,
-        })
-    }
-
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
         let v: Vec<i64> = self
             .invoke(&GAUGES)
@@ -297,6 +294,7 @@ impl JobStore for RedisStore {
         let [
             queued,
             running,
+            active,
             restarting,
             failed,
             alive,
@@ -314,8 +312,8 @@ impl JobStore for RedisStore {
             counts: FleetCounts {
                 queued: count(queued),
                 running: count(running),
+                active: count(active),
                 restarting: count(restarting),
-                active: 0,
             },
             failed_last_hour: count(failed),
             nodes_alive: count(alive),
