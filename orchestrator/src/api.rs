@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use crate::audit::{self, Action};
 use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
+use crate::events::EventHub;
 use crate::extract::{JsonBody, Path};
 use crate::request_id::RequestId;
 
@@ -40,6 +41,22 @@ pub struct AppState<S, Q> {
     pub cipher: CredentialCipher,
     /// Settings (tier limits, stop wait, admin key).
     pub settings: Arc<Settings>,
+    /// Live event clients (`GET /v1/events`).
+    pub events: EventHub,
+}
+
+impl<S, Q> AppState<S, Q> {
+    /// The state of an API over `store` and `queue`.
+    pub fn new(store: S, queue: Q, cipher: CredentialCipher, settings: Arc<Settings>) -> Self {
+        let events = EventHub::new(settings.events.live_buffer);
+        Self {
+            store,
+            queue,
+            cipher,
+            settings,
+            events,
+        }
+    }
 }
 
 impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
@@ -49,16 +66,17 @@ impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
             queue: self.queue.clone(),
             cipher: self.cipher.clone(),
             settings: self.settings.clone(),
+            events: self.events.clone(),
         }
     }
 }
 
-fn user_id(raw: &str) -> Result<UserId, ApiError> {
+pub(crate) fn user_id(raw: &str) -> Result<UserId, ApiError> {
     check_user_id("userId", raw).map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(UserId::new(raw))
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
+pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     check_id("jobId", raw, 128).map_err(|e| ApiError::invalid(e.field, e.message))?;
     Ok(JobId::new(raw))
 }
@@ -96,6 +114,7 @@ pub async fn metrics<S: FleetStore, Q: JobQueue + Clone>(
     gauge(observability::NODE_CAPACITY_SLOTS, g.node_capacity);
     gauge(observability::NODE_RUNNERS, g.node_runners);
     gauge(observability::NODES_NEEDED, g.nodes_needed(capacity));
+    metrics::counter!(observability::BREAKER_OPENINGS_TOTAL).absolute(g.breaker_openings);
     Ok(prometheus_text(observability::render()))
 }
 

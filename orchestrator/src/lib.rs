@@ -6,6 +6,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod rate_limit;
 pub mod request_id;
@@ -47,6 +48,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
             "/v1/users/{user_id}/entitlement",
             get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
         )
+        .route("/v1/events", get(events::stream::<S, Q>))
         .route("/v1/nodes", get(api::nodes::<S, Q>))
         .route("/v1/audit", get(audit::trail::<S, Q>))
         .route(

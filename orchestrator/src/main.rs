@@ -13,7 +13,7 @@ use runfleet::queue::{JobQueue, MemoryQueue};
 use runfleet::store::{FleetPolicy, FleetStore, MemoryStore};
 use runfleet::{backend, observability, shutdown, telemetry};
 use runfleet_orchestrator::{AppState, app, sweeper};
-use runfleet_worker::http::http_service;
+use runfleet_worker::http::http_service_with;
 use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
 
@@ -55,40 +55,19 @@ async fn main() -> anyhow::Result<()> {
             );
             let config = NodeConfig::from_settings(&settings, settings.node.embedded_capacity);
             let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
-            serve(
-                AppState {
-                    store,
-                    queue,
-                    cipher,
-                    settings,
-                },
-                Some(node),
-            )
-            .await
+            serve(AppState::new(store, queue, cipher, settings), Some(node)).await
         }
         QueueBackend::Redis => {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            distributed(AppState {
-                store,
-                queue,
-                cipher,
-                settings,
-            })
-            .await
+            distributed(AppState::new(store, queue, cipher, settings)).await
         }
         QueueBackend::Rabbitmq => {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await
                 .context("rabbitmq settings")?;
-            distributed(AppState {
-                store,
-                queue,
-                cipher,
-                settings,
-            })
-            .await
+            distributed(AppState::new(store, queue, cipher, settings)).await
         }
     }
 }
@@ -127,7 +106,13 @@ where
     let mut services = RunnerGroup::new();
     let sweep = state.settings.sweep;
     let (store, queue) = (state.store.clone(), state.queue.clone());
-    services.register(Arc::new(http_service("http", listener, app(state))))?;
+    let events = state.events.clone();
+    services.register(Arc::new(http_service_with(
+        "http",
+        listener,
+        app(state),
+        move || events.close_streams(),
+    )))?;
     services.register(Arc::new(
         Ticker::new(
             RunnerOptions::new("crash-sweep"),

@@ -34,12 +34,12 @@ fn test_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         MemoryStore::new(FleetPolicy::from_settings(&settings)),
         MemoryQueue::new(),
     );
-    let state = AppState {
-        store: store.clone(),
-        queue: queue.clone(),
-        cipher: CredentialCipher::ephemeral(),
-        settings: Arc::new(settings),
-    };
+    let state = AppState::new(
+        store.clone(),
+        queue.clone(),
+        CredentialCipher::ephemeral(),
+        Arc::new(settings),
+    );
     TestApp {
         router: app(state),
         store,
@@ -753,12 +753,12 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
     let keys = Keys::new("unreachable");
     let mut settings = Settings::default();
     settings.security.admin_key = Some(ADMIN.into());
-    let state = AppState {
-        store: RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
-        queue: RedisQueue::new(pools, keys, "jobs"),
-        cipher: CredentialCipher::ephemeral(),
-        settings: Arc::new(settings),
-    };
+    let state = AppState::new(
+        RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
+        RedisQueue::new(pools, keys, "jobs"),
+        CredentialCipher::ephemeral(),
+        Arc::new(settings),
+    );
     let router = app(state);
     let r = call(&router, "GET", "/healthz", None, None).await;
     assert_eq!(
@@ -1133,4 +1133,221 @@ async fn a_key_over_its_limit_gets_429_with_retry_after_and_writes_nothing() {
     let read = call(r, "GET", "/v1/users/hal/runners", None, Some(&hal)).await;
     assert_eq!(read.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(read.retry_after.is_some());
+}
+
+/// Opens `GET /v1/events` on the router; the body is the stream, unread until polled.
+async fn open_events(router: &Router, key: &str, last_event_id: Option<&str>) -> Body {
+    open_events_with(router, key, "/v1/events", last_event_id).await
+}
+
+async fn open_events_at(router: &Router, key: &str, uri: &str) -> Body {
+    open_events_with(router, key, uri, None).await
+}
+
+async fn open_events_with(
+    router: &Router,
+    key: &str,
+    uri: &str,
+    last_event_id: Option<&str>,
+) -> Body {
+    let mut req = Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {key}"));
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "text/event-stream",
+        "an SSE stream"
+    );
+    resp.into_body()
+}
+
+/// Reads SSE events (their JSON data) from `body` until `want` of them came, or the stream
+/// ended, or nothing came for a second. Returns them and whether the stream ended.
+async fn read_events(body: &mut Body, want: usize) -> (Vec<Value>, bool) {
+    let (mut events, mut buf) = (Vec::new(), String::new());
+    while events.len() < want {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame()).await;
+        let Ok(frame) = frame else {
+            return (events, false);
+        };
+        let Some(frame) = frame else {
+            return (events, true);
+        };
+        let Ok(data) = frame.unwrap().into_data() else {
+            continue;
+        };
+        buf.push_str(std::str::from_utf8(&data).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let chunk: String = buf.drain(..end + 2).collect();
+            if let Some(data) = chunk.lines().find_map(|l| l.strip_prefix("data: ")) {
+                events.push(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+    (events, false)
+}
+
+#[tokio::test]
+async fn a_slow_event_client_is_dropped_and_resumes_from_its_last_id_without_loss() {
+    let t = test_app(|s| {
+        s.events.live_buffer = 4;
+        s.limits.max_runners = 1000;
+    });
+    let mut slow = open_events(&t.router, ADMIN, None).await;
+    // Ten events while the client reads nothing: more than its buffer of 4.
+    for i in 0..10 {
+        let r = admin(
+            &t.router,
+            "POST",
+            "/v1/runners",
+            Some(start_body(&format!("u{i}"))),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    }
+    // Let the hub's tailer pass them all on (the client still reads nothing).
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let (got, ended) = read_events(&mut slow, 10).await;
+    assert!(
+        ended,
+        "a client that fell behind is dropped, not buffered for"
+    );
+    assert!(got.len() < 10, "it got {} of 10 before the drop", got.len());
+
+    // It reconnects with its last id (or from the start) and loses nothing, duplicates nothing.
+    let last = got
+        .last()
+        .map_or("0-0".to_owned(), |e| e["id"].as_str().unwrap().to_owned());
+    let mut resumed = open_events(&t.router, ADMIN, Some(&last)).await;
+    let (rest, ended) = read_events(&mut resumed, 10 - got.len()).await;
+    assert!(!ended);
+    let users: Vec<&str> = got
+        .iter()
+        .chain(&rest)
+        .map(|e| e["user"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    assert_eq!(users, expected);
+    assert!(got.iter().chain(&rest).all(|e| e["type"] == "admitted"));
+    // Nothing more is pending.
+    assert_eq!(read_events(&mut resumed, 1).await, (vec![], false));
+}
+
+#[tokio::test]
+async fn the_event_stream_shows_a_user_only_its_own_runners_and_refuses_bad_input() {
+    let t = test_app(|s| s.tiers.free = 5);
+    let (ann, bob) = (
+        user_key(&t.router, "ann").await,
+        user_key(&t.router, "bob").await,
+    );
+    let mut ann_live = open_events(&t.router, &ann, None).await;
+    let mut bob_live = open_events(&t.router, &bob, None).await;
+    for user in ["bob", "ann", "bob"] {
+        let r = admin(&t.router, "POST", "/v1/runners", Some(start_body(user))).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    }
+    let (seen, _) = read_events(&mut ann_live, 2).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["user"], "ann");
+    let (seen, _) = read_events(&mut bob_live, 3).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|e| e["user"] == "bob"));
+
+    // Refusals name the field and open no stream.
+    let cases = [
+        (
+            Some(ann.as_str()),
+            "/v1/events?userId=bob",
+            None,
+            StatusCode::FORBIDDEN,
+            None,
+        ),
+        (
+            Some(&ann),
+            "/v1/events",
+            Some("x"),
+            StatusCode::BAD_REQUEST,
+            Some("Last-Event-ID"),
+        ),
+        (
+            Some(&ann),
+            "/v1/events?lastEventId=12-",
+            None,
+            StatusCode::BAD_REQUEST,
+            Some("lastEventId"),
+        ),
+        (
+            Some(&ann),
+            "/v1/events?lastEventId=-1-0",
+            None,
+            StatusCode::BAD_REQUEST,
+            Some("lastEventId"),
+        ),
+        (
+            Some(&ann),
+            "/v1/events?jobId=a%20b",
+            None,
+            StatusCode::BAD_REQUEST,
+            Some("jobId"),
+        ),
+        (
+            Some(&ann),
+            "/v1/events?bogus=1",
+            None,
+            StatusCode::BAD_REQUEST,
+            Some("query"),
+        ),
+        (None, "/v1/events", None, StatusCode::UNAUTHORIZED, None),
+    ];
+    for (key, uri, last, status, field) in cases {
+        let mut req = Request::builder().uri(uri);
+        if let Some(key) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        if let Some(last) = last {
+            req = req.header("last-event-id", last);
+        }
+        let resp = t
+            .router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{uri}");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        if let Some(field) = field {
+            assert_eq!(body["error"]["field"], field, "{uri}: {body}");
+        }
+    }
+    // The admin may follow one user; a user may name itself.
+    let mut bob_only = open_events_at(&t.router, ADMIN, "/v1/events?userId=bob").await;
+    let mut ann_self = open_events_at(&t.router, &ann, "/v1/events?userId=ann").await;
+    for user in ["ann", "bob"] {
+        let r = admin(&t.router, "POST", "/v1/runners", Some(start_body(user))).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    }
+    let (seen, _) = read_events(&mut bob_only, 2).await;
+    assert_eq!(
+        (seen.len(), &seen[0]["user"]),
+        (1, &json!("bob")),
+        "{seen:?}"
+    );
+    let (seen, _) = read_events(&mut ann_self, 2).await;
+    assert_eq!(
+        (seen.len(), &seen[0]["user"]),
+        (1, &json!("ann")),
+        "{seen:?}"
+    );
 }

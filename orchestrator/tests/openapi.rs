@@ -32,12 +32,12 @@ fn doc() -> Value {
 fn router() -> Router {
     let mut settings = Settings::default();
     settings.security.admin_key = Some(ADMIN.into());
-    let state = AppState {
-        store: MemoryStore::new(FleetPolicy::default()),
-        queue: MemoryQueue::new(),
-        cipher: CredentialCipher::ephemeral(),
-        settings: Arc::new(settings),
-    };
+    let state = AppState::new(
+        MemoryStore::new(FleetPolicy::default()),
+        MemoryQueue::new(),
+        CredentialCipher::ephemeral(),
+        Arc::new(settings),
+    );
     app(state)
 }
 
@@ -62,6 +62,12 @@ async fn call(
         .unwrap();
     let resp = router.clone().oneshot(req).await.unwrap();
     let status = resp.status();
+    // An event stream stays open: its status is the answer.
+    if resp.headers().get(header::CONTENT_TYPE)
+        == Some(&header::HeaderValue::from_static("text/event-stream"))
+    {
+        return (status, Value::Null);
+    }
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (
         status,

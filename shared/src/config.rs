@@ -86,6 +86,9 @@ pub struct EventSettings {
     /// Events older than this are trimmed from the stream, and a job's history expires this
     /// long after its last event.
     pub max_age_ms: u64,
+    /// Events a live client (`GET /v1/events`) may fall behind before it is dropped; it then
+    /// resumes with `Last-Event-ID`. Bounds each orchestrator's buffer.
+    pub live_buffer: usize,
 }
 
 impl Default for EventSettings {
@@ -93,6 +96,7 @@ impl Default for EventSettings {
         Self {
             max_len: 100_000,
             max_age_ms: 7 * 24 * 3_600_000,
+            live_buffer: 1024,
         }
     }
 }
@@ -738,6 +742,9 @@ impl Settings {
         }
         if self.admin_audit.max_entries == 0 {
             return invalid("admin_audit.max_entries", "must be at least 1");
+        }
+        if !(1..=1_000_000).contains(&self.events.live_buffer) {
+            return invalid("events.live_buffer", "must be from 1 to 1000000");
         }
         if self.breaker.failures == 0 {
             return invalid("breaker.failures", "must be at least 1");

@@ -178,6 +178,11 @@ impl Keys {
         self.key(&["job", job.as_str(), "events"])
     }
 
+    /// Hash of fleet-wide counters (`breaker_openings`), for `/metrics`.
+    pub fn counters(&self) -> String {
+        self.key(&["counters"])
+    }
+
     /// Sorted set of the jobs failed within the last hour, by when they failed (trimmed as jobs
     /// fail), for the `runfleet_runners{status="failed_last_hour"}` gauge.
     pub fn failed(&self) -> String {

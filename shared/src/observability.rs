@@ -51,6 +51,13 @@ pub const STRATEGY_ERRORS_TOTAL: &str = "runfleet_strategy_errors_total";
 /// Positions closed by stops that flatten.
 pub const FLATTENS_TOTAL: &str = "runfleet_flattens_total";
 
+/// Clients following `GET /v1/events` on this orchestrator.
+pub const EVENT_CLIENTS: &str = "runfleet_event_clients";
+/// Event clients dropped for falling `events.live_buffer` events behind.
+pub const EVENT_CLIENTS_DROPPED_TOTAL: &str = "runfleet_event_clients_dropped_total";
+/// Circuit breakers opened (fleet-wide, counted in Redis by the script that opens them).
+pub const BREAKER_OPENINGS_TOTAL: &str = "runfleet_breaker_openings_total";
+
 /// Histogram buckets of latencies in seconds.
 const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -234,6 +241,24 @@ const HELP: &[(&str, Kind, Option<Unit>, &str)] = &[
         Kind::Counter,
         None,
         "Positions closed by flattening stops.",
+    ),
+    (
+        EVENT_CLIENTS,
+        Kind::Gauge,
+        None,
+        "Clients following the live event stream.",
+    ),
+    (
+        EVENT_CLIENTS_DROPPED_TOTAL,
+        Kind::Counter,
+        None,
+        "Live event clients dropped for being too slow.",
+    ),
+    (
+        BREAKER_OPENINGS_TOTAL,
+        Kind::Counter,
+        None,
+        "Circuit breakers opened (fleet-wide).",
     ),
 ];
 

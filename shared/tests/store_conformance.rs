@@ -12,8 +12,8 @@ use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
 use runfleet::store::{
-    AdminAction, Admission, ClaimOutcome, FleetPolicy, FleetStore, MemoryStore, NodeCommand,
-    NodeInfo, RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
+    AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
+    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
 };
 use runfleet::tier::Tier;
 
@@ -898,6 +898,7 @@ async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: Fl
         s.admit(&spec_for("tess", "brittle")).await.unwrap(),
         Admission::BreakerOpen { .. }
     ));
+    assert_eq!(s.fleet_gauges().await.unwrap().breaker_openings, 1);
     sleep_ms(320).await;
     let trial = spec_for("tess", "brittle");
     assert!(matches!(
@@ -919,6 +920,57 @@ async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: Fl
     assert!(
         matches!(next, Admission::Admitted { .. }),
         "the failed trial decided nothing against the strategy: {next:?}"
+    );
+}
+
+/// The fleet's event stream read after an id (what `GET /v1/events` serves): in order, from
+/// exactly after the id, and a read that waits returns as soon as an event comes.
+async fn the_event_stream_is_read_after_an_id_and_waits_for_the_next<S: FleetStore>(s: S) {
+    assert_eq!(s.last_event_id().await.unwrap(), EventId::ZERO);
+    assert!(
+        s.events_after(&EventId::ZERO, 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for user in ["ev1", "ev2", "ev3"] {
+        s.admit(&spec(user)).await.unwrap();
+    }
+    let all = s.events_after(&EventId::ZERO, 10, None).await.unwrap();
+    let users: Vec<&str> = all.iter().map(|e| e.user.as_str()).collect();
+    assert_eq!(users, ["ev1", "ev2", "ev3"]);
+    assert!(all.iter().all(|e| e.kind == "admitted" && e.at > 0));
+    let ids: Vec<EventId> = all.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(s.last_event_id().await.unwrap(), ids[2]);
+    // The same events as each job's own history.
+    assert_eq!(
+        s.job_events(&all[1].job).await.unwrap(),
+        vec![all[1].clone()]
+    );
+    let second = s.events_after(&ids[0], 1, None).await.unwrap();
+    assert_eq!(second, vec![all[1].clone()]);
+    assert!(s.events_after(&ids[2], 10, None).await.unwrap().is_empty());
+
+    // A waiting read returns the next event when it comes, not at the end of its wait.
+    let writer = s.clone();
+    let admit_later = tokio::spawn(async move {
+        sleep_ms(50).await;
+        writer.admit(&spec("ev4")).await.unwrap();
+    });
+    let next = s
+        .events_after(&ids[2], 10, Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    admit_later.await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].user.as_str(), "ev4");
+    let last: EventId = next[0].id.parse().unwrap();
+    assert!(
+        s.events_after(&last, 10, Some(Duration::from_millis(50)))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 
@@ -944,7 +996,8 @@ macro_rules! store_conformance {
                 unconfirmed_enqueues_are_published_again,
                 a_runners_history_lists_every_step_with_its_epoch,
                 the_admin_trail_is_capped_and_read_newest_first,
-                a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open);
+                a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
+                the_event_stream_is_read_after_an_id_and_waits_for_the_next);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -976,7 +1029,7 @@ async fn lua_key_names_match_the_key_schema() {
                     return {K.job(j), K.hb(j), K.user_jobs(u), K.user_active(u),
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
-                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j)}";
+                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
         inv.arg("rfkeys");
@@ -1010,6 +1063,7 @@ async fn lua_key_names_match_the_key_schema() {
             keys.failed(),
             keys.events(),
             keys.job_events(&job),
+            keys.counters(),
         ];
         assert_eq!(got, want, "ids {j} {u} {n} {st}");
     }

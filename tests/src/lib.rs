@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -569,6 +569,84 @@ pub fn start_request(user: &str, strategy: &str) -> Value {
             "instruments": ["BTC-PERPETUAL", "ETH-PERPETUAL"]
         }
     })
+}
+
+/// A client of `GET /v1/events` reading the stream in the background: the events it received
+/// so far, each as its JSON `data` (which carries the event's `id`).
+#[derive(Debug)]
+pub struct EventClient {
+    events: Arc<std::sync::Mutex<Vec<Value>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    /// Connects to `GET /v1/events{query}` (e.g. `""` or `"?jobId=…"`), sending
+    /// `Last-Event-ID: last_event_id` when given; returns once the stream is open (200), so
+    /// every event from then on reaches it.
+    pub async fn follow_events(&self, query: &str, last_event_id: Option<&str>) -> EventClient {
+        // No overall timeout: the stream stays open for the whole test.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        let mut req = self.authed(http.get(format!("{}/v1/events{query}", self.base)));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let mut resp = req.send().await.expect("GET /v1/events");
+        assert_eq!(resp.status().as_u16(), 200, "GET /v1/events{query}");
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                buf.extend_from_slice(&chunk);
+                // An SSE event ends with a blank line; `data:` lines carry the payload and
+                // lines starting with ':' are keep-alive comments.
+                while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                    let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                    let frame = String::from_utf8(frame).expect("SSE is UTF-8");
+                    let data: Vec<&str> = frame
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    if !data.is_empty() {
+                        let v = serde_json::from_str(&data.join("\n")).expect("SSE data is JSON");
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        EventClient { events, reader }
+    }
+}
+
+impl EventClient {
+    /// The events received so far, in order.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until the events received satisfy `done`; returns them.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        eventually(within, what, || async {
+            let events = self.events();
+            done(&events).then_some(events)
+        })
+        .await
+    }
+
+    /// Drops the connection (as a client going away would); returns what it received.
+    pub fn disconnect(self) -> Vec<Value> {
+        self.reader.abort();
+        self.events()
+    }
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `within`.

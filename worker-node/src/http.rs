@@ -23,12 +23,23 @@ pub fn http_service(
     listener: tokio::net::TcpListener,
     router: Router,
 ) -> ServiceRunner {
+    http_service_with(name, listener, router, || {})
+}
+
+/// [`http_service`] that calls `on_stop` as its graceful shutdown begins: e.g. to end
+/// long-lived responses (event streams) that would otherwise hold it until the deadline.
+pub fn http_service_with(
+    name: &str,
+    listener: tokio::net::TcpListener,
+    router: Router,
+    on_stop: impl Fn() + Clone + Send + Sync + 'static,
+) -> ServiceRunner {
     let addr = listener.local_addr().ok();
     let first = Arc::new(std::sync::Mutex::new(Some(listener)));
     ServiceRunner::new(
         RunnerOptions::new(name.to_owned()),
         move |token: CancellationToken| {
-            let (first, router) = (first.clone(), router.clone());
+            let (first, router, on_stop) = (first.clone(), router.clone(), on_stop.clone());
             async move {
                 let taken = first.lock().unwrap_or_else(|p| p.into_inner()).take();
                 let listener = match (taken, addr) {
@@ -37,7 +48,10 @@ pub fn http_service(
                     (None, None) => return Err(std::io::Error::other("no address to listen on")),
                 };
                 axum::serve(listener, router)
-                    .with_graceful_shutdown(token.cancelled_owned())
+                    .with_graceful_shutdown(async move {
+                        token.cancelled().await;
+                        on_stop();
+                    })
                     .await
             }
         },

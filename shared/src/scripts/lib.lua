@@ -52,6 +52,8 @@ local K = {
   user_keys = function(u) return P .. ':user:' .. E(u) .. ':keys' end,
   -- The fleet's lifecycle event stream, and each job's own history of those events.
   events = P .. ':events',
+  -- Fleet-wide counters (hash): breaker_openings.
+  counters = P .. ':counters',
   job_events = function(id) return P .. ':job:' .. E(id) .. ':events' end,
 }
 
@@ -146,24 +148,25 @@ end
 local function breaker_failure(user, strategy, id)
   local bk = K.breaker(user, strategy)
   local fk = K.breaker_failures(user, strategy)
-  local st = redis.call('HMGET', bk, 'state', 'until', 'trial')
-  local state = st[1] or 'closed'
-  if state == 'half' and st[3] == id then
-    event(id, 'breaker_opened', 'the trial run of strategy ' .. strategy .. ' failed')
+  local function open(why)
+    event(id, 'breaker_opened', why)
     redis.call('HSET', bk, 'state', 'open', 'until', NOW + C.cooldown)
     redis.call('HDEL', bk, 'trial')
     redis.call('DEL', fk)
+    redis.call('HINCRBY', K.counters, 'breaker_openings', 1)
     return true
+  end
+  local st = redis.call('HMGET', bk, 'state', 'until', 'trial')
+  local state = st[1] or 'closed'
+  if state == 'half' and st[3] == id then
+    return open('the trial run of strategy ' .. strategy .. ' failed')
   end
   if state == 'closed' then
     redis.call('ZREMRANGEBYSCORE', fk, '-inf', NOW - C.breaker_window)
     redis.call('ZADD', fk, NOW, id .. '@' .. NOW)
     redis.call('PEXPIRE', fk, C.breaker_window)
     if redis.call('ZCARD', fk) >= C.breaker_failures then
-      event(id, 'breaker_opened', 'strategy ' .. strategy .. ' failed ' .. C.breaker_failures .. ' times')
-      redis.call('HSET', bk, 'state', 'open', 'until', NOW + C.cooldown)
-      redis.call('DEL', fk)
-      return true
+      return open('strategy ' .. strategy .. ' failed ' .. C.breaker_failures .. ' times')
     end
     return false
   end

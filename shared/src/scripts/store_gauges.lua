@@ -1,8 +1,8 @@
 -- Fleet-wide gauges for the orchestrators' /metrics and the status of `system`, in one round
 -- trip and read-only: every orchestrator asked reports the same values. Mirrors
 -- MemoryStore::fleet_gauges. Returns {queued, running, holding a slot, restarting, failed within
--- the hour, nodes alive, their capacity, their runners, ready jobs, processing jobs}; the last
--- two are -1 when the queue lives outside Redis (C.ready is '').
+-- the hour, nodes alive, their capacity, their runners, ready jobs, processing jobs, breakers
+-- opened ever}; ready and processing are -1 when the queue lives outside Redis (C.ready is '').
 local alive, capacity, runners = 0, 0, 0
 local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
 for _, n in ipairs(nodes) do
@@ -29,4 +29,5 @@ if C.ready ~= '' then
 end
 return { redis.call('SCARD', K.queued), redis.call('ZCARD', K.leases), redis.call('SCARD', K.active),
   redis.call('ZCARD', K.delayed),
-  redis.call('ZCOUNT', K.failed, NOW - HOUR_MS, '+inf'), alive, capacity, runners, ready, processing }
+  redis.call('ZCOUNT', K.failed, NOW - HOUR_MS, '+inf'), alive, capacity, runners, ready, processing,
+  tonumber(redis.call('HGET', K.counters, 'breaker_openings')) or 0 }

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    FAILED_WINDOW_MS, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore,
+    EventId, FAILED_WINDOW_MS, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore,
     LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
     Subscriptions, SweepReport, Sweeper,
 };
@@ -55,6 +55,10 @@ struct State {
     event_caps: EventSettings,
     /// The fleet's lifecycle events, oldest first (the `events` stream).
     events: VecDeque<RunnerEvent>,
+    /// Wakes readers waiting for the next event.
+    event_appended: Arc<Notify>,
+    /// Circuit breakers opened (the `counters` hash's `breaker_openings`).
+    breaker_openings: u64,
     /// Each job's own events (its `events` list).
     job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
     /// The last event id's (ms, sequence), so ids increase as stream ids do.
@@ -146,6 +150,7 @@ impl State {
             history.pop_front();
         }
         self.events.push_back(event);
+        self.event_appended.notify_waiters();
         let oldest = now.saturating_sub(self.event_caps.max_age_ms);
         while self.events.len() as u64 > self.event_caps.max_len
             || self.events.front().is_some_and(|e| e.at < oldest)
@@ -245,6 +250,7 @@ impl State {
             FailureKind::NodeLost => breaker.blocks(now, job),
         };
         if !was_open && matches!(breaker.state, BreakerState::Open { .. }) {
+            self.breaker_openings += 1;
             let why = format!("strategy {strategy} failed too often");
             self.event(now, job, "breaker_opened", why, None);
         }
@@ -403,6 +409,53 @@ impl JobStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn events_after(
+        &self,
+        after: &EventId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<RunnerEvent>, StoreError> {
+        let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+        loop {
+            let appended = {
+                let s = self.lock();
+                // Ids increase along the deque: skip what is not after `after`.
+                let newer = |e: &&RunnerEvent| e.id.parse::<EventId>().is_ok_and(|id| id > *after);
+                let found: Vec<RunnerEvent> = s
+                    .events
+                    .iter()
+                    .filter(newer)
+                    .take(count.max(1))
+                    .cloned()
+                    .collect();
+                if !found.is_empty() {
+                    return Ok(found);
+                }
+                // Registered under the lock: an event appended after it is not missed.
+                let notify = s.event_appended.clone();
+                let mut appended = Box::pin(notify.notified_owned());
+                appended.as_mut().enable();
+                appended
+            };
+            match deadline {
+                Some(d) if tokio::time::Instant::now() < d => {
+                    if tokio::time::timeout_at(d, appended).await.is_err() {
+                        return Ok(Vec::new());
+                    }
+                }
+                _ => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    async fn last_event_id(&self) -> Result<EventId, StoreError> {
+        let s = self.lock();
+        Ok(s.events
+            .back()
+            .and_then(|e| e.id.parse().ok())
+            .unwrap_or(EventId::ZERO))
+    }
+
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
         let now = self.now();
         let mut s = self.lock();
@@ -417,6 +470,7 @@ impl JobStore for MemoryStore {
             // The in-memory queue is not the store's to see.
             ready: None,
             processing: None,
+            breaker_openings: s.breaker_openings,
         })
     }
 

@@ -197,6 +197,8 @@ pub struct FleetGauges {
     pub ready: Option<u64>,
     /// Job ids claimed by nodes and not yet acknowledged, when the store sees the queue.
     pub processing: Option<u64>,
+    /// Circuit breakers opened since the fleet's state began.
+    pub breaker_openings: u64,
 }
 
 impl FleetGauges {
@@ -242,6 +244,47 @@ pub struct RunnerEvent {
     pub reason: String,
     /// When (ms, store clock).
     pub at: u64,
+}
+
+/// A position in the event stream: a Redis stream id `<ms>-<seq>`, ordered as Redis orders
+/// them (numerically, ms first). Parsed from what a client sends (`Last-Event-ID`), so it is
+/// checked: anything else is refused rather than passed to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// Before every event.
+    pub const ZERO: EventId = EventId { ms: 0, seq: 0 };
+}
+
+impl std::str::FromStr for EventId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an event id (<ms>-<seq>, as the events carry)");
+        let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
+        let num = |p: &str| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            p.parse::<u64>().map_err(|_| bad())
+        };
+        Ok(EventId {
+            ms: num(ms)?,
+            seq: num(seq)?,
+        })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
 }
 
 /// One runner's report in a node's heartbeat.
@@ -379,6 +422,19 @@ pub trait JobStore: Send + Sync {
         &self,
         job: &JobId,
     ) -> impl Future<Output = Result<Vec<RunnerEvent>, StoreError>> + Send;
+
+    /// The fleet's lifecycle events after `after` (a stream id, `0-0` for the oldest kept),
+    /// oldest first, at most `count`. With `wait`, waits up to that long for the first one
+    /// when there is none yet (a blocking read); without, answers at once.
+    fn events_after(
+        &self,
+        after: &EventId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> impl Future<Output = Result<Vec<RunnerEvent>, StoreError>> + Send;
+
+    /// The id of the newest event appended so far ([`EventId::ZERO`] when none).
+    fn last_event_id(&self) -> impl Future<Output = Result<EventId, StoreError>> + Send;
 
     /// A user's jobs, oldest first (finished ones until their retention passes).
     fn user_jobs(

@@ -9,9 +9,9 @@ use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand,
-    NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport,
-    Sweeper,
+    EventId, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore,
+    NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
+    SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -302,6 +302,7 @@ impl JobStore for RedisStore {
             runners,
             ready,
             processing,
+            breaker_openings,
         ] = v[..]
         else {
             return Err(StoreError::data("the gauges script answered an odd shape"));
@@ -321,6 +322,7 @@ impl JobStore for RedisStore {
             node_runners: count(runners),
             ready: queue_side(ready),
             processing: queue_side(processing),
+            breaker_openings: count(breaker_openings),
         })
     }
 
@@ -341,6 +343,68 @@ impl JobStore for RedisStore {
                 serde_json::from_value(v).ok()
             })
             .collect())
+    }
+
+    async fn events_after(
+        &self,
+        after: &EventId,
+        count: usize,
+        wait: Option<Duration>,
+    ) -> Result<Vec<RunnerEvent>, StoreError> {
+        let mut cmd = ::redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count.max(1));
+        // A blocking read holds its connection until an event comes: the blocking pool's.
+        let mut conn = match wait {
+            Some(wait) => {
+                let ms = (block_seconds(wait) * 1000.0) as u64;
+                cmd.arg("BLOCK").arg(ms);
+                self.pools.blocking.get().await?
+            }
+            None => self.conn().await?,
+        };
+        let reply: Option<::redis::streams::StreamReadReply> = cmd
+            .arg("STREAMS")
+            .arg(self.keys.events())
+            .arg(after.to_string())
+            .query_async(&mut *conn)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|e| {
+                let field = |k: &str| e.get::<String>(k).unwrap_or_default();
+                let number = |k: &str| field(k).parse::<u64>().unwrap_or(0);
+                RunnerEvent {
+                    job: JobId::new(field("job")),
+                    user: UserId::new(field("user")),
+                    kind: field("type"),
+                    epoch: number("epoch"),
+                    node: field("node"),
+                    reason: field("reason"),
+                    at: number("at"),
+                    id: e.id,
+                }
+            })
+            .collect())
+    }
+
+    async fn last_event_id(&self) -> Result<EventId, StoreError> {
+        let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XREVRANGE")
+            .arg(self.keys.events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        match reply.ids.first() {
+            Some(e) => {
+                e.id.parse()
+                    .map_err(|err: String| StoreError::data(format!("event stream: {err}")))
+            }
+            None => Ok(EventId::ZERO),
+        }
     }
 
     async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {

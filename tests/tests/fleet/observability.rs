@@ -382,14 +382,34 @@ async fn a_runners_history_follows_it_through_a_kill_9_a_restart_elsewhere_and_a
     let (_orchestrator, admin) = fleet.orchestrator("orchestrator").await;
     let ivy = admin.with_key(Some(&admin.user_key("ivy").await));
     let eve = admin.with_key(Some(&admin.user_key("eve").await));
+    // Live followers, connected throughout: the owner (who reconnects once midway), another
+    // user, and the admin.
+    let ivy_live = ivy.follow_events("", None).await;
+    let eve_live = eve.follow_events("", None).await;
+    let admin_live = admin.follow_events("", None).await;
     let doomed = fleet.worker("worker-doomed", 1);
     let (code, body) = ivy.start_runner("ivy", "s1").await;
     assert_eq!(code, 202, "{body}");
     let job = body["jobId"].as_str().unwrap().to_owned();
     let first_node = node_running_at(&ivy, "ivy", 1).await;
+    let claimed = |events: &[Value]| events.iter().any(|e| e["type"] == "claimed");
+    ivy_live
+        .wait_for(
+            Duration::from_secs(10),
+            "ivy's stream shows the claim",
+            claimed,
+        )
+        .await;
+    // The owner's connection drops; it reconnects after the node's death, with its last id.
+    let before_gap = ivy_live.disconnect();
     let _survivor = fleet.worker("worker-survivor", 1);
     doomed.signal("KILL");
     let second_node = node_running_at(&ivy, "ivy", 2).await;
+    let last_seen = before_gap.last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ivy_live = ivy.follow_events("", Some(&last_seen)).await;
     assert_ne!(first_node, second_node);
     let (code, body) = ivy
         .post(
@@ -448,6 +468,59 @@ async fn a_runners_history_follows_it_through_a_kill_9_a_restart_elsewhere_and_a
     assert_eq!(
         admin.get(&format!("/v1/runners/{job}/events")).await.1,
         body
+    );
+
+    // Live: the owner's two connections together received exactly the history, in order,
+    // without a gap or a duplicate; the admin the same; the other user none of it.
+    let history: Vec<Value> = events.clone();
+    let stopped = |events: &[Value]| events.iter().any(|e| e["type"] == "stopped");
+    let after_gap = ivy_live
+        .wait_for(
+            Duration::from_secs(10),
+            "ivy's stream shows the stop",
+            stopped,
+        )
+        .await;
+    let ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut live = before_gap.clone();
+    live.extend(after_gap.iter().cloned());
+    assert_eq!(ids(&live), ids(&history), "owner's live events vs history");
+    assert_eq!(live, history);
+    assert!(!before_gap.is_empty() && !after_gap.is_empty());
+    let admin_seen = admin_live
+        .wait_for(
+            Duration::from_secs(10),
+            "the admin's stream shows the stop",
+            stopped,
+        )
+        .await;
+    let admin_of_job: Vec<Value> = admin_seen
+        .into_iter()
+        .filter(|e| e["job"] == job.as_str())
+        .collect();
+    assert_eq!(admin_of_job, history);
+    // The other user's stream is live (its own runner shows up) but never carried ivy's.
+    let (code, eve_start) = eve.start_runner("eve", "s1").await;
+    assert_eq!(code, 202, "{eve_start}");
+    let admitted = |events: &[Value]| events.iter().any(|e| e["type"] == "admitted");
+    let eve_seen = eve_live
+        .wait_for(
+            Duration::from_secs(10),
+            "eve's stream shows her runner",
+            admitted,
+        )
+        .await;
+    assert!(eve_seen.iter().all(|e| e["user"] == "eve"), "{eve_seen:?}");
+    println!(
+        "live: ivy received {} + {} events across one reconnect (Last-Event-ID {last_seen}); eve {} of her own, 0 of ivy's",
+        before_gap.len(),
+        after_gap.len(),
+        eve_seen.len()
     );
     println!("history of {job}: {body:#}");
     fleet.cleanup().await;
