@@ -215,3 +215,27 @@ pub fn block_seconds(wait: Duration) -> f64 {
     wait.clamp(Duration::from_millis(10), MAX_BLOCK)
         .as_secs_f64()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blocking_pop_times_out_its_block_plus_the_response_timeout() {
+        let settings = RedisSettings {
+            response_timeout_ms: 500,
+            ..RedisSettings::default()
+        };
+        // Connections open lazily: no Redis is needed to build the pools.
+        let pools = RedisPools::new(&settings).expect("pools");
+        assert_eq!(
+            pools.blocking_timeout(Duration::from_millis(200)),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            pools.blocking_timeout(Duration::from_secs(60)),
+            MAX_BLOCK + Duration::from_millis(500),
+            "a block is clamped to MAX_BLOCK"
+        );
+    }
+}

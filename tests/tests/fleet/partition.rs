@@ -9,6 +9,10 @@
 //! a lease, and a heartbeat caught by the heal succeeds again within about a second. A node
 //! fences itself at the send of its last accepted heartbeat + lease - lease/10: 300 ms before
 //! Redis can expire the lease, plus a sweep interval before another node may claim the job.
+//! The long silent cut gives node A Redis timeouts of 5 s instead, longer than the lease: its
+//! heartbeat hangs through the fence, which must not wait for it (A logs no heartbeat failure
+//! before its fence), and the request may even reach Redis after the heal, where its stale
+//! writes must be refused.
 //!
 //! These tests need root (network namespaces); without it they fail, never skip.
 
@@ -38,7 +42,8 @@ struct Partitioned {
     _redis: PrivateRedis,
 }
 
-async fn partitioned(name: &str, link: &NetnsLink) -> Partitioned {
+/// `a_timeouts_ms`: node A's Redis response, connect and pool-wait timeouts.
+async fn partitioned(name: &str, link: &NetnsLink, a_timeouts_ms: u64) -> Partitioned {
     let redis = PrivateRedis::start_also_on(&[&link.host_addr]).await;
     let mut fleet = Fleet::on(name, &redis.url());
     fleet
@@ -52,7 +57,18 @@ async fn partitioned(name: &str, link: &NetnsLink) -> Partitioned {
         .set("RUNFLEET__REDIS__WAIT_TIMEOUT_MS", "500");
     let (orchestrator, api) = fleet.orchestrator("orchestrator").await;
     let far_side = format!("redis://{}:{}", link.host_addr, redis.port);
+    const TIMEOUTS: [&str; 3] = [
+        "RUNFLEET__REDIS__RESPONSE_TIMEOUT_MS",
+        "RUNFLEET__REDIS__CONNECT_TIMEOUT_MS",
+        "RUNFLEET__REDIS__WAIT_TIMEOUT_MS",
+    ];
+    for t in TIMEOUTS {
+        fleet.set(t, a_timeouts_ms.to_string());
+    }
     let a = fleet.worker_in(link, &far_side, "worker-a", 8);
+    for t in TIMEOUTS {
+        fleet.set(t, "500");
+    }
     Partitioned {
         fleet,
         api,
@@ -137,9 +153,10 @@ fn label(how: Cut) -> &'static str {
 
 /// Cut A off for longer than a lease: A fences its runners before B runs them, every job runs
 /// on B exactly once more, none is lost; healed, A comes back under a new id and takes work.
-async fn long_cut(how: Cut) {
+async fn long_cut(how: Cut, a_timeouts_ms: u64) {
     let link = NetnsLink::create();
-    let p = partitioned(&format!("partition-long-{}", label(how)), &link).await;
+    let name = format!("partition-long-{}", label(how));
+    let p = partitioned(&name, &link, a_timeouts_ms).await;
     let user = "pia";
     let a_id = runners_on_a(&p, user).await;
     // B can hold exactly A's runners, so that new work after the heal must go to A.
@@ -183,6 +200,24 @@ async fn long_cut(how: Cut) {
     );
     assert_eq!(node_fences[0]["node"], a_id.as_str());
     let new_id = node_fences[0]["new_id"].as_str().unwrap().to_owned();
+    if a_timeouts_ms > LEASE.as_millis() as u64 {
+        // Every heartbeat since the cut was still hanging when A fenced itself.
+        let lines: Vec<Value> = a_log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let fence = lines
+            .iter()
+            .position(|v| v["message"] == FENCED_NODE)
+            .expect("fence line");
+        let failed_beat = lines[..fence]
+            .iter()
+            .find(|v| v["runner"] == "heartbeat" || v["message"] == "runner error");
+        assert!(
+            failed_beat.is_none(),
+            "a heartbeat failed before the fence, so it did not hang through it: {failed_beat:?}"
+        );
+    }
 
     // From the writes Redis accepted: one live epoch at a time, each job claimed once more,
     // and each claim on B after A's runner of that job had stopped.
@@ -191,6 +226,7 @@ async fn long_cut(how: Cut) {
     assert_eq!(epochs.len(), RUNNERS, "none lost: {epochs:?}");
     assert!(epochs.values().all(|n| *n == 2), "{epochs:?}");
     let mut claimed_elsewhere = Vec::new();
+    let mut gaps = Vec::new();
     for (job, fenced_at) in &fenced {
         let claim = audit
             .iter()
@@ -203,6 +239,7 @@ async fn long_cut(how: Cut) {
             claim.at_ms
         );
         claimed_elsewhere.push(claim.at_ms);
+        gaps.push(claim.at_ms - fenced_at);
     }
     let first_new_claim = audit
         .iter()
@@ -217,11 +254,12 @@ async fn long_cut(how: Cut) {
     let fenced_last = fenced.values().max().copied().unwrap_or(0);
     let elsewhere_last = claimed_elsewhere.iter().max().copied().unwrap_or(0);
     eprintln!(
-        "partition {}: cut->fenced {:.1} s, cut->running elsewhere {:.1} s (claimed; seen running through the API at {:.1} s) [lease {:?}, heartbeat 500 ms, sweep 200 ms]",
+        "partition {}: cut->fenced {:.1} s, cut->running elsewhere {:.1} s (claimed; seen running through the API at {:.1} s; each job's fence to its new claim at least {} ms) [lease {:?}, heartbeat 500 ms, sweep 200 ms, A's Redis timeouts {a_timeouts_ms} ms]",
         label(how),
         fenced_last.saturating_sub(cut_at) as f64 / 1000.0,
         elsewhere_last.saturating_sub(cut_at) as f64 / 1000.0,
         elsewhere_seen.saturating_sub(cut_at) as f64 / 1000.0,
+        gaps.iter().min().copied().unwrap_or(0),
         LEASE,
     );
 
@@ -254,18 +292,19 @@ async fn long_cut(how: Cut) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_silently_for_longer_than_a_lease_fences_before_its_runners_move() {
-    long_cut(Cut::SilentDrop).await;
+    // A's heartbeat hangs for longer than the lease: the fence must not wait for it.
+    long_cut(Cut::SilentDrop, 5_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_link_rejects_for_longer_than_a_lease_fences_before_its_runners_move() {
-    long_cut(Cut::Reject).await;
+    long_cut(Cut::Reject, 500).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_for_less_than_a_lease_loses_nothing_and_restarts_nothing() {
     let link = NetnsLink::create();
-    let p = partitioned("partition-short", &link).await;
+    let p = partitioned("partition-short", &link, 500).await;
     let user = "rhea";
     let a_id = runners_on_a(&p, user).await;
     let _b = p.fleet.worker("worker-b", RUNNERS);
