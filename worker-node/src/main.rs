@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
     }
     telemetry::init(&settings.telemetry);
     let r = &settings.redis;
-    let worst_call = r.wait_timeout_ms + r.connect_timeout_ms + r.response_timeout_ms;
+    // Waiting for a pooled connection, checking it, opening a new one, the command itself.
+    let worst_call = r.wait_timeout_ms + 2 * r.connect_timeout_ms + r.response_timeout_ms;
     if worst_call + settings.heartbeat.interval_ms >= settings.heartbeat.lease_ms {
         tracing::warn!(
             worst_call_ms = worst_call,
