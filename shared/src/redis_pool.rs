@@ -5,6 +5,16 @@
 //! stall every command queued behind it. So blocking pops (BLMOVE, BLPOP) take a connection of
 //! their own from a second pool whose response timeout exceeds the longest block.
 //!
+//! A dead link (a partition that drops packets silently) must fail a call within its response
+//! timeout, never hang it: short commands time out after `redis.response_timeout_ms`; a blocking
+//! pop after its block plus that timeout ([`RedisPools::blocking_timeout`], set on the
+//! connection for each pop); taking a pooled connection is bounded by `wait_timeout_ms`, and
+//! checking or opening one by `connect_timeout_ms`. On Linux, sockets also get
+//! `TCP_USER_TIMEOUT` = the response timeout, so the kernel aborts a connection whose data
+//! goes unacknowledged that long, and every call waiting on it fails at once. Idle pooled
+//! connections need no TCP keepalive: each is checked with a PING (bounded by the connect
+//! timeout) when it is taken from the pool.
+//!
 //! `rediss://` URLs connect over TLS with rustls (the same TLS stack as the RabbitMQ client),
 //! trusting `redis.tls_ca_file` or the system's roots and verifying the server's name, with an
 //! optional client certificate for mutual TLS.
@@ -88,6 +98,13 @@ impl From<deadpool_redis::PoolError> for RedisError {
 
 /// Where to connect: the URL, and for `rediss://` the CA, client certificate and key files.
 fn connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
+    let tcp = redis::io::tcp::TcpSettings::default();
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(Duration::from_millis(settings.response_timeout_ms));
+    Ok(tls_connection_info(settings)?.set_tcp_settings(tcp))
+}
+
+fn tls_connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
     if !settings.url.starts_with("rediss://") {
         return Ok(settings.url.as_str().into_connection_info()?);
     }
@@ -124,6 +141,8 @@ pub struct RedisPools {
     pub commands: Pool,
     /// Blocking pops only.
     pub blocking: Pool,
+    /// The response timeout of short commands.
+    response_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisPools {
@@ -139,12 +158,14 @@ impl RedisPools {
     /// Builds both pools. Connections open lazily, so this succeeds while Redis is down.
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
         let connect = Some(Duration::from_millis(settings.connect_timeout_ms));
+        let response_timeout = Duration::from_millis(settings.response_timeout_ms);
         let short = AsyncConnectionConfig::new()
             .set_connection_timeout(connect)
-            .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)));
+            .set_response_timeout(Some(response_timeout));
+        // The longest a pop may need; each pop sets its own (`blocking_timeout`) before it runs.
         let long = AsyncConnectionConfig::new()
             .set_connection_timeout(connect)
-            .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(5)));
+            .set_response_timeout(Some(MAX_BLOCK + response_timeout));
         let wait = Some(Duration::from_millis(settings.wait_timeout_ms));
         let info = connection_info(settings)?;
         let build = |config, size| -> Result<Pool, RedisError> {
@@ -161,7 +182,15 @@ impl RedisPools {
         Ok(Self {
             commands: build(short, settings.pool_size)?,
             blocking: build(long, settings.blocking_pool_size)?,
+            response_timeout,
         })
+    }
+
+    /// The response timeout for a blocking pop of `wait`: the block (as [`block_seconds`]
+    /// clamps it) plus the response timeout of short commands, so that a pop on a dead link
+    /// fails that long after it was sent, not [`MAX_BLOCK`] later.
+    pub fn blocking_timeout(&self, wait: Duration) -> Duration {
+        Duration::from_secs_f64(block_seconds(wait)) + self.response_timeout
     }
 
     /// Checks that Redis answers and is configured so that leases cannot be evicted.
@@ -185,4 +214,28 @@ impl RedisPools {
 pub fn block_seconds(wait: Duration) -> f64 {
     wait.clamp(Duration::from_millis(10), MAX_BLOCK)
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blocking_pop_times_out_its_block_plus_the_response_timeout() {
+        let settings = RedisSettings {
+            response_timeout_ms: 500,
+            ..RedisSettings::default()
+        };
+        // Connections open lazily: no Redis is needed to build the pools.
+        let pools = RedisPools::new(&settings).expect("pools");
+        assert_eq!(
+            pools.blocking_timeout(Duration::from_millis(200)),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            pools.blocking_timeout(Duration::from_secs(60)),
+            MAX_BLOCK + Duration::from_millis(500),
+            "a block is clamped to MAX_BLOCK"
+        );
+    }
 }

@@ -152,11 +152,32 @@ pub fn spawn<'a>(
     args: &[String],
     env: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Process {
+    spawn_in(logs, name, None, bin, args, env)
+}
+
+/// [`spawn`], inside the network namespace `netns` when given (`ip netns exec`, which execs the
+/// binary: the process id is the binary's).
+pub fn spawn_in<'a>(
+    logs: &Path,
+    name: &str,
+    netns: Option<&str>,
+    bin: &str,
+    args: &[String],
+    env: impl IntoIterator<Item = (&'a str, String)>,
+) -> Process {
     std::fs::create_dir_all(logs).expect("log dir");
     let log = logs.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
-    let child = Command::new(binary(bin))
+    let mut command = match netns {
+        None => Command::new(binary(bin)),
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary(bin));
+            c
+        }
+    };
+    let child = command
         .args(args)
         .envs(env)
         .stdin(Stdio::null())
@@ -232,12 +253,45 @@ impl Fleet {
     }
 
     fn spawn(&self, name: &str, bin: &str, args: &[String], extra: &[(&str, String)]) -> Process {
+        self.spawn_in(None, name, bin, args, extra)
+    }
+
+    fn spawn_in(
+        &self,
+        netns: Option<&str>,
+        name: &str,
+        bin: &str,
+        args: &[String],
+        extra: &[(&str, String)],
+    ) -> Process {
         let env = self
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
             .chain(extra.iter().cloned());
-        spawn(&self.logs, name, bin, args, env)
+        spawn_in(&self.logs, name, netns, bin, args, env)
+    }
+
+    /// Spawns a worker node holding at most `capacity` runners inside `link`'s network
+    /// namespace, reaching Redis at `redis_url` (an address on the far side of the link), with
+    /// JSON log lines.
+    pub fn worker_in(
+        &self,
+        link: &NetnsLink,
+        redis_url: &str,
+        name: &str,
+        capacity: usize,
+    ) -> Process {
+        self.spawn_in(
+            Some(&link.netns),
+            name,
+            "runfleet-worker-node",
+            &["--capacity".into(), capacity.to_string()],
+            &[
+                ("RUNFLEET__REDIS__URL", redis_url.to_owned()),
+                ("RUNFLEET__TELEMETRY__FORMAT", "json".to_owned()),
+            ],
+        )
     }
 
     /// Spawns an orchestrator and waits until it answers `/healthz`.
@@ -316,6 +370,12 @@ impl Fleet {
             .map(|e| {
                 let field = |k: &str| e.get::<String>(k).unwrap_or_default();
                 AuditEntry {
+                    at_ms: e
+                        .id
+                        .split('-')
+                        .next()
+                        .and_then(|ms| ms.parse().ok())
+                        .unwrap_or(0),
                     op: field("op"),
                     job: field("job"),
                     epoch: field("epoch").parse().unwrap_or(0),
@@ -671,6 +731,9 @@ where
 /// One accepted write from the audit stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
+    /// When Redis accepted it: the stream entry's id, in ms since the Unix epoch on Redis'
+    /// clock.
+    pub at_ms: u64,
     /// `claim`, `renew`, `finish` or `hand_back`.
     pub op: String,
     /// The job.
@@ -826,21 +889,29 @@ pub struct PrivateRedis {
     child: Option<Child>,
     /// With TLS: the CA, and the TLS port is the only port.
     tls: Option<TestCa>,
+    /// Addresses it listens on besides 127.0.0.1.
+    also_on: Vec<String>,
 }
 
 impl PrivateRedis {
     /// Starts one, and waits until it answers.
     pub async fn start() -> Self {
-        Self::launch(None).await
+        Self::launch(None, Vec::new()).await
+    }
+
+    /// Starts one listening on the addresses `also_on` as well as 127.0.0.1 (protected mode
+    /// off, so that clients there are served), and waits until it answers.
+    pub async fn start_also_on(also_on: &[&str]) -> Self {
+        Self::launch(None, also_on.iter().map(|a| (*a).to_owned()).collect()).await
     }
 
     /// Starts one that speaks TLS only (`--port 0 --tls-port`), with certificates from `ca`
     /// and client certificates required (mutual TLS).
     pub async fn start_tls(ca: &TestCa) -> Self {
-        Self::launch(Some(ca.clone())).await
+        Self::launch(Some(ca.clone()), Vec::new()).await
     }
 
-    async fn launch(tls: Option<TestCa>) -> Self {
+    async fn launch(tls: Option<TestCa>, also_on: Vec<String>) -> Self {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("runfleet-redis-{port}-{}", std::process::id()));
@@ -850,6 +921,7 @@ impl PrivateRedis {
             dir,
             child: None,
             tls,
+            also_on,
         };
         r.up().await;
         r
@@ -892,9 +964,15 @@ impl PrivateRedis {
                 "yes".into(),
             ],
         };
+        let mut bind = vec!["--bind".to_owned(), "127.0.0.1".to_owned()];
+        bind.extend(self.also_on.iter().cloned());
+        if !self.also_on.is_empty() {
+            bind.extend(["--protected-mode".to_owned(), "no".to_owned()]);
+        }
         let child = Command::new("redis-server")
             .args(&ports)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(&bind)
+            .args(["--save", "", "--appendonly", "yes"])
             .args(["--appendfsync", "always", "--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(&self.dir)
@@ -945,4 +1023,227 @@ impl Drop for PrivateRedis {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Prefix of the network namespaces partition tests make: `rfpt-<pid>-<n>`.
+const NETNS_PREFIX: &str = "rfpt-";
+
+/// A network namespace joined to the root namespace by a veth pair of its own, for partition
+/// tests: a process spawned in it ([`Fleet::worker_in`]) reaches the root namespace only at
+/// [`host_addr`](Self::host_addr), over a link the test can cut and heal. Removed on drop.
+///
+/// Making one needs root (CAP_NET_ADMIN) and the `ip` and `tc` tools; without them
+/// [`NetnsLink::create`] panics with what is missing: the tests fail, never skip.
+#[derive(Debug)]
+pub struct NetnsLink {
+    /// The namespace's name.
+    pub netns: String,
+    /// The veth end in the root namespace.
+    host_if: String,
+    /// The veth end in the namespace.
+    ns_if: String,
+    /// The root namespace's address on the link (where Redis listens for the namespace).
+    pub host_addr: String,
+    /// The namespace's address on the link.
+    pub ns_addr: String,
+}
+
+/// How a link is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Every packet is dropped silently, both ways (a zero-length FIFO queue on both veth
+    /// ends): connections hang until a timeout notices.
+    SilentDrop,
+    /// The namespace's route to the far side is `prohibit`: sends and connects fail at once
+    /// (EACCES, as an ICMP administratively-prohibited answer would make them).
+    Reject,
+}
+
+fn run_ip(args: &[&str]) -> Result<(), String> {
+    run_tool("ip", args)
+}
+
+fn run_tool(tool: &str, args: &[&str]) -> Result<(), String> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`{tool} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run `{tool}` ({e}); install iproute2")),
+    }
+}
+
+impl NetnsLink {
+    /// Makes a fresh namespace and link (after removing those left by test processes that no
+    /// longer run), or panics saying why it cannot.
+    pub fn create() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        remove_stale_netns();
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A /30 per link, from the pid and the counter, inside 10.231.0.0/16.
+        let index = (pid.wrapping_mul(8).wrapping_add(n)) % 16_384;
+        let (hi, lo) = (index / 64, (index % 64) * 4);
+        let link = Self {
+            netns: format!("{NETNS_PREFIX}{pid}-{n}"),
+            // Interface names have at most 15 characters: rf<pid>x<n>h.
+            host_if: format!("rf{pid}x{n}h"),
+            ns_if: format!("rf{pid}x{n}n"),
+            host_addr: format!("10.231.{hi}.{}", lo + 1),
+            ns_addr: format!("10.231.{hi}.{}", lo + 2),
+        };
+        let (ns, host_if, ns_if) = (link.netns.clone(), link.host_if.clone(), link.ns_if.clone());
+        let (ns, host_if, ns_if) = (ns.as_str(), host_if.as_str(), ns_if.as_str());
+        let host_cidr = format!("{}/30", link.host_addr);
+        let ns_cidr = format!("{}/30", link.ns_addr);
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", ns],
+            &[
+                "link", "add", host_if, "type", "veth", "peer", "name", ns_if,
+            ],
+            &["link", "set", ns_if, "netns", ns],
+            &["addr", "add", &host_cidr, "dev", host_if],
+            &["link", "set", host_if, "up"],
+            &["-n", ns, "addr", "add", &ns_cidr, "dev", ns_if],
+            &["-n", ns, "link", "set", ns_if, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            if let Err(e) = run_ip(step) {
+                drop(link);
+                panic!(
+                    "partition tests need network namespaces and veth links (root or \
+                     CAP_NET_ADMIN, iproute2), and could not make one: {e}"
+                );
+            }
+        }
+        link
+    }
+
+    /// Cuts the link.
+    pub fn cut(&self, how: Cut) {
+        let result = match how {
+            Cut::SilentDrop => self
+                .drop_queue(None, "add")
+                .and_then(|()| self.drop_queue(Some(&self.netns), "add")),
+            Cut::Reject => run_ip(&[
+                "-n",
+                &self.netns,
+                "route",
+                "add",
+                "prohibit",
+                &format!("{}/32", self.host_addr),
+            ]),
+        };
+        if let Err(e) = result {
+            panic!("cannot cut the link of {} ({how:?}): {e}", self.netns);
+        }
+    }
+
+    /// Heals a cut made with `how`.
+    pub fn heal(&self, how: Cut) {
+        let result = match how {
+            Cut::SilentDrop => self
+                .drop_queue(None, "del")
+                .and_then(|()| self.drop_queue(Some(&self.netns), "del")),
+            Cut::Reject => run_ip(&[
+                "-n",
+                &self.netns,
+                "route",
+                "del",
+                "prohibit",
+                &format!("{}/32", self.host_addr),
+            ]),
+        };
+        if let Err(e) = result {
+            panic!("cannot heal the link of {} ({how:?}): {e}", self.netns);
+        }
+    }
+
+    /// Adds or deletes a zero-length FIFO as the root queue of the link's end in `netns` (the
+    /// root namespace when `None`): every packet sent there is dropped, silently.
+    fn drop_queue(&self, netns: Option<&str>, op: &str) -> Result<(), String> {
+        let dev = if netns.is_some() {
+            &self.ns_if
+        } else {
+            &self.host_if
+        };
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(ns) = netns {
+            args.extend(["-n", ns]);
+        }
+        args.extend(["qdisc", op, "dev", dev, "root"]);
+        if op == "add" {
+            args.extend(["pfifo", "limit", "0"]);
+        }
+        run_tool("tc", &args)
+    }
+}
+
+impl Drop for NetnsLink {
+    fn drop(&mut self) {
+        // Deleting either end deletes the pair.
+        let _ = run_ip(&["link", "del", &self.host_if]);
+        let _ = run_ip(&["netns", "del", &self.netns]);
+    }
+}
+
+/// Removes the namespaces (and root-side veth ends) that partition tests of processes no
+/// longer running left behind (a crash or SIGKILL skips their drop guards).
+pub fn remove_stale_netns() {
+    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('-').next().unwrap_or_default();
+            if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !alive(pid) {
+                let _ = run_ip(&["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "12: rf123x0h@if11: <...>"
+            let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix("rf") else {
+                continue;
+            };
+            let Some((pid, tail)) = rest.split_once('x') else {
+                continue;
+            };
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            let n = tail.trim_end_matches(['h', 'n']);
+            if digits(pid) && digits(n) && !alive(pid) {
+                let _ = run_ip(&["link", "del", name]);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, on this machine's clock (the clock Redis' stream ids and
+/// the nodes' `*_at_ms` log fields use when they run here).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The JSON log lines of a process (`RUNFLEET__TELEMETRY__FORMAT=json`) whose `message` is
+/// `message`.
+pub fn log_events(output: &str, message: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
 }

@@ -4,6 +4,7 @@
 //! serves the node's metrics and health, and both binaries' HTTP listeners.
 
 pub mod http;
+pub mod lease;
 pub mod node;
 pub mod trading;
 

@@ -36,6 +36,18 @@ async fn main() -> anyhow::Result<()> {
         settings.validate()?;
     }
     telemetry::init(&settings.telemetry);
+    let r = &settings.redis;
+    // Waiting for a pooled connection, checking it, opening a new one, the command itself.
+    let worst_call = r.wait_timeout_ms + 2 * r.connect_timeout_ms + r.response_timeout_ms;
+    if worst_call + settings.heartbeat.interval_ms >= settings.heartbeat.lease_ms {
+        tracing::warn!(
+            worst_call_ms = worst_call,
+            lease_ms = settings.heartbeat.lease_ms,
+            "a heartbeat on a dead link may take longer than the lease leaves for it: after a short \
+             cut, runners may be fenced that need not be (lower redis.*_timeout_ms or raise \
+             heartbeat.lease_ms)"
+        );
+    }
     let cipher = settings.credential_cipher()?;
     let deadline = Duration::from_millis(settings.shutdown.deadline_ms);
     let config = NodeConfig::from_settings(&settings, settings.node.capacity);

@@ -10,11 +10,13 @@ use std::time::Duration;
 use common::{eurusd_csv, spec};
 use runfleet::config::{FeedKind, MarketSettings};
 use runfleet::job::{JobSpec, StopMode};
+use runfleet_worker::lease::{LeaseDeadline, fence_at};
 use runfleet_worker::trading::{self, Report, RunOutcome, StopCause};
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 fn scalping(instruments: Value) -> Value {
     json!({
@@ -33,11 +35,20 @@ struct Running {
 
 impl Running {
     fn start(spec: JobSpec, market: MarketSettings, resume: Option<Value>) -> Self {
+        Self::start_with_lease(spec, market, resume, LeaseDeadline::unarmed())
+    }
+
+    fn start_with_lease(
+        spec: JobSpec,
+        market: MarketSettings,
+        resume: Option<Value>,
+        lease: LeaseDeadline,
+    ) -> Self {
         let report = Arc::new(Mutex::new(Report::default()));
         let (stop, rx) = watch::channel(None);
         let r = report.clone();
         let task = tokio::spawn(async move {
-            trading::run(Arc::new(spec), &market, resume, r, rx, || true).await
+            trading::run(Arc::new(spec), &market, resume, r, rx, lease).await
         });
         Self { report, stop, task }
     }
@@ -118,6 +129,32 @@ async fn hold_leaves_positions_and_fenced_trades_no_further() {
     let out = r.task.await.unwrap().unwrap();
     assert_eq!(out.flattened, None);
     assert_eq!(out.report.account.unwrap()["events"]["ticks"], 30);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_fences_itself_when_its_lease_deadline_passes_unless_renewed() {
+    let spec = spec("job-deadline", scalping(json!(["BTC-PERPETUAL"])));
+    let t0 = Instant::now();
+    let lease = Duration::from_secs(3);
+    let deadline = LeaseDeadline::at(fence_at(t0, lease));
+    let r = Running::start_with_lease(spec, MarketSettings::default(), None, deadline.clone());
+    // Renewals accepted at 1 s and 2 s push the deadline to 2 s + 2.7 s.
+    for renewed_at in [1, 2] {
+        tokio::time::sleep_until(t0 + Duration::from_secs(renewed_at)).await;
+        deadline.extend_to(fence_at(Instant::now(), lease));
+    }
+    // Then nothing more is accepted: no stop is ever sent, the runner ends by itself.
+    let out = r.task.await.unwrap().unwrap();
+    let ended = t0.elapsed();
+    assert_eq!(out.cause, StopCause::Fenced);
+    assert_eq!(out.flattened, None, "positions held");
+    assert_eq!(
+        ended,
+        Duration::from_millis(4_700),
+        "fenced at the deadline"
+    );
+    // Ticks every 100 ms from 0: the last one before 4.7 s is at 4.6 s.
+    assert_eq!(out.report.account.unwrap()["events"]["ticks"], 47);
 }
 
 #[tokio::test(start_paused = true)]

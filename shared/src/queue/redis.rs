@@ -126,6 +126,7 @@ impl JobQueue for RedisQueue {
         }
         let first: Option<String> = {
             let mut conn = self.pools.blocking.get().await?;
+            conn.set_response_timeout(self.pools.blocking_timeout(wait));
             ::redis::cmd("BLMOVE")
                 .arg(self.ready())
                 .arg(self.processing(node))

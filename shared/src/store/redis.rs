@@ -681,6 +681,7 @@ impl CommandBus for RedisStore {
     ) -> Result<Option<NodeCommand>, StoreError> {
         let popped: Option<(String, String)> = {
             let mut conn = self.pools.blocking.get().await?;
+            conn.set_response_timeout(self.pools.blocking_timeout(wait));
             ::redis::cmd("BLPOP")
                 .arg(self.keys.commands(node))
                 .arg(block_seconds(wait))

@@ -4,6 +4,7 @@ mod admin_audit;
 mod any_client;
 mod integrity;
 mod observability;
+mod partition;
 mod rabbitmq;
 mod rate_limits;
 mod readme;

@@ -37,6 +37,7 @@ use self::feed::MarketFeed;
 use self::paper::{FillModel, PaperBroker};
 use self::risk::RiskLimits;
 use self::session::Session;
+use crate::lease::LeaseDeadline;
 
 /// Rounds of cancel, close and confirm a flatten stop makes before it reports FLATTEN_FAILED.
 pub const FLATTEN_ATTEMPTS: u32 = 3;
@@ -166,13 +167,16 @@ fn publish(to: &Mutex<Report>, report: Report) {
 /// saved state that does not parse) returns `Err` with the reason: a configuration failure,
 /// which the node records as the job's failure at once (restarting it would fail the same
 /// way), and a state it cannot read is never taken for a flat account.
+///
+/// `lease` is when the runner's lease may lapse: the run ends as [`StopCause::Fenced`] the
+/// moment it passes, holding its positions, whatever the node's heartbeat is doing.
 pub async fn run(
     spec: Arc<JobSpec>,
     market: &MarketSettings,
     resume: Option<Value>,
     report: Arc<Mutex<Report>>,
     mut stop: watch::Receiver<Option<StopCause>>,
-    lease_fresh: impl Fn() -> bool + Send,
+    lease: LeaseDeadline,
 ) -> Result<RunOutcome, String> {
     let (mut session, mut feed) = start(&spec, market, resume.as_ref()).await?;
     publish(&report, snapshot(&session, feed.as_ref()));
@@ -182,10 +186,19 @@ pub async fn run(
         if let Some(cause) = *stop.borrow_and_update() {
             break cause;
         }
+        if lease.has_passed() {
+            break StopCause::Fenced;
+        }
         let Some(wait) = feed.pace() else {
-            // The feed has ended: hold what is open until told to stop.
-            if stop.changed().await.is_err() {
-                break StopCause::Shutdown;
+            // The feed has ended: hold what is open until told to stop (or fenced).
+            tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        break StopCause::Shutdown;
+                    }
+                }
+                () = lease.passed() => break StopCause::Fenced,
             }
             continue;
         };
@@ -200,6 +213,7 @@ pub async fn run(
                     }
                     continue;
                 }
+                () = lease.passed() => break StopCause::Fenced,
                 () = tokio::time::sleep_until(at) => {}
             }
         } else {
@@ -212,8 +226,8 @@ pub async fn run(
             continue;
         };
         // A process that was paused (SIGSTOP, a long GC-like stall) wakes with its timers
-        // overdue: before acting on anything, make sure the node's lease is still ours.
-        if !lease_fresh() {
+        // overdue: before acting on anything, make sure the lease is still ours.
+        if lease.has_passed() {
             break StopCause::Fenced;
         }
         session.step(&bars).await;
