@@ -294,6 +294,24 @@ impl Fleet {
         )
     }
 
+    /// Spawns an orchestrator inside `link`'s namespace, listening on its loopback at `port`
+    /// (reach it with [`ns_http`]) and using Redis at `redis_url` (across the link).
+    pub fn orchestrator_in(
+        &self,
+        link: &NetnsLink,
+        redis_url: &str,
+        name: &str,
+        port: u16,
+    ) -> Process {
+        self.spawn_in(
+            Some(&link.netns),
+            name,
+            "runfleet-orchestrator",
+            &["--bind".into(), format!("127.0.0.1:{port}")],
+            &[("RUNFLEET__REDIS__URL", redis_url.to_owned())],
+        )
+    }
+
     /// Spawns an orchestrator and waits until it answers `/healthz`.
     pub async fn orchestrator(&self, name: &str) -> (Process, Api) {
         let port = free_port();
@@ -1046,6 +1064,50 @@ pub struct NetnsLink {
     pub host_addr: String,
     /// The namespace's address on the link.
     pub ns_addr: String,
+}
+
+/// An HTTP answer seen from inside a namespace: status, `Retry-After`, JSON body, and how
+/// long the call took.
+#[derive(Debug, Clone)]
+pub struct NsReply {
+    /// Status code (0 when curl got no answer within its limit).
+    pub status: u16,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// JSON body (`null` when there is none).
+    pub body: Value,
+    /// Wall time of the call.
+    pub took: Duration,
+}
+
+/// One HTTP call made from inside namespace `netns` (with curl, at most 20 s), e.g. to an
+/// orchestrator listening on that namespace's loopback, a path no link cut touches.
+pub fn ns_http(netns: &str, method: &str, url: &str, key: &str, body: Option<&Value>) -> NsReply {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "curl", "-s", "-m", "20", "-D", "-"])
+        .args(["-X", method, "-H", &format!("authorization: Bearer {key}")])
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(b.to_string());
+    }
+    let began = std::time::Instant::now();
+    let out = c.arg(url).output().expect("curl inside the namespace");
+    let took = began.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rest, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    let retry_after = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().to_owned())
+    });
+    NsReply {
+        status: code.trim().parse().unwrap_or(0),
+        retry_after,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+        took,
+    }
 }
 
 /// How a link is cut.

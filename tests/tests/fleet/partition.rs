@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use runfleet_fleet_tests::{
-    Api, Cut, Fleet, NetnsLink, PrivateRedis, Process, assert_one_live_epoch_at_a_time, eventually,
-    log_events, wall_ms,
+    ADMIN_KEY, Api, Cut, Fleet, NetnsLink, PrivateRedis, Process, assert_one_live_epoch_at_a_time,
+    eventually, free_port, log_events, ns_http, start_request, wall_ms,
 };
 use serde_json::{Value, json};
 
@@ -344,4 +344,101 @@ async fn a_node_cut_off_for_less_than_a_lease_loses_nothing_and_restarts_nothing
         "partition short cuts (1 s silent drop, then 1 s reject): 0 fenced, 0 restarts, {} runners on epoch 1",
         after.len()
     );
+}
+
+/// An orchestrator that reaches its clients but not Redis: each call answers at once (within
+/// its Redis timeouts) with 503 `store_unavailable` and a Retry-After instead of hanging, its
+/// `/healthz` answers 503 so a balancer routes around it, a refused start leaves nothing
+/// behind (not even after the heal, when a stalled write could still reach Redis), another
+/// orchestrator serves throughout, and once healed it serves again.
+async fn orchestrator_cut(how: Cut) {
+    let link = NetnsLink::create();
+    let redis = PrivateRedis::start_also_on(&[&link.host_addr]).await;
+    let mut fleet = Fleet::on(&format!("partition-orch-{}", label(how)), &redis.url());
+    fleet
+        .set("RUNFLEET__REDIS__RESPONSE_TIMEOUT_MS", "500")
+        .set("RUNFLEET__REDIS__CONNECT_TIMEOUT_MS", "500")
+        .set("RUNFLEET__REDIS__WAIT_TIMEOUT_MS", "500");
+    let (_healthy, api) = fleet.orchestrator("orchestrator-ok").await;
+    let _node = fleet.worker("worker", 4);
+    let port = free_port();
+    let far_side = format!("redis://{}:{}", link.host_addr, redis.port);
+    let cut_off = fleet.orchestrator_in(&link, &far_side, "orchestrator-cut", port);
+    let base = format!("http://127.0.0.1:{port}");
+    let call = |method: &str, path: &str, body: Option<&Value>| {
+        ns_http(
+            &link.netns,
+            method,
+            &format!("{base}{path}"),
+            ADMIN_KEY,
+            body,
+        )
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the cut-off orchestrator serves",
+        || async { (call("GET", "/healthz", None).status == 200).then_some(()) },
+    )
+    .await;
+    let started = call("POST", "/v1/runners", Some(&start_request("olga", "s0")));
+    assert_eq!(started.status, 202, "{:?}", started.body);
+
+    link.cut(how);
+    let refused = call("POST", "/v1/runners", Some(&start_request("pat", "s0")));
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.body["error"]["code"], "store_unavailable",
+        "{refused:?}"
+    );
+    assert!(refused.retry_after.is_some(), "{refused:?}");
+    let health = call("GET", "/healthz", None);
+    assert_eq!(health.status, 503, "{health:?}");
+    let status = call("GET", "/v1/users/olga/runners", None);
+    assert_eq!(status.status, 503, "{status:?}");
+    // The other orchestrator serves throughout.
+    let olga = api.status("olga").await;
+    assert_eq!(olga["workers"].as_array().map(Vec::len), Some(1), "{olga}");
+
+    link.heal(how);
+    let healed_at = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the healed orchestrator serves",
+        || async { (call("GET", "/healthz", None).status == 200).then_some(()) },
+    )
+    .await;
+    let back_in = healed_at.elapsed();
+    // The refused start left nothing, even once a stalled write could have gone through.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pat = api.status("pat").await;
+    assert_eq!(
+        pat["workers"],
+        json!([]),
+        "the refused start wrote nothing: {pat}"
+    );
+    let again = call("POST", "/v1/runners", Some(&start_request("pat", "s0")));
+    assert_eq!(again.status, 202, "{again:?}");
+    assert!(
+        !cut_off.output().contains("panicked"),
+        "{}",
+        cut_off.output()
+    );
+    eprintln!(
+        "partition orchestrator {}: start answered 503 store_unavailable in {} ms, /healthz 503 in {} ms, status 503 in {} ms; healed -> serving again in {:.1} s [Redis timeouts 500 ms]",
+        label(how),
+        refused.took.as_millis(),
+        health.took.as_millis(),
+        status.took.as_millis(),
+        back_in.as_secs_f64(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_cut_off_silently_from_redis_answers_503_at_once_and_writes_nothing() {
+    orchestrator_cut(Cut::SilentDrop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_whose_redis_link_rejects_answers_503_at_once_and_writes_nothing() {
+    orchestrator_cut(Cut::Reject).await;
 }
