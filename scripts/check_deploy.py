@@ -58,18 +58,11 @@ DASHBOARD_METRICS = {
     "runfleet_sweep_duration_seconds",
     "runfleet_expired_leases_total",
 }
-# Every metric the orchestrators and worker nodes export (docs/operations.md lists them).
-METRICS = DASHBOARD_METRICS | {
-    "runfleet_store_errors_total",
-    "runfleet_queue_errors_total",
-    "runfleet_node_free_slots",
-    "runfleet_node_claim_batch_jobs",
-    "runfleet_heartbeat_seconds",
-    "runfleet_heartbeat_bytes",
-    "runfleet_lease_renewals_refused_total",
-    "runfleet_strategy_errors_total",
-    "runfleet_flattens_total",
-}
+# Every metric the orchestrators and worker nodes export: the constants of
+# shared/src/observability.rs, the one place metric names are written (docs/operations.md
+# must list each).
+OBSERVABILITY = ROOT / "shared" / "src" / "observability.rs"
+METRICS = set(re.findall(r'pub const [A-Z_]+: &str = "(runfleet_[a-z_]+)";', OBSERVABILITY.read_text()))
 # The series a histogram is exported as.
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # Panels the issue asks for, by a word their title must contain.
@@ -286,11 +279,13 @@ def check_operations_doc(keda_schema):
             if isinstance(obj, dict) and "kind" in obj and "apiVersion" in obj:
                 check_object(f"{rel(OPERATIONS)} example", obj, keda_schema)
                 examples += 1
+    for name in sorted(DASHBOARD_METRICS - METRICS):
+        problem(rel(OBSERVABILITY), f"{name} is on the dashboard but not exported")
     documented = set(re.findall(r"^\| `(runfleet_[a-z_]+)", text, re.M))
     for name in sorted(METRICS - documented):
         problem(rel(OPERATIONS), f"the metric table lacks {name}")
     for name in sorted(documented - METRICS):
-        problem(rel(OPERATIONS), f"the metric table lists {name}, which the dashboard check does not know")
+        problem(rel(OPERATIONS), f"the metric table lists {name}, which {rel(OBSERVABILITY)} does not export")
     print(f"check_deploy: {examples} Kubernetes examples in {rel(OPERATIONS)}")
 
 
