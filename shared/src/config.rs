@@ -293,11 +293,11 @@ pub struct RedisSettings {
     pub tls_key_file: Option<String>,
     /// Prefix of every key runfleet writes.
     pub key_prefix: String,
-    /// Connections in the pool used for short commands.
+    /// Multiplexed connections shared by every short command and script (round-robin).
     pub pool_size: usize,
     /// Connections kept for blocking pops (claims, command listeners).
     pub blocking_pool_size: usize,
-    /// How long a caller waits for a pooled connection before failing.
+    /// How long a blocking pop waits for a pooled connection before failing.
     pub wait_timeout_ms: u64,
     /// How long a short command may take before it fails.
     pub response_timeout_ms: u64,
@@ -313,7 +313,7 @@ impl Default for RedisSettings {
             tls_cert_file: None,
             tls_key_file: None,
             key_prefix: "runfleet".into(),
-            pool_size: 16,
+            pool_size: 4,
             blocking_pool_size: 8,
             wait_timeout_ms: 2_000,
             response_timeout_ms: 2_000,

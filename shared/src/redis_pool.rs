@@ -1,9 +1,18 @@
-//! Redis connections: one pool for short commands and one for blocking pops.
+//! Redis connections: a few shared multiplexed connections for short commands and scripts, and
+//! a pool for blocking pops.
+//!
+//! Short commands and scripts go over `redis.pool_size` multiplexed connections
+//! ([`Commands`], redis-rs's `ConnectionManager`), picked round-robin: every task's commands are
+//! pipelined on them, so a call costs exactly its own round trip (no checkout, no health-check
+//! PING before each call, which a pool of connections would send), and a broken connection is
+//! replaced by the manager on the next call. Nothing in runfleet uses connection state (no
+//! WATCH, MULTI or SELECT), which is what makes sharing them safe.
 //!
 //! redis-rs gives async connections a 500 ms response timeout by default, shorter than a claim
 //! that blocks for a second or more; a blocking pop on a shared multiplexed connection would also
-//! stall every command queued behind it. So blocking pops (BLMOVE, BLPOP) take a connection of
-//! their own from a second pool whose response timeout exceeds the longest block.
+//! stall every command queued behind it. So blocking pops (BLMOVE, BLPOP, XREAD BLOCK) take a
+//! connection of their own from a pool (deadpool-redis) whose response timeout exceeds the
+//! longest block.
 //!
 //! A dead link (a partition that drops packets silently) must fail a call within its response
 //! timeout, never hang it: short commands time out after `redis.response_timeout_ms`; a blocking
@@ -11,9 +20,9 @@
 //! connection for each pop); taking a pooled connection is bounded by `wait_timeout_ms`, and
 //! checking or opening one by `connect_timeout_ms`. On Linux, sockets also get
 //! `TCP_USER_TIMEOUT` = the response timeout, so the kernel aborts a connection whose data
-//! goes unacknowledged that long, and every call waiting on it fails at once. Idle pooled
-//! connections need no TCP keepalive: each is checked with a PING (bounded by the connect
-//! timeout) when it is taken from the pool.
+//! goes unacknowledged that long: every call waiting on it fails at once, and the next call
+//! opens a fresh connection (a timed-out call alone does not make a multiplexed connection
+//! reconnect; the kernel's abort does).
 //!
 //! `rediss://` URLs connect over TLS with rustls (the same TLS stack as the RabbitMQ client),
 //! trusting `redis.tls_ca_file` or the system's roots and verifying the server's name, with an
@@ -22,6 +31,7 @@
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 
 use crate::config::RedisSettings;
@@ -134,11 +144,83 @@ fn tls_connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo
     Ok(client.get_connection_info().clone())
 }
 
-/// The two connection pools of a process.
+/// Shared multiplexed connections for short commands and scripts (see the module docs).
+#[derive(Clone)]
+pub struct Commands {
+    /// Made on first use (a manager needs the runtime it will run on).
+    managers: std::sync::Arc<[std::sync::OnceLock<ConnectionManager>]>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Commands {
+    fn new(
+        info: &redis::ConnectionInfo,
+        config: ConnectionManagerConfig,
+        count: usize,
+    ) -> Result<Self, RedisError> {
+        Ok(Self {
+            managers: (0..count.max(1))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+            client: redis::Client::open(info.clone())?,
+            config,
+            next: Default::default(),
+        })
+    }
+
+    /// A connection to send commands on: a handle on one of the shared multiplexed
+    /// connections (it opens on first use, and again after it broke). Never waits.
+    pub async fn get(&self) -> Result<CommandConnection, RedisError> {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.managers.len();
+        if let Some(m) = self.managers[i].get() {
+            return Ok(CommandConnection(m.clone()));
+        }
+        let made =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+        Ok(CommandConnection(
+            self.managers[i].get_or_init(|| made).clone(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands")
+            .field("connections", &self.managers.len())
+            .finish()
+    }
+}
+
+/// A handle on a shared multiplexed connection (cheap to get, to clone and to drop).
+#[derive(Clone)]
+pub struct CommandConnection(ConnectionManager);
+
+impl std::fmt::Debug for CommandConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandConnection")
+    }
+}
+
+impl std::ops::Deref for CommandConnection {
+    type Target = ConnectionManager;
+    fn deref(&self) -> &ConnectionManager {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for CommandConnection {
+    fn deref_mut(&mut self) -> &mut ConnectionManager {
+        &mut self.0
+    }
+}
+
+/// The connections of a process.
 #[derive(Clone)]
 pub struct RedisPools {
     /// Short commands and scripts.
-    pub commands: Pool,
+    pub commands: Commands,
     /// Blocking pops only.
     pub blocking: Pool,
     /// The response timeout of short commands.
@@ -148,7 +230,7 @@ pub struct RedisPools {
 impl std::fmt::Debug for RedisPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPools")
-            .field("commands", &self.commands.status())
+            .field("commands", &self.commands)
             .field("blocking", &self.blocking.status())
             .finish()
     }
@@ -159,9 +241,11 @@ impl RedisPools {
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
         let connect = Some(Duration::from_millis(settings.connect_timeout_ms));
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
-        let short = AsyncConnectionConfig::new()
+        // Reconnects are the callers' to retry (each call fails fast and says so): one attempt.
+        let short = ConnectionManagerConfig::new()
             .set_connection_timeout(connect)
-            .set_response_timeout(Some(response_timeout));
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(0);
         // The longest a pop may need; each pop sets its own (`blocking_timeout`) before it runs.
         let long = AsyncConnectionConfig::new()
             .set_connection_timeout(connect)
@@ -180,7 +264,7 @@ impl RedisPools {
                 .map_err(|e| RedisError::Pool(e.to_string()))
         };
         Ok(Self {
-            commands: build(short, settings.pool_size)?,
+            commands: Commands::new(&info, short, settings.pool_size)?,
             blocking: build(long, settings.blocking_pool_size)?,
             response_timeout,
         })

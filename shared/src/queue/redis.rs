@@ -27,6 +27,10 @@ static RELEASE: LazyLock<Script> =
 static RECOVER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/queue_recover.lua")));
 
+/// Job ids one claim script moves at most: bounds how long it holds Redis (a node with more
+/// free slots claims again at once, without the share pause).
+pub const CLAIM_BATCH_MAX: usize = 256;
+
 /// How long a node whose claim was capped by its fair share waits before it claims again.
 pub const SHARE_PAUSE: Duration = Duration::from_millis(50);
 
@@ -65,7 +69,7 @@ impl RedisQueue {
             .key(self.ready())
             .key(self.processing(node))
             .key(self.keys.claimers(&self.name))
-            .arg(max)
+            .arg(max.min(CLAIM_BATCH_MAX))
             .arg(node.as_str())
             .invoke_async::<Vec<::redis::Value>>(&mut *conn)
             .await
@@ -153,9 +157,11 @@ impl JobQueue for RedisQueue {
         let key = self.processing(node);
         let mut pipe = ::redis::pipe();
         for d in deliveries {
+            // From the tail: claims push at the head, so the oldest unacknowledged ids sit at
+            // the tail and a scan from the head would cross every newer claim (O(n²) to ack n).
             pipe.cmd("LREM")
                 .arg(&key)
-                .arg(1)
+                .arg(-1)
                 .arg(d.job_id.as_str())
                 .ignore();
         }
