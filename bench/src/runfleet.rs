@@ -312,31 +312,41 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     let nodes: Vec<Process> = (0..sizes.nodes)
         .map(|n| node(&logs, &format!("node-{n}"), &url, per_node))
         .collect();
+    // Running means claimed: the claim script takes a job out of the `queued` set in the step
+    // that marks it running. (The job hashes' `started` is the claim script's `TIME`, taken
+    // when the script begins, so it cannot tell when a claim of thousands ends.)
     let drain_deadline = Instant::now() + Duration::from_secs(300);
-    let last_start = loop {
+    let all_running = loop {
+        let queued: u64 = redis::cmd("SCARD")
+            .arg(keys.queued())
+            .query_async(&mut c)
+            .await?;
+        if queued == 0 {
+            break now_ms();
+        }
         ensure!(
             Instant::now() < drain_deadline,
             "the nodes did not start every queued runner within 300 s (logs in {})",
             logs.display()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let ready: u64 = redis::cmd("LLEN")
-            .arg(keys.ready(QUEUE))
-            .query_async(&mut c)
-            .await?;
-        if ready > 0 {
-            continue;
-        }
-        let mut pipe = redis::pipe();
-        for k in &ids {
-            pipe.cmd("HGET").arg(k).arg("started");
-        }
-        let started: Vec<Option<f64>> = pipe.query_async(&mut c).await?;
-        if started.iter().all(Option::is_some) {
-            break started.into_iter().flatten().fold(0.0, f64::max);
-        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     };
-    sample.insert(Row::Drain, last_start - t0);
+    let mut pipe = redis::pipe();
+    for k in &ids {
+        pipe.cmd("HGET").arg(k).arg("status");
+    }
+    let statuses: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+    let not_running = statuses
+        .iter()
+        .filter(|s| s.as_deref() != Some("running"))
+        .count();
+    ensure!(
+        not_running == 0,
+        "{not_running} of {} drained jobs are not running (logs in {})",
+        ids.len(),
+        logs.display()
+    );
+    sample.insert(Row::Drain, all_running - t0);
     eprintln!(
         "  runfleet: {} runners running on {} node(s)",
         sizes.running, sizes.nodes
