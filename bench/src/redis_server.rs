@@ -54,7 +54,14 @@ impl BenchRedis {
 
     /// A new connection of its own.
     pub async fn conn(&self) -> anyhow::Result<MultiplexedConnection> {
-        let mut c = self.client.get_multiplexed_async_connection().await?;
+        // No short response timeout: a stall is what the PING loop is there to measure, and the
+        // drain's pipelines of thousands of scripts may take seconds.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(120)));
+        let mut c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         let _: String = redis::cmd("PING").query_async(&mut c).await?;
         Ok(c)
     }
