@@ -1,0 +1,458 @@
+//! runfleet's side: the release orchestrator and worker nodes (spawned through the fleet-test
+//! harness, which builds them for the profile this binary runs in) on the private Redis, at the
+//! production defaults except where a phase needs otherwise (docs/benchmarks.md lists each).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail, ensure};
+use redis::aio::MultiplexedConnection;
+use runfleet::catalog;
+use runfleet::config::Settings;
+use runfleet::crypto::CredentialCipher;
+use runfleet::ids::JobId;
+use runfleet::job::{JobSpec, StartRunnerRequest};
+use runfleet::keys::Keys;
+use runfleet::redis_pool::RedisPools;
+use runfleet::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
+use runfleet_fleet_tests::{ADMIN_KEY, Api, Process, free_port, start_request};
+use serde_json::json;
+
+use crate::redis_server::{BenchRedis, rss_bytes};
+use crate::report::{Row, Sample, quantile};
+use crate::{BulkVia, Sizes};
+
+/// The fleet's key prefix on the private Redis.
+const PREFIX: &str = "bench";
+/// The Redis-list queue's name (the default).
+const QUEUE: &str = "jobs";
+/// A fixed credentials key: the bench seals made-up credentials with it.
+const CREDENTIALS_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// Runner slots per tier and fleet-wide: high enough that no start is refused.
+const NO_LIMIT: u32 = 10_000_000;
+/// The heartbeat interval the fleet runs at (the default, `heartbeat.interval_ms`).
+pub const HEARTBEAT_MS: u64 = 5_000;
+
+/// The settings the bench gives every runfleet process, as environment variables. Everything
+/// not named keeps its production default (heartbeat 5 s, lease 30 s, sweep 5 s, log `info`).
+fn env(redis_url: &str) -> Vec<(&'static str, String)> {
+    let no_limit = NO_LIMIT.to_string();
+    vec![
+        ("RUNFLEET__REDIS__URL", redis_url.to_owned()),
+        ("RUNFLEET__REDIS__KEY_PREFIX", PREFIX.into()),
+        ("RUNFLEET__QUEUE__BACKEND", "redis".into()),
+        ("RUNFLEET__QUEUE__NAME", QUEUE.into()),
+        (
+            "RUNFLEET__SECURITY__CREDENTIALS_KEY",
+            CREDENTIALS_KEY.into(),
+        ),
+        ("RUNFLEET__SECURITY__ADMIN_KEY", ADMIN_KEY.into()),
+        // The bench's 50 clients are one admin key: per-key limits would measure the limiter.
+        ("RUNFLEET__RATE_LIMITS__ENABLED", "false".into()),
+        ("RUNFLEET__TIERS__FREE", no_limit.clone()),
+        ("RUNFLEET__TIERS__BASIC", no_limit.clone()),
+        ("RUNFLEET__TIERS__PRO", no_limit.clone()),
+        ("RUNFLEET__TIERS__ENTERPRISE", no_limit.clone()),
+        ("RUNFLEET__LIMITS__MAX_RUNNERS", no_limit.clone()),
+        ("RUNFLEET__LIMITS__MAX_QUEUED", no_limit),
+        // The most idle trading runner there is: one simulated candle a second. Ticks cost
+        // the node CPU, not Redis.
+        ("RUNFLEET__MARKET__TICK_MS", "1000".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+}
+
+/// The same settings as a [`Settings`], for the admission script's context arguments.
+fn settings(redis_url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.redis.url = redis_url.to_owned();
+    s.redis.key_prefix = PREFIX.into();
+    s.queue.name = QUEUE.into();
+    s.tiers.free = NO_LIMIT;
+    s.tiers.basic = NO_LIMIT;
+    s.tiers.pro = NO_LIMIT;
+    s.tiers.enterprise = NO_LIMIT;
+    s.limits.max_runners = NO_LIMIT;
+    s.limits.max_queued = NO_LIMIT;
+    s
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1_000.0
+}
+
+/// Calls the admission script (`lib.lua` + `store_admit.lua`) the way any Redis client may
+/// (docs/redis-schema.md): `EVALSHA <sha> 0 <23 context arguments> <job> <user> <strategy> <spec>`.
+struct Admitter {
+    sha: String,
+    context: Vec<String>,
+    cipher: CredentialCipher,
+}
+
+/// One admission's arguments after the context.
+struct Admission {
+    id: JobId,
+    args: [String; 4],
+}
+
+impl Admitter {
+    async fn new(redis: &BenchRedis) -> anyhow::Result<Self> {
+        let settings = settings(&redis.url());
+        let pools = RedisPools::new(&settings.redis)?;
+        let keys = Keys::new(PREFIX);
+        let ready = keys.ready(QUEUE);
+        let store =
+            RedisStore::new(pools, keys, FleetPolicy::from_settings(&settings)).queuing_into(ready);
+        let text = format!(
+            "{}\n{}",
+            SCRIPT_PRELUDE,
+            include_str!("../../shared/src/scripts/store_admit.lua")
+        );
+        let mut c = redis.conn().await?;
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(text)
+            .query_async(&mut c)
+            .await?;
+        Ok(Self {
+            sha,
+            context: store.context_args().to_vec(),
+            cipher: CredentialCipher::from_base64(CREDENTIALS_KEY)?,
+        })
+    }
+
+    /// The job spec the orchestrator would make for start `i` of `clients` users.
+    fn admission(&self, i: usize, clients: usize) -> anyhow::Result<Admission> {
+        let mut req: StartRunnerRequest = serde_json::from_value(start_request(
+            &format!("user-{}", i % clients),
+            &format!("s{i}"),
+        ))?;
+        catalog::apply_defaults(&mut req.config);
+        let id = JobId::generate();
+        let spec = JobSpec {
+            credentials: self.cipher.seal(&id, &req.credentials)?,
+            id: id.clone(),
+            user_id: req.user_id,
+            strategy_id: req.strategy_id,
+            broker_id: req.broker_id,
+            config: req.config,
+        };
+        Ok(Admission {
+            args: [
+                id.as_str().to_owned(),
+                spec.user_id.as_str().to_owned(),
+                spec.strategy_id.as_str().to_owned(),
+                serde_json::to_string(&spec)?,
+            ],
+            id,
+        })
+    }
+
+    fn command(&self, a: &Admission) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.sha).arg(0).arg(&self.context).arg(&a.args);
+        cmd
+    }
+
+    /// Admits every one of `batch` in one pipeline (one round trip).
+    async fn admit_pipelined(
+        &self,
+        c: &mut MultiplexedConnection,
+        batch: &[Admission],
+    ) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for a in batch {
+            pipe.add_command(self.command(a));
+        }
+        let replies: Vec<Vec<redis::Value>> = pipe.query_async(c).await?;
+        for r in replies {
+            ensure_admitted(&r)?;
+        }
+        Ok(())
+    }
+}
+
+fn ensure_admitted(reply: &[redis::Value]) -> anyhow::Result<()> {
+    match reply.first() {
+        Some(redis::Value::Int(1)) => Ok(()),
+        _ => bail!("the admission script refused a start: {reply:?}"),
+    }
+}
+
+/// One repetition of every runfleet phase.
+pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Result<Sample> {
+    let mut sample = Sample::new();
+    let url = redis.url();
+    redis.flush().await?;
+    let (_orchestrator, api) = orchestrator(&logs, &url).await?;
+    let admitter = Admitter::new(redis).await?;
+
+    // Single starts over HTTP.
+    let before = redis.probe().await?;
+    let secs = http_starts(&api, sizes).await?;
+    let cost = redis.probe().await? - before;
+    sample.insert(Row::HttpStarts, sizes.starts as f64 / secs);
+    sample.insert(
+        Row::CpuPerStart,
+        cost.cpu_ms * 1_000.0 / sizes.starts as f64,
+    );
+    eprintln!("  runfleet: {} HTTP starts in {secs:.2} s", sizes.starts);
+
+    // The admission script from a plain client: one multiplexed connection, like ioredis in
+    // BullMQ's Queue, with `clients` calls in flight.
+    redis.flush().await?;
+    let batch: Vec<Admission> = (0..sizes.starts)
+        .map(|i| admitter.admission(i, sizes.clients))
+        .collect::<anyhow::Result<_>>()?;
+    let batch = Arc::new(batch);
+    let admitter = Arc::new(admitter);
+    let conn = redis.conn().await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..sizes.clients)
+        .map(|_| {
+            let (batch, admitter, next, mut conn) =
+                (batch.clone(), admitter.clone(), next.clone(), conn.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(a) = batch.get(i) else { break };
+                    let reply: Vec<redis::Value> =
+                        admitter.command(a).query_async(&mut conn).await?;
+                    ensure_admitted(&reply)?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in futures::future::join_all(tasks).await {
+        task??;
+    }
+    sample.insert(
+        Row::ScriptStarts,
+        sizes.starts as f64 / t.elapsed().as_secs_f64(),
+    );
+
+    // Bulk starts.
+    redis.flush().await?;
+    let total = sizes.bulk_batch * sizes.bulk_batches;
+    let batches: Vec<Vec<Admission>> = (0..sizes.bulk_batches)
+        .map(|b| {
+            (0..sizes.bulk_batch)
+                .map(|k| admitter.admission(b * sizes.bulk_batch + k, sizes.clients))
+                .collect()
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut c = redis.conn().await?;
+    let t = Instant::now();
+    for (b, batch) in batches.iter().enumerate() {
+        match sizes.bulk_via {
+            BulkVia::Script => admitter.admit_pipelined(&mut c, batch).await?,
+            BulkVia::HttpBatch => http_batch(&api, b, sizes).await?,
+        }
+    }
+    sample.insert(Row::BulkStarts, total as f64 / t.elapsed().as_secs_f64());
+
+    // Pick-up latency, one start at a time, with one idle node waiting.
+    redis.flush().await?;
+    let capacity = sizes.pickup_samples + crate::WARMUP + 1;
+    let pickup_node = node(&logs, "pickup-node", &url, capacity);
+    wait_for_nodes(&api, 1).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = rss_bytes(pickup_node.pid())?;
+    let keys = Keys::new(PREFIX);
+    let mut latencies = Vec::new();
+    for i in 0..crate::WARMUP + sizes.pickup_samples {
+        let t0 = now_ms();
+        let (code, body) = api
+            .post(
+                "/v1/runners",
+                &start_request("pickup-user", &format!("p{i}")),
+            )
+            .await;
+        ensure!(code == 202, "start refused: {code} {body}");
+        let id = JobId::new(body["jobId"].as_str().context("jobId")?);
+        let started = loop {
+            let s: Option<f64> = redis::cmd("HGET")
+                .arg(keys.job(&id))
+                .arg("started")
+                .query_async(&mut c)
+                .await?;
+            if let Some(s) = s {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if i >= crate::WARMUP {
+            latencies.push(started - t0);
+        }
+    }
+    drop(pickup_node);
+    sample.insert(Row::PickupP50, quantile(&latencies, 0.5));
+    sample.insert(Row::PickupP99, quantile(&latencies, 0.99));
+
+    // Drain: `running` jobs queued, then the nodes started.
+    redis.flush().await?;
+    let mut ids = Vec::with_capacity(sizes.running);
+    for chunk_start in (0..sizes.running).step_by(1_000) {
+        let batch: Vec<Admission> = (chunk_start..sizes.running.min(chunk_start + 1_000))
+            .map(|i| admitter.admission(i, sizes.clients))
+            .collect::<anyhow::Result<_>>()?;
+        admitter.admit_pipelined(&mut c, &batch).await?;
+        ids.extend(batch.into_iter().map(|a| keys.job(&a.id)));
+    }
+    let per_node = sizes.running.div_ceil(sizes.nodes);
+    let t0 = now_ms();
+    let nodes: Vec<Process> = (0..sizes.nodes)
+        .map(|n| node(&logs, &format!("node-{n}"), &url, per_node))
+        .collect();
+    // Running means claimed: the claim script takes a job out of the `queued` set in the step
+    // that marks it running. (The job hashes' `started` is the claim script's `TIME`, taken
+    // when the script begins, so it cannot tell when a claim of thousands ends.)
+    let drain_deadline = Instant::now() + Duration::from_secs(300);
+    let all_running = loop {
+        let queued: u64 = redis::cmd("SCARD")
+            .arg(keys.queued())
+            .query_async(&mut c)
+            .await?;
+        if queued == 0 {
+            break now_ms();
+        }
+        ensure!(
+            Instant::now() < drain_deadline,
+            "the nodes did not start every queued runner within 300 s (logs in {})",
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let mut pipe = redis::pipe();
+    for k in &ids {
+        pipe.cmd("HGET").arg(k).arg("status");
+    }
+    let statuses: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+    let not_running = statuses
+        .iter()
+        .filter(|s| s.as_deref() != Some("running"))
+        .count();
+    ensure!(
+        not_running == 0,
+        "{not_running} of {} drained jobs are not running (logs in {})",
+        ids.len(),
+        logs.display()
+    );
+    sample.insert(Row::Drain, all_running - t0);
+    eprintln!(
+        "  runfleet: {} runners running on {} node(s)",
+        sizes.running, sizes.nodes
+    );
+
+    // Steady state: every runner running, default timings.
+    let (cpu, bytes, stall) = crate::steady(redis, sizes, HEARTBEAT_MS).await?;
+    sample.insert(Row::SteadyCpu, cpu);
+    sample.insert(Row::BytesPerBeat, bytes);
+    sample.insert(Row::Stall, stall);
+    let mut grown = 0.0;
+    for n in &nodes {
+        grown += rss_bytes(n.pid())? - idle_rss;
+    }
+    sample.insert(Row::MemoryPerRunner, grown / sizes.running as f64 / 1_024.0);
+    drop(nodes);
+    redis.flush().await?;
+    Ok(sample)
+}
+
+async fn orchestrator(logs: &std::path::Path, url: &str) -> anyhow::Result<(Process, Api)> {
+    let port = free_port();
+    let p = runfleet_fleet_tests::spawn(
+        logs,
+        "orchestrator",
+        "runfleet-orchestrator",
+        &["--bind".into(), format!("127.0.0.1:{port}")],
+        env(url),
+    );
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    if let Err(e) = api.wait_healthy(Duration::from_secs(30)).await {
+        bail!(
+            "the orchestrator did not become healthy: {e}\n--- its output ---\n{}",
+            p.output()
+        );
+    }
+    Ok((p, api))
+}
+
+fn node(logs: &std::path::Path, name: &str, url: &str, capacity: usize) -> Process {
+    runfleet_fleet_tests::spawn(
+        logs,
+        name,
+        "runfleet-worker-node",
+        &["--capacity".into(), capacity.to_string()],
+        env(url),
+    )
+}
+
+async fn wait_for_nodes(api: &Api, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = api.get("/v1/nodes").await;
+        if body["nodes"].as_array().is_some_and(|a| a.len() >= n) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no worker node registered in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `sizes.starts` `POST /v1/runners` from `sizes.clients` concurrent clients; the seconds taken.
+async fn http_starts(api: &Api, sizes: &Sizes) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..sizes.clients)
+        .map(|client| {
+            let (api, next, total) = (api.clone(), next.clone(), sizes.starts);
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let body = start_request(&format!("user-{client}"), &format!("s{i}"));
+                    let (code, reply) = api.try_post("/v1/runners", &body).await?;
+                    ensure!(code == 202, "start refused: {code} {reply}");
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in futures::future::join_all(tasks).await {
+        task??;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The hook for the bulk start endpoint (issue 15): batch `b` as one `POST /v1/runners/batch`.
+/// The body's shape is the one the issue proposes; adjust it here when the endpoint lands.
+async fn http_batch(api: &Api, b: usize, sizes: &Sizes) -> anyhow::Result<()> {
+    let runners: Vec<_> = (0..sizes.bulk_batch)
+        .map(|k| {
+            let i = b * sizes.bulk_batch + k;
+            start_request(&format!("user-{}", i % sizes.clients), &format!("s{i}"))
+        })
+        .collect();
+    let (code, reply) = api
+        .try_post("/v1/runners/batch", &json!({ "runners": runners }))
+        .await?;
+    ensure!(
+        (200..300).contains(&code),
+        "POST /v1/runners/batch answered {code}: {reply}"
+    );
+    Ok(())
+}
