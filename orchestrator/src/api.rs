@@ -28,6 +28,7 @@ use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::extract::{JsonBody, Path};
+use crate::rate_limit::{CallClass, RateLimits};
 use crate::request_id::RequestId;
 
 /// What every handler shares: the store, the queue, the credentials cipher and the settings.
@@ -158,8 +159,32 @@ pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
 async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
     app: AppState<S, Q>,
     caller: Caller,
-    mut req: StartRunnerRequest,
+    req: StartRunnerRequest,
 ) -> Result<Response, ApiError> {
+    let spec = job_of(&app, &caller, req)?;
+    let (tier, limit, current) = admitted(&spec, app.store.admit(&spec).await?)?;
+    let id = &spec.id;
+    if let Err(e) = dispatch(&app.store, &app.queue, std::slice::from_ref(id)).await {
+        // Undo the admission so the slot is not held by a job that will never run.
+        if let Err(undo) = app.store.forget(id, &spec.user_id).await {
+            tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
+        }
+        return Err(e.into());
+    }
+    tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(queued_answer(id, tier, limit, current)),
+    )
+        .into_response())
+}
+
+/// Checks a start request for `caller` and seals its credentials: the job to admit.
+fn job_of<S, Q>(
+    app: &AppState<S, Q>,
+    caller: &Caller,
+    mut req: StartRunnerRequest,
+) -> Result<JobSpec, ApiError> {
     caller.act_for(&req.user_id)?;
     catalog::apply_defaults(&mut req.config);
     let options = catalog::ValidationOptions {
@@ -172,66 +197,155 @@ async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
         .cipher
         .seal(&id, &req.credentials)
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let spec = JobSpec {
-        id: id.clone(),
+    Ok(JobSpec {
+        id,
         user_id: req.user_id,
         strategy_id: req.strategy_id,
         broker_id: req.broker_id,
         config: req.config,
         credentials,
-    };
-    let (tier, limit, current) = match app.store.admit(&spec).await? {
+    })
+}
+
+/// The store's admission of `spec` as the caller sees it: (tier, limit, runners in use), or
+/// the refusal.
+fn admitted(spec: &JobSpec, admission: Admission) -> Result<(Tier, u32, u32), ApiError> {
+    match admission {
         Admission::Admitted {
             tier,
             limit,
             current,
-        } => (tier, limit, current),
+        } => Ok((tier, limit, current)),
         Admission::LimitReached {
             tier,
             limit,
             current,
-        } => {
-            return Err(ApiError::LimitReached {
-                tier: tier.to_string(),
-                limit,
-                current,
-            });
-        }
-        Admission::FleetFull { retry_after_ms } => {
-            return Err(ApiError::FleetFull { retry_after_ms });
-        }
-        Admission::QueueFull { retry_after_ms } => {
-            return Err(ApiError::QueueFull { retry_after_ms });
-        }
-        Admission::BreakerOpen { retry_after_ms } => {
-            return Err(ApiError::CircuitOpen {
-                strategy: spec.strategy_id.to_string(),
-                retry_after_ms,
-            });
-        }
-        Admission::Invalid { reason } => {
-            // The request was validated above, so the store disagreeing is a defect here.
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "admission refused a validated spec: {reason}"
-            )));
-        }
-    };
-    if let Err(e) = dispatch(&app.store, &app.queue, std::slice::from_ref(&id)).await {
-        // Undo the admission so the slot is not held by a job that will never run.
-        if let Err(undo) = app.store.forget(&id, &spec.user_id).await {
-            tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
-        }
-        return Err(e.into());
+        } => Err(ApiError::LimitReached {
+            tier: tier.to_string(),
+            limit,
+            current,
+        }),
+        Admission::FleetFull { retry_after_ms } => Err(ApiError::FleetFull { retry_after_ms }),
+        Admission::QueueFull { retry_after_ms } => Err(ApiError::QueueFull { retry_after_ms }),
+        Admission::BreakerOpen { retry_after_ms } => Err(ApiError::CircuitOpen {
+            strategy: spec.strategy_id.to_string(),
+            retry_after_ms,
+        }),
+        // The request was validated before, so the store disagreeing is a defect here.
+        Admission::Invalid { reason } => Err(ApiError::Internal(anyhow::anyhow!(
+            "admission refused a validated spec: {reason}"
+        ))),
     }
-    tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
-    let body = json!({
+}
+
+/// The answer to an accepted start.
+fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> Value {
+    json!({
         "success": true,
         "jobId": id,
         "workerId": id,
         "status": JobStatus::Queued,
         "message": format!("runner queued ({current} of {limit} runners in use, tier {tier})"),
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    })
+}
+
+/// Body of `POST /v1/runners/batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchStartRequest {
+    /// Start requests, each as `POST /v1/runners` takes it (checked one by one).
+    pub runners: Vec<Value>,
+}
+
+/// `POST /v1/runners/batch`: many starts in one call (of one user or, with the admin key, of
+/// many). Each runner is checked, admitted or refused on its own, atomically, exactly as a
+/// single start would be, and gets its own answer in `results` (in order); the admissions go
+/// to the store in one round trip. Counts as one start per runner against the key's rate
+/// limit. 200 with the results, or an error for the whole batch when nothing was admitted
+/// (a malformed body, too many runners, the key over its rate limit, the store unreachable).
+pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    axum::Extension(limits): axum::Extension<Arc<RateLimits>>,
+    JsonBody(req): JsonBody<BatchStartRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let n = req.runners.len();
+    let max = app.settings.limits.batch_max;
+    if n == 0 || n > max {
+        return Err(ApiError::invalid(
+            "runners",
+            format!("a batch holds 1 to {max} runners; this one holds {n}"),
+        ));
+    }
+    // The extractor counted this call as one start: the batch is one per runner.
+    limits.check_more(&caller, CallClass::Start, n)?;
+
+    let mut results: Vec<Result<Value, ApiError>> = Vec::with_capacity(n);
+    let mut specs = Vec::new();
+    for (i, raw) in req.runners.into_iter().enumerate() {
+        let spec = crate::extract::from_value::<StartRunnerRequest>(raw)
+            .and_then(|r| job_of(&app, &caller, r))
+            .map_err(|e| e.within(&format!("runners[{i}]")));
+        match spec {
+            Ok(spec) => {
+                specs.push((i, spec));
+                results.push(Ok(Value::Null));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    let jobs: Vec<JobSpec> = specs.iter().map(|(_, s)| s.clone()).collect();
+    let admissions = app.store.admit_many(&jobs).await?;
+    let mut queued = Vec::new();
+    for ((i, spec), admission) in specs.into_iter().zip(admissions) {
+        results[i] = admitted(&spec, admission).map(|(tier, limit, current)| {
+            queued.push((i, spec.id.clone(), spec.user_id.clone()));
+            queued_answer(&spec.id, tier, limit, current)
+        });
+    }
+    let ids: Vec<JobId> = queued.iter().map(|(_, id, _)| id.clone()).collect();
+    if let Err(e) = dispatch(&app.store, &app.queue, &ids).await {
+        // None reached the queue for sure: undo them all, as a single start would.
+        let e = ApiError::from(e).to_string();
+        for (i, id, user) in &queued {
+            if let Err(undo) = app.store.forget(id, user).await {
+                tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
+            }
+            results[*i] = Err(ApiError::QueueUnavailable(anyhow::anyhow!("{e}")));
+        }
+    }
+    let mut accepted = 0;
+    let answers: Vec<Value> = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let outcome = match &r {
+                Ok(_) => "accepted",
+                Err(e) => e.code(),
+            };
+            metrics::counter!(observability::ADMISSIONS_TOTAL, "outcome" => outcome).increment(1);
+            match r {
+                Ok(mut v) => {
+                    accepted += 1;
+                    v["index"] = json!(i);
+                    v["httpStatus"] = json!(StatusCode::ACCEPTED.as_u16());
+                    v
+                }
+                Err(e) => {
+                    let (status, mut body) = e.status_and_body();
+                    body["index"] = json!(i);
+                    body["httpStatus"] = json!(status.as_u16());
+                    body
+                }
+            }
+        })
+        .collect();
+    Ok(Json(json!({
+        "success": true,
+        "accepted": accepted,
+        "refused": n - accepted,
+        "results": answers,
+    })))
 }
 
 /// Body of a stop request.

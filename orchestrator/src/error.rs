@@ -139,15 +139,32 @@ impl ApiError {
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        match &self {
-            ApiError::Unavailable(e) => tracing::warn!(error = %e, "store unavailable"),
-            ApiError::QueueUnavailable(e) => tracing::warn!(error = %e, "queue unavailable"),
-            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
-            _ => {}
+impl ApiError {
+    /// The status and JSON body of this refusal (`{"success": false, "error": {...}}`), as a
+    /// whole answer or one item of a batch's answer.
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, error, _) = self.parts();
+        (status, json!({ "success": false, "error": error }))
+    }
+
+    /// This error inside element `at` of the request (`runners[3]`): a field it names is
+    /// prefixed with that path.
+    pub fn within(self, at: &str) -> Self {
+        match self {
+            ApiError::Invalid { field, message } => ApiError::Invalid {
+                field: if field == "body" {
+                    at.to_owned()
+                } else {
+                    format!("{at}.{field}")
+                },
+                message,
+            },
+            other => other,
         }
+    }
+
+    fn parts(&self) -> (StatusCode, serde_json::Value, Option<u64>) {
+        let (status, code) = self.status_and_code();
         let mut error = json!({ "code": code, "message": self.to_string() });
         if let ApiError::Invalid { field, .. } = &self {
             error["field"] = json!(field);
@@ -175,6 +192,19 @@ impl IntoResponse for ApiError {
         if let Some(secs) = retry_after {
             error["retryAfterSeconds"] = json!(secs);
         }
+        (status, error, retry_after)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "store unavailable"),
+            ApiError::QueueUnavailable(e) => tracing::warn!(error = %e, "queue unavailable"),
+            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            _ => {}
+        }
+        let (status, error, retry_after) = self.parts();
         let mut response = (
             status,
             axum::Json(json!({ "success": false, "error": error })),

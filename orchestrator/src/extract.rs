@@ -53,6 +53,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Reads `T` from an already parsed JSON value (an element of a batch), reporting the path of
+/// the first bad field as [`parse`] does.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    parse(&bytes)
+}
+
 fn deserialize<'de, T: DeserializeOwned>(
     de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
 ) -> Result<T, ApiError> {

@@ -31,12 +31,17 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     let http = &state.settings.http;
     let timeout = Duration::from_millis(http.request_timeout_ms);
     let body_limit = http.body_limit_bytes;
+    let batch_body_limit = http.batch_body_limit_bytes;
     let rate_limits = std::sync::Arc::new(rate_limit::RateLimits::new(&state.settings.rate_limits));
     Router::new()
         .route("/healthz", get(api::healthz::<S, Q>))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(api::metrics::<S, Q>))
         .route("/v1/runners", post(api::start::<S, Q>))
+        .route(
+            "/v1/runners/batch",
+            post(api::start_batch::<S, Q>).layer(DefaultBodyLimit::max(batch_body_limit)),
+        )
         .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
         .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
         .route(

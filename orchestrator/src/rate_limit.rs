@@ -16,6 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use runfleet::config::RateLimitSettings;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 /// Keys tracked before idle ones are forgotten (a key whose bucket is full again loses nothing).
@@ -36,7 +37,9 @@ impl CallClass {
     /// The class of `method path`.
     pub fn of(method: &Method, path: &str) -> Self {
         match (method, path) {
-            (&Method::POST, "/v1/runners" | "/runner/start") => CallClass::Start,
+            (&Method::POST, "/v1/runners" | "/v1/runners/batch" | "/runner/start") => {
+                CallClass::Start
+            }
             (&Method::POST, p) if p.ends_with("/stop") => CallClass::Stop,
             _ => CallClass::Read,
         }
@@ -56,6 +59,8 @@ impl CallClass {
 pub struct RateLimits {
     /// One per [`CallClass`]; `None` when limits are off.
     limiters: Option<[DefaultKeyedRateLimiter<String>; 3]>,
+    /// Each class's burst (as `limiters`).
+    bursts: [u32; 3],
     clock: DefaultClock,
 }
 
@@ -79,6 +84,7 @@ impl RateLimits {
         });
         Self {
             limiters,
+            bursts: [s.starts_burst, s.stops_burst, s.reads_burst].map(|b| b.max(1)),
             clock: DefaultClock::default(),
         }
     }
@@ -102,6 +108,49 @@ impl RateLimits {
     }
 }
 
+impl RateLimits {
+    /// Counts a call of `class` by the caller that stands for `total` of them (a batch of
+    /// starts), of which the extractor counted one already; nothing for the admin key, which
+    /// is not limited. Refused whole when the key has not that much left now (429, nothing
+    /// more counted), or can never have it (more than the key's burst: 400 naming `runners`).
+    pub fn check_more(
+        &self,
+        caller: &Caller,
+        class: CallClass,
+        total: usize,
+    ) -> Result<(), ApiError> {
+        let (Some(limiters), Caller::User { key_id, .. }) = (&self.limiters, caller) else {
+            return Ok(());
+        };
+        let burst = self.bursts[class as usize];
+        if total > burst as usize {
+            return Err(ApiError::invalid(
+                "runners",
+                format!(
+                    "{total} runners are more than this key may start at once (its burst is {burst})"
+                ),
+            ));
+        }
+        let Some(more) = u32::try_from(total - 1).ok().and_then(NonZeroU32::new) else {
+            return Ok(());
+        };
+        match limiters[class as usize].check_key_n(key_id, more) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(ApiError::RateLimited {
+                class: class.as_str(),
+                retry_after_ms: not_until
+                    .wait_time_from(self.clock.now())
+                    .as_millis()
+                    .max(1) as u64,
+            }),
+            Err(governor::InsufficientCapacity(burst)) => Err(ApiError::invalid(
+                "runners",
+                format!("more runners than this key may start at once (its burst is {burst})"),
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +163,10 @@ mod tests {
         );
         assert_eq!(
             CallClass::of(&Method::POST, "/runner/start"),
+            CallClass::Start
+        );
+        assert_eq!(
+            CallClass::of(&Method::POST, "/v1/runners/batch"),
             CallClass::Start
         );
         assert_eq!(

@@ -1351,3 +1351,143 @@ async fn the_event_stream_shows_a_user_only_its_own_runners_and_refuses_bad_inpu
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_start_admits_or_refuses_each_runner_on_its_own() {
+    let t = test_app(|_| {});
+    let ann = user_key(&t.router, "ann").await;
+    let mut bad = start_body("ann");
+    bad["config"]["riskManagement"]["stopLossPercent"] = json!(-1);
+    let batch = json!({"runners": [
+        start_body("ann"),          // admitted: ann's one free slot
+        bad,                        // refused: a bad field, named within the batch
+        start_body("ann"),          // refused: ann's tier is full now
+        start_body("bob"),          // refused: not ann's to start
+        {"userId": "ann"},          // refused: missing fields
+    ]});
+    let r = call(
+        &t.router,
+        "POST",
+        "/v1/runners/batch",
+        Some(batch),
+        Some(&ann),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (r.body["accepted"].clone(), r.body["refused"].clone()),
+        (json!(1), json!(4))
+    );
+    let results = r.body["results"].as_array().unwrap();
+    let summary: Vec<(u64, u64, &str)> = results
+        .iter()
+        .map(|v| {
+            (
+                v["index"].as_u64().unwrap(),
+                v["httpStatus"].as_u64().unwrap(),
+                v["error"]["code"].as_str().unwrap_or("accepted"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, 202, "accepted"),
+            (1, 400, "invalid_request"),
+            (2, 403, "runner_limit_reached"),
+            (3, 403, "forbidden"),
+            (4, 400, "invalid_request"),
+        ]
+    );
+    assert_eq!(
+        results[1]["error"]["field"],
+        "runners[1].config.riskManagement.stopLossPercent"
+    );
+    assert!(
+        results[4]["error"]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("runners[4].")
+    );
+    assert!(results[0]["jobId"].as_str().unwrap().starts_with("job-"));
+    // Exactly the accepted one was recorded and queued.
+    assert_eq!(t.queue.depth().await.unwrap(), 1);
+    assert_eq!(t.store.active_count(&UserId::new("ann")).await.unwrap(), 1);
+    assert_eq!(
+        t.store.user_jobs(&UserId::new("bob")).await.unwrap().len(),
+        0
+    );
+
+    // The admin starts runners of many users at once.
+    let many: Vec<Value> = (0..20).map(|i| start_body(&format!("u{i}"))).collect();
+    let r = admin(
+        &t.router,
+        "POST",
+        "/v1/runners/batch",
+        Some(json!({"runners": many})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["accepted"], 20);
+    assert_eq!(t.queue.depth().await.unwrap(), 21);
+}
+
+#[tokio::test]
+async fn a_batch_is_refused_whole_when_empty_too_large_or_over_the_keys_rate() {
+    let t = test_app(|s| {
+        s.limits.batch_max = 12;
+        s.rate_limits.enabled = true;
+        s.rate_limits.starts_burst = 10;
+        s.rate_limits.starts_per_minute = 1;
+        s.tiers.free = 10;
+    });
+    let ann = user_key(&t.router, "ann").await;
+    let batch = |n: usize| json!({"runners": vec![start_body("ann"); n]});
+    let cases = [
+        (json!({"runners": []}), StatusCode::BAD_REQUEST, "runners"),
+        (batch(13), StatusCode::BAD_REQUEST, "runners"),
+        (
+            json!({"runners": [], "extra": 1}),
+            StatusCode::BAD_REQUEST,
+            "extra",
+        ),
+        (json!({}), StatusCode::BAD_REQUEST, "runners"),
+        // More than the key's burst of starts can ever allow at once.
+        (batch(11), StatusCode::BAD_REQUEST, "runners"),
+    ];
+    for (body, status, field) in cases {
+        let r = call(
+            &t.router,
+            "POST",
+            "/v1/runners/batch",
+            Some(body.clone()),
+            Some(&ann),
+        )
+        .await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.body);
+    }
+    assert_eq!(t.queue.depth().await.unwrap(), 0, "nothing written");
+    // Each call above counted as one start (5 of the burst of 10): three more fit, then
+    // three more do not (429, none of them written).
+    let send = |n| {
+        call(
+            &t.router,
+            "POST",
+            "/v1/runners/batch",
+            Some(batch(n)),
+            Some(&ann),
+        )
+    };
+    let r = send(3).await;
+    assert_eq!(
+        (r.status, r.body["accepted"].clone()),
+        (StatusCode::OK, json!(3)),
+        "{}",
+        r.body
+    );
+    let r = send(3).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert!(r.retry_after.is_some());
+    assert_eq!(t.queue.depth().await.unwrap(), 3);
+}

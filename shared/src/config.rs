@@ -172,6 +172,8 @@ pub struct LimitSettings {
     pub max_queued: u32,
     /// The Retry-After given with those refusals.
     pub retry_after_ms: u64,
+    /// Runners one `POST /v1/runners/batch` may start.
+    pub batch_max: usize,
 }
 
 impl Default for LimitSettings {
@@ -180,6 +182,7 @@ impl Default for LimitSettings {
             max_runners: 10_000,
             max_queued: 10_000,
             retry_after_ms: 5_000,
+            batch_max: 1_000,
         }
     }
 }
@@ -468,6 +471,8 @@ pub struct HttpSettings {
     pub request_timeout_ms: u64,
     /// Largest request body accepted.
     pub body_limit_bytes: usize,
+    /// Largest body `POST /v1/runners/batch` accepts.
+    pub batch_body_limit_bytes: usize,
     /// How long a stop request waits for the node to confirm before answering 202.
     pub stop_wait_ms: u64,
 }
@@ -478,6 +483,7 @@ impl Default for HttpSettings {
             bind: "127.0.0.1:8080".into(),
             request_timeout_ms: 15_000,
             body_limit_bytes: 64 * 1024,
+            batch_body_limit_bytes: 4 * 1024 * 1024,
             stop_wait_ms: 10_000,
         }
     }

@@ -974,6 +974,28 @@ async fn the_event_stream_is_read_after_an_id_and_waits_for_the_next<S: FleetSto
     );
 }
 
+/// A batch of admissions: each decided on its own, in order, as one by one.
+async fn a_batch_of_admissions_decides_each_on_its_own_in_order<S: FleetStore>(s: S) {
+    let batch = [spec("bea"), spec("bea"), spec("cal"), spec("bea")];
+    let got = s.admit_many(&batch).await.unwrap();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|a| match a {
+            Admission::Admitted { .. } => "admitted",
+            Admission::LimitReached { .. } => "limit",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["admitted", "limit", "admitted", "limit"]);
+    assert_eq!(s.active_count(&UserId::new("bea")).await.unwrap(), 1);
+    assert!(s.job(&batch[0].id).await.unwrap().is_some());
+    assert!(
+        s.job(&batch[1].id).await.unwrap().is_none(),
+        "a refused one left nothing"
+    );
+    assert!(s.admit_many(&[]).await.unwrap().is_empty());
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -997,7 +1019,8 @@ macro_rules! store_conformance {
                 a_runners_history_lists_every_step_with_its_epoch,
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
-                the_event_stream_is_read_after_an_id_and_waits_for_the_next);
+                the_event_stream_is_read_after_an_id_and_waits_for_the_next,
+                a_batch_of_admissions_decides_each_on_its_own_in_order);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -1119,6 +1142,7 @@ fn tight() -> FleetPolicy {
             max_runners: 3,
             max_queued: 2,
             retry_after_ms: 4_000,
+            ..Default::default()
         },
         ..policy()
     }

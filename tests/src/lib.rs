@@ -491,6 +491,17 @@ impl Api {
         self.key.as_deref()
     }
 
+    /// Gives `user` `tier` for a day through the admin API.
+    pub async fn grant(&self, user: &str, tier: &str) {
+        let (code, body) = self
+            .put_admin(
+                &format!("/v1/users/{user}/entitlement"),
+                &serde_json::json!({"tier": tier, "days": 1}),
+            )
+            .await;
+        assert_eq!(code, 200, "granting {tier} to {user}: {body}");
+    }
+
     /// Issues a user API key through the admin API.
     pub async fn user_key(&self, user: &str) -> String {
         let admin = self.with_key(Some(ADMIN_KEY));

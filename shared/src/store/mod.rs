@@ -376,6 +376,22 @@ pub trait JobStore: Send + Sync {
     /// step.
     fn admit(&self, spec: &JobSpec) -> impl Future<Output = Result<Admission, StoreError>> + Send;
 
+    /// Admits each of `specs` on its own, in order, as [`JobStore::admit`] one by one would
+    /// (each atomic; one refused does not stop the next), in as few round trips as the store
+    /// can: one for the Redis store.
+    fn admit_many(
+        &self,
+        specs: &[JobSpec],
+    ) -> impl Future<Output = Result<Vec<Admission>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(specs.len());
+            for spec in specs {
+                out.push(self.admit(spec).await?);
+            }
+            Ok(out)
+        }
+    }
+
     /// Whether the store queues jobs itself, in the same atomic step that makes them queued
     /// (admission, restart, hand-back): the Redis store over the Redis-list queue. Otherwise the
     /// caller publishes them ([`crate::dispatch`]) and confirms with

@@ -108,6 +108,16 @@ impl RedisStore {
         }
         inv
     }
+
+    /// The admission script's call for `spec`.
+    fn admit_invocation(&self, spec: &JobSpec) -> ScriptInvocation<'static> {
+        let mut inv = self.invoke(&ADMIT);
+        inv.arg(spec.id.as_str())
+            .arg(spec.user_id.as_str())
+            .arg(spec.strategy_id.as_str())
+            .arg(json(spec));
+        inv
+    }
 }
 
 /// The prelude's context arguments for `keys`, `policy` and the ready list the scripts push onto
@@ -233,40 +243,32 @@ fn text(v: &Value) -> Option<String> {
 
 impl JobStore for RedisStore {
     async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
-        let (code, tier, limit, current, last): (i64, String, u32, u32, Value) = self
-            .invoke(&ADMIT)
-            .arg(spec.id.as_str())
-            .arg(spec.user_id.as_str())
-            .arg(spec.strategy_id.as_str())
-            .arg(json(spec))
+        let reply: AdmitReply = self
+            .admit_invocation(spec)
             .invoke_async(&mut *self.conn().await?)
             .await?;
-        if code == -2 {
-            return Ok(Admission::Invalid {
-                reason: text(&last).unwrap_or_default(),
-            });
+        admission_of(reply, spec)
+    }
+
+    async fn admit_many(&self, specs: &[JobSpec]) -> Result<Vec<Admission>, StoreError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
         }
-        let retry_after_ms = text(&last).and_then(|t| t.parse().ok()).unwrap_or(0);
-        let tier: Tier = tier.parse().map_err(StoreError::data)?;
-        match code {
-            1 => Ok(Admission::Admitted {
-                tier,
-                limit,
-                current,
-            }),
-            0 => Ok(Admission::LimitReached {
-                tier,
-                limit,
-                current,
-            }),
-            2 => Ok(Admission::BreakerOpen { retry_after_ms }),
-            3 => Ok(Admission::FleetFull { retry_after_ms }),
-            4 => Ok(Admission::QueueFull { retry_after_ms }),
-            _ => Err(StoreError::data(format!(
-                "job id {} already exists",
-                spec.id
-            ))),
+        let invocations: Vec<ScriptInvocation<'_>> =
+            specs.iter().map(|s| self.admit_invocation(s)).collect();
+        // One round trip: the script is loaded first (a no-op when it is), then each admission
+        // runs as its own script call, so each is atomic on its own and others interleave.
+        let mut pipe = ::redis::pipe();
+        pipe.load_script(&ADMIT).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
         }
+        let replies: Vec<AdmitReply> = pipe.query_async(&mut *self.conn().await?).await?;
+        replies
+            .into_iter()
+            .zip(specs)
+            .map(|(reply, spec)| admission_of(reply, spec))
+            .collect()
     }
 
     fn queues_inline(&self) -> bool {
@@ -841,6 +843,40 @@ impl AdminAudit for RedisStore {
 /// Runners renewed per heartbeat script call (a heartbeat sends as many calls as it needs):
 /// bounds how long one call holds Redis (about 2-3 ms per 100 runners).
 const RENEW_CHUNK: usize = 500;
+
+/// What the admission script answers: code, tier, limit, current, detail.
+type AdmitReply = (i64, String, u32, u32, Value);
+
+/// The admission the script's answer for `spec` means.
+fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreError> {
+    let (code, tier, limit, current, last) = reply;
+    if code == -2 {
+        return Ok(Admission::Invalid {
+            reason: text(&last).unwrap_or_default(),
+        });
+    }
+    let retry_after_ms = text(&last).and_then(|t| t.parse().ok()).unwrap_or(0);
+    let tier: Tier = tier.parse().map_err(StoreError::data)?;
+    match code {
+        1 => Ok(Admission::Admitted {
+            tier,
+            limit,
+            current,
+        }),
+        0 => Ok(Admission::LimitReached {
+            tier,
+            limit,
+            current,
+        }),
+        2 => Ok(Admission::BreakerOpen { retry_after_ms }),
+        3 => Ok(Admission::FleetFull { retry_after_ms }),
+        4 => Ok(Admission::QueueFull { retry_after_ms }),
+        _ => Err(StoreError::data(format!(
+            "job id {} already exists",
+            spec.id
+        ))),
+    }
+}
 
 /// The time part of a stream entry id (`<ms>-<seq>`): when Redis appended it.
 fn stream_id_ms(id: &str) -> Result<u64, StoreError> {

@@ -17,16 +17,6 @@ fn workers(status: &Value) -> Vec<Value> {
     status["workers"].as_array().cloned().unwrap_or_default()
 }
 
-async fn grant(api: &Api, user: &str, tier: &str) {
-    let (code, body) = api
-        .put_admin(
-            &format!("/v1/users/{user}/entitlement"),
-            &json!({"tier": tier, "days": 1}),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
-}
-
 async fn smembers(fleet: &Fleet, key: &str) -> HashSet<String> {
     let mut r = fleet.redis().await;
     redis::cmd("SMEMBERS")
@@ -87,7 +77,7 @@ async fn an_orchestrator_killed_mid_burst_strands_no_slot_redis() {
     let (_admin_proc, admin) = fleet.orchestrator("admin").await;
     let users: Vec<String> = (0..10).map(|i| format!("burst{i}")).collect();
     for u in &users {
-        grant(&admin, u, "pro").await;
+        admin.grant(u, "pro").await;
     }
     let mut orphans_per_round = Vec::new();
     for round in 0..5 {
@@ -139,7 +129,7 @@ async fn an_orchestrator_killed_mid_burst_strands_no_slot_rabbitmq() {
     let (_admin_proc, admin) = fleet.orchestrator("admin").await;
     let users: Vec<String> = (0..5).map(|i| format!("amqp{i}")).collect();
     for u in &users {
-        grant(&admin, u, "pro").await;
+        admin.grant(u, "pro").await;
     }
     let _worker = fleet.worker("worker", 60);
     let mut not_running = Vec::new();
@@ -200,7 +190,7 @@ async fn ids_with_the_key_separator_reach_no_other_tenant() {
     let (_o, api) = fleet.orchestrator("orchestrator").await;
     let _w = fleet.worker("worker", 10);
     for u in ["eve", "eve:x", "mallory"] {
-        grant(&api, u, "pro").await;
+        api.grant(u, "pro").await;
     }
     let panicking = |user: &str, strategy: &str| {
         let mut body = start_request(user, strategy);
@@ -253,7 +243,7 @@ async fn one_bad_job_fails_alone_and_its_batch_runs() {
     fleet.cleanup().await;
     let (_o, api) = fleet.orchestrator("orchestrator").await;
     for u in ["good1", "good2"] {
-        grant(&api, u, "pro").await;
+        api.grant(u, "pro").await;
     }
     let mut good = Vec::new();
     let mut r = fleet.redis().await;
@@ -415,7 +405,7 @@ async fn killed_nodes_fail_no_runner_and_their_work_spreads() {
     let (_o, api) = fleet.orchestrator("orchestrator").await;
     let users = ["kay", "lin", "mo"];
     for u in users {
-        grant(&api, u, "pro").await;
+        api.grant(u, "pro").await;
     }
     let first = fleet.worker("worker-first", 30);
     for u in users {
@@ -500,7 +490,7 @@ async fn a_runner_that_cannot_start_fails_at_once_without_a_breaker_count() {
     fleet.cleanup().await;
     let (_o, api) = fleet.orchestrator("orchestrator").await;
     let _w = fleet.worker("worker", 4);
-    grant(&api, "quinn", "basic").await;
+    api.grant("quinn", "basic").await;
     let mut body = start_request("quinn", "replayer");
     body["config"]["instruments"] = json!(["BTC-PERPETUAL"]);
     let (code, started) = api.post("/v1/runners", &body).await;

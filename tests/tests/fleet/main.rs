@@ -2,6 +2,7 @@
 
 mod admin_audit;
 mod any_client;
+mod batch;
 mod integrity;
 mod observability;
 mod partition;
