@@ -96,11 +96,6 @@ impl Keys {
         self.key(&["user", user.as_str(), "subscription"])
     }
 
-    /// A runner's heartbeat key: exists while the runner's lease is live (TTL = lease).
-    pub fn heartbeat(&self, job: &JobId) -> String {
-        self.key(&["heartbeat", job.as_str()])
-    }
-
     /// Sorted set of running job ids scored by lease expiry (ms, Redis clock), for the sweep.
     pub fn leases(&self) -> String {
         self.key(&["leases"])
@@ -243,7 +238,6 @@ mod tests {
             );
             vec![
                 k.job(&j),
-                k.heartbeat(&j),
                 k.job_events(&j),
                 k.user_jobs(&u),
                 k.user_active(&u),
@@ -275,11 +269,11 @@ mod tests {
                         if x == y {
                             // Same name: same kind of key, and the ids it is built from agree.
                             prop_assert_eq!(i, j);
-                            let user_keyed = [3, 4, 5, 6].contains(&i);
-                            let other_keyed = !user_keyed && i != 12 && i != 13;
+                            let user_keyed = [2, 3, 4, 5].contains(&i);
+                            let other_keyed = !user_keyed && i != 11 && i != 12;
                             if user_keyed { prop_assert_eq!(&a, &c); }
                             if other_keyed { prop_assert_eq!(&b, &d); }
-                            if i >= 12 { prop_assert!(a == c && b == d); }
+                            if i >= 11 { prop_assert!(a == c && b == d); }
                         }
                     }
                 }

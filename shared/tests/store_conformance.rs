@@ -1049,7 +1049,7 @@ async fn lua_key_names_match_the_key_schema() {
         let (job, user, node) = (JobId::new(j), UserId::new(u), NodeId::new(n));
         let strategy = StrategyId::new(st);
         let body = "local j, u, n, s = A(1), A(2), A(3), A(4)
-                    return {K.job(j), K.hb(j), K.user_jobs(u), K.user_active(u),
+                    return {K.job(j), K.user_jobs(u), K.user_active(u),
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
                     K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
@@ -1066,7 +1066,6 @@ async fn lua_key_names_match_the_key_schema() {
             .unwrap();
         let want = vec![
             keys.job(&job),
-            keys.heartbeat(&job),
             keys.user_jobs(&user),
             keys.user_active(&user),
             keys.subscription(&user),

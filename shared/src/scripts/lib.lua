@@ -31,7 +31,6 @@ local function E(s) return (string.gsub(s, '[%%:{}]', ESC)) end
 
 local K = {
   job = function(id) return P .. ':job:' .. E(id) end,
-  hb = function(id) return P .. ':heartbeat:' .. E(id) end,
   user_jobs = function(u) return P .. ':user:' .. E(u) .. ':jobs' end,
   user_active = function(u) return P .. ':user:' .. E(u) .. ':active' end,
   subscription = function(u) return P .. ':user:' .. E(u) .. ':subscription' end,
@@ -96,6 +95,13 @@ local function event(id, kind, reason, epoch, node, user)
   redis.call('PEXPIRE', hk, C.events_age)
 end
 
+-- Whether job `id`'s lease has lapsed: its `leases` score (when it ends) is past, or it has
+-- none. The one place a lease's life is kept.
+local function lease_lapsed(id)
+  local ends = tonumber(redis.call('ZSCORE', K.leases, id))
+  return not ends or ends <= NOW
+end
+
 -- The tier in force for a user (an expired subscription is free) and its limit.
 local function tier_of(user)
   local sub = redis.call('HMGET', K.subscription(user), 'tier', 'expiresAtMs')
@@ -125,7 +131,6 @@ local function end_job(id, user, status, fields)
   redis.call('SREM', K.user_active(user), id)
   redis.call('SREM', K.active, id)
   redis.call('SREM', K.queued, id)
-  redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZREM', K.delayed, id)
   redis.call('ZREM', K.pending, id)
@@ -236,7 +241,6 @@ local function after_failure(id, reason, kind)
   if kind == 'lost' then book[6] = lost + 1 else book[2] = streak + 1 end
   redis.call('HSET', jk, 'status', 'crashed', 'error', reason, 'ended', NOW, 'restarts', total + 1,
     'restart_at', NOW + delay, unpack(book))
-  redis.call('DEL', K.hb(id))
   redis.call('ZREM', K.leases, id)
   redis.call('ZADD', K.delayed, NOW + delay, id)
   event(id, 'restart_scheduled', 'restart at ' .. (NOW + delay))

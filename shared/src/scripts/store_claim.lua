@@ -12,11 +12,10 @@ for i = 3, NARGS do
   local status = cur[1]
   if not status then
     out[#out + 1] = { id, 'unknown' }
-  elseif status == 'queued' or (status == 'running' and redis.call('EXISTS', K.hb(id)) == 0) then
+  elseif status == 'queued' or (status == 'running' and lease_lapsed(id)) then
     local epoch = redis.call('HINCRBY', jk, 'epoch', 1)
     redis.call('HSET', jk, 'status', 'running', 'node', node, 'started', NOW, 'hb', NOW)
     redis.call('HDEL', jk, 'ended', 'stop_mode', 'flattened', 'restart_at')
-    redis.call('SET', K.hb(id), epoch, 'PX', lease)
     redis.call('ZADD', K.leases, NOW + lease, id)
     redis.call('SADD', K.node_jobs(node), id)
     redis.call('SREM', K.queued, id)

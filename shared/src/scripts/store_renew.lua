@@ -12,7 +12,6 @@ for a = 4, NARGS, 5 do
   local jk = K.job(id)
   local cur = redis.call('HMGET', jk, 'epoch', 'status', 'node')
   if cur[1] == epoch and cur[2] == 'running' and cur[3] == node then
-    redis.call('SET', K.hb(id), epoch, 'PX', lease)
     redis.call('ZADD', K.leases, NOW + lease, id)
     redis.call('HSET', jk, 'hb', NOW, 'positions', A(a + 2), 'stats', A(a + 3))
     if A(a + 4) ~= '' then redis.call('HSET', jk, 'account', A(a + 4)) end

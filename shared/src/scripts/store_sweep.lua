@@ -11,7 +11,7 @@ local expired = redis.call('ZRANGEBYSCORE', K.leases, '-inf', NOW, 'LIMIT', 0, t
 for _, id in ipairs(expired) do
   redis.call('ZREM', K.leases, id)
   local cur = redis.call('HMGET', K.job(id), 'status', 'node', 'epoch', 'hb')
-  if cur[1] == 'running' and redis.call('EXISTS', K.hb(id)) == 0 then
+  if cur[1] == 'running' then
     crashed = crashed + 1
     redis.call('SREM', K.node_jobs(cur[2]), id)
     local silent = NOW - (tonumber(cur[4]) or NOW)
