@@ -13,7 +13,8 @@ use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
 use runfleet::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
-    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, StopRequest, StoreError, SweepReport,
+    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
+    SweepReport,
 };
 use runfleet::tier::Tier;
 
@@ -1071,11 +1072,10 @@ async fn lua_key_names_match_the_key_schema() {
                     K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
-        inv.arg("rfkeys");
-        for _ in 0..19 {
-            inv.arg(0);
+        for arg in ScriptContext::new(&keys, &FleetPolicy::default(), None).args() {
+            inv.arg(arg);
         }
-        inv.arg("").arg(0).arg(0).arg(j).arg(u).arg(n).arg(st);
+        inv.arg(j).arg(u).arg(n).arg(st);
         let got: Vec<String> = inv
             .invoke_async(&mut *pools.commands.get().await.unwrap())
             .await
