@@ -5,6 +5,7 @@ mod any_client;
 mod integrity;
 mod observability;
 mod partition;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod rate_limits;
 mod readme;
