@@ -223,8 +223,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
         match e {
-            StoreError::Redis(RedisError::Data(_)) => ApiError::Internal(e.into()),
-            StoreError::Redis(_) => ApiError::Unavailable(e.into()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.into()),
+            StoreError::Conflict { .. } | StoreError::Data(_) => ApiError::Internal(e.into()),
         }
     }
 }

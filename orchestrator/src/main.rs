@@ -57,12 +57,18 @@ async fn main() -> anyhow::Result<()> {
             let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
             serve(AppState::new(store, queue, cipher, settings), Some(node)).await
         }
+        #[cfg(not(feature = "rabbitmq"))]
+        QueueBackend::Rabbitmq => anyhow::bail!(
+            "queue.backend = rabbitmq: this build has no RabbitMQ support (the `rabbitmq` cargo \
+             feature is off)"
+        ),
         QueueBackend::Redis => {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
             distributed(AppState::new(store, queue, cipher, settings)).await
         }
+        #[cfg(feature = "rabbitmq")]
         QueueBackend::Rabbitmq => {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await

@@ -2,7 +2,9 @@
 
 use crate::config::{ConfigError, Settings};
 use crate::keys::Keys;
-use crate::queue::{RabbitMqQueue, RedisQueue};
+#[cfg(feature = "rabbitmq")]
+use crate::queue::RabbitMqQueue;
+use crate::queue::RedisQueue;
 use crate::redis_pool::{RedisError, RedisPools};
 use crate::store::{FleetPolicy, RedisStore};
 
@@ -56,6 +58,7 @@ pub enum BackendError {
     Config(#[from] ConfigError),
 }
 
+#[cfg(feature = "rabbitmq")]
 /// Opens the Redis store and the RabbitMQ queue of `settings` (`queue.backend = "rabbitmq"`:
 /// jobs travel through RabbitMQ; their state, leases and heartbeats stay in Redis). Fails only on
 /// invalid settings; succeeds while the broker is down (the queue reconnects on use, with

@@ -687,6 +687,13 @@ impl Settings {
         if self.heartbeat.interval_ms == 0 {
             return invalid("heartbeat.interval_ms", "must be at least 1");
         }
+        if !cfg!(feature = "rabbitmq") && self.queue.backend == QueueBackend::Rabbitmq {
+            return invalid(
+                "queue.backend",
+                "rabbitmq is not in this build (built without the `rabbitmq` cargo feature): \
+                 use redis or memory, or rebuild with `--features rabbitmq`",
+            );
+        }
         if self.heartbeat.lease_ms <= self.heartbeat.interval_ms {
             return invalid(
                 "heartbeat.lease_ms",
@@ -811,6 +818,21 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A build without the `rabbitmq` feature names the setting and the way out at start-up.
+    #[cfg(not(feature = "rabbitmq"))]
+    #[test]
+    fn rabbitmq_is_refused_without_the_feature() {
+        let mut s = Settings::default();
+        s.queue.backend = QueueBackend::Rabbitmq;
+        match s.validate() {
+            Err(ConfigError::Invalid { key, reason }) => {
+                assert_eq!(key, "queue.backend");
+                assert!(reason.contains("`rabbitmq` cargo feature"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
 
     #[test]
     fn defaults_are_valid_and_match_the_design() {

@@ -34,19 +34,19 @@ fn script_text(body: &str) -> String {
     )
 }
 
-/// The context arguments' defaults, read from the document's table (the last column of each
-/// row whose first cell is the argument's number).
-fn documented_context() -> Vec<String> {
+/// The context arguments' `ScriptContext` fields and defaults, read from the document's table
+/// (the third and last columns of each row whose first cell is the argument's number).
+fn documented_context() -> (Vec<String>, Vec<String>) {
     let doc = read("docs/redis-schema.md");
     let section = doc
         .split("### 2. The 23 context arguments")
         .nth(1)
         .expect("docs/redis-schema.md has the section on the context arguments");
-    let mut args = Vec::new();
+    let (mut fields, mut args) = (Vec::new(), Vec::new());
     for line in section.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        // A table row `| n | meaning | setting | default |` splits into 6 cells.
-        let [_, number, _, _, default, _] = cells.as_slice() else {
+        // A table row `| n | meaning | field | setting | default |` splits into 7 cells.
+        let [_, number, _, field, _, default, _] = cells.as_slice() else {
             continue;
         };
         let Ok(n) = number.parse::<usize>() else {
@@ -58,8 +58,9 @@ fn documented_context() -> Vec<String> {
             .nth(1)
             .unwrap_or_else(|| panic!("row {n}: the default is in backticks: {line}"));
         args.push(value.to_owned());
+        fields.push(field.trim_matches('`').to_owned());
     }
-    args
+    (fields, args)
 }
 
 /// The documented table is what the store itself sends with the default settings.
@@ -70,7 +71,15 @@ fn the_documented_context_arguments_are_what_the_store_sends() {
     let pools = RedisPools::new(&settings.redis).expect("pool settings");
     let store = RedisStore::new(pools, keys.clone(), FleetPolicy::from_settings(&settings))
         .queuing_into(keys.ready(&settings.queue.name));
-    assert_eq!(documented_context(), store.context_args().to_vec());
+    let (fields, args) = documented_context();
+    assert_eq!(args, store.context_args().to_vec());
+    // The fields are named as in the struct, in its order (its Debug output lists them so).
+    let debug = format!("{:?}", store.script_context());
+    let mut at = 0;
+    for field in &fields {
+        let found = debug[at..].find(&format!(" {field}: "));
+        at += 1 + found.unwrap_or_else(|| panic!("ScriptContext has no field {field} after {at}"));
+    }
 }
 
 /// An outside client: a connection, the admission script loaded, the context of its fleet.
@@ -86,7 +95,7 @@ impl Client {
     async fn new() -> Self {
         let pools = support::redis_pools().await;
         let keys = support::unique_keys();
-        let mut context = documented_context();
+        let mut context = documented_context().1;
         context[0] = keys.prefix().to_owned();
         context[20] = format!("{}:queue:jobs:ready", keys.prefix());
         let sha: String = redis::cmd("SCRIPT")

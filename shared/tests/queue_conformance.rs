@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runfleet::ids::{JobId, NodeId};
-use runfleet::queue::{JobQueue, MemoryQueue, RabbitMqQueue, RedisQueue};
+#[cfg(feature = "rabbitmq")]
+use runfleet::queue::RabbitMqQueue;
+use runfleet::queue::{JobQueue, MemoryQueue, RedisQueue};
 
 /// What a backend promises beyond the common contract.
 trait Capabilities {
@@ -24,6 +26,7 @@ trait Capabilities {
 
 impl Capabilities for MemoryQueue {}
 impl Capabilities for RedisQueue {}
+#[cfg(feature = "rabbitmq")]
 impl Capabilities for RabbitMqQueue {
     const REMOVES_BY_ID: bool = false;
 }
@@ -80,14 +83,17 @@ impl Harness for Redis {
 }
 
 /// A durable queue of its own on the real RabbitMQ, deleted after the test.
+#[cfg(feature = "rabbitmq")]
 struct RabbitMq(RabbitMqQueue);
 
+#[cfg(feature = "rabbitmq")]
 impl RabbitMq {
     async fn new() -> Self {
         RabbitMq(support::rabbitmq_queue(&support::unique_queue_name()).await)
     }
 }
 
+#[cfg(feature = "rabbitmq")]
 impl Harness for RabbitMq {
     type Queue = RabbitMqQueue;
     fn queue(&self) -> RabbitMqQueue {
@@ -320,4 +326,6 @@ macro_rules! conformance_for {
     )*};
 }
 
-conformance_for!(memory => Memory, redis => Redis, rabbitmq => RabbitMq);
+conformance_for!(memory => Memory, redis => Redis);
+#[cfg(feature = "rabbitmq")]
+conformance_for!(rabbitmq => RabbitMq);

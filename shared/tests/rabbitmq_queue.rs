@@ -189,3 +189,27 @@ fn settings_are_checked_and_never_print_the_password() {
         .to_string();
     assert!(err.contains("rabbitmq.reconnect_min_ms"), "{err}");
 }
+
+/// `amqps://` speaks TLS (rustls with ring, see docs/architecture.md): against the broker's
+/// plaintext port the handshake fails. A build without a TLS stack in lapin would quietly
+/// connect in plaintext instead.
+#[tokio::test]
+async fn amqps_speaks_tls_and_never_falls_back_to_plaintext() {
+    let plain = runfleet::config::RabbitMqSettings::default();
+    let tls = runfleet::config::RabbitMqSettings {
+        url: plain.url.replacen("amqp://", "amqps://", 1),
+        connect_timeout_ms: 2_000,
+        ..plain.clone()
+    };
+    let name = support::unique_queue_name();
+    // The broker is up on the plaintext port: the same URL over amqp:// connects.
+    let q = RabbitMqQueue::new(&plain, name.clone()).unwrap();
+    q.connect().await.expect("the broker on 127.0.0.1:5672");
+    teardown(q).await;
+    let q = RabbitMqQueue::new(&tls, name).unwrap();
+    let err = q
+        .connect()
+        .await
+        .expect_err("a TLS client cannot talk to a plaintext port");
+    println!("amqps:// against the plaintext port: {err}");
+}

@@ -13,7 +13,8 @@ use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
 use runfleet::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
-    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, StopRequest, SweepReport,
+    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
+    SweepReport,
 };
 use runfleet::tier::Tier;
 
@@ -389,6 +390,44 @@ async fn stopping_a_running_job_sends_its_node_a_command<S: FleetStore>(s: S) {
     assert_eq!(
         s.job(&a.id).await.unwrap().unwrap().stop_mode,
         Some(StopMode::Hold)
+    );
+}
+
+/// A node's pending commands live as long as the node: each heartbeat extends them, and once
+/// its liveness lapses they are gone rather than waiting for a node that will not come back.
+async fn a_nodes_commands_expire_with_the_node<S: FleetStore>(s: S) {
+    let short = Duration::from_millis(300);
+    let (a, b) = (spec("cmd-a"), spec("cmd-b"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    let (alive, dead) = (NodeId::new("cmd-alive"), NodeId::new("cmd-dead"));
+    for (n, job) in [(&alive, &a), (&dead, &b)] {
+        let claimed = s.claim(n, std::slice::from_ref(&job.id), short).await;
+        assert!(matches!(claimed.unwrap()[0], ClaimOutcome::Claimed(_)));
+        s.renew(&node(n.as_str()), &[], short).await.unwrap();
+        assert!(matches!(
+            s.request_stop(&job.id, StopMode::Hold).await.unwrap(),
+            StopRequest::Sent { .. }
+        ));
+    }
+    // Only the live node keeps beating, each beat well inside the lease.
+    for _ in 0..4 {
+        sleep_ms(150).await;
+        s.renew(&node("cmd-alive"), &[], short).await.unwrap();
+    }
+    assert!(
+        s.next_command(&alive, Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_some(),
+        "a live node's command waits for it"
+    );
+    assert_eq!(
+        s.next_command(&dead, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        None,
+        "a dead node's commands went with it"
     );
 }
 
@@ -1008,6 +1047,7 @@ macro_rules! store_conformance {
                 stopping_a_queued_job_needs_no_node,
                 forgetting_an_admission_spares_a_claimed_job,
                 stopping_a_running_job_sends_its_node_a_command,
+                a_nodes_commands_expire_with_the_node,
                 handed_back_jobs_can_be_claimed_again,
                 a_silent_runner_is_swept_restarted_with_backoff_then_failed,
                 a_crash_reported_by_the_node_goes_through_the_same_policy,
@@ -1055,11 +1095,10 @@ async fn lua_key_names_match_the_key_schema() {
                     K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
-        inv.arg("rfkeys");
-        for _ in 0..19 {
-            inv.arg(0);
+        for arg in ScriptContext::new(&keys, &FleetPolicy::default(), None).args() {
+            inv.arg(arg);
         }
-        inv.arg("").arg(0).arg(0).arg(j).arg(u).arg(n).arg(st);
+        inv.arg(j).arg(u).arg(n).arg(st);
         let got: Vec<String> = inv
             .invoke_async(&mut *pools.commands.get().await.unwrap())
             .await
@@ -1166,9 +1205,10 @@ async fn api_keys_store_only_hashes_and_can_be_revoked<S: FleetStore>(s: S) {
     let info = s.add_key(&user, "k1", "hash-1").await.unwrap();
     assert_eq!(info.key_id, "k1");
     assert!(
-        s.add_key(&UserId::new("other"), "k1", "hash-2")
-            .await
-            .is_err(),
+        matches!(
+            s.add_key(&UserId::new("other"), "k1", "hash-2").await,
+            Err(StoreError::Conflict { what: "api key id", ref id }) if id == "k1"
+        ),
         "key ids are unique"
     );
     assert_eq!(
@@ -1198,6 +1238,76 @@ async fn api_keys_redis() {
         pools.clone(),
         keys.clone(),
         policy(),
+    ))
+    .await;
+    support::cleanup(&pools, &keys).await;
+}
+
+/// An ended job's record is kept for the retention, then forgotten, as its history is
+/// `events.max_age_ms` after its last event; a job that still runs is kept however old.
+async fn ended_jobs_are_forgotten_after_the_retention<S: FleetStore>(s: S) {
+    // Two users: the free tier holds one runner each.
+    let (ended, running) = (spec("old"), spec("old-running"));
+    s.admit(&ended).await.unwrap();
+    s.admit(&running).await.unwrap();
+    claim_one(&s, "n1", &running.id).await;
+    assert_eq!(
+        s.request_stop(&ended.id, StopMode::Hold).await.unwrap(),
+        StopRequest::Stopped
+    );
+    assert!(s.job(&ended.id).await.unwrap().is_some());
+    assert!(!s.job_events(&ended.id).await.unwrap().is_empty());
+    assert_eq!(s.user_jobs(&ended.user_id).await.unwrap().len(), 1);
+    // Past the retention (1 s; Redis counts it in seconds) and the history's age (1.5 s).
+    sleep_ms(1_700).await;
+    assert!(
+        s.job(&ended.id).await.unwrap().is_none(),
+        "record forgotten"
+    );
+    assert!(s.spec(&ended.id).await.unwrap().is_none());
+    assert!(
+        s.job_events(&ended.id).await.unwrap().is_empty(),
+        "history forgotten"
+    );
+    assert_eq!(
+        s.request_stop(&ended.id, StopMode::Hold).await.unwrap(),
+        StopRequest::NotFound
+    );
+    assert!(s.user_jobs(&ended.user_id).await.unwrap().is_empty());
+    let kept: Vec<JobId> = s
+        .user_jobs(&running.user_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(kept, vec![running.id.clone()], "a running job is kept");
+}
+
+fn short_retention() -> FleetPolicy {
+    FleetPolicy {
+        retention: Duration::from_secs(1),
+        events: runfleet::config::EventSettings {
+            max_age_ms: 1_500,
+            ..policy().events
+        },
+        ..policy()
+    }
+}
+
+#[tokio::test]
+async fn retention_memory() {
+    ended_jobs_are_forgotten_after_the_retention(MemoryStore::new(short_retention())).await;
+}
+
+#[tokio::test]
+async fn retention_redis() {
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    ended_jobs_are_forgotten_after_the_retention(RedisStore::new(
+        pools.clone(),
+        keys.clone(),
+        short_retention(),
     ))
     .await;
     support::cleanup(&pools, &keys).await;

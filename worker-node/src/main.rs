@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
              in-process: run `runfleet-orchestrator --embedded`, or set \
              RUNFLEET__QUEUE__BACKEND=redis to join a distributed fleet"
         ),
+        #[cfg(feature = "rabbitmq")]
         QueueBackend::Rabbitmq => {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await
@@ -64,6 +65,11 @@ async fn main() -> anyhow::Result<()> {
             let node = WorkerNode::new(store, queue, cipher, config);
             run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
         }
+        #[cfg(not(feature = "rabbitmq"))]
+        QueueBackend::Rabbitmq => anyhow::bail!(
+            "queue.backend = rabbitmq: this build has no RabbitMQ support (the `rabbitmq` cargo \
+             feature is off)"
+        ),
         QueueBackend::Redis => {
             let (store, queue) = backend::open_redis(&settings)
                 .await

@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::lease::{LeaseDeadline, fence_at};
+use crate::trading::feed::ReplayCache;
 use crate::trading::{self, Report, RunOutcome, StopCause};
 
 /// Timing and size of a node.
@@ -96,6 +97,8 @@ struct Inner<S, Q> {
     tasks: TaskTracker,
     /// Whether the node's services run (claiming, listening, heartbeating): `/healthz`.
     serving: AtomicBool,
+    /// Replay files, read once and shared by the node's runners.
+    replays: ReplayCache,
 }
 
 /// A worker node. Cheap to clone; clones share the node.
@@ -134,7 +137,8 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Retry delays for store and queue calls: 100 ms doubling to 5 s.
+/// Retry delays for store and queue calls: 100 ms doubling to 5 s, each plus a random jitter
+/// of up to itself, so nodes that failed together do not retry together.
 fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
@@ -156,6 +160,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 slots,
                 serving: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
+                replays: ReplayCache::default(),
             }),
         }
     }
@@ -423,29 +428,33 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         let (stop, stop_rx) = watch::channel(None);
         let outcome: Arc<Mutex<Option<Result<RunOutcome, String>>>> = Arc::default();
         let runner = {
-            let (spec, report, outcome, market, resume, deadline) = (
+            let (spec, report, outcome, market, replays, resume, deadline) = (
                 spec.clone(),
                 report.clone(),
                 outcome.clone(),
                 inner.config.market.clone(),
+                inner.replays.clone(),
                 lease.account.clone(),
                 deadline.clone(),
             );
             ServiceRunner::new(
                 RunnerOptions::new(job.to_string()).history_capacity(4),
                 move |_token| {
-                    let (spec, report, stop_rx, outcome, market, resume, deadline) = (
+                    let (spec, report, stop_rx, outcome, market, replays, resume, deadline) = (
                         spec.clone(),
                         report.clone(),
                         stop_rx.clone(),
                         outcome.clone(),
                         market.clone(),
+                        replays.clone(),
                         resume.clone(),
                         deadline.clone(),
                     );
                     async move {
-                        let ended =
-                            trading::run(spec, &market, resume, report, stop_rx, deadline).await;
+                        let ended = trading::run(
+                            spec, &market, &replays, resume, report, stop_rx, deadline,
+                        )
+                        .await;
                         *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
                         Ok::<(), std::convert::Infallible>(())
                     }

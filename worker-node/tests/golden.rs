@@ -14,6 +14,7 @@ use runfleet::job::Side;
 use runfleet_worker::trading::broker::{
     Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
 };
+use runfleet_worker::trading::feed::ReplayCache;
 use runfleet_worker::trading::paper::PaperBroker;
 use runfleet_worker::trading::risk::RiskLimits;
 use runfleet_worker::trading::session::Session;
@@ -691,7 +692,13 @@ async fn daily_rows_last_a_day_over_weekends_and_a_stray_intraday_row_is_refused
         rows[3],
     ];
     let file = csv_file("daily-stray", &csv(&stray));
-    let refused = trading::start(&spec("stray", config), &replay_market(&file, 0, 0), None).await;
+    let refused = trading::start(
+        &spec("stray", config),
+        &replay_market(&file, 0, 0),
+        None,
+        &ReplayCache::default(),
+    )
+    .await;
     std::fs::remove_file(&file).unwrap();
     let Err(e) = refused else {
         panic!("a stray row is refused")
@@ -722,9 +729,14 @@ async fn a_runner_that_has_not_traded_shows_its_currency() {
         let before = Report::before_start(&spec);
         assert_eq!(before.stats.currency, currency);
         assert_eq!(before.stats.total_trades, 0);
-        let (session, _) = trading::start(&spec, &MarketSettings::default(), None)
-            .await
-            .unwrap();
+        let (session, _) = trading::start(
+            &spec,
+            &MarketSettings::default(),
+            None,
+            &ReplayCache::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(session.report().stats, before.stats, "{instruments}");
     }
 }

@@ -11,6 +11,7 @@ use common::{csv_file, eurusd_csv, play, replay_market, spec};
 use runfleet::config::MarketSettings;
 use runfleet::job::Stats;
 use runfleet_worker::trading;
+use runfleet_worker::trading::feed::ReplayCache;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
@@ -124,12 +125,59 @@ async fn sma_cross_replays_eurusd_on_4h_candles_with_the_same_stats_every_run() 
     );
 }
 
+/// Runners of one node share one read of their replay file, made off the async workers: four
+/// runners started at once read it once, and see the same candles.
+#[tokio::test]
+async fn a_nodes_runners_read_their_replay_file_once() {
+    let replays = ReplayCache::default();
+    let market = market();
+    let cfg = config("scalping", json!({"rsiPeriod": 14, "timeframe": "1h"}));
+    let specs: Vec<_> = (0..4)
+        .map(|i| spec(&format!("job-shared-{i}"), cfg.clone()))
+        .collect();
+    let starts = specs
+        .iter()
+        .map(|s| trading::start(s, &market, None, &replays));
+    for started in futures::future::join_all(starts).await {
+        assert!(started.is_ok());
+    }
+    assert_eq!(replays.reads(), 1, "one read for four runners");
+    let (a, b) = (
+        replays.candles(&market.replay_file).await.unwrap(),
+        replays.candles(&market.replay_file).await.unwrap(),
+    );
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(a.len(), 5_000);
+    assert_eq!(replays.reads(), 1);
+}
+
+/// A file that cannot be read is not remembered: once it is there, the next runner reads it.
+#[tokio::test]
+async fn a_replay_file_that_failed_to_load_is_read_again() {
+    let replays = ReplayCache::default();
+    let path = std::env::temp_dir().join(format!("runfleet-test-{}-late.csv", std::process::id()));
+    let file = path.display().to_string();
+    let _ = std::fs::remove_file(&path);
+    assert!(replays.candles(&file).await.is_err());
+    std::fs::write(&path, "2017-04-19 09:00:00,1,1,1,1\n").unwrap();
+    let rows = replays.candles(&file).await;
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(rows.unwrap().len(), 1);
+    assert_eq!(replays.reads(), 2);
+}
+
 /// Why a scalping EUR-USD runner on `csv` (written to a file named after `name`) cannot
 /// start, and the file's path.
 async fn refused(name: &str, csv: &str) -> (String, String) {
     let file = csv_file(name, csv);
     let cfg = config("scalping", json!({"rsiPeriod": 14, "timeframe": "1h"}));
-    let started = trading::start(&spec(name, cfg), &replay_market(&file, 5, 1), None).await;
+    let started = trading::start(
+        &spec(name, cfg),
+        &replay_market(&file, 5, 1),
+        None,
+        &ReplayCache::default(),
+    )
+    .await;
     std::fs::remove_file(&file).unwrap();
     match started {
         Ok(_) => panic!("{name}: started"),

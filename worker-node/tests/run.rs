@@ -11,6 +11,7 @@ use common::{eurusd_csv, spec};
 use runfleet::config::{FeedKind, MarketSettings};
 use runfleet::job::{JobSpec, StopMode};
 use runfleet_worker::lease::{LeaseDeadline, fence_at};
+use runfleet_worker::trading::feed::ReplayCache;
 use runfleet_worker::trading::{self, Report, RunOutcome, StopCause};
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
@@ -48,7 +49,16 @@ impl Running {
         let (stop, rx) = watch::channel(None);
         let r = report.clone();
         let task = tokio::spawn(async move {
-            trading::run(Arc::new(spec), &market, resume, r, rx, lease).await
+            trading::run(
+                Arc::new(spec),
+                &market,
+                &ReplayCache::default(),
+                resume,
+                r,
+                rx,
+                lease,
+            )
+            .await
         });
         Self { report, stop, task }
     }

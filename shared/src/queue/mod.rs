@@ -13,6 +13,7 @@
 //! promises less (RabbitMQ cannot remove a queued message by id).
 
 mod memory;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod redis;
 
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use self::memory::MemoryQueue;
+#[cfg(feature = "rabbitmq")]
 pub use self::rabbitmq::RabbitMqQueue;
 pub use self::redis::RedisQueue;
 use crate::ids::{JobId, NodeId};

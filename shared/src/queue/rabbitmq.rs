@@ -29,8 +29,8 @@
 //! - **depth** is the ready-message count of a passive `queue.declare`.
 //!
 //! Connection loss (broker restart, network) is survived by reconnecting on the next call,
-//! with exponential backoff (`rabbitmq.reconnect_min_ms` doubling to `reconnect_max_ms`)
-//! shared by every caller of the queue object. lapin's automatic recovery is not used: a
+//! with exponential backoff and jitter (`rabbitmq.reconnect_min_ms` doubling to
+//! `reconnect_max_ms`, see [`crate::backoff`]) shared by every caller of the queue object. lapin's automatic recovery is not used: a
 //! claim's channel lives for one batch, and a lost connection's unacked deliveries belong to
 //! the broker again anyway.
 
@@ -52,6 +52,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{Delivery, JobQueue, QueueError};
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, RabbitMqSettings};
 use crate::ids::{JobId, NodeId};
 
@@ -86,10 +87,10 @@ struct Inner {
 }
 
 /// The connection and its publishing channel, and the reconnection backoff.
-#[derive(Default)]
 struct Link {
     current: Option<Arc<Session>>,
     failures: u32,
+    backoff: Backoff,
     retry_at: Option<Instant>,
 }
 
@@ -136,7 +137,15 @@ impl RabbitMqQueue {
                 uri,
                 settings: settings.clone(),
                 name: name.into(),
-                link: tokio::sync::Mutex::new(Link::default()),
+                link: tokio::sync::Mutex::new(Link {
+                    current: None,
+                    failures: 0,
+                    backoff: Backoff::new(
+                        Duration::from_millis(settings.reconnect_min_ms),
+                        Duration::from_millis(settings.reconnect_max_ms),
+                    ),
+                    retry_at: None,
+                }),
                 batches: Mutex::new(HashMap::new()),
                 next_batch: AtomicU64::new(1),
             }),
@@ -188,15 +197,6 @@ impl RabbitMqQueue {
         Instant::now() + Duration::from_millis(self.inner.settings.connect_timeout_ms)
     }
 
-    fn backoff(&self, failures: u32) -> Duration {
-        let s = &self.inner.settings;
-        crate::backoff::delay(
-            Duration::from_millis(s.reconnect_min_ms),
-            Duration::from_millis(s.reconnect_max_ms),
-            failures,
-        )
-    }
-
     /// The live connection, reconnecting (after the backoff delay) if it was lost. Fails when
     /// no connection can be had before `deadline`.
     async fn session(&self, deadline: Instant) -> Result<Arc<Session>, QueueError> {
@@ -246,13 +246,14 @@ impl RabbitMqQueue {
                         "connected to RabbitMQ"
                     );
                     link.failures = 0;
+                    link.backoff.reset();
                     link.retry_at = None;
                     link.current = Some(session.clone());
                     Ok(session)
                 }
                 Err(e) => {
                     link.failures += 1;
-                    let delay = self.backoff(link.failures);
+                    let delay = link.backoff.next_delay();
                     link.retry_at = Some(Instant::now() + delay);
                     warn!(
                         queue = %self.name(),

@@ -1,5 +1,11 @@
 -- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
 -- ARGV[1..23] are the context below; a script's own arguments start at ARGV[24] (A(1)).
+-- ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
+-- table in docs/redis-schema.md pairs each position with its field): prefix, tier_free,
+-- tier_basic, tier_pro, tier_enterprise, max_restarts, restart_window_ms,
+-- restart_base_delay_ms, restart_max_delay_ms, restart_stable_ms, breaker_failures,
+-- breaker_window_ms, breaker_cooldown_ms, breaker_trial_ms, retention_s, audit, max_runners,
+-- max_queued, retry_after_ms, max_node_losses, ready_list, events_max_len, events_max_age_ms.
 -- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
 -- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
 -- supported.

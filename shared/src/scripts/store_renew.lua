@@ -5,6 +5,8 @@
 -- positions JSON, stats JSON, account JSON ('' = none). Returns the refused job ids.
 local node, lease = A(1), tonumber(A(2))
 redis.call('SET', K.node(node), A(3), 'PX', lease)
+-- Pending commands live as long as the node (a no-op when there are none).
+redis.call('PEXPIRE', K.commands(node), lease)
 redis.call('ZADD', K.nodes, NOW, node)
 local refused = {}
 for a = 4, NARGS, 5 do

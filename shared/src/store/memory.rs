@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    EventId, FAILED_WINDOW_MS, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore,
-    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
-    Subscriptions, SweepReport, Sweeper,
+    EventId, FAILED_WINDOW_MS, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore,
+    NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
+    SweepReport, Sweeper,
 };
 use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
@@ -31,13 +31,23 @@ struct Entry {
     count: RestartCount,
 }
 
+/// A node's pending commands (the `P:node:{nodeId}:commands` list). Like the Redis list, it
+/// lives as long as its node: until the node's liveness (or, before its first heartbeat, the
+/// stopped job's lease) lapses; every heartbeat extends it.
+#[derive(Debug, Default)]
+struct CommandList {
+    queue: VecDeque<NodeCommand>,
+    until: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     jobs: HashMap<JobId, Entry>,
     user_jobs: HashMap<UserId, Vec<JobId>>,
     active: HashMap<UserId, HashSet<JobId>>,
     subscriptions: HashMap<UserId, Subscription>,
-    commands: HashMap<NodeId, VecDeque<NodeCommand>>,
+    /// Each node's pending commands, and when the list lapses with its node.
+    commands: HashMap<NodeId, CommandList>,
     /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
     /// Crashed jobs waiting for their restart, by due time.
@@ -100,6 +110,10 @@ impl MemoryStore {
         self.epoch_ms + self.origin.elapsed().as_millis() as u64
     }
 
+    fn retention_ms(&self) -> u64 {
+        self.policy.retention.as_millis() as u64
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section is infallible bookkeeping; a poisoned lock holds no half-update.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -110,6 +124,57 @@ impl MemoryStore {
 const JOB_EVENTS_MAX: usize = 1000;
 
 impl State {
+    /// Whether `e` ended for good more than `retention` ago: Redis has let its record expire.
+    fn expired(e: &Entry, now: u64, retention: u64) -> bool {
+        e.record.status.is_final()
+            && e.record
+                .ended_at
+                .is_some_and(|t| t.saturating_add(retention) <= now)
+    }
+
+    /// Forgets `job` if its record has expired (as Redis' `EXPIRE` on the job hash would have).
+    fn forget_if_expired(&mut self, job: &JobId, now: u64, retention: u64) {
+        if self
+            .jobs
+            .get(job)
+            .is_some_and(|e| Self::expired(e, now, retention))
+        {
+            self.forget_job(job);
+        }
+    }
+
+    /// Drops a job's record and its place in its user's list.
+    fn forget_job(&mut self, job: &JobId) {
+        let Some(e) = self.jobs.remove(job) else {
+            return;
+        };
+        if let Some(list) = self.user_jobs.get_mut(&e.record.user_id) {
+            list.retain(|j| j != job);
+        }
+    }
+
+    /// What Redis lets expire by itself: ended jobs' records after the retention, job
+    /// histories `events.max_age_ms` after their last event, and command lists whose node is
+    /// gone. Called by the sweep, so the store does not grow with every job ever run.
+    fn expire(&mut self, now: u64, retention: u64) {
+        let ended: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| Self::expired(e, now, retention))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job in &ended {
+            self.forget_job(job);
+        }
+        let max_age = self.event_caps.max_age_ms;
+        self.job_events.retain(|_, h| {
+            h.back()
+                .is_some_and(|last| last.at.saturating_add(max_age) > now)
+        });
+        self.commands.retain(|_, list| list.until > now);
+        self.user_jobs.retain(|_, list| !list.is_empty());
+    }
+
     /// Appends a lifecycle event of `job` (mirrors `event` in lib.lua): epoch and node are the
     /// job's current ones unless `at` names others.
     fn event(
@@ -317,6 +382,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let policy = &self.policy;
         let mut s = self.lock();
+        s.forget_if_expired(&spec.id, now, self.retention_ms());
         let key = (spec.user_id.clone(), spec.strategy_id.clone());
         let trial = match s.breakers.get(&key).map(|b| b.state.clone()) {
             Some(BreakerState::HalfOpen { trial }) => {
@@ -352,10 +418,7 @@ impl JobStore for MemoryStore {
             return Ok(Admission::QueueFull { retry_after_ms });
         }
         if s.jobs.contains_key(&spec.id) {
-            return Err(StoreError::data(format!(
-                "job id {} already exists",
-                spec.id
-            )));
+            return Err(StoreError::conflict("job id", &spec.id));
         }
         let closed = match s.breakers.get(&key).map(|b| &b.state) {
             Some(BreakerState::HalfOpen { trial }) if breaker.state == BreakerState::Closed => {
@@ -402,9 +465,13 @@ impl JobStore for MemoryStore {
     }
 
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
+        let now = self.now();
         let s = self.lock();
+        let max_age = s.event_caps.max_age_ms;
         Ok(s.job_events
             .get(job)
+            // Expired `events.max_age_ms` after its last event, like the Redis list.
+            .filter(|h| h.back().is_some_and(|e| e.at.saturating_add(max_age) > now))
             .map(|h| h.iter().cloned().collect())
             .unwrap_or_default())
     }
@@ -494,29 +561,33 @@ impl JobStore for MemoryStore {
     }
 
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self.lock().jobs.get(job).map(|e| e.record.clone()))
+        let now = self.now();
+        let mut s = self.lock();
+        s.forget_if_expired(job, now, self.retention_ms());
+        Ok(s.jobs.get(job).map(|e| e.record.clone()))
     }
 
     async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
-        Ok(self.lock().jobs.get(job).map(|e| e.spec.clone()))
+        let now = self.now();
+        let mut s = self.lock();
+        s.forget_if_expired(job, now, self.retention_ms());
+        Ok(s.jobs.get(job).map(|e| e.spec.clone()))
     }
 
     async fn user_jobs(&self, user: &UserId) -> Result<Vec<JobRecord>, StoreError> {
-        let horizon = self
-            .now()
-            .saturating_sub(FINISHED_RETENTION.as_millis() as u64);
+        let (now, retention) = (self.now(), self.retention_ms());
         let mut s = self.lock();
+        let ids = s.user_jobs.get(user).cloned().unwrap_or_default();
+        for id in &ids {
+            s.forget_if_expired(id, now, retention);
+        }
         let State {
             jobs, user_jobs, ..
         } = &mut *s;
         let Some(ids) = user_jobs.get_mut(user) else {
             return Ok(Vec::new());
         };
-        ids.retain(|id| {
-            jobs.get(id).is_some_and(|e| {
-                !(e.record.status.is_final() && e.record.ended_at.is_some_and(|t| t < horizon))
-            })
-        });
+        ids.retain(|id| jobs.contains_key(id));
         Ok(ids
             .iter()
             .filter_map(|id| jobs.get(id).map(|e| e.record.clone()))
@@ -585,10 +656,11 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<JobId>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
-        s.nodes.insert(
-            node.node_id.clone(),
-            (node.clone(), now + lease.as_millis() as u64),
-        );
+        let until = now + lease.as_millis() as u64;
+        s.nodes.insert(node.node_id.clone(), (node.clone(), until));
+        if let Some(list) = s.commands.get_mut(&node.node_id) {
+            list.until = until;
+        }
         let mut refused = Vec::new();
         for b in beats {
             match s.jobs.get_mut(&b.job_id) {
@@ -705,6 +777,7 @@ impl CommandBus for MemoryStore {
         let now = self.now();
         let outcome = {
             let mut s = self.lock();
+            s.forget_if_expired(job, now, self.retention_ms());
             let Some(e) = s.jobs.get_mut(job) else {
                 return Ok(StopRequest::NotFound);
             };
@@ -723,16 +796,17 @@ impl CommandBus for MemoryStore {
                     let Some(e) = s.jobs.get_mut(job) else {
                         return Ok(StopRequest::NotFound);
                     };
-                    let epoch = e.record.epoch;
+                    let (epoch, lease_until) = (e.record.epoch, e.lease_until);
                     let node = e.record.node_id.clone().unwrap_or_else(|| NodeId::new(""));
-                    s.commands
-                        .entry(node.clone())
-                        .or_default()
-                        .push_back(NodeCommand::Stop {
-                            job_id: job.clone(),
-                            epoch,
-                            mode,
-                        });
+                    let alive_until = s.nodes.get(&node).map_or(0, |(_, until)| *until);
+                    let list = s.commands.entry(node.clone()).or_default();
+                    list.queue.push_back(NodeCommand::Stop {
+                        job_id: job.clone(),
+                        epoch,
+                        mode,
+                    });
+                    // As store_stop.lua: the list lasts while its node (or this lease) does.
+                    list.until = list.until.max(alive_until).max(lease_until).max(now + 1);
                     StopRequest::Sent { node }
                 }
             }
@@ -753,12 +827,20 @@ impl CommandBus for MemoryStore {
             let sent = self.commands_sent.notified();
             tokio::pin!(sent);
             sent.as_mut().enable();
-            if let Some(c) = self
-                .lock()
-                .commands
-                .get_mut(node)
-                .and_then(VecDeque::pop_front)
-            {
+            let now = self.now();
+            let popped = {
+                let mut s = self.lock();
+                match s.commands.get_mut(node) {
+                    Some(list) if list.until > now => list.queue.pop_front(),
+                    Some(_) => {
+                        // Lapsed with its node.
+                        s.commands.remove(node);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(c) = popped {
                 return Ok(Some(c));
             }
             if tokio::time::timeout_at(deadline, sent).await.is_err() {
@@ -778,9 +860,7 @@ impl ApiKeys for MemoryStore {
         let now = self.now();
         let mut s = self.lock();
         if s.api_keys.contains_key(key_id) {
-            return Err(StoreError::data(format!(
-                "api key id {key_id} already exists"
-            )));
+            return Err(StoreError::conflict("api key id", key_id));
         }
         s.api_keys
             .insert(key_id.to_owned(), (user.clone(), hash.to_owned(), now));
@@ -859,6 +939,7 @@ impl Sweeper for MemoryStore {
             return Ok(None);
         }
         s.sweep_guard_until = now + interval.as_millis() as u64;
+        s.expire(now, self.retention_ms());
         let expired: Vec<(JobId, u64, Option<NodeId>, u64)> = s
             .jobs
             .iter()
@@ -969,5 +1050,87 @@ impl Subscriptions for MemoryStore {
 
     async fn active_count(&self, user: &UserId) -> Result<u32, StoreError> {
         Ok(self.lock().active.get(user).map_or(0, |a| a.len() as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::CredentialCipher;
+    use crate::ids::BrokerId;
+    use crate::job::{Credentials, StrategyConfig};
+    use crate::store::FINISHED_RETENTION;
+
+    fn spec(user: &str) -> JobSpec {
+        let id = JobId::generate();
+        let creds = Credentials {
+            api_key: "k".into(),
+            api_secret: "s".into(),
+        };
+        JobSpec {
+            credentials: CredentialCipher::ephemeral().seal(&id, &creds).unwrap(),
+            id,
+            user_id: UserId::new(user),
+            strategy_id: StrategyId::new("s"),
+            broker_id: BrokerId::new("paper"),
+            config: StrategyConfig {
+                name: "t".into(),
+                kind: "scalping".into(),
+                parameters: Default::default(),
+                risk_management: None,
+                instruments: vec!["BTC-PERPETUAL".into()],
+            },
+        }
+    }
+
+    /// With the real retention (24 h) and history age (7 days), on tokio's paused clock: the
+    /// sweep drops what Redis would have let expire, so the store does not grow with every job
+    /// it ever ran.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_forgets_what_redis_lets_expire() {
+        let store = MemoryStore::new(FleetPolicy::default());
+        let (ended, running) = (spec("u"), spec("v"));
+        store.admit(&ended).await.unwrap();
+        store.admit(&running).await.unwrap();
+        let node = NodeId::new("n1");
+        let lease = Duration::from_secs(30);
+        store
+            .claim(&node, std::slice::from_ref(&running.id), lease)
+            .await
+            .unwrap();
+        store.request_stop(&ended.id, StopMode::Hold).await.unwrap();
+        store
+            .request_stop(&running.id, StopMode::Hold)
+            .await
+            .unwrap();
+        let sizes = |s: &MemoryStore| {
+            let s = s.lock();
+            (s.jobs.len(), s.job_events.len(), s.commands.len())
+        };
+        assert_eq!(sizes(&store), (2, 2, 1));
+
+        // The node never beats: its command list lapses with the lease.
+        tokio::time::advance(lease).await;
+        store.sweep(Duration::from_secs(1), 100).await.unwrap();
+        assert_eq!(sizes(&store).2, 0, "the dead node's commands are gone");
+
+        // Just short of the retention for the job the sweep ended.
+        tokio::time::advance(FINISHED_RETENTION - Duration::from_secs(1)).await;
+        store.sweep(Duration::from_secs(1), 100).await.unwrap();
+        {
+            let s = store.lock();
+            // The stopped job is forgotten; the swept one (stopped by the sweep, since a stop was
+            // asked) ended only at the first sweep, so it is kept a little longer.
+            assert!(!s.jobs.contains_key(&ended.id));
+            assert!(!s.user_jobs.contains_key(&UserId::new("u")));
+            assert_eq!(s.user_jobs[&UserId::new("v")], vec![running.id.clone()]);
+            assert_eq!(s.job_events.len(), 2, "histories outlive records");
+        }
+
+        let week = Duration::from_millis(FleetPolicy::default().events.max_age_ms);
+        tokio::time::advance(week).await;
+        store.sweep(Duration::from_secs(1), 100).await.unwrap();
+        assert_eq!(sizes(&store), (0, 0, 0));
+        assert!(store.lock().user_jobs.is_empty());
     }
 }

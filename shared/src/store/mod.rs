@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, ScriptContext};
 use crate::config::{BreakerSettings, EventSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
@@ -41,6 +41,9 @@ pub struct FleetPolicy {
     pub events: EventSettings,
     /// Entries the admin audit trail keeps.
     pub admin_audit_max: u64,
+    /// How long an ended job's record is kept: [`FINISHED_RETENTION`] (not a setting; a field
+    /// so that tests can shorten it). Redis counts it in whole seconds.
+    pub retention: Duration,
 }
 
 impl Default for FleetPolicy {
@@ -60,6 +63,7 @@ impl FleetPolicy {
             limits: settings.limits,
             events: settings.events,
             admin_audit_max: settings.admin_audit.max_entries,
+            retention: FINISHED_RETENTION,
         }
     }
 }
@@ -67,26 +71,54 @@ impl FleetPolicy {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis failed or is unreachable.
-    #[error(transparent)]
-    Redis(#[from] RedisError),
+    /// The backend (Redis) failed or cannot be reached: worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(RedisError),
+    /// An id that must be new is taken already (a job id, an API key id); nothing was written.
+    #[error("{what} {id} already exists")]
+    Conflict {
+        /// What kind of id (`job id`, `api key id`).
+        what: &'static str,
+        /// The id.
+        id: String,
+    },
+    /// The store holds or answered something runfleet did not write (a bug or a foreign
+    /// writer): retrying will not help.
+    #[error("unexpected data in the store: {0}")]
+    Data(String),
+}
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        match e {
+            RedisError::Data(what) => StoreError::Data(what),
+            e => StoreError::Unavailable(e),
+        }
+    }
 }
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
-        StoreError::Redis(e.into())
+        RedisError::from(e).into()
     }
 }
 
 impl From<deadpool_redis::PoolError> for StoreError {
     fn from(e: deadpool_redis::PoolError) -> Self {
-        StoreError::Redis(e.into())
+        RedisError::from(e).into()
     }
 }
 
 impl StoreError {
     pub(crate) fn data(what: impl Into<String>) -> Self {
-        StoreError::Redis(RedisError::Data(what.into()))
+        StoreError::Data(what.into())
+    }
+
+    pub(crate) fn conflict(what: &'static str, id: impl std::fmt::Display) -> Self {
+        StoreError::Conflict {
+            what,
+            id: id.to_string(),
+        }
     }
 }
 
@@ -704,5 +736,5 @@ impl<T> FleetStore for T where
 #[doc(hidden)]
 pub const SCRIPT_PRELUDE: &str = include_str!("../scripts/lib.lua");
 
-/// How long a finished job's record is kept for the status call.
+/// How long a finished job's record is kept for the status call (both stores).
 pub const FINISHED_RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -9,9 +9,8 @@ use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    EventId, FINISHED_RETENTION, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore,
-    NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
-    SweepReport, Sweeper,
+    EventId, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo,
+    RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -54,18 +53,25 @@ pub struct RedisStore {
     policy: FleetPolicy,
     /// The Redis-list queue's ready list, when the scripts queue jobs themselves.
     ready_list: Option<String>,
-    /// The prelude's context arguments, made once: every script call sends them.
-    context: Arc<[String; CONTEXT_ARGS]>,
+    /// The prelude's context and its arguments, made once: every script call sends them.
+    context: Arc<(ScriptContext, [String; ScriptContext::LEN])>,
 }
 
-/// How many context arguments the prelude takes (`lib.lua`, ARGV[1..23]).
-const CONTEXT_ARGS: usize = 23;
+fn context(
+    keys: &Keys,
+    policy: &FleetPolicy,
+    ready: Option<&str>,
+) -> Arc<(ScriptContext, [String; ScriptContext::LEN])> {
+    let context = ScriptContext::new(keys, policy, ready);
+    let args = context.args();
+    Arc::new((context, args))
+}
 
 impl RedisStore {
     /// A store under the key prefix of `keys`, applying `policy`. Queued jobs are left for the
     /// caller to publish (see [`crate::dispatch`]) until [`RedisStore::queuing_into`] is set.
     pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
-        let context = Arc::new(context_args(&keys, &policy, None));
+        let context = context(&keys, &policy, None);
         Self {
             pools,
             keys,
@@ -79,7 +85,7 @@ impl RedisStore {
     /// same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
     /// and enqueue become one atomic step.
     pub fn queuing_into(mut self, ready: String) -> Self {
-        self.context = Arc::new(context_args(&self.keys, &self.policy, Some(&ready)));
+        self.context = context(&self.keys, &self.policy, Some(&ready));
         self.ready_list = Some(ready);
         self
     }
@@ -93,17 +99,22 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// The prelude's 23 context arguments (`lib.lua`, ARGV[1..23]) for this store's prefix,
-    /// policy and queue, in order: what any Redis client calling a store script must send
-    /// first (docs/redis-schema.md lists them).
-    pub fn context_args(&self) -> [String; CONTEXT_ARGS] {
-        (*self.context).clone()
+    /// The prelude's context (`lib.lua`, ARGV[1..23]) for this store's prefix, policy and
+    /// queue: what any Redis client calling a store script must send first
+    /// (docs/redis-schema.md lists it).
+    pub fn script_context(&self) -> &ScriptContext {
+        &self.context.0
+    }
+
+    /// [`script_context`](Self::script_context) as arguments, in wire order.
+    pub fn context_args(&self) -> [String; ScriptContext::LEN] {
+        self.context.1.clone()
     }
 
     /// An invocation of `script` with the prelude's context arguments.
     fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        for arg in self.context.iter() {
+        for arg in self.context.1.iter() {
             inv.arg(arg);
         }
         inv
@@ -120,35 +131,124 @@ impl RedisStore {
     }
 }
 
-/// The prelude's context arguments for `keys`, `policy` and the ready list the scripts push onto
-/// (none: an outside queue).
-fn context_args(keys: &Keys, p: &FleetPolicy, ready: Option<&str>) -> [String; CONTEXT_ARGS] {
-    let (t, r, b) = (&p.tiers, &p.restart, &p.breaker);
-    [
-        keys.prefix().to_owned(),
-        t.free.to_string(),
-        t.basic.to_string(),
-        t.pro.to_string(),
-        t.enterprise.to_string(),
-        r.max_restarts.to_string(),
-        r.window_ms.to_string(),
-        r.base_delay_ms.to_string(),
-        r.max_delay_ms.to_string(),
-        r.stable_ms.to_string(),
-        b.failures.to_string(),
-        b.window_ms.to_string(),
-        b.cooldown_ms.to_string(),
-        b.trial_ms.to_string(),
-        FINISHED_RETENTION.as_secs().to_string(),
-        if p.audit { "1" } else { "0" }.to_owned(),
-        p.limits.max_runners.to_string(),
-        p.limits.max_queued.to_string(),
-        p.limits.retry_after_ms.to_string(),
-        r.max_node_losses.to_string(),
-        ready.unwrap_or_default().to_owned(),
-        p.events.max_len.to_string(),
-        p.events.max_age_ms.to_string(),
-    ]
+/// The context every store script receives first: ARGV[1..23], which the prelude (`lib.lua`)
+/// reads into `P` and `C`. One named field per argument, in wire order; [`args`](Self::args) is
+/// the only place that knows the positions (docs/redis-schema.md lists them with these names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptContext {
+    /// ARGV[1]: the key prefix (`P` in lib.lua).
+    pub prefix: String,
+    /// ARGV[2]: runners of the free tier.
+    pub tier_free: u32,
+    /// ARGV[3]: runners of the basic tier.
+    pub tier_basic: u32,
+    /// ARGV[4]: runners of the pro tier.
+    pub tier_pro: u32,
+    /// ARGV[5]: runners of the enterprise tier.
+    pub tier_enterprise: u32,
+    /// ARGV[6]: restarts within the restart window.
+    pub max_restarts: u32,
+    /// ARGV[7]: the restart window, ms.
+    pub restart_window_ms: u64,
+    /// ARGV[8]: the first restart delay, ms.
+    pub restart_base_delay_ms: u64,
+    /// ARGV[9]: the largest restart delay, ms.
+    pub restart_max_delay_ms: u64,
+    /// ARGV[10]: a run this long resets the restart count, ms.
+    pub restart_stable_ms: u64,
+    /// ARGV[11]: failures that open a strategy's breaker.
+    pub breaker_failures: u32,
+    /// ARGV[12]: the breaker's window, ms.
+    pub breaker_window_ms: u64,
+    /// ARGV[13]: how long an open breaker refuses starts, ms.
+    pub breaker_cooldown_ms: u64,
+    /// ARGV[14]: how long a trial run must run to close the breaker, ms.
+    pub breaker_trial_ms: u64,
+    /// ARGV[15]: retention of an ended job's record, **seconds** ([`FleetPolicy::retention`],
+    /// [`FINISHED_RETENTION`](super::FINISHED_RETENTION)).
+    pub retention_s: u64,
+    /// ARGV[16]: record accepted writes in the audit stream (sent as `1` / `0`).
+    pub audit: bool,
+    /// ARGV[17]: runners holding slots fleet-wide.
+    pub max_runners: u32,
+    /// ARGV[18]: jobs waiting in the queue fleet-wide.
+    pub max_queued: u32,
+    /// ARGV[19]: the Retry-After of those two refusals, ms.
+    pub retry_after_ms: u64,
+    /// ARGV[20]: restarts within the window after node losses.
+    pub max_node_losses: u32,
+    /// ARGV[21]: the ready list the scripts push queued jobs onto; empty when the queue lives
+    /// outside Redis.
+    pub ready_list: String,
+    /// ARGV[22]: events the lifecycle stream keeps (approximately).
+    pub events_max_len: u64,
+    /// ARGV[23]: age past which events are trimmed, ms.
+    pub events_max_age_ms: u64,
+}
+
+impl ScriptContext {
+    /// How many arguments the context takes: a script's own arguments start after them.
+    pub const LEN: usize = 23;
+
+    /// The context for `keys`, `policy` and the ready list the scripts push onto (none: an
+    /// outside queue).
+    pub fn new(keys: &Keys, p: &FleetPolicy, ready: Option<&str>) -> Self {
+        let (t, r, b) = (&p.tiers, &p.restart, &p.breaker);
+        Self {
+            prefix: keys.prefix().to_owned(),
+            tier_free: t.free,
+            tier_basic: t.basic,
+            tier_pro: t.pro,
+            tier_enterprise: t.enterprise,
+            max_restarts: r.max_restarts,
+            restart_window_ms: r.window_ms,
+            restart_base_delay_ms: r.base_delay_ms,
+            restart_max_delay_ms: r.max_delay_ms,
+            restart_stable_ms: r.stable_ms,
+            breaker_failures: b.failures,
+            breaker_window_ms: b.window_ms,
+            breaker_cooldown_ms: b.cooldown_ms,
+            breaker_trial_ms: b.trial_ms,
+            retention_s: p.retention.as_secs().max(1),
+            audit: p.audit,
+            max_runners: p.limits.max_runners,
+            max_queued: p.limits.max_queued,
+            retry_after_ms: p.limits.retry_after_ms,
+            max_node_losses: r.max_node_losses,
+            ready_list: ready.unwrap_or_default().to_owned(),
+            events_max_len: p.events.max_len,
+            events_max_age_ms: p.events.max_age_ms,
+        }
+    }
+
+    /// The arguments in wire order, ARGV[1..23].
+    pub fn args(&self) -> [String; Self::LEN] {
+        [
+            self.prefix.clone(),
+            self.tier_free.to_string(),
+            self.tier_basic.to_string(),
+            self.tier_pro.to_string(),
+            self.tier_enterprise.to_string(),
+            self.max_restarts.to_string(),
+            self.restart_window_ms.to_string(),
+            self.restart_base_delay_ms.to_string(),
+            self.restart_max_delay_ms.to_string(),
+            self.restart_stable_ms.to_string(),
+            self.breaker_failures.to_string(),
+            self.breaker_window_ms.to_string(),
+            self.breaker_cooldown_ms.to_string(),
+            self.breaker_trial_ms.to_string(),
+            self.retention_s.to_string(),
+            if self.audit { "1" } else { "0" }.to_owned(),
+            self.max_runners.to_string(),
+            self.max_queued.to_string(),
+            self.retry_after_ms.to_string(),
+            self.max_node_losses.to_string(),
+            self.ready_list.clone(),
+            self.events_max_len.to_string(),
+            self.events_max_age_ms.to_string(),
+        ]
+    }
 }
 
 fn account_arg(account: &Option<serde_json::Value>) -> String {
@@ -727,9 +827,7 @@ impl ApiKeys for RedisStore {
             .invoke_async(&mut *self.conn().await?)
             .await?;
         if created < 0 {
-            return Err(StoreError::data(format!(
-                "api key id {key_id} already exists"
-            )));
+            return Err(StoreError::conflict("api key id", key_id));
         }
         Ok(ApiKeyInfo {
             key_id: key_id.to_owned(),
@@ -871,10 +969,7 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
         2 => Ok(Admission::BreakerOpen { retry_after_ms }),
         3 => Ok(Admission::FleetFull { retry_after_ms }),
         4 => Ok(Admission::QueueFull { retry_after_ms }),
-        _ => Err(StoreError::data(format!(
-            "job id {} already exists",
-            spec.id
-        ))),
+        _ => Err(StoreError::conflict("job id", &spec.id)),
     }
 }
 

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
-use runfleet::config::{RabbitMqSettings, RedisSettings};
+#[cfg(feature = "rabbitmq")]
+use runfleet::config::RabbitMqSettings;
+use runfleet::config::RedisSettings;
 use runfleet::keys::Keys;
+#[cfg(feature = "rabbitmq")]
 use runfleet::queue::RabbitMqQueue;
 use runfleet::redis_pool::RedisPools;
 
@@ -60,6 +63,7 @@ pub fn amqp_url() -> String {
 }
 
 /// RabbitMQ settings for tests: the test broker, short timeouts.
+#[cfg(feature = "rabbitmq")]
 pub fn rabbitmq_settings() -> RabbitMqSettings {
     RabbitMqSettings {
         url: amqp_url(),
@@ -75,6 +79,7 @@ pub fn unique_queue_name() -> String {
 
 /// The queue `name` on the test RabbitMQ, connected and declared. Panics with a clear message
 /// if the broker cannot be reached: these tests must never pass by skipping.
+#[cfg(feature = "rabbitmq")]
 pub async fn rabbitmq_queue(name: &str) -> RabbitMqQueue {
     let queue = RabbitMqQueue::new(&rabbitmq_settings(), name).expect("rabbitmq settings");
     if let Err(e) = queue.connect().await {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use runfleet_fleet_tests::{Api, Fleet, eventually, start_request};
 use serde_json::{Value, json};
 
+#[cfg(feature = "rabbitmq")]
 use crate::rabbitmq::{amqp_url, broker_queue};
 
 fn workers(status: &Value) -> Vec<Value> {
@@ -114,6 +115,7 @@ async fn an_orchestrator_killed_mid_burst_strands_no_slot_redis() {
 /// Defect 1, RabbitMQ: the publish cannot be inside the admission script, so a job whose
 /// publish was never confirmed is published again by the sweep. After 5 rounds of SIGKILL
 /// mid-burst, every admitted job runs, exactly once, and stops.
+#[cfg(feature = "rabbitmq")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orchestrator_killed_mid_burst_strands_no_slot_rabbitmq() {
     let mut fleet = Fleet::new("kill-orch-amqp");

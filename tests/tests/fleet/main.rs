@@ -6,6 +6,7 @@ mod batch;
 mod integrity;
 mod observability;
 mod partition;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod rate_limits;
 mod readme;

@@ -10,14 +10,17 @@
 //! - [`ReplayFeed`]: candles from CSV files (`,Open,High,Low,Close,Volume`, as in
 //!   `../shared/data`), merged by time across instruments, paced by `market.replay_speed`. A
 //!   file that is not a regular series of candles is refused with its line ([`parse_csv`]).
+//!   Each file is read and parsed once per node, on a blocking thread, and shared by the
+//!   node's runners ([`ReplayCache`]).
 //!
 //! [`CandleBuilder`] turns a feed's bars into candles of a strategy's timeframe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -108,12 +111,14 @@ pub trait MarketFeed: Send + fmt::Debug {
 
 /// The feed `market` selects, for `instruments`, each step one candle of `period_ms` (the
 /// simulated feed), resumed from `saved` (a [`MarketFeed::state`]) when it is of the same kind.
-pub fn build(
+/// A replay's files come from `replays`, the node's cache.
+pub async fn build(
     market: &MarketSettings,
     instruments: &[&'static Instrument],
     seed: u64,
     period_ms: i64,
     saved: Option<&Value>,
+    replays: &ReplayCache,
 ) -> Result<Box<dyn MarketFeed>, FeedError> {
     let saved = saved.filter(|s| {
         s.get("kind").and_then(Value::as_str)
@@ -136,8 +141,9 @@ pub fn build(
             Box::new(feed)
         }
         FeedKind::Replay => {
-            let mut feed =
-                ReplayFeed::from_file(&market.replay_file, instruments, market.replay_speed)?;
+            let mut feed = replays
+                .feed(&market.replay_file, instruments, market.replay_speed)
+                .await?;
             if let Some(s) = saved {
                 feed.restore(s)?;
             }
@@ -286,30 +292,6 @@ impl ReplayFeed {
         }
     }
 
-    /// Loads `path` for each instrument; `{index}` in it is replaced by the instrument's price
-    /// index (one file per index is read once).
-    pub fn from_file(
-        path: &str,
-        instruments: &[&'static Instrument],
-        speed: u64,
-    ) -> Result<Self, FeedError> {
-        let mut loaded: BTreeMap<String, Arc<Vec<Candle>>> = BTreeMap::new();
-        let mut series = Vec::with_capacity(instruments.len());
-        for instrument in instruments {
-            let file = path.replace("{index}", instrument.index);
-            let rows = match loaded.get(&file) {
-                Some(rows) => rows.clone(),
-                None => {
-                    let rows = Arc::new(load_csv(Path::new(&file))?);
-                    loaded.insert(file, rows.clone());
-                    rows
-                }
-            };
-            series.push((*instrument, rows));
-        }
-        Ok(Self::new(series, speed))
-    }
-
     /// Rows still to play, over every instrument.
     pub fn remaining(&self) -> usize {
         self.series.iter().map(|s| s.rows.len() - s.next).sum()
@@ -377,7 +359,67 @@ impl MarketFeed for ReplayFeed {
     }
 }
 
-/// Reads a candle CSV file (see [`parse_csv`]); errors name the file.
+/// One file's candles, once loaded (or being loaded).
+type Loading = Arc<tokio::sync::OnceCell<Arc<Vec<Candle>>>>;
+
+/// Replay files read and parsed once per node, shared by its runners (cheap to clone; clones
+/// share the cache). A file is read on a blocking thread (never on the async workers) the first
+/// time a runner needs it; runners starting meanwhile wait for that one read. A file that
+/// cannot be loaded is not remembered, so the next runner tries again. Files are not watched:
+/// a node sees a changed file after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayCache {
+    files: Arc<Mutex<HashMap<String, Loading>>>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl ReplayCache {
+    /// The candles of `file`, read and parsed on first use.
+    pub async fn candles(&self, file: &str) -> Result<Arc<Vec<Candle>>, FeedError> {
+        let cell = {
+            // Held for a map lookup only, never across an await.
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.entry(file.to_owned()).or_default().clone()
+        };
+        let load = || async {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let path = file.to_owned();
+            let loaded = tokio::task::spawn_blocking(move || load_csv(Path::new(&path))).await;
+            match loaded {
+                Ok(rows) => rows.map(Arc::new),
+                Err(e) => Err(FeedError::Read {
+                    path: file.to_owned(),
+                    source: std::io::Error::other(e),
+                }),
+            }
+        };
+        cell.get_or_try_init(load).await.cloned()
+    }
+
+    /// A replay of `path` for each instrument; `{index}` in it is replaced by the instrument's
+    /// price index.
+    pub async fn feed(
+        &self,
+        path: &str,
+        instruments: &[&'static Instrument],
+        speed: u64,
+    ) -> Result<ReplayFeed, FeedError> {
+        let mut series = Vec::with_capacity(instruments.len());
+        for instrument in instruments {
+            let file = path.replace("{index}", instrument.index);
+            series.push((*instrument, self.candles(&file).await?));
+        }
+        Ok(ReplayFeed::new(series, speed))
+    }
+
+    /// How many times a file was read (and parsed) so far.
+    pub fn reads(&self) -> usize {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
+/// Reads a candle CSV file (see [`parse_csv`]); errors name the file. Blocking: the node calls
+/// it through [`ReplayCache`].
 pub fn load_csv(path: &Path) -> Result<Vec<Candle>, FeedError> {
     let text = std::fs::read_to_string(path).map_err(|source| FeedError::Read {
         path: path.display().to_string(),

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::warn;
 
-use self::feed::MarketFeed;
+use self::feed::{MarketFeed, ReplayCache};
 use self::paper::{FillModel, PaperBroker};
 use self::risk::RiskLimits;
 use self::session::Session;
@@ -113,11 +113,13 @@ fn instruments_of(spec: &JobSpec) -> Vec<&'static Instrument> {
         .collect()
 }
 
-/// The paper session and the feed of a job, resumed from `resume` when given.
+/// The paper session and the feed of a job, resumed from `resume` when given; a replay's files
+/// come from `replays`, the node's cache.
 pub async fn start(
     spec: &JobSpec,
     market: &MarketSettings,
     resume: Option<&Value>,
+    replays: &ReplayCache,
 ) -> Result<(Session<PaperBroker>, Box<dyn MarketFeed>), String> {
     let instruments = instruments_of(spec);
     if instruments.is_empty() {
@@ -143,7 +145,9 @@ pub async fn start(
         job_seed(spec.id.as_str(), market.seed),
         session.timeframe_ms(),
         resume.and_then(|r| r.get("feed")),
+        replays,
     )
+    .await
     .map_err(|e| e.to_string())?;
     Ok((session, feed))
 }
@@ -173,12 +177,13 @@ fn publish(to: &Mutex<Report>, report: Report) {
 pub async fn run(
     spec: Arc<JobSpec>,
     market: &MarketSettings,
+    replays: &ReplayCache,
     resume: Option<Value>,
     report: Arc<Mutex<Report>>,
     mut stop: watch::Receiver<Option<StopCause>>,
     lease: LeaseDeadline,
 ) -> Result<RunOutcome, String> {
-    let (mut session, mut feed) = start(&spec, market, resume.as_ref()).await?;
+    let (mut session, mut feed) = start(&spec, market, resume.as_ref(), replays).await?;
     publish(&report, snapshot(&session, feed.as_ref()));
     let mut last = Instant::now();
     let mut first = true;

@@ -9,7 +9,7 @@ use runfleet::config::{FeedKind, MarketSettings};
 use runfleet::job::JobSpec;
 use runfleet_worker::trading;
 use runfleet_worker::trading::broker::{Fill, OrderRequest, OrderSide};
-use runfleet_worker::trading::feed::{Bar, Candle};
+use runfleet_worker::trading::feed::{Bar, Candle, ReplayCache};
 use runfleet_worker::trading::paper::{FillModel, PaperBroker};
 use runfleet_worker::trading::risk::RiskLimits;
 use runfleet_worker::trading::session::Session;
@@ -161,7 +161,8 @@ pub async fn play(
     spec: &JobSpec,
     market: &MarketSettings,
 ) -> Result<(Session<PaperBroker>, Vec<Vec<Fill>>), String> {
-    let (mut session, mut feed) = trading::start(spec, market, None).await?;
+    let (mut session, mut feed) =
+        trading::start(spec, market, None, &ReplayCache::default()).await?;
     let mut steps = Vec::new();
     while let Some(bars) = feed.next_bars() {
         steps.push(session.step(&bars).await);
