@@ -253,8 +253,9 @@ fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> Value {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchStartRequest {
-    /// Start requests, each as `POST /v1/runners` takes it (checked one by one).
-    pub runners: Vec<Value>,
+    /// Start requests, each as `POST /v1/runners` takes it (checked one by one; an element
+    /// that is not a JSON object makes the whole batch malformed).
+    pub runners: Vec<serde_json::Map<String, Value>>,
 }
 
 /// `POST /v1/runners/batch`: many starts in one call (of one user or, with the admin key, of
@@ -283,7 +284,7 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     let mut results: Vec<Result<Value, ApiError>> = Vec::with_capacity(n);
     let mut specs = Vec::new();
     for (i, raw) in req.runners.into_iter().enumerate() {
-        let spec = crate::extract::from_value::<StartRunnerRequest>(raw)
+        let spec = crate::extract::from_value::<StartRunnerRequest>(Value::Object(raw))
             .and_then(|r| job_of(&app, &caller, r))
             .map_err(|e| e.within(&format!("runners[{i}]")));
         match spec {

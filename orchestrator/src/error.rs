@@ -152,10 +152,10 @@ impl ApiError {
     pub fn within(self, at: &str) -> Self {
         match self {
             ApiError::Invalid { field, message } => ApiError::Invalid {
-                field: if field == "body" {
-                    at.to_owned()
-                } else {
-                    format!("{at}.{field}")
+                field: match field.as_str() {
+                    "body" => at.to_owned(),
+                    f if f.starts_with('[') => format!("{at}{f}"),
+                    f => format!("{at}.{f}"),
                 },
                 message,
             },

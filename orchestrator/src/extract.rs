@@ -43,7 +43,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// JSON value (`{...}xyz`) is refused: the body is not valid JSON.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let value = deserialize(de)?;
+    let value = deserialize(&mut *de)?;
     de.end().map_err(|e| {
         ApiError::invalid(
             "body",
@@ -56,13 +56,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// Reads `T` from an already parsed JSON value (an element of a batch), reporting the path of
 /// the first bad field as [`parse`] does.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    let bytes = serde_json::to_vec(&value).map_err(|e| ApiError::invalid("body", e.to_string()))?;
-    parse(&bytes)
+    deserialize(value)
 }
 
-fn deserialize<'de, T: DeserializeOwned>(
-    de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
-) -> Result<T, ApiError> {
+fn deserialize<'de, T: DeserializeOwned, D>(de: D) -> Result<T, ApiError>
+where
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner();

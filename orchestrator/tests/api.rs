@@ -1452,6 +1452,17 @@ async fn a_batch_is_refused_whole_when_empty_too_large_or_over_the_keys_rate() {
             "extra",
         ),
         (json!({}), StatusCode::BAD_REQUEST, "runners"),
+        // Not an array of objects: malformed as a whole (schemathesis found it answered 200).
+        (
+            json!({"runners": [[null, null]]}),
+            StatusCode::BAD_REQUEST,
+            "runners[0]",
+        ),
+        (
+            json!({"runners": [start_body("ann"), 7]}),
+            StatusCode::BAD_REQUEST,
+            "runners[1]",
+        ),
         // More than the key's burst of starts can ever allow at once.
         (batch(11), StatusCode::BAD_REQUEST, "runners"),
     ];
@@ -1468,7 +1479,7 @@ async fn a_batch_is_refused_whole_when_empty_too_large_or_over_the_keys_rate() {
         assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.body);
     }
     assert_eq!(t.queue.depth().await.unwrap(), 0, "nothing written");
-    // Each call above counted as one start (5 of the burst of 10): three more fit, then
+    // Each call above counted as one start (7 of the burst of 10): three more fit, then
     // three more do not (429, none of them written).
     let send = |n| {
         call(
