@@ -10,6 +10,9 @@
 //! to the broadcast first, then reads what came after its id from the store up to the end,
 //! then forwards only live events newer than the last it sent.
 //!
+//! When events after the resume point were already trimmed by the stream's caps, the stream
+//! starts with one `gap` event (`event: gap`, no id) saying so, rather than skipping silently.
+//!
 //! A client that falls `events.live_buffer` events behind (a slow reader) is dropped rather
 //! than buffered without bound; it reconnects with its `Last-Event-ID` and resumes from the
 //! store. Streams end when the orchestrator shuts down, so they do not hold its graceful stop.
@@ -175,11 +178,16 @@ struct Follow<S> {
     passed: EventId,
     /// Still reading the store after `passed`.
     catching_up: bool,
+    /// Told first, once: the resume point is older than what the stream still keeps.
+    gap: Option<Event>,
     backlog: VecDeque<RunnerEvent>,
 }
 
 impl<S: FleetStore> Follow<S> {
     async fn next(&mut self) -> Option<Event> {
+        if let Some(gap) = self.gap.take() {
+            return Some(gap);
+        }
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 if let Some(out) = self.pass(&e) {
@@ -290,12 +298,25 @@ pub async fn stream<S: FleetStore, Q: JobQueue + Clone>(
         .transpose()?;
 
     let live = app.events.subscribe(&app.store).await?;
+    // Events after the resume point that the stream's caps trimmed are lost: say so first.
+    let gap = match after {
+        Some(after) => app.store.events_lost_after(&after).await?.then(|| {
+            let data = serde_json::json!({
+                "lastEventId": after.to_string(),
+                "message": "events after lastEventId may have been trimmed from the \
+                            stream (events.max_len, events.max_age_ms) and cannot be sent",
+            });
+            Event::default().event("gap").data(data.to_string())
+        }),
+        None => None,
+    };
     let follow = Follow {
         store: app.store.clone(),
         live,
         filter: Filter { user, job },
         passed: after.unwrap_or(EventId::ZERO),
         catching_up: after.is_some(),
+        gap,
         backlog: VecDeque::new(),
     };
     let closing = app.events.closing();

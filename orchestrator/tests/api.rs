@@ -12,7 +12,7 @@ use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::UserId;
 use runfleet::queue::{JobQueue, MemoryQueue};
-use runfleet::store::{FleetPolicy, JobStore, MemoryStore, Subscriptions};
+use runfleet::store::{EventId, FleetPolicy, JobStore, MemoryStore, Subscriptions};
 use runfleet_orchestrator::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1501,4 +1501,49 @@ async fn a_batch_is_refused_whole_when_empty_too_large_or_over_the_keys_rate() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     assert!(r.retry_after.is_some());
     assert_eq!(t.queue.depth().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn resuming_from_before_what_the_stream_kept_starts_with_a_gap_event() {
+    let t = test_app(|s| {
+        s.events.max_len = 3;
+        s.tiers.free = 20;
+    });
+    let mut first_id = None;
+    for _ in 0..10 {
+        let r = admin(&t.router, "POST", "/v1/runners", Some(start_body("gus"))).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        if first_id.is_none() {
+            first_id = t
+                .store
+                .events_after(&EventId::ZERO, 1, None)
+                .await
+                .unwrap()
+                .first()
+                .map(|e| e.id.clone());
+        }
+    }
+    let first_id = first_id.unwrap();
+    let mut body = open_events(&t.router, ADMIN, Some(&first_id)).await;
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+        .await
+        .expect("a first frame")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let text = std::str::from_utf8(&frame).unwrap();
+    assert!(text.starts_with("event: gap\n"), "{text}");
+    assert!(text.contains(&first_id), "{text}");
+    // Then the three events still kept, in order.
+    let (kept, _) = read_events(&mut body, 3).await;
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    // Resuming from the newest kept one: no gap.
+    let last = kept[2]["id"].as_str().unwrap();
+    let mut body = open_events(&t.router, ADMIN, Some(last)).await;
+    let nothing = tokio::time::timeout(std::time::Duration::from_millis(300), body.frame()).await;
+    assert!(
+        nothing.is_err(),
+        "no gap event and nothing else: {nothing:?}"
+    );
 }

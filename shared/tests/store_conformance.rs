@@ -1312,3 +1312,62 @@ async fn retention_redis() {
     .await;
     support::cleanup(&pools, &keys).await;
 }
+
+/// A policy whose event stream keeps about 10 events.
+fn short_stream() -> FleetPolicy {
+    FleetPolicy {
+        events: runfleet::config::EventSettings {
+            max_len: 10,
+            ..Default::default()
+        },
+        limits: runfleet::config::LimitSettings {
+            max_runners: 100_000,
+            max_queued: 100_000,
+            ..Default::default()
+        },
+        ..policy()
+    }
+}
+
+/// What the stream's caps trimmed is known, so a reader resuming from before it can be told
+/// (`GET /v1/events` starts with a `gap` event). Redis trims `MAXLEN ~` by whole nodes of
+/// 100 entries, so 300 events are appended.
+async fn the_stream_reports_what_its_caps_trimmed<S: FleetStore>(s: S) {
+    assert!(!s.events_lost_after(&EventId::ZERO).await.unwrap());
+    s.admit(&spec("tr0")).await.unwrap();
+    let first = s.last_event_id().await.unwrap();
+    // Nothing trimmed yet: resuming from anywhere loses nothing.
+    assert!(!s.events_lost_after(&EventId::ZERO).await.unwrap());
+    for i in 1..300 {
+        s.admit(&spec(&format!("tr{i}"))).await.unwrap();
+    }
+    let kept = s.events_after(&EventId::ZERO, 1000, None).await.unwrap();
+    assert!(kept.len() < 300, "trimmed to about 10: {}", kept.len());
+    assert!(
+        s.events_lost_after(&first).await.unwrap(),
+        "the first event's successors"
+    );
+    assert!(s.events_lost_after(&EventId::ZERO).await.unwrap());
+    let oldest_kept: EventId = kept[0].id.parse().unwrap();
+    assert!(!s.events_lost_after(&oldest_kept).await.unwrap());
+    let newest = s.last_event_id().await.unwrap();
+    assert!(!s.events_lost_after(&newest).await.unwrap());
+}
+
+#[tokio::test]
+async fn trimmed_events_memory() {
+    the_stream_reports_what_its_caps_trimmed(MemoryStore::new(short_stream())).await;
+}
+
+#[tokio::test]
+async fn trimmed_events_redis() {
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    the_stream_reports_what_its_caps_trimmed(RedisStore::new(
+        pools.clone(),
+        keys.clone(),
+        short_stream(),
+    ))
+    .await;
+    support::cleanup(&pools, &keys).await;
+}

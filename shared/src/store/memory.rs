@@ -69,6 +69,8 @@ struct State {
     event_appended: Arc<Notify>,
     /// Circuit breakers opened (the `counters` hash's `breaker_openings`).
     breaker_openings: u64,
+    /// The newest event id trimmed from `events`.
+    events_trimmed: EventId,
     /// Each job's own events (its `events` list).
     job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
     /// The last event id's (ms, sequence), so ids increase as stream ids do.
@@ -220,7 +222,9 @@ impl State {
         while self.events.len() as u64 > self.event_caps.max_len
             || self.events.front().is_some_and(|e| e.at < oldest)
         {
-            self.events.pop_front();
+            if let Some(gone) = self.events.pop_front() {
+                self.events_trimmed = gone.id.parse().unwrap_or(self.events_trimmed);
+            }
         }
     }
     /// Ends a job for good: frees its slot, forgets any pending restart.
@@ -513,6 +517,18 @@ impl JobStore for MemoryStore {
                 _ => return Ok(Vec::new()),
             }
         }
+    }
+
+    async fn events_lost_after(&self, after: &EventId) -> Result<bool, StoreError> {
+        let s = self.lock();
+        if s.events_trimmed == EventId::ZERO {
+            return Ok(false);
+        }
+        let oldest = s.events.front().and_then(|e| e.id.parse::<EventId>().ok());
+        Ok(match oldest {
+            Some(oldest) => *after < oldest,
+            None => *after < s.events_trimmed,
+        })
     }
 
     async fn last_event_id(&self) -> Result<EventId, StoreError> {

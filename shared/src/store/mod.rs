@@ -484,6 +484,14 @@ pub trait JobStore: Send + Sync {
     /// The id of the newest event appended so far ([`EventId::ZERO`] when none).
     fn last_event_id(&self) -> impl Future<Output = Result<EventId, StoreError>> + Send;
 
+    /// Whether a reader resuming after `after` may have missed events that the stream's caps
+    /// trimmed: some were trimmed, and `after` is older than the oldest event still kept (or
+    /// none is kept and `after` is older than the newest ever appended).
+    fn events_lost_after(
+        &self,
+        after: &EventId,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// A user's jobs, oldest first (finished ones until their retention passes).
     fn user_jobs(
         &self,

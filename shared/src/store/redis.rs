@@ -490,6 +490,48 @@ impl JobStore for RedisStore {
             .collect())
     }
 
+    async fn events_lost_after(&self, after: &EventId) -> Result<bool, StoreError> {
+        // `entries-added` counts every append ever, `length` what is kept: runfleet never
+        // deletes single entries, so the difference is what the caps trimmed.
+        let info: Result<HashMap<String, Value>, _> = ::redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(self.keys.events())
+            .query_async(&mut *self.conn().await?)
+            .await;
+        let info = match info {
+            Ok(info) => info,
+            // No stream yet: nothing was ever trimmed.
+            Err(e) if e.to_string().contains("no such key") => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let number = |k: &str| {
+            info.get(k)
+                .and_then(text)
+                .and_then(|t| t.parse::<u64>().ok())
+        };
+        let (Some(added), Some(kept)) = (number("entries-added"), number("length")) else {
+            return Err(StoreError::data(
+                "XINFO STREAM without entries-added or length",
+            ));
+        };
+        if added <= kept {
+            return Ok(false);
+        }
+        let id_of = |v: &Value| -> Option<EventId> {
+            match v {
+                Value::Array(entry) => entry.first().and_then(text)?.parse().ok(),
+                other => text(other)?.parse().ok(),
+            }
+        };
+        let oldest = info.get("first-entry").and_then(id_of);
+        let newest = info.get("last-generated-id").and_then(id_of);
+        Ok(match (oldest, newest) {
+            (Some(oldest), _) => *after < oldest,
+            (None, Some(newest)) => *after < newest,
+            (None, None) => false,
+        })
+    }
+
     async fn last_event_id(&self) -> Result<EventId, StoreError> {
         let reply: ::redis::streams::StreamRangeReply = ::redis::cmd("XREVRANGE")
             .arg(self.keys.events())
