@@ -10,8 +10,6 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet::catalog::{self, SYSTEM_USER, check_id, check_user_id};
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
 use runfleet::dispatch::dispatch;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
@@ -26,51 +24,10 @@ use serde_json::{Value, json};
 use crate::audit::{self, Action};
 use crate::auth::{Caller, issue_key};
 use crate::error::ApiError;
-use crate::events::EventHub;
 use crate::extract::{JsonBody, Path};
 use crate::rate_limit::{CallClass, RateLimits};
 use crate::request_id::RequestId;
-
-/// What every handler shares: the store, the queue, the credentials cipher and the settings.
-#[derive(Debug)]
-pub struct AppState<S, Q> {
-    /// Shared fleet state.
-    pub store: S,
-    /// The job queue.
-    pub queue: Q,
-    /// Seals users' credentials.
-    pub cipher: CredentialCipher,
-    /// Settings (tier limits, stop wait, admin key).
-    pub settings: Arc<Settings>,
-    /// Live event clients (`GET /v1/events`).
-    pub events: EventHub,
-}
-
-impl<S, Q> AppState<S, Q> {
-    /// The state of an API over `store` and `queue`.
-    pub fn new(store: S, queue: Q, cipher: CredentialCipher, settings: Arc<Settings>) -> Self {
-        let events = EventHub::new(settings.events.live_buffer);
-        Self {
-            store,
-            queue,
-            cipher,
-            settings,
-            events,
-        }
-    }
-}
-
-impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            queue: self.queue.clone(),
-            cipher: self.cipher.clone(),
-            settings: self.settings.clone(),
-            events: self.events.clone(),
-        }
-    }
-}
+use crate::state::AppState;
 
 pub(crate) fn user_id(raw: &str) -> Result<UserId, ApiError> {
     check_user_id("userId", raw).map_err(|e| ApiError::invalid(e.field, e.message))?;

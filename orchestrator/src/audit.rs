@@ -14,10 +14,10 @@ use runfleet::store::{AdminAction, FleetStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::request_id::RequestId;
+use crate::state::AppState;
 
 /// What an admin did, as the trail names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

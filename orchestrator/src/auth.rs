@@ -16,9 +16,9 @@ use runfleet::store::FleetStore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::api::AppState;
 use crate::error::ApiError;
 use crate::rate_limit::{CallClass, RateLimits};
+use crate::state::AppState;
 
 /// The public id the admin key goes by in the audit trail and in rate limits: the admin key
 /// has no id of its own, and the key itself must never be written anywhere.

@@ -34,9 +34,9 @@ use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Events read per store call, by the tailer and by a client catching up.
 const BATCH: usize = 500;

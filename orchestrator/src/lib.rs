@@ -11,6 +11,7 @@ pub mod extract;
 pub mod rate_limit;
 pub mod request_id;
 pub mod seed;
+pub mod state;
 pub mod sweeper;
 
 use std::time::Duration;
@@ -24,7 +25,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use api::AppState;
+pub use state::AppState;
 
 /// The API's router.
 pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router {

@@ -1,0 +1,50 @@
+//! What every handler shares ([`AppState`]), in a module of its own so that the handlers
+//! (`api`, `events`, `audit`) and the extractors (`auth`) depend on it, not on each other.
+
+use std::sync::Arc;
+
+use runfleet::config::Settings;
+use runfleet::crypto::CredentialCipher;
+
+use crate::events::EventHub;
+
+/// What every handler shares: the store, the queue, the credentials cipher and the settings.
+#[derive(Debug)]
+pub struct AppState<S, Q> {
+    /// Shared fleet state.
+    pub store: S,
+    /// The job queue.
+    pub queue: Q,
+    /// Seals users' credentials.
+    pub cipher: CredentialCipher,
+    /// Settings (tier limits, stop wait, admin key).
+    pub settings: Arc<Settings>,
+    /// Live event clients (`GET /v1/events`).
+    pub events: EventHub,
+}
+
+impl<S, Q> AppState<S, Q> {
+    /// The state of an API over `store` and `queue`.
+    pub fn new(store: S, queue: Q, cipher: CredentialCipher, settings: Arc<Settings>) -> Self {
+        let events = EventHub::new(settings.events.live_buffer);
+        Self {
+            store,
+            queue,
+            cipher,
+            settings,
+            events,
+        }
+    }
+}
+
+impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            cipher: self.cipher.clone(),
+            settings: self.settings.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
