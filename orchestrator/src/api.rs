@@ -121,19 +121,26 @@ async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
     let spec = job_of(&app, &caller, req)?;
     let (tier, limit, current) = admitted(&spec, app.store.admit(&spec).await?)?;
     let id = &spec.id;
-    if let Err(e) = dispatch(&app.store, &app.queue, std::slice::from_ref(id)).await {
-        // Undo the admission so the slot is not held by a job that will never run.
-        if let Err(undo) = app.store.forget(id, &spec.user_id).await {
-            tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
-        }
-        return Err(e.into());
-    }
+    publish(&app, std::slice::from_ref(id)).await;
     tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(queued_answer(id, tier, limit, current)),
     )
         .into_response())
+}
+
+/// Publishes admitted jobs to a queue outside Redis (a no-op for the Redis-list queue, which
+/// the admission itself pushed onto). A failed publish is not undone: the admission recorded
+/// each job as pending in the same atomic step, and the sweep publishes pending jobs again
+/// until the queue confirms them (claims drop duplicates). Undoing it instead raced with a
+/// node that had already claimed a publish whose confirmation was lost, so a start answered
+/// 503 could run after all; now an admitted start is queued, full stop.
+async fn publish<S: FleetStore, Q: JobQueue + Clone>(app: &AppState<S, Q>, jobs: &[JobId]) {
+    if let Err(e) = dispatch(&app.store, &app.queue, jobs).await {
+        metrics::counter!(observability::QUEUE_ERRORS_TOTAL).increment(1);
+        tracing::warn!(jobs = jobs.len(), error = %e, "publishing admitted jobs failed; the sweep publishes them again");
+    }
 }
 
 /// Checks a start request for `caller` and seals its credentials: the job to admit.
@@ -262,16 +269,7 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
         });
     }
     let ids: Vec<JobId> = queued.iter().map(|(_, id, _)| id.clone()).collect();
-    if let Err(e) = dispatch(&app.store, &app.queue, &ids).await {
-        // None reached the queue for sure: undo them all, as a single start would.
-        let e = ApiError::from(e).to_string();
-        for (i, id, user) in &queued {
-            if let Err(undo) = app.store.forget(id, user).await {
-                tracing::error!(job = %id, error = %undo, "could not undo an admission after enqueue failed");
-            }
-            results[*i] = Err(ApiError::QueueUnavailable(anyhow::anyhow!("{e}")));
-        }
-    }
+    publish(&app, &ids).await;
     let mut accepted = 0;
     let answers: Vec<Value> = results
         .into_iter()
