@@ -264,12 +264,11 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     let mut queued = Vec::new();
     for ((i, spec), admission) in specs.into_iter().zip(admissions) {
         results[i] = admitted(&spec, admission).map(|(tier, limit, current)| {
-            queued.push((i, spec.id.clone(), spec.user_id.clone()));
+            queued.push(spec.id.clone());
             queued_answer(&spec.id, tier, limit, current)
         });
     }
-    let ids: Vec<JobId> = queued.iter().map(|(_, id, _)| id.clone()).collect();
-    publish(&app, &ids).await;
+    publish(&app, &queued).await;
     let mut accepted = 0;
     let answers: Vec<Value> = results
         .into_iter()

@@ -25,6 +25,8 @@ use runfleet_fleet_tests::{
 };
 use serde_json::{Value, json};
 
+use crate::reliability::{all_running, node_of, start_runners};
+
 /// Lease of these fleets.
 const LEASE: Duration = Duration::from_secs(3);
 /// Runners on the node that is cut off.
@@ -75,60 +77,6 @@ async fn partitioned(name: &str, link: &NetnsLink, a_timeouts_ms: u64) -> Partit
         a,
         _orchestrator: orchestrator,
         _redis: redis,
-    }
-}
-
-async fn workers_of(api: &Api, user: &str) -> Vec<Value> {
-    api.status(user).await["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-fn node_of(w: &Value) -> String {
-    w["worker"]["nodeId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Waits until `user` has `count` runners running with an epoch above `min_epoch`.
-async fn all_running(
-    api: &Api,
-    user: &str,
-    count: usize,
-    min_epoch: u64,
-    within: Duration,
-) -> Vec<Value> {
-    eventually(
-        within,
-        &format!("{count} runners of {user} running with epoch > {min_epoch}"),
-        || async {
-            let ws = workers_of(api, user).await;
-            let ok = ws.len() == count
-                && ws.iter().all(|w| {
-                    w["worker"]["status"] == "running"
-                        && w["worker"]["epoch"].as_u64().unwrap_or(0) > min_epoch
-                        && w["worker"]["lastHeartbeatAt"].as_u64()
-                            > w["worker"]["startedAt"].as_u64()
-                });
-            ok.then_some(ws)
-        },
-    )
-    .await
-}
-
-async fn start_runners(api: &Api, user: &str, n: usize) {
-    let (code, body) = api
-        .put_admin(
-            &format!("/v1/users/{user}/entitlement"),
-            &json!({"tier": "pro", "days": 1}),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
-    for i in 0..n {
-        let (code, body) = api.start_runner(user, &format!("s{i}")).await;
-        assert_eq!(code, 202, "{body}");
     }
 }
 

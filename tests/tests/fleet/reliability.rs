@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 /// Lease of test fleets (`RUNFLEET__HEARTBEAT__LEASE_MS`).
 const LEASE: Duration = Duration::from_secs(3);
 
-async fn workers_of(api: &Api, user: &str) -> Vec<Value> {
+pub(crate) async fn workers_of(api: &Api, user: &str) -> Vec<Value> {
     api.status(user).await["workers"]
         .as_array()
         .cloned()
@@ -18,7 +18,7 @@ async fn workers_of(api: &Api, user: &str) -> Vec<Value> {
 }
 
 /// Waits until every runner of `user` runs with an epoch above `min_epoch`; returns them.
-async fn all_running(
+pub(crate) async fn all_running(
     api: &Api,
     user: &str,
     count: usize,
@@ -43,21 +43,15 @@ async fn all_running(
     .await
 }
 
-fn node_of(w: &Value) -> String {
+pub(crate) fn node_of(w: &Value) -> String {
     w["worker"]["nodeId"]
         .as_str()
         .unwrap_or_default()
         .to_owned()
 }
 
-async fn start_runners(api: &Api, user: &str, n: usize) {
-    let (code, body) = api
-        .put_admin(
-            &format!("/v1/users/{user}/entitlement"),
-            &json!({"tier": "pro", "days": 1}),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
+pub(crate) async fn start_runners(api: &Api, user: &str, n: usize) {
+    api.grant(user, "pro").await;
     for i in 0..n {
         let (code, body) = api.start_runner(user, &format!("s{i}")).await;
         assert_eq!(code, 202, "{body}");
