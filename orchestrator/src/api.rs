@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, Action};
-use crate::auth::{Caller, issue_key};
+use crate::auth::{AdminOnly, Caller, ForUser, issue_key};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
 use crate::rate_limit::{CallClass, RateLimits};
@@ -522,8 +522,7 @@ pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
         caller.admin()?;
         return fleet_status(&app).await;
     }
-    let user = user_id(&raw_user)?;
-    caller.act_for(&user)?;
+    let user = caller.for_user(&raw_user)?;
     let jobs = app.store.user_jobs(&user).await?;
     let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
     Ok(Json(json!({
@@ -650,11 +649,8 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
 pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
-    Path(raw_user): Path<String>,
+    ForUser { user, .. }: ForUser,
 ) -> Result<Json<Value>, ApiError> {
-    let user = user_id(&raw_user)?;
-    caller.act_for(&user)?;
     let (now, sub, current) = (
         app.store.now_ms().await?,
         app.store.subscription(&user).await?,
@@ -689,12 +685,11 @@ pub struct UpgradeBody {
 /// `PUT /v1/users/{userId}/entitlement` (admin): the seed's `upgradeUser(userId, tier, days)`.
 pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path(raw_user): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
     let user = user_id(&raw_user)?;
     if !(1..=3650).contains(&body.days) {
         return Err(ApiError::invalid("days", "must be from 1 to 3650"));
@@ -722,9 +717,8 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
 /// `GET /v1/nodes`: live worker nodes.
 pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    _: AdminOnly,
 ) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
     let nodes = app.store.nodes().await?;
     let depth = app.queue.depth().await?;
     Ok(Json(
@@ -735,11 +729,10 @@ pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
 /// `POST /v1/users/{userId}/keys` (admin): issues a user API key, shown only in this answer.
 pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path(raw_user): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.admin()?;
     let user = user_id(&raw_user)?;
     let issued = issue_key();
     let info = app
@@ -763,10 +756,9 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
 /// `GET /v1/users/{userId}/keys` (admin): the user's key ids (never the keys).
 pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    _: AdminOnly,
     Path(raw_user): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
     let user = user_id(&raw_user)?;
     let keys = app.store.keys(&user).await?;
     Ok(Json(
@@ -777,11 +769,10 @@ pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
 /// `DELETE /v1/users/{userId}/keys/{keyId}` (admin): revokes a key at once.
 pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path((raw_user, key_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
     let user = user_id(&raw_user)?;
     if !app.store.revoke_key(&user, &key_id).await? {
         return Err(ApiError::NotFound(format!(

@@ -14,7 +14,7 @@ use runfleet::store::{AdminAction, FleetStore};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::Caller;
+use crate::auth::{AdminOnly, Caller};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 use crate::state::AppState;
@@ -96,10 +96,9 @@ pub const MAX_COUNT: usize = 1_000;
 /// `GET /v1/audit` (admin): the newest admin actions, newest first.
 pub async fn trail<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    _: AdminOnly,
     query: Result<Query<TrailQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
     let Query(q) = query.map_err(|e| ApiError::invalid("count", e.body_text()))?;
     let count = q.count.unwrap_or(DEFAULT_COUNT);
     if !(1..=MAX_COUNT).contains(&count) {
