@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;
+pub mod http;
 pub mod ids;
 pub mod job;
 pub mod keys;
