@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet::catalog::{self, SYSTEM_USER, check_id, check_user_id};
-use runfleet::dispatch::dispatch;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
 use runfleet::lifecycle::poll_until;
@@ -119,28 +119,15 @@ async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
     req: StartRunnerRequest,
 ) -> Result<Response, ApiError> {
     let spec = job_of(&app, &caller, req)?;
-    let (tier, limit, current) = admitted(&spec, app.store.admit(&spec).await?)?;
+    let admission = Dispatcher::new(&app.store, &app.queue).admit(&spec).await?;
+    let (tier, limit, current) = admitted(&spec, admission)?;
     let id = &spec.id;
-    publish(&app, std::slice::from_ref(id)).await;
     tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(queued_answer(id, tier, limit, current)),
     )
         .into_response())
-}
-
-/// Publishes admitted jobs to a queue outside Redis (a no-op for the Redis-list queue, which
-/// the admission itself pushed onto). A failed publish is not undone: the admission recorded
-/// each job as pending in the same atomic step, and the sweep publishes pending jobs again
-/// until the queue confirms them (claims drop duplicates). Undoing it instead raced with a
-/// node that had already claimed a publish whose confirmation was lost, so a start answered
-/// 503 could run after all; now an admitted start is queued, full stop.
-async fn publish<S: FleetStore, Q: JobQueue + Clone>(app: &AppState<S, Q>, jobs: &[JobId]) {
-    if let Err(e) = dispatch(&app.store, &app.queue, jobs).await {
-        metrics::counter!(observability::QUEUE_ERRORS_TOTAL).increment(1);
-        tracing::warn!(jobs = jobs.len(), error = %e, "publishing admitted jobs failed; the sweep publishes them again");
-    }
 }
 
 /// Checks a start request for `caller` and seals its credentials: the job to admit.
@@ -260,15 +247,13 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
         }
     }
     let jobs: Vec<JobSpec> = specs.iter().map(|(_, s)| s.clone()).collect();
-    let admissions = app.store.admit_many(&jobs).await?;
-    let mut queued = Vec::new();
+    let admissions = Dispatcher::new(&app.store, &app.queue)
+        .admit_many(&jobs)
+        .await?;
     for ((i, spec), admission) in specs.into_iter().zip(admissions) {
-        results[i] = admitted(&spec, admission).map(|(tier, limit, current)| {
-            queued.push(spec.id.clone());
-            queued_answer(&spec.id, tier, limit, current)
-        });
+        results[i] = admitted(&spec, admission)
+            .map(|(tier, limit, current)| queued_answer(&spec.id, tier, limit, current));
     }
-    publish(&app, &queued).await;
     let mut accepted = 0;
     let answers: Vec<Value> = results
         .into_iter()

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use runfleet::config::{BreakerSettings, RestartSettings};
 use runfleet::crypto::CredentialCipher;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
+use runfleet::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
 use runfleet::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
     NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
@@ -774,6 +776,63 @@ async fn node_losses_do_not_count_toward_the_breaker<S: FleetStore>(s: S) {
 /// A queued job waits in `pending` until its enqueue is confirmed; the sweep's reconciliation
 /// hands back the ones never confirmed (their orchestrator died mid-start), re-arming them,
 /// and forgets those that were claimed or stopped.
+/// A queue that refuses every publish (a broker that is down).
+struct DownQueue;
+
+impl JobQueue for DownQueue {
+    async fn enqueue(&self, _: &[JobId]) -> Result<(), QueueError> {
+        Err(QueueError::Broker("down".into()))
+    }
+    async fn claim(&self, _: &NodeId, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn ack(&self, _: &NodeId, _: &[Delivery]) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn release(&self, _: &NodeId, _: &[Delivery]) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn remove(&self, _: &JobId) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+    async fn recover(&self, _: &NodeId) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+}
+
+/// The record-then-queue rule of `Dispatcher`: an admission whose publish fails stands (the
+/// job stays queued and pending), and the sweep's re-publish queues it once.
+async fn a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again<S: FleetStore>(s: S) {
+    let a = spec("ulla");
+    let admission = Dispatcher::new(&s, &DownQueue).admit(&a).await.unwrap();
+    assert!(
+        matches!(admission, Admission::Admitted { .. }),
+        "{admission:?}"
+    );
+    let record = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Queued, "the admission stands");
+    if s.queues_inline() {
+        return;
+    }
+    let queue = MemoryQueue::new();
+    let dispatcher = Dispatcher::new(&s, &queue);
+    let again = dispatcher
+        .republish_unconfirmed(Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![a.id.clone()]);
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    sleep_ms(5).await;
+    let none = dispatcher
+        .republish_unconfirmed(Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a confirmed publish is not made again");
+}
+
 async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
     let (a, b, c) = (spec("uma"), spec("uli"), spec("ute"));
     for j in [&a, &b, &c] {
@@ -1060,7 +1119,8 @@ macro_rules! store_conformance {
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
-                a_batch_of_admissions_decides_each_on_its_own_in_order);
+                a_batch_of_admissions_decides_each_on_its_own_in_order,
+                a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(

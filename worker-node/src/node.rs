@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use runfleet::backoff::Backoff;
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
-use runfleet::dispatch::dispatch;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{JobId, NodeId};
 use runfleet::job::{JobStatus, Lease};
 use runfleet::lifecycle::{
@@ -571,18 +571,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// dispatched to the queue.
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
-        match inner
-            .store
+        match Dispatcher::new(&inner.store, &inner.queue)
             .hand_back(owner, job, epoch, account_of(&last))
             .await
         {
-            Ok(true) => match dispatch(&inner.store, &inner.queue, std::slice::from_ref(job)).await
-            {
-                Ok(()) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
-                Err(e) => {
-                    warn!(node = %self.id(), job = %job, error = %e, "job marked queued but not enqueued; the sweep publishes it again")
-                }
-            },
+            Ok(true) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
             Ok(false) => debug!(node = %self.id(), job = %job, "hand-back refused: stale epoch"),
             Err(e) => {
                 warn!(node = %self.id(), job = %job, error = %e, "hand-back failed; its lease will expire")
