@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod rate_limit;
 pub mod request_id;
+pub mod responses;
 pub mod seed;
 pub mod state;
 pub mod sweeper;
