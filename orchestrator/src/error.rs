@@ -223,7 +223,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable(e.into()),
+            StoreError::Unavailable(_) | StoreError::Contended(_) => {
+                ApiError::Unavailable(e.into())
+            }
             StoreError::Conflict { .. } | StoreError::Data(_) => ApiError::Internal(e.into()),
         }
     }

@@ -141,14 +141,10 @@ impl Keys {
         self.key(&["nodes"])
     }
 
-    /// Hash with the circuit breaker of one user strategy (`state`, `until`, `trial`).
+    /// Hash with the circuit breaker of one user strategy (`state`, `until`, `trial`, `failures`:
+    /// [`crate::policy::BreakerFields`]).
     pub fn breaker(&self, user: &UserId, strategy: &StrategyId) -> String {
         self.key(&["breaker", user.as_str(), strategy.as_str()])
-    }
-
-    /// Sorted set of the recent failures counted by a closed breaker.
-    pub fn breaker_failures(&self, user: &UserId, strategy: &StrategyId) -> String {
-        self.key(&["breaker", user.as_str(), strategy.as_str(), "failures"])
     }
 
     /// Sorted set of queued job ids whose enqueue is not yet confirmed, by when they became
@@ -249,7 +245,6 @@ mod tests {
                 k.api_key(other),
                 k.processing("jobs", &n),
                 k.breaker(&u, &s),
-                k.breaker_failures(&u, &s),
             ]
         }
 

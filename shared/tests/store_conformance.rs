@@ -962,6 +962,51 @@ async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: Fl
     );
 }
 
+/// Many runners of one strategy crash at the same moment: every failure is counted once, in
+/// some order, as if one at a time. (The Redis store decides in Rust between two scripts; the
+/// decisions that find the breaker changed are made again on the fresh state.) With 3 failures
+/// to open: the first two restart, the third opens the breaker, the rest fail on it.
+async fn simultaneous_crashes_of_one_strategy_are_each_counted_once<S: FleetStore>(s: S) {
+    let user = UserId::new("herd");
+    s.subscribe(&user, Tier::Enterprise, 1).await.unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let j = spec_for("herd", "stampede");
+        s.admit(&j).await.unwrap();
+        let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
+        runs.push((j.id, epoch));
+    }
+    let node = NodeId::new("n1");
+    let finishes = runs
+        .iter()
+        .map(|(id, epoch)| s.finish(&node, id, *epoch, crashed("same bug")));
+    for accepted in futures::future::join_all(finishes).await {
+        assert!(accepted.unwrap(), "every crash report is accepted");
+    }
+    let mut statuses = Vec::new();
+    for (id, _) in &runs {
+        let r = s.job(id).await.unwrap().unwrap();
+        let events = s.job_events(id).await.unwrap();
+        let crashes = events.iter().filter(|e| e.kind == "crashed").count();
+        assert_eq!(crashes, 1, "{id}: one crash recorded: {events:?}");
+        statuses.push(r.status);
+    }
+    let restarting = statuses
+        .iter()
+        .filter(|st| **st == JobStatus::Crashed)
+        .count();
+    let failed = statuses
+        .iter()
+        .filter(|st| **st == JobStatus::Failed)
+        .count();
+    assert_eq!((restarting, failed), (2, 6), "{statuses:?}");
+    assert_eq!(s.fleet_gauges().await.unwrap().breaker_openings, 1);
+    assert!(matches!(
+        s.admit(&spec_for("herd", "stampede")).await.unwrap(),
+        Admission::BreakerOpen { .. }
+    ));
+}
+
 /// The fleet's event stream read after an id (what `GET /v1/events` serves): in order, from
 /// exactly after the id, and a read that waits returns as soon as an event comes.
 async fn the_event_stream_is_read_after_an_id_and_waits_for_the_next<S: FleetStore>(s: S) {
@@ -1059,6 +1104,7 @@ macro_rules! store_conformance {
                 a_runners_history_lists_every_step_with_its_epoch,
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
+                simultaneous_crashes_of_one_strategy_are_each_counted_once,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order);
         }
@@ -1092,7 +1138,7 @@ async fn lua_key_names_match_the_key_schema() {
                     return {K.job(j), K.user_jobs(u), K.user_active(u),
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
-                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
+                    K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
         for arg in ScriptContext::new(&keys, &FleetPolicy::default(), None).args() {
@@ -1118,7 +1164,6 @@ async fn lua_key_names_match_the_key_schema() {
             keys.api_key(j),
             keys.user_keys(&user),
             keys.breaker(&user, &strategy),
-            keys.breaker_failures(&user, &strategy),
             keys.pending(),
             keys.delayed(),
             keys.failed(),

@@ -18,7 +18,8 @@ use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::policy::{
-    self, AfterFailure, Breaker, BreakerState, FailureKind, Gates, RestartCount, TrialProgress,
+    self, Breaker, BreakerAdmission, BreakerState, FailureKind, FailureSnapshot, Outcome,
+    RestartCount, TrialProgress,
 };
 use crate::tier::{Subscription, Tier};
 
@@ -284,100 +285,107 @@ impl State {
         }
     }
 
-    /// A run of `job` failed as `kind`: restart it later or fail it (mirrors `after_failure` in
-    /// lib.lua).
+    /// What [`policy::decide_failure`] decides on for the running `job`, if it is known.
+    fn failure_snapshot(
+        &self,
+        policy: &FleetPolicy,
+        job: &JobId,
+        now: u64,
+    ) -> Option<FailureSnapshot> {
+        let e = self.jobs.get(job)?;
+        let r = &e.record;
+        let user = &r.user_id;
+        let tier = Subscription::effective_tier(self.subscriptions.get(user), now);
+        Some(FailureSnapshot {
+            job: job.clone(),
+            now,
+            epoch: r.epoch,
+            node: r
+                .node_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            hb: r.last_heartbeat_at,
+            strategy: r.strategy_id.to_string(),
+            stop: r.stop_mode.is_some(),
+            started: r.started_at,
+            count: e.count,
+            breaker: self
+                .breakers
+                .get(&(user.clone(), r.strategy_id.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            held: self.active.get(user).map_or(0, HashSet::len) as u32,
+            limit: policy.tiers.limit(tier),
+        })
+    }
+
+    /// A run of `job` failed as `kind`: the policy decides, this applies (as `apply_failure` in
+    /// lib.lua does for the Redis store). Returns whether it restarts.
     fn after_failure(
         &mut self,
         policy: &FleetPolicy,
         job: &JobId,
         kind: FailureKind,
-        reason: String,
+        reason: impl FnOnce(&FailureSnapshot) -> String,
         now: u64,
-    ) -> AfterFailure {
-        self.event(now, job, "crashed", reason.clone(), None);
-        if let Some(e) = self.jobs.get_mut(job)
-            && e.record.stop_mode.is_some()
-        {
-            // A stop was requested and its node died before confirming: stopped, not restarted.
-            let why = format!("{reason}; a stop was requested, so it is not restarted");
-            e.record.error = Some(why.clone());
-            self.end(job, JobStatus::Stopped, now);
-            return AfterFailure::Fail(why);
+    ) -> bool {
+        let Some(snap) = self.failure_snapshot(policy, job, now) else {
+            return false;
+        };
+        let reason = reason(&snap);
+        let d = policy::decide_failure(&policy.restart, &policy.breaker, &snap, kind, reason);
+        self.event(now, job, "crashed", d.reason.clone(), None);
+        if let Some(after) = d.breaker {
+            let e = &self.jobs[job].record;
+            let key = (e.user_id.clone(), e.strategy_id.clone());
+            self.breakers.insert(key, after);
         }
-        let Some(e) = self.jobs.get(job) else {
-            return AfterFailure::Fail(reason);
-        };
-        let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
-        let started = e.record.started_at;
-        let breaker = self
-            .breakers
-            .entry((user.clone(), strategy.clone()))
-            .or_default();
-        let was_open = matches!(breaker.state, BreakerState::Open { .. });
-        let breaker_open = match kind {
-            FailureKind::Crash => breaker.record_failure(&policy.breaker, now, job),
-            FailureKind::NodeLost => breaker.blocks(now, job),
-        };
-        if !was_open && matches!(breaker.state, BreakerState::Open { .. }) {
+        if let Some(why) = d.opened {
             self.breaker_openings += 1;
-            let why = format!("strategy {strategy} failed too often");
             self.event(now, job, "breaker_opened", why, None);
         }
-        let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
-        let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
-        let gates = Gates {
-            entitled: held <= policy.tiers.limit(tier),
-            breaker_open,
-        };
-        let Some(e) = self.jobs.get_mut(job) else {
-            return AfterFailure::Fail(reason);
-        };
-        let decision = policy::after_failure(
-            &policy.restart,
-            &mut e.count,
-            started,
-            now,
-            gates,
-            kind,
-            &reason,
-        );
-        e.record.restarts = e.count.total;
+        let e = self.jobs.get_mut(job).expect("snapshot read it");
+        e.count = d.count;
+        e.record.restarts = d.count.total;
         e.lease_until = 0;
-        match &decision {
-            AfterFailure::Restart { delay_ms } => {
+        match d.outcome {
+            Outcome::Restart { at } => {
                 e.record.status = JobStatus::Crashed;
-                e.record.error = Some(reason);
+                e.record.error = Some(d.reason);
                 e.record.ended_at = Some(now);
-                self.delayed.insert((now + delay_ms, job.clone()));
-                let why = format!("restart at {}", now + delay_ms);
-                self.event(now, job, "restart_scheduled", why, None);
+                self.delayed.insert((at, job.clone()));
+                self.event(
+                    now,
+                    job,
+                    "restart_scheduled",
+                    format!("restart at {at}"),
+                    None,
+                );
+                true
             }
-            AfterFailure::Fail(why) => {
-                e.record.error = Some(why.clone());
+            Outcome::Failed { error } => {
+                e.record.error = Some(error);
                 self.end(job, JobStatus::Failed, now);
+                false
+            }
+            Outcome::Stopped { error } => {
+                e.record.error = Some(error);
+                self.end(job, JobStatus::Stopped, now);
+                false
             }
         }
-        decision
     }
 
+    /// The progress of the trial `trial` of a half-open breaker.
     fn trial_progress(&self, trial: &JobId, now: u64, trial_ms: u64) -> TrialProgress {
-        match self
-            .jobs
-            .get(trial)
-            .map(|e| (e.record.status, e.record.started_at))
-        {
-            Some((JobStatus::Running, Some(started))) if now - started < trial_ms => {
-                TrialProgress::Pending {
-                    ran_ms: now - started,
-                }
-            }
-            // Waiting for a restart after a node loss: the trial has not decided yet (a crash
-            // of the strategy reopened the breaker already). Mirrors store_admit.lua.
-            Some((JobStatus::Queued | JobStatus::Crashed, _)) => {
-                TrialProgress::Pending { ran_ms: 0 }
-            }
-            _ => TrialProgress::Passed,
-        }
+        let r = self.jobs.get(trial).map(|e| &e.record);
+        TrialProgress::of(
+            r.map(|r| r.status),
+            r.and_then(|r| r.started_at),
+            now,
+            trial_ms,
+        )
     }
 }
 
@@ -388,16 +396,19 @@ impl JobStore for MemoryStore {
         let mut s = self.lock();
         s.forget_if_expired(&spec.id, now, self.retention_ms());
         let key = (spec.user_id.clone(), spec.strategy_id.clone());
-        let trial = match s.breakers.get(&key).map(|b| b.state.clone()) {
-            Some(BreakerState::HalfOpen { trial }) => {
-                Some(s.trial_progress(&trial, now, policy.breaker.trial_ms))
+        let breaker = s.breakers.get(&key).cloned().unwrap_or_default();
+        let trial = match &breaker.state {
+            BreakerState::HalfOpen { trial } => {
+                Some(s.trial_progress(trial, now, policy.breaker.trial_ms))
             }
             _ => None,
         };
-        let mut breaker = s.breakers.get(&key).cloned().unwrap_or_default();
-        if let Err(retry_after_ms) = breaker.admit(&policy.breaker, now, &spec.id, trial) {
-            return Ok(Admission::BreakerOpen { retry_after_ms });
-        }
+        let (breaker, closed) = match breaker.admission(&policy.breaker, now, &spec.id, trial) {
+            BreakerAdmission::Refused(retry_after_ms) => {
+                return Ok(Admission::BreakerOpen { retry_after_ms });
+            }
+            BreakerAdmission::Allowed { after, closed } => (after, closed),
+        };
         let tier = Subscription::effective_tier(s.subscriptions.get(&spec.user_id), now);
         let limit = policy.tiers.limit(tier);
         let current = s.active.get(&spec.user_id).map_or(0, |a| a.len() as u32);
@@ -424,12 +435,6 @@ impl JobStore for MemoryStore {
         if s.jobs.contains_key(&spec.id) {
             return Err(StoreError::conflict("job id", &spec.id));
         }
-        let closed = match s.breakers.get(&key).map(|b| &b.state) {
-            Some(BreakerState::HalfOpen { trial }) if breaker.state == BreakerState::Closed => {
-                Some(trial.clone())
-            }
-            _ => None,
-        };
         s.breakers.insert(key, breaker);
         if let Some(trial) = closed {
             let why = format!("the trial run of strategy {} passed", spec.strategy_id);
@@ -733,7 +738,7 @@ impl LeaseStore for MemoryStore {
         }
         if end.status == JobStatus::Crashed {
             let reason = end.error.unwrap_or_else(|| "runner failed".into());
-            s.after_failure(&self.policy, job, FailureKind::Crash, reason, now);
+            s.after_failure(&self.policy, job, FailureKind::Crash, |_| reason, now);
             return Ok(true);
         }
         let r = &mut s.jobs.get_mut(job).expect("present").record;
@@ -956,31 +961,21 @@ impl Sweeper for MemoryStore {
         }
         s.sweep_guard_until = now + interval.as_millis() as u64;
         s.expire(now, self.retention_ms());
-        let expired: Vec<(JobId, u64, Option<NodeId>, u64)> = s
+        let expired: Vec<JobId> = s
             .jobs
             .iter()
             .filter(|(_, e)| e.record.status == JobStatus::Running && e.lease_until <= now)
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.record.epoch,
-                    e.record.node_id.clone(),
-                    e.record.last_heartbeat_at.unwrap_or(now),
-                )
-            })
+            .map(|(id, _)| id.clone())
             .take(batch as usize)
             .collect();
         let mut report = SweepReport::default();
-        for (id, epoch, node, hb) in expired {
+        for id in expired {
             report.crashed += 1;
-            let node = node.map(|n| n.to_string()).unwrap_or_default();
-            let reason = format!(
-                "no heartbeat for {} ms from node {node} (epoch {epoch})",
-                now - hb
-            );
-            match s.after_failure(&self.policy, &id, FailureKind::NodeLost, reason, now) {
-                AfterFailure::Restart { .. } => report.restarting += 1,
-                AfterFailure::Fail(_) => report.failed += 1,
+            let lost = FailureKind::NodeLost;
+            if s.after_failure(&self.policy, &id, lost, FailureSnapshot::silence, now) {
+                report.restarting += 1;
+            } else {
+                report.failed += 1;
             }
         }
         Ok(Some(report))

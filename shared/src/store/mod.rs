@@ -86,6 +86,10 @@ pub enum StoreError {
     /// writer): retrying will not help.
     #[error("unexpected data in the store: {0}")]
     Data(String),
+    /// What a decision was made on kept changing before it could be applied (many failures of
+    /// one strategy at once): worth retrying.
+    #[error("{0} kept changing; try again")]
+    Contended(&'static str),
 }
 
 impl From<RedisError> for StoreError {
