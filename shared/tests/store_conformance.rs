@@ -310,23 +310,6 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
     );
 }
 
-async fn forgetting_an_admission_spares_a_claimed_job<S: FleetStore>(s: S) {
-    let (a, b) = (spec("gus"), spec("gus2"));
-    s.admit(&a).await.unwrap();
-    s.forget(&a.id, &a.user_id).await.unwrap();
-    assert!(s.job(&a.id).await.unwrap().is_none());
-    assert_eq!(s.active_count(&a.user_id).await.unwrap(), 0);
-    s.admit(&b).await.unwrap();
-    claim_one(&s, "n1", &b.id).await;
-    s.forget(&b.id, &b.user_id).await.unwrap();
-    assert_eq!(
-        s.job(&b.id).await.unwrap().unwrap().status,
-        JobStatus::Running,
-        "a claimed job is not forgotten"
-    );
-    assert_eq!(s.active_count(&b.user_id).await.unwrap(), 1);
-}
-
 async fn stopping_a_queued_job_needs_no_node<S: FleetStore>(s: S) {
     let a = spec("erin");
     s.admit(&a).await.unwrap();
@@ -1090,7 +1073,6 @@ macro_rules! store_conformance {
                 claims_bump_the_epoch_and_drop_what_must_not_run,
                 heartbeats_and_ends_are_fenced_by_epoch,
                 stopping_a_queued_job_needs_no_node,
-                forgetting_an_admission_spares_a_claimed_job,
                 stopping_a_running_job_sends_its_node_a_command,
                 a_nodes_commands_expire_with_the_node,
                 handed_back_jobs_can_be_claimed_again,

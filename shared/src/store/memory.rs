@@ -562,25 +562,6 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        if s.jobs
-            .get(job)
-            .is_some_and(|e| e.record.status != JobStatus::Queued || e.record.epoch != 0)
-        {
-            return Ok(()); // claimed meanwhile: it runs, so it keeps its record and slot
-        }
-        s.jobs.remove(job);
-        s.pending.remove(job);
-        if let Some(a) = s.active.get_mut(user) {
-            a.remove(job);
-        }
-        if let Some(list) = s.user_jobs.get_mut(user) {
-            list.retain(|j| j != job);
-        }
-        Ok(())
-    }
-
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let now = self.now();
         let mut s = self.lock();

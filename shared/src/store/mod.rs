@@ -451,14 +451,6 @@ pub trait JobStore: Send + Sync {
         async { Ok(self.fleet_gauges().await?.counts) }
     }
 
-    /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
-    /// claimed it meanwhile (the enqueue reached the queue after all).
-    fn forget(
-        &self,
-        job: &JobId,
-        user: &UserId,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// One job's record.
     fn job(
         &self,

@@ -46,7 +46,6 @@ script!(FAIL_LOST, "store_fail_lost.lua");
 script!(GAUGES, "store_gauges.lua");
 script!(PROMOTE, "store_promote.lua");
 script!(RECONCILE, "store_reconcile.lua");
-script!(FORGET, "store_forget.lua");
 script!(ADD_KEY, "store_add_key.lua");
 script!(REVOKE_KEY, "store_revoke_key.lua");
 
@@ -670,16 +669,6 @@ impl JobStore for RedisStore {
             }
             None => Ok(EventId::ZERO),
         }
-    }
-
-    async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
-        let _: i64 = self
-            .invoke(&FORGET)
-            .arg(job.as_str())
-            .arg(user.as_str())
-            .invoke_async(&mut *self.conn().await?)
-            .await?;
-        Ok(())
     }
 
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
