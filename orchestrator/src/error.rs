@@ -226,7 +226,9 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) | StoreError::Contended(_) => {
                 ApiError::Unavailable(e.into())
             }
-            StoreError::Conflict { .. } | StoreError::Data(_) => ApiError::Internal(e.into()),
+            StoreError::Conflict { .. } | StoreError::Data(_) | StoreError::Fenced => {
+                ApiError::Internal(e.into())
+            }
         }
     }
 }

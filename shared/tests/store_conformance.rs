@@ -254,8 +254,8 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
         job_id: a.id.clone(),
         epoch,
         account: None,
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
     };
     assert!(
         s.renew(&node("n1"), &[beat(epoch)], LEASE)
@@ -269,9 +269,12 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
             .unwrap(),
         vec![a.id.clone()]
     );
-    assert_eq!(
-        s.renew(&node("n2"), &[beat(epoch)], LEASE).await.unwrap(),
-        vec![a.id.clone()]
+    assert!(
+        matches!(
+            s.renew(&node("n2"), &[beat(epoch)], LEASE).await,
+            Err(StoreError::Fenced)
+        ),
+        "a node without a lease cannot report runners"
     );
     assert!(
         !s.finish(
@@ -480,7 +483,8 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     s.admit(&a).await.unwrap();
     let mut epochs = Vec::new();
     for round in 1..=2u32 {
-        let epoch = claim_for(&s, "n1", &a.id, 40).await;
+        // A node whose lease lapsed and was swept never claims again under its id.
+        let epoch = claim_for(&s, &format!("s{round}"), &a.id, 40).await;
         epochs.push(epoch);
         sleep_ms(60).await;
         let report = sweep(&s).await;
@@ -528,14 +532,24 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     let stale = RunnerBeat {
         job_id: a.id.clone(),
         epoch: epochs[0],
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
         account: None,
     };
-    assert_eq!(
-        s.renew(&node("n1"), &[stale], LEASE).await.unwrap(),
-        vec![a.id.clone()],
-        "an old epoch is fenced off"
+    assert!(
+        matches!(
+            s.renew(&node("s1"), &[stale], LEASE).await,
+            Err(StoreError::Fenced)
+        ),
+        "the swept node is fenced off, whatever it reports"
+    );
+    assert!(
+        matches!(
+            s.claim(&NodeId::new("s2"), std::slice::from_ref(&a.id), LEASE)
+                .await,
+            Err(StoreError::Fenced)
+        ),
+        "and claims nothing"
     );
     sleep_ms(60).await;
     assert_eq!(
@@ -739,7 +753,7 @@ async fn node_losses_do_not_count_toward_the_breaker<S: FleetStore>(s: S) {
     for round in 1..=2 {
         sleep_ms(250).await;
         assert!(s.due_restarts(10).await.unwrap().contains(&j));
-        claim_for(&s, "n2", &j, 5).await;
+        claim_for(&s, &format!("m{round}"), &j, 5).await;
         sleep_ms(10).await;
         sweep(&s).await;
         let rec = s.job(&j).await.unwrap().unwrap();
@@ -818,8 +832,8 @@ async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) 
     let stale = RunnerBeat {
         job_id: a.id.clone(),
         epoch: 1,
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
         account: None,
     };
     assert_eq!(
@@ -943,6 +957,74 @@ async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: Fl
         matches!(next, Admission::Admitted { .. }),
         "the failed trial decided nothing against the strategy: {next:?}"
     );
+}
+
+/// A runner's lease is its node's: a heartbeat that reports no runner at all keeps every one of
+/// them alive, and when the node falls silent they lapse together.
+async fn a_nodes_heartbeat_keeps_its_runners_without_reporting_them<S: FleetStore>(s: S) {
+    let (a, b) = (spec("lea"), spec("lea2"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    let quiet = NodeInfo {
+        runners: 2,
+        ..node("quiet")
+    };
+    claim_for(&s, "quiet", &a.id, 40).await;
+    claim_for(&s, "quiet", &b.id, 40).await;
+    for _ in 0..5 {
+        sleep_ms(20).await;
+        let refused = s
+            .renew(&quiet, &[], Duration::from_millis(40))
+            .await
+            .unwrap();
+        assert!(refused.is_empty());
+    }
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport::default(),
+        "both alive after 100 ms"
+    );
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert!(
+        rec.last_heartbeat_at > rec.started_at,
+        "its last heartbeat is its node's: {rec:?}"
+    );
+    sleep_ms(60).await;
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport {
+            crashed: 2,
+            restarting: 2,
+            failed: 0
+        },
+        "silent together, lapsed together"
+    );
+}
+
+/// A node whose lease lapsed cannot revive it, not even by claiming: the sweep may have given
+/// its runners to another node already. It is refused whole until it comes back under a new id.
+async fn a_lapsed_node_cannot_revive_its_lease<S: FleetStore>(s: S) {
+    let (a, b) = (spec("lyn"), spec("lyn2"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    claim_for(&s, "late", &a.id, 40).await;
+    sleep_ms(60).await;
+    assert!(matches!(
+        s.claim(&NodeId::new("late"), std::slice::from_ref(&b.id), LEASE)
+            .await,
+        Err(StoreError::Fenced)
+    ));
+    assert!(matches!(
+        s.renew(&node("late"), &[], LEASE).await,
+        Err(StoreError::Fenced)
+    ));
+    assert_eq!(
+        s.job(&b.id).await.unwrap().unwrap().status,
+        JobStatus::Queued,
+        "the refused claim took nothing"
+    );
+    assert_eq!(sweep(&s).await.crashed, 1);
+    assert_eq!(claim_one(&s, "fresh", &b.id).await, 1, "another node may");
 }
 
 /// Many runners of one strategy crash at the same moment: every failure is counted once, in
@@ -1087,6 +1169,8 @@ macro_rules! store_conformance {
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
                 simultaneous_crashes_of_one_strategy_are_each_counted_once,
+                a_nodes_heartbeat_keeps_its_runners_without_reporting_them,
+                a_lapsed_node_cannot_revive_its_lease,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order);
         }
@@ -1118,7 +1202,7 @@ async fn lua_key_names_match_the_key_schema() {
         let strategy = StrategyId::new(st);
         let body = "local j, u, n, s = A(1), A(2), A(3), A(4)
                     return {K.job(j), K.user_jobs(u), K.user_active(u),
-                    K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
+                    K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.node_fenced(n), K.node_leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
                     K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
@@ -1139,7 +1223,8 @@ async fn lua_key_names_match_the_key_schema() {
             keys.node(&node),
             keys.node_jobs(&node),
             keys.commands(&node),
-            keys.leases(),
+            keys.node_fenced(&node),
+            keys.node_leases(),
             keys.nodes(),
             keys.active(),
             keys.queued(),

@@ -43,7 +43,11 @@ local K = {
   node = function(n) return P .. ':node:' .. E(n) end,
   node_jobs = function(n) return P .. ':node:' .. E(n) .. ':jobs' end,
   commands = function(n) return P .. ':node:' .. E(n) .. ':commands' end,
-  leases = P .. ':leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
+  -- Set (with an expiry) when the sweep took a lapsed node's runners: that node id may never
+  -- claim or renew again (a node that fences itself comes back under a new id).
+  node_fenced = function(n) return P .. ':node:' .. E(n) .. ':fenced' end,
+  -- Nodes by the end of their lease (ms): a runner's lease is its node's.
+  node_leases = P .. ':node_leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
   audit = P .. ':audit', sweep_guard = P .. ':sweep:guard',
   -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
   active = P .. ':active', queued = P .. ':queued',
@@ -99,11 +103,42 @@ local function event(id, kind, reason, epoch, node, user)
   redis.call('PEXPIRE', hk, C.events_age)
 end
 
--- Whether job `id`'s lease has lapsed: its `leases` score (when it ends) is past, or it has
--- none. The one place a lease's life is kept.
+-- When node `node`'s lease ends (ms), or nil if it has none. A runner's lease is its node's:
+-- every claim and heartbeat of the node moves it, whatever its runners reported.
+local function node_lease(node)
+  return tonumber(redis.call('ZSCORE', K.node_leases, node))
+end
+
+-- Whether node `node` may hold runners now: not fenced by a sweep, and its lease (if it has one
+-- yet) not past. A node whose lease lapsed must not revive it by a claim or a heartbeat: the
+-- sweep may have restarted its runners elsewhere already.
+local function node_may_hold(node)
+  if redis.call('EXISTS', K.node_fenced(node)) == 1 then return false end
+  local ends = node_lease(node)
+  return not ends or ends > NOW
+end
+
+-- Starts or extends node `node`'s lease to `lease` ms from now (the node's liveness too).
+local function extend_node_lease(node, lease)
+  redis.call('ZADD', K.node_leases, NOW + lease, node)
+  -- Pending commands live as long as the node (a no-op when there are none).
+  redis.call('PEXPIRE', K.commands(node), lease)
+end
+
+-- Whether running job `id`'s lease has lapsed: its node's lease is past, or gone.
 local function lease_lapsed(id)
-  local ends = tonumber(redis.call('ZSCORE', K.leases, id))
+  local node = redis.call('HGET', K.job(id), 'node')
+  local ends = node and node_lease(node)
   return not ends or ends <= NOW
+end
+
+-- A running job's last sign of life: its node's last heartbeat, or (before the node's first
+-- one, or once the node is forgotten) when the job was claimed or last reported.
+local function last_beat(node, hb)
+  local beat = node and tonumber(redis.call('ZSCORE', K.nodes, node))
+  hb = tonumber(hb)
+  if beat and (not hb or beat > hb) then return beat end
+  return hb
 end
 
 -- The tier in force for a user (an expired subscription is free) and its limit.
@@ -135,7 +170,6 @@ local function end_job(id, user, status, fields)
   redis.call('SREM', K.user_active(user), id)
   redis.call('SREM', K.active, id)
   redis.call('SREM', K.queued, id)
-  redis.call('ZREM', K.leases, id)
   redis.call('ZREM', K.delayed, id)
   redis.call('ZREM', K.pending, id)
   redis.call('EXPIRE', jk, C.retention)
@@ -194,7 +228,7 @@ local function failure_snapshot(id)
     'restarts', 'stop_mode', 'lost', 'lost_since', 'epoch', 'node', 'hb')
   local _, limit = tier_of(j[1])
   return cjson.encode({ job = id, now = NOW, epoch = tonumber(j[10]) or 0, node = j[11] or '',
-    hb = tonumber(j[12]), strategy = j[2], stop = j[7] and true or false, started = tonumber(j[3]),
+    hb = last_beat(j[11], j[12]), strategy = j[2], stop = j[7] and true or false, started = tonumber(j[3]),
     streak = tonumber(j[4]) or 0, streak_since = tonumber(j[5]) or 0, restarts = tonumber(j[6]) or 0,
     lost = tonumber(j[8]) or 0, lost_since = tonumber(j[9]) or 0,
     breaker = breaker_fields(j[1], j[2]), held = redis.call('SCARD', K.user_active(j[1])),
@@ -238,7 +272,6 @@ local function apply_failure(d, user, strategy)
   end
   redis.call('HSET', jk, 'status', 'crashed', 'error', d.reason, 'ended', NOW, 'restart_at', o.at,
     unpack(book))
-  redis.call('ZREM', K.leases, id)
   redis.call('ZADD', K.delayed, o.at, id)
   event(id, 'restart_scheduled', 'restart at ' .. o.at)
   return 'restart'

@@ -8,6 +8,5 @@ if not lease_lapsed(d.job) then return 'stale' end
 local current, user, strategy = failure_current(d)
 if not current then return 'stale' end
 local node = redis.call('HGET', K.job(d.job), 'node')
-redis.call('ZREM', K.leases, d.job)
 if node then redis.call('SREM', K.node_jobs(node), d.job) end
 return apply_failure(d, user, strategy)

@@ -27,7 +27,6 @@ use crate::tier::{Subscription, Tier};
 struct Entry {
     spec: JobSpec,
     record: JobRecord,
-    lease_until: u64,
     account: Option<serde_json::Value>,
     count: RestartCount,
 }
@@ -51,6 +50,10 @@ struct State {
     commands: HashMap<NodeId, CommandList>,
     /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
+    /// When each node's lease ends (the `node_leases` key): a runner's lease is its node's.
+    node_leases: HashMap<NodeId, u64>,
+    /// Nodes a sweep took the runners of, until when they stay fenced (`node:{n}:fenced`).
+    fenced_nodes: HashMap<NodeId, u64>,
     /// Crashed jobs waiting for their restart, by due time.
     delayed: BTreeSet<(u64, JobId)>,
     /// Queued jobs whose enqueue is not confirmed yet, and since when.
@@ -233,7 +236,6 @@ impl State {
         if let Some(e) = self.jobs.get_mut(job) {
             e.record.status = status;
             e.record.ended_at = Some(now);
-            e.lease_until = 0;
             if let Some(set) = self.active.get_mut(&e.record.user_id) {
                 set.remove(job);
             }
@@ -274,12 +276,45 @@ impl State {
         }
     }
 
+    /// When running job `e`'s lease ends: its node's (0: none).
+    fn lease_until(&self, e: &Entry) -> u64 {
+        e.record
+            .node_id
+            .as_ref()
+            .and_then(|n| self.node_leases.get(n))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether `node` may hold runners at `now` (`node_may_hold` in lib.lua): not fenced by a
+    /// sweep, and its lease, if it has one yet, not past.
+    fn node_may_hold(&self, node: &NodeId, now: u64) -> bool {
+        self.fenced_nodes
+            .get(node)
+            .is_none_or(|until| *until <= now)
+            && self.node_leases.get(node).is_none_or(|until| *until > now)
+    }
+
+    /// Starts or extends `node`'s lease (and its command list's life) to `until`.
+    fn extend_node_lease(&mut self, node: &NodeId, until: u64) {
+        self.node_leases.insert(node.clone(), until);
+        if let Some(list) = self.commands.get_mut(node) {
+            list.until = until;
+        }
+    }
+
     /// Fleet-wide counts at `now`.
-    fn counts(&self, now: u64) -> FleetCounts {
+    fn counts(&self, _now: u64) -> FleetCounts {
         let count = |f: &dyn Fn(&Entry) -> bool| self.jobs.values().filter(|e| f(e)).count() as u64;
         FleetCounts {
             queued: count(&|e| e.record.status == JobStatus::Queued),
-            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
+            running: count(&|e| {
+                e.record.status == JobStatus::Running
+                    && e.record
+                        .node_id
+                        .as_ref()
+                        .is_some_and(|n| self.node_leases.contains_key(n))
+            }),
             active: self.active.values().map(HashSet::len).sum::<usize>() as u64,
             restarting: self.delayed.len() as u64,
         }
@@ -348,7 +383,6 @@ impl State {
         let e = self.jobs.get_mut(job).expect("snapshot read it");
         e.count = d.count;
         e.record.restarts = d.count.total;
-        e.lease_until = 0;
         match d.outcome {
             Outcome::Restart { at } => {
                 e.record.status = JobStatus::Crashed;
@@ -443,7 +477,6 @@ impl JobStore for MemoryStore {
         let entry = Entry {
             spec: spec.clone(),
             record: JobRecord::queued(spec, now),
-            lease_until: 0,
             account: None,
             count: RestartCount::default(),
         };
@@ -606,7 +639,14 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
+        if !s.node_may_hold(node, now) {
+            return Err(StoreError::Fenced);
+        }
+        if !jobs.is_empty() {
+            s.extend_node_lease(node, now + lease.as_millis() as u64);
+        }
         let mut claimed = Vec::new();
+        let leases = s.node_leases.clone();
         let outcomes = jobs
             .iter()
             .map(|id| {
@@ -617,7 +657,12 @@ impl LeaseStore for MemoryStore {
                     };
                 };
                 let status = e.record.status;
-                let lease_live = e.lease_until > now;
+                let lease_live = e
+                    .record
+                    .node_id
+                    .as_ref()
+                    .and_then(|n| leases.get(n))
+                    .is_some_and(|until| *until > now);
                 if !(status == JobStatus::Queued || status == JobStatus::Running && !lease_live) {
                     return ClaimOutcome::Dropped {
                         job_id: id.clone(),
@@ -634,7 +679,6 @@ impl LeaseStore for MemoryStore {
                 r.ended_at = None;
                 r.stop_mode = None;
                 r.flattened_positions = None;
-                e.lease_until = now + lease.as_millis() as u64;
                 ClaimOutcome::Claimed(Box::new(Lease {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
@@ -658,10 +702,19 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<JobId>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
+        let id = &node.node_id;
+        if !s.node_may_hold(id, now) || node.runners > 0 && !s.node_leases.contains_key(id) {
+            return Err(StoreError::Fenced);
+        }
         let until = now + lease.as_millis() as u64;
-        s.nodes.insert(node.node_id.clone(), (node.clone(), until));
-        if let Some(list) = s.commands.get_mut(&node.node_id) {
-            list.until = until;
+        s.nodes.insert(id.clone(), (node.clone(), until));
+        s.extend_node_lease(id, until);
+        // Every runner of the node lived to this beat (the Redis store reads it from the node's
+        // last heartbeat instead).
+        for e in s.jobs.values_mut() {
+            if e.record.status == JobStatus::Running && e.record.node_id.as_ref() == Some(id) {
+                e.record.last_heartbeat_at = Some(now);
+            }
         }
         let mut refused = Vec::new();
         for b in beats {
@@ -669,25 +722,21 @@ impl LeaseStore for MemoryStore {
                 Some(e)
                     if e.record.epoch == b.epoch
                         && e.record.status == JobStatus::Running
-                        && e.record.node_id.as_ref() == Some(&node.node_id) =>
+                        && e.record.node_id.as_ref() == Some(id) =>
                 {
-                    e.lease_until = now + lease.as_millis() as u64;
-                    e.record.last_heartbeat_at = Some(now);
-                    e.record.positions = b.positions.clone();
-                    e.record.stats = b.stats.clone();
+                    if let Some(positions) = &b.positions {
+                        e.record.positions = positions.clone();
+                    }
+                    if let Some(stats) = &b.stats {
+                        e.record.stats = stats.clone();
+                    }
                     if b.account.is_some() {
                         e.account = b.account.clone();
                     }
                 }
                 Some(_) => {
                     let why = format!("heartbeat of epoch {} refused", b.epoch);
-                    s.event(
-                        now,
-                        &b.job_id,
-                        "fenced",
-                        why,
-                        Some((b.epoch, &node.node_id)),
-                    );
+                    s.event(now, &b.job_id, "fenced", why, Some((b.epoch, id)));
                     refused.push(b.job_id.clone());
                 }
                 None => refused.push(b.job_id.clone()),
@@ -752,7 +801,6 @@ impl LeaseStore for MemoryStore {
         let r = &mut e.record;
         r.status = JobStatus::Queued;
         r.node_id = None;
-        e.lease_until = 0;
         if account.is_some() {
             e.account = account;
         }
@@ -798,8 +846,9 @@ impl CommandBus for MemoryStore {
                     let Some(e) = s.jobs.get_mut(job) else {
                         return Ok(StopRequest::NotFound);
                     };
-                    let (epoch, lease_until) = (e.record.epoch, e.lease_until);
+                    let epoch = e.record.epoch;
                     let node = e.record.node_id.clone().unwrap_or_else(|| NodeId::new(""));
+                    let lease_until = s.node_leases.get(&node).copied().unwrap_or(0);
                     let alive_until = s.nodes.get(&node).map_or(0, |(_, until)| *until);
                     let list = s.commands.entry(node.clone()).or_default();
                     list.queue.push_back(NodeCommand::Stop {
@@ -807,7 +856,7 @@ impl CommandBus for MemoryStore {
                         epoch,
                         mode,
                     });
-                    // As store_stop.lua: the list lasts while its node (or this lease) does.
+                    // As store_stop.lua: the list lasts while its node (and its lease) does.
                     list.until = list.until.max(alive_until).max(lease_until).max(now + 1);
                     StopRequest::Sent { node }
                 }
@@ -945,7 +994,7 @@ impl Sweeper for MemoryStore {
         let expired: Vec<JobId> = s
             .jobs
             .iter()
-            .filter(|(_, e)| e.record.status == JobStatus::Running && e.lease_until <= now)
+            .filter(|(_, e)| e.record.status == JobStatus::Running && s.lease_until(e) <= now)
             .map(|(id, _)| id.clone())
             .take(batch as usize)
             .collect();
@@ -959,6 +1008,24 @@ impl Sweeper for MemoryStore {
                 report.failed += 1;
             }
         }
+        // A lapsed node left with no runner is fenced for good under its id (a day: far longer
+        // than its own lease watchdog lets it run), and forgotten.
+        let lapsed: Vec<NodeId> = s
+            .node_leases
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in lapsed {
+            let holds = s.jobs.values().any(|e| {
+                e.record.status == JobStatus::Running && e.record.node_id.as_ref() == Some(&node)
+            });
+            if !holds {
+                s.node_leases.remove(&node);
+                s.fenced_nodes.insert(node, now + 86_400_000);
+            }
+        }
+        s.fenced_nodes.retain(|_, until| *until > now);
         Ok(Some(report))
     }
 

@@ -219,6 +219,36 @@ impl RedisStore {
         Err(StoreError::Contended("a crashed run's record"))
     }
 
+    /// Sets the last heartbeat of each running record to its node's last heartbeat (a runner's
+    /// lease is its node's, and heartbeats write only the reports that changed), in one
+    /// round trip.
+    async fn with_node_beats(
+        &self,
+        conn: &mut crate::redis_pool::CommandConnection,
+        records: &mut [JobRecord],
+    ) -> Result<(), StoreError> {
+        let running: Vec<&mut JobRecord> = records
+            .iter_mut()
+            .filter(|r| r.status == JobStatus::Running && r.node_id.is_some())
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<&str> = running
+            .iter()
+            .filter_map(|r| r.node_id.as_ref().map(NodeId::as_str))
+            .collect();
+        let beats: Vec<Option<u64>> = ::redis::cmd("ZMSCORE")
+            .arg(self.keys.nodes())
+            .arg(&nodes)
+            .query_async(&mut **conn)
+            .await?;
+        for (r, beat) in running.into_iter().zip(beats) {
+            r.last_heartbeat_at = r.last_heartbeat_at.max(beat);
+        }
+        Ok(())
+    }
+
     /// The finish script's call.
     fn finish_invocation(
         &self,
@@ -672,11 +702,14 @@ impl JobStore for RedisStore {
     }
 
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
         let h: HashMap<String, String> = ::redis::cmd("HGETALL")
             .arg(self.keys.job(job))
-            .query_async(&mut *self.conn().await?)
+            .query_async(&mut *conn)
             .await?;
-        Ok(record_from_hash(job.as_str(), &h))
+        let mut records: Vec<JobRecord> = record_from_hash(job.as_str(), &h).into_iter().collect();
+        self.with_node_beats(&mut conn, &mut records).await?;
+        Ok(records.pop())
     }
 
     async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
@@ -721,6 +754,7 @@ impl JobStore for RedisStore {
                 .query_async(&mut *conn)
                 .await?;
         }
+        self.with_node_beats(&mut conn, &mut records).await?;
         Ok(records)
     }
 }
@@ -741,6 +775,15 @@ impl LeaseStore for RedisStore {
             inv.arg(j.as_str());
         }
         let rows: Vec<Vec<Value>> = inv.invoke_async(&mut *self.conn().await?).await?;
+        if rows
+            .first()
+            .and_then(|row| row.get(1))
+            .and_then(text)
+            .as_deref()
+            == Some("fenced")
+        {
+            return Err(StoreError::Fenced);
+        }
         rows.into_iter()
             .map(|row| {
                 let id = row
@@ -800,7 +843,7 @@ impl LeaseStore for RedisStore {
         let mut refused = Vec::new();
         let mut conn = self.conn().await?;
         // In chunks, one script call each, one after the other: one script over thousands of
-        // runners would hold Redis (every other client) for its whole run.
+        // changed reports would hold Redis (every other client) for its whole run.
         let empty: &[RunnerBeat] = &[];
         let chunks = beats.chunks(RENEW_CHUNK);
         let chunks: Vec<&[RunnerBeat]> = if beats.is_empty() {
@@ -813,10 +856,13 @@ impl LeaseStore for RedisStore {
             bytes += node_json.len();
             inv.arg(node.node_id.as_str())
                 .arg(lease.as_millis() as u64)
-                .arg(&node_json);
+                .arg(&node_json)
+                .arg(node.runners);
             for b in chunk {
-                let (positions, stats, account) =
-                    (json(&b.positions), json(&b.stats), account_arg(&b.account));
+                let changed = |v: Option<String>| v.unwrap_or_default();
+                let positions = changed(b.positions.as_ref().map(json));
+                let stats = changed(b.stats.as_ref().map(json));
+                let account = account_arg(&b.account);
                 bytes += b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
                 inv.arg(b.job_id.as_str())
                     .arg(b.epoch)
@@ -824,7 +870,8 @@ impl LeaseStore for RedisStore {
                     .arg(stats)
                     .arg(account);
             }
-            let some: Vec<String> = inv.invoke_async(&mut *conn).await?;
+            let some: Option<Vec<String>> = inv.invoke_async(&mut *conn).await?;
+            let some = some.ok_or(StoreError::Fenced)?;
             refused.extend(some.into_iter().map(JobId::new));
         }
         // The size of what a heartbeat sends is known only here, where it is encoded.
