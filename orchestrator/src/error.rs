@@ -269,8 +269,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable(e.into()),
-            StoreError::Conflict { .. } | StoreError::Data(_) => ApiError::Internal(e.into()),
+            StoreError::Unavailable(_) | StoreError::Contended(_) => {
+                ApiError::Unavailable(e.into())
+            }
+            StoreError::Conflict { .. } | StoreError::Data(_) | StoreError::Fenced => {
+                ApiError::Internal(e.into())
+            }
         }
     }
 }
