@@ -20,6 +20,7 @@ use runfleet::tier::{Subscription, Tier};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::openapi::named;
 use crate::responses::{
     Answer, BatchItem, BatchStartResult, Done, Entitlement, EntitlementGranted, FlattenError,
     FlattenFailed, FleetCounts, FleetStatus, Health, IssuedKey, KeyList, NodeCounts, Nodes, Runner,
@@ -48,6 +49,17 @@ pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
 /// `GET /metrics`: this process's counters and histograms and the fleet-wide gauges, read from
 /// the store in one round trip (the same whichever orchestrator answers), in the Prometheus
 /// text format. Needs the admin key unless `metrics.public`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "fleet",
+    summary = "Prometheus metrics: fleet-wide gauges (the same from every orchestrator, read from the store in one round trip) and this process's counters and histograms. Admin, unless `metrics.public`.",
+    responses(
+        (status = 200, description = "The metrics in the Prometheus text format (version 0.0.4).", body = String, content_type = "text/plain"),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn metrics<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Result<Caller, ApiError>,
@@ -95,6 +107,19 @@ pub fn prometheus_text(body: String) -> Response {
 }
 
 /// `GET /healthz`: 200 when the store answers, 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "fleet",
+    summary = "Liveness: whether the store answers.",
+    security(),
+    responses(
+        (status = 200, description = "The store answers.", body = ref("#/components/schemas/Health"), content_type = "application/json"),
+        (status = 503, description = "`store_unavailable`.", body = ref("#/components/schemas/ErrorBody"), content_type = "application/json"),
+        (status = 408, response = named::Timeout),
+    )
+)]
 pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
 ) -> Result<Answer<Health>, ApiError> {
@@ -108,6 +133,25 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
 /// `POST /v1/runners` (and `/runner/start`): admit a runner against the user's tier and queue it.
 /// Counts the outcome in `runfleet_admissions_total` (requests refused before their body was
 /// read, such as a missing key or malformed JSON, are not admissions and are not counted).
+#[utoipa::path(
+    post,
+    path = "/v1/runners",
+    operation_id = "startRunner",
+    tag = "runners",
+    summary = "Start a runner.",
+    description = "Admits a runner against the user's tier and queues it. Needs the key of `userId` or the admin key. A refused request changes nothing.",
+    request_body(content = named::StartRunnerRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued.", body = ref("#/components/schemas/StartAccepted"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 401, response = named::Unauthorized),
+        (status = 403, response = named::StartForbidden),
+        (status = 408, response = named::Timeout),
+        (status = 429, response = named::QueueFull),
+        (status = 503, response = named::StartUnavailable),
+        named::BodyRefusals,
+    )
+)]
 pub async fn start<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -224,6 +268,24 @@ pub struct BatchStartRequest {
 /// to the store in one round trip. Counts as one start per runner against the key's rate
 /// limit. 200 with the results, or an error for the whole batch when nothing was admitted
 /// (a malformed body, too many runners, the key over its rate limit, the store unreachable).
+#[utoipa::path(
+    post,
+    path = "/v1/runners/batch",
+    operation_id = "startRunners",
+    tag = "runners",
+    summary = "Start many runners in one call.",
+    description = "Each runner is admitted or refused on its own, atomically, exactly as `POST /v1/runners` would (tier, breaker, fleet and queue limits), in order, and gets its own answer in `results`; the admissions reach the store in one round trip. A user key may start runners of its own user only (others are refused 403 in their results); the admin key, of any users. Counts as one start per runner against the key's rate limit: a batch over what the key has left now is refused whole (429, nothing written), one larger than its burst is refused 400 (`runners`).",
+    request_body(content = named::BatchStartRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Each runner's answer.", body = ref("#/components/schemas/BatchStartResult"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 401, response = named::Unauthorized),
+        (status = 408, response = named::Timeout),
+        (status = 429, response = named::RateLimited),
+        (status = 503, response = named::Unavailable),
+        named::BodyRefusals,
+    )
+)]
 pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -337,6 +399,25 @@ impl StopBody {
 }
 
 /// `POST /v1/runners/{jobId}/stop`.
+#[utoipa::path(
+    post,
+    path = "/v1/runners/{jobId}/stop",
+    operation_id = "stopRunner",
+    tag = "runners",
+    summary = "Stop a runner, flattening or holding its positions.",
+    description = "Needs the owner's key or the admin key. Idempotent: a runner that already ended answers 200 with its final figures.",
+    params(("jobId" = named::Id, Path, description = "The runner (`job-…`).")),
+    request_body(content = named::StopRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stopped (or had already ended): its final figures.", body = ref("#/components/schemas/StopResult"), content_type = "application/json"),
+        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = ref("#/components/schemas/StopPending"), content_type = "application/json"),
+        (status = 502, description = "`FLATTEN_FAILED`: the runner is stopped but the broker did not confirm every position flat; `positions` lists what is still open.", body = ref("#/components/schemas/FlattenFailed"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 404, response = named::NotFound),
+        named::KeyedRefusals,
+        named::BodyRefusals,
+    )
+)]
 pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -354,6 +435,24 @@ pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `POST /runner/stop` (the seed's shape: the runner is named in the body).
+#[utoipa::path(
+    post,
+    path = "/runner/stop",
+    operation_id = "seedStop",
+    tag = "seed",
+    summary = "The seed's stop route: as POST /v1/runners/{jobId}/stop, the runner named by `workerId` in the body.",
+    description = "Answers in the seed's shapes: money as JSON numbers, errors with `error` as the message (docs/api.md, \"The seed's routes\").",
+    request_body(content = named::SeedStopRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Stopped (or had already ended): its final figures.", body = ref("#/components/schemas/SeedStopResult"), content_type = "application/json"),
+        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = ref("#/components/schemas/StopPending"), content_type = "application/json"),
+        (status = 502, description = "`FLATTEN_FAILED`: the runner is stopped but the broker did not confirm every position flat; `positions` lists what is still open.", body = ref("#/components/schemas/SeedFlattenFailed"), content_type = "application/json"),
+        (status = 400, response = named::SeedBadRequest),
+        (status = 404, response = named::SeedNotFound),
+        named::SeedKeyedRefusals,
+        named::SeedBodyRefusals,
+    )
+)]
 pub async fn stop_compat<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -510,6 +609,20 @@ async fn wait_until_ended<S: FleetStore>(
 
 /// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners; for
 /// the user id `system` (admin only), the fleet-wide counts.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/runners",
+    operation_id = "listUserRunners",
+    tag = "runners",
+    summary = "A user's runners, with positions, stats and counts.",
+    description = "Needs the user's key or the admin key. The user id `system` (admin key only) answers the fleet-wide load instead: `queueStats` counts the whole fleet (`queuedJobs`, `runningWorkers` holding a live lease, `totalWorkers` holding a slot, `restartingJobs`), the same from every orchestrator, and `nodes` sums the live nodes. `system` can be no real user.",
+    params(("userId" = named::Id, Path)),
+    responses(
+        (status = 200, description = "The user's runners.", body = ref("#/components/schemas/UserRunners"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -570,6 +683,20 @@ pub struct StatusQuery {
 }
 
 /// `GET /runner/status?userId=...` (the seed's shape).
+#[utoipa::path(
+    get,
+    path = "/runner/status",
+    operation_id = "seedStatus",
+    tag = "seed",
+    summary = "The seed's status route: as GET /v1/users/{userId}/runners.",
+    description = "Answers in the seed's shapes: money as JSON numbers, errors with `error` as the message (docs/api.md, \"The seed's routes\").",
+    params(("userId" = named::Id, Query)),
+    responses(
+        (status = 200, description = "The user's runners.", body = ref("#/components/schemas/SeedUserRunners"), content_type = "application/json"),
+        (status = 400, response = named::SeedBadRequest),
+        named::SeedKeyedRefusals,
+    )
+)]
 pub async fn status_compat<S: FleetStore, Q: JobQueue + Clone>(
     state: State<AppState<S, Q>>,
     caller: Caller,
@@ -611,6 +738,21 @@ async fn owned_job<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `GET /v1/runners/{jobId}`: one runner.
+#[utoipa::path(
+    get,
+    path = "/v1/runners/{jobId}",
+    operation_id = "getRunner",
+    tag = "runners",
+    summary = "One runner, with its positions and stats.",
+    description = "Needs the owner's key or the admin key.",
+    params(("jobId" = named::Id, Path, description = "The runner (`job-…`)."), ("userId" = Option<named::Id>, Query, description = "The runner's owner; must match when given.")),
+    responses(
+        (status = 200, description = "The runner.", body = ref("#/components/schemas/Runner"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 404, response = named::NotFound),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -630,6 +772,21 @@ pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
 /// `GET /v1/runners/{jobId}/events`: the runner's lifecycle events, oldest first (owner or
 /// admin). The history outlives the job's record (`events.max_age_ms`), so the owner is taken
 /// from the events when the record has expired.
+#[utoipa::path(
+    get,
+    path = "/v1/runners/{jobId}/events",
+    operation_id = "getRunnerEvents",
+    tag = "runners",
+    summary = "The runner's lifecycle history, oldest first.",
+    description = "Needs the owner's key or the admin key. Each event was recorded by the same atomic step that made the change. The history keeps a runner's newest 1000 events and expires `events.max_age_ms` after its last one.",
+    params(("jobId" = named::Id, Path, description = "The runner (`job-…`).")),
+    responses(
+        (status = 200, description = "The history.", body = ref("#/components/schemas/RunnerEvents"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 404, response = named::NotFound),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
@@ -653,6 +810,20 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/entitlement",
+    operation_id = "getEntitlement",
+    tag = "users",
+    summary = "The user's tier and slots (the seed's checkEntitlement).",
+    description = "Needs the user's key or the admin key. A subscription past its expiry is `free`.",
+    params(("userId" = named::Id, Path)),
+    responses(
+        (status = 200, description = "The entitlement.", body = ref("#/components/schemas/Entitlement"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     ForUser { user, .. }: ForUser,
@@ -689,6 +860,21 @@ pub struct UpgradeBody {
 }
 
 /// `PUT /v1/users/{userId}/entitlement` (admin): the seed's `upgradeUser(userId, tier, days)`.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{userId}/entitlement",
+    operation_id = "setEntitlement",
+    tag = "users",
+    summary = "Grant a tier for a number of days (the seed's upgradeUser). Admin.",
+    params(("userId" = named::Id, Path)),
+    request_body(content = named::UpgradeRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Granted.", body = ref("#/components/schemas/EntitlementGranted"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+        named::BodyRefusals,
+    )
+)]
 pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     AdminOnly(caller): AdminOnly,
@@ -721,6 +907,17 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `GET /v1/nodes`: live worker nodes.
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    operation_id = "listNodes",
+    tag = "fleet",
+    summary = "Live worker nodes and the queue depth. Admin.",
+    responses(
+        (status = 200, description = "The nodes.", body = ref("#/components/schemas/Nodes"), content_type = "application/json"),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     _: AdminOnly,
@@ -735,6 +932,22 @@ pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `POST /v1/users/{userId}/keys` (admin): issues a user API key, shown only in this answer.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{userId}/keys",
+    operation_id = "issueKey",
+    tag = "keys",
+    summary = "Issue an API key for the user. Admin.",
+    description = "The key acts only for this user. It is shown only in this answer; only its hash is stored.",
+    params(("userId" = named::Id, Path)),
+    request_body(content = ref("#/components/schemas/IssueKeyRequest"), content_type = "application/json"),
+    responses(
+        (status = 201, description = "Issued.", body = ref("#/components/schemas/IssuedKey"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+        named::BodyRefusals,
+    )
+)]
 pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     AdminOnly(caller): AdminOnly,
@@ -768,6 +981,19 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `GET /v1/users/{userId}/keys` (admin): the user's key ids (never the keys).
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/keys",
+    operation_id = "listKeys",
+    tag = "keys",
+    summary = "The user's keys (ids and issue times, never the keys). Admin.",
+    params(("userId" = named::Id, Path)),
+    responses(
+        (status = 200, description = "The keys.", body = ref("#/components/schemas/KeyList"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     _: AdminOnly,
@@ -783,6 +1009,20 @@ pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// `DELETE /v1/users/{userId}/keys/{keyId}` (admin): revokes a key at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{userId}/keys/{keyId}",
+    operation_id = "revokeKey",
+    tag = "keys",
+    summary = "Revoke one of the user's keys. Admin.",
+    params(("userId" = named::Id, Path), ("keyId" = String, Path, description = "The key's public id (24 hex digits, the part after `rfk_`); any other answers 404.", pattern = "^[0-9a-f]{24}$")),
+    responses(
+        (status = 200, description = "Revoked.", body = ref("#/components/schemas/Done"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 404, response = named::NotFound),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     AdminOnly(caller): AdminOnly,

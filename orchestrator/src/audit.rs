@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::auth::{AdminOnly, Caller};
 use crate::error::ApiError;
+use crate::openapi::named;
 use crate::request_id::RequestId;
 use crate::responses::{Answer, AuditTrail, Succeeded};
 use crate::state::AppState;
@@ -81,10 +82,13 @@ pub async fn record<S: FleetStore>(
 }
 
 /// Query of `GET /v1/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TrailQuery {
-    /// Entries wanted, newest first (1 to [`MAX_COUNT`]; default [`DEFAULT_COUNT`]).
+    /// Entries wanted.
+    // `maximum` takes only a literal: the `openapi` test holds it to `MAX_COUNT`.
+    #[param(minimum = 1, maximum = 1000, default = json!(DEFAULT_COUNT))]
     pub count: Option<usize>,
 }
 
@@ -94,6 +98,20 @@ pub const DEFAULT_COUNT: usize = 100;
 pub const MAX_COUNT: usize = 1_000;
 
 /// `GET /v1/audit` (admin): the newest admin actions, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "adminAudit",
+    tag = "fleet",
+    summary = "The admin audit trail, newest first. Admin.",
+    description = "Every admin action: a tier change, a key issued or revoked, a stop of a user's runner with the admin key. Each entry says who (`actor`: the public id of the key used, `admin` for the admin key), what, on which user, when, and the request's `x-request-id`. The trail keeps the newest `admin_audit.max_entries` entries.",
+    params(TrailQuery),
+    responses(
+        (status = 200, description = "The newest entries.", body = ref("#/components/schemas/AuditTrail"), content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn trail<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     _: AdminOnly,

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::named;
 use crate::state::AppState;
 
 /// Events read per store call, by the tailer and by a client catching up.
@@ -262,6 +263,20 @@ impl Drop for Connected {
 }
 
 /// `GET /v1/events`: lifecycle events as Server-Sent Events (see the module docs).
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "streamEvents",
+    tag = "runners",
+    summary = "Lifecycle events, live, as Server-Sent Events.",
+    description = "A `text/event-stream`: each SSE event carries the event's stream id as `id` and a `RunnerEvent` as JSON `data`; a comment every 15 s keeps idle connections open. A user key receives its own runners' events only; the admin key all. A client that falls `events.live_buffer` events behind is disconnected; it resumes with `Last-Event-ID` and loses nothing. Streams end when the orchestrator shuts down.",
+    params(("userId" = Option<String>, Query, description = "Only this user's runners: any user with the admin key; a user key may name only its own user (403 otherwise)."), ("jobId" = Option<String>, Query, description = "Only this runner's events."), ("lastEventId" = Option<String>, Query, description = "Resume after this event id (`<ms>-<seq>`) on a first connect; the `Last-Event-ID` header wins when both are sent.", pattern = "^[0-9]+-[0-9]+$"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`<ms>-<seq>`): every event after it still kept, then live, without gap or duplicate. Browsers' EventSource sends it when reconnecting.", pattern = "^[0-9]+-[0-9]+$")),
+    responses(
+        (status = 200, description = "The event stream (it stays open).", body = String, content_type = "text/event-stream"),
+        (status = 400, response = named::BadRequest),
+        named::KeyedRefusals,
+    )
+)]
 pub async fn stream<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,

@@ -1,4 +1,4 @@
-//! Keeps `orchestrator/src/openapi.json` honest: the document the server serves at
+//! Keeps the generated OpenAPI document (`runfleet_orchestrator::openapi`) honest: the document the server serves at
 //! `/openapi.json` lists exactly the routes the router serves (the paths of `routes()`, which
 //! the router is built from, probed through the router with every method, and the other way),
 //! its catalog enums and strategy parameters are the catalog's, its stated bounds and closed
@@ -18,15 +18,16 @@ use runfleet::job::{JobStatus, StartRunnerRequest, StopMode};
 use runfleet::queue::MemoryQueue;
 use runfleet::store::{FleetPolicy, MemoryStore};
 use runfleet::tier::Tier;
-use runfleet_orchestrator::{AppState, OPENAPI, Routes, app, routes};
+use runfleet_orchestrator::{AppState, Routes, app, audit, openapi, routes};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const ADMIN: &str = "openapi-admin";
 const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
 
+/// The document as the server serves it.
 fn doc() -> Value {
-    serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON")
+    serde_json::from_str(&openapi::OPENAPI).expect("the document is valid JSON")
 }
 
 fn router() -> Router {
@@ -569,6 +570,17 @@ async fn the_documented_bounds_are_the_servers() {
         assert!(!check(&set(" \t\u{3000}".into())), "{field} blank");
         assert!(!check(&set(String::new())), "{field} empty");
     }
+    // The audit trail's count.
+    let count = doc["paths"]["/v1/audit"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "count")
+        .expect("a count parameter");
+    assert_eq!(
+        (&count["schema"]["maximum"], &count["schema"]["default"]),
+        (&json!(audit::MAX_COUNT), &json!(audit::DEFAULT_COUNT))
+    );
     // Ids: the pattern's length and characters.
     let id = schema(&doc, "Id");
     assert_eq!(id["pattern"], "^[A-Za-z0-9._:@-]{1,128}$");
