@@ -819,7 +819,7 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
     description = "Needs the user's key or the admin key. A subscription past its expiry is `free`.",
     params(("userId" = named::Id, Path)),
     responses(
-        (status = 200, description = "The entitlement.", body = ref("#/components/schemas/Entitlement"), content_type = "application/json"),
+        (status = 200, description = "The entitlement.", body = Entitlement, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
     )
@@ -869,7 +869,7 @@ pub struct UpgradeBody {
     params(("userId" = named::Id, Path)),
     request_body(content = named::UpgradeRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Granted.", body = ref("#/components/schemas/EntitlementGranted"), content_type = "application/json"),
+        (status = 200, description = "Granted.", body = EntitlementGranted, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
         named::BodyRefusals,
@@ -942,7 +942,7 @@ pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     params(("userId" = named::Id, Path)),
     request_body(content = ref("#/components/schemas/IssueKeyRequest"), content_type = "application/json"),
     responses(
-        (status = 201, description = "Issued.", body = ref("#/components/schemas/IssuedKey"), content_type = "application/json"),
+        (status = 201, description = "Issued.", body = IssuedKey, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
         named::BodyRefusals,
@@ -1017,7 +1017,7 @@ pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
     summary = "Revoke one of the user's keys. Admin.",
     params(("userId" = named::Id, Path), ("keyId" = String, Path, description = "The key's public id (24 hex digits, the part after `rfk_`); any other answers 404.", pattern = "^[0-9a-f]{24}$")),
     responses(
-        (status = 200, description = "Revoked.", body = ref("#/components/schemas/Done"), content_type = "application/json"),
+        (status = 200, description = "Revoked.", body = Done, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 404, response = named::NotFound),
         named::KeyedRefusals,

@@ -13,6 +13,9 @@ use runfleet::job::{JobRecord, JobStatus, Position, Stats};
 use runfleet::store::{AdminEntry, ApiKeyInfo, NodeInfo, RunnerEvent};
 use runfleet::tier::Tier;
 use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::openapi::named;
 
 /// An answer with its status: `T` as a JSON body, its keys sorted at every level.
 #[derive(Debug)]
@@ -44,6 +47,17 @@ impl From<Succeeded> for bool {
         true
     }
 }
+
+impl utoipa::PartialSchema for Succeeded {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Boolean)
+            .enum_values(Some([true]))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Succeeded {}
 
 /// `GET /healthz`.
 #[derive(Debug, Serialize)]
@@ -305,34 +319,39 @@ pub struct RunnerEvents {
 }
 
 /// `GET /v1/users/{userId}/entitlement`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Entitlement {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
+    #[schema(value_type = String)]
     pub user_id: UserId,
     /// Whether a start would find a free slot.
     pub is_entitled: bool,
     /// The tier in force.
+    #[schema(value_type = named::Tier)]
     pub tier: Tier,
     /// Its runner limit.
     pub max_workers: u32,
     /// Slots held.
     pub current_workers: u32,
     /// When a paid tier ends (ms); null for free.
+    #[schema(required = true)]
     pub expires_at: Option<u64>,
 }
 
 /// `PUT /v1/users/{userId}/entitlement`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EntitlementGranted {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
+    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The tier granted.
+    #[schema(value_type = named::Tier)]
     pub tier: Tier,
     /// Its runner limit.
     pub max_workers: u32,
@@ -353,16 +372,18 @@ pub struct Nodes {
 }
 
 /// `POST /v1/users/{userId}/keys` (201): the key, shown this once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuedKey {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
+    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The key's public id.
     pub key_id: String,
-    /// The whole key.
+    /// The whole key, `rfk_<keyId>_<secret>`.
+    #[schema(pattern = "^rfk_[0-9a-f]+_[0-9a-f]+$")]
     pub api_key: String,
     /// When it was issued (ms).
     pub created_at: u64,
@@ -390,7 +411,7 @@ pub struct AuditTrail {
 }
 
 /// An answer that says only that it was done (`DELETE /v1/users/{userId}/keys/{keyId}`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Done {
     /// Always true.
     pub success: Succeeded,
