@@ -914,7 +914,7 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     tag = "fleet",
     summary = "Live worker nodes and the queue depth. Admin.",
     responses(
-        (status = 200, description = "The nodes.", body = ref("#/components/schemas/Nodes"), content_type = "application/json"),
+        (status = 200, description = "The nodes.", body = Nodes, content_type = "application/json"),
         named::KeyedRefusals,
     )
 )]

@@ -107,7 +107,7 @@ pub const MAX_COUNT: usize = 1_000;
     description = "Every admin action: a tier change, a key issued or revoked, a stop of a user's runner with the admin key. Each entry says who (`actor`: the public id of the key used, `admin` for the admin key), what, on which user, when, and the request's `x-request-id`. The trail keeps the newest `admin_audit.max_entries` entries.",
     params(TrailQuery),
     responses(
-        (status = 200, description = "The newest entries.", body = ref("#/components/schemas/AuditTrail"), content_type = "application/json"),
+        (status = 200, description = "The newest entries.", body = AuditTrail, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
     )

@@ -146,6 +146,8 @@ pub mod named {
     named_schemas! {
         Id,
         Tier,
+        Node,
+        AuditEntry,
         StartRunnerRequest,
         BatchStartRequest,
         StopRequest,

@@ -360,12 +360,13 @@ pub struct EntitlementGranted {
 }
 
 /// `GET /v1/nodes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Nodes {
     /// Always true.
     pub success: Succeeded,
     /// Live nodes, newest heartbeat first.
+    #[schema(value_type = Vec<named::Node>)]
     pub nodes: Vec<NodeInfo>,
     /// Jobs waiting in the queue.
     pub queued_jobs: u64,
@@ -402,11 +403,12 @@ pub struct KeyList {
 }
 
 /// `GET /v1/audit`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditTrail {
     /// Always true.
     pub success: Succeeded,
     /// Newest first.
+    #[schema(value_type = Vec<named::AuditEntry>)]
     pub entries: Vec<AdminEntry>,
 }
 
