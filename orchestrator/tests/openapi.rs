@@ -1,8 +1,9 @@
-//! Keeps the generated OpenAPI document (`runfleet_orchestrator::openapi`) honest: the document the server serves at
-//! `/openapi.json` lists exactly the routes the router serves (the paths of `routes()`, which
-//! the router is built from, probed through the router with every method, and the other way),
-//! its catalog enums and strategy parameters are the catalog's, its stated bounds and closed
-//! objects are what the server enforces, and its security claims hold. No source text is read.
+//! Keeps the generated OpenAPI document (`runfleet_orchestrator::openapi`) honest: the
+//! document the server serves at `/openapi.json` lists exactly the routes the router serves
+//! (the paths of `routes()`, which the router is built from, probed through the router with
+//! every method, and the other way), its catalog enums and strategy parameters are the
+//! catalog's, its stated bounds and closed objects are what the server enforces, and its
+//! security claims hold. No source text is read.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
