@@ -316,6 +316,20 @@ fn camel(name: &str) -> String {
 /// What a display name may not be made of only (the whitespace `str::trim` removes).
 const NOT_BLANK: &str = "[^\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
 
+/// A strategy variant's description: what it is and the rules between its parameters that
+/// JSON Schema cannot state (the catalog's validation enforces them).
+fn strategy_description(name: &str) -> String {
+    match name {
+        "scalping" => "A scalping strategy (RSI mean reversion).".into(),
+        "sma-cross" => {
+            "A moving-average crossover strategy. `fastPeriod` must be below `slowPeriod`.".into()
+        }
+        other => format!("A `{other}` strategy."),
+    }
+}
+
+/// A strategy's `StrategyConfig` variant: its `type`, its parameters with their bounds and
+/// defaults, and the fields every strategy shares.
 fn strategy_config(kind: &catalog::StrategyKind) -> Value {
     let mut props = Map::new();
     let mut required_params = Vec::new();
@@ -360,7 +374,7 @@ fn strategy_config(kind: &catalog::StrategyKind) -> Value {
     }
     json!({
         "type": "object",
-        "description": format!("A `{}` strategy.", kind.name),
+        "description": strategy_description(kind.name),
         "required": required,
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NOT_BLANK,
