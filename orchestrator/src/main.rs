@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     observability::prometheus();
     let cipher = settings.credential_cipher()?;
+    let kinds = runfleet_trading::kinds(&settings).install();
     let settings = Arc::new(settings);
     match settings.queue.backend {
         QueueBackend::Memory => {
@@ -54,8 +55,18 @@ async fn main() -> anyhow::Result<()> {
                 MemoryQueue::new(),
             );
             let config = NodeConfig::from_settings(&settings, settings.node.embedded_capacity);
-            let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
-            serve(AppState::new(store, queue, cipher, settings), Some(node)).await
+            let node = WorkerNode::new(
+                store.clone(),
+                queue.clone(),
+                cipher.clone(),
+                config,
+                kinds.clone(),
+            );
+            serve(
+                AppState::new(store, queue, cipher, settings, kinds),
+                Some(node),
+            )
+            .await
         }
         #[cfg(not(feature = "rabbitmq"))]
         QueueBackend::Rabbitmq => anyhow::bail!(
@@ -66,14 +77,14 @@ async fn main() -> anyhow::Result<()> {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            distributed(AppState::new(store, queue, cipher, settings)).await
+            distributed(AppState::new(store, queue, cipher, settings, kinds)).await
         }
         #[cfg(feature = "rabbitmq")]
         QueueBackend::Rabbitmq => {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await
                 .context("rabbitmq settings")?;
-            distributed(AppState::new(store, queue, cipher, settings)).await
+            distributed(AppState::new(store, queue, cipher, settings, kinds)).await
         }
     }
 }

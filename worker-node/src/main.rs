@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
     let cipher = settings.credential_cipher()?;
     let deadline = Duration::from_millis(settings.shutdown.deadline_ms);
     let config = NodeConfig::from_settings(&settings, settings.node.capacity);
+    let kinds = runfleet_trading::kinds(&settings).install();
     match settings.queue.backend {
         QueueBackend::Memory => anyhow::bail!(
             "queue.backend = memory is the embedded mode, where the orchestrator runs the workers \
@@ -62,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
             let (store, queue) = backend::open_rabbitmq(&settings)
                 .await
                 .context("rabbitmq settings")?;
-            let node = WorkerNode::new(store, queue, cipher, config);
+            let node = WorkerNode::new(store, queue, cipher, config, kinds);
             run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
         }
         #[cfg(not(feature = "rabbitmq"))]
@@ -74,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
             let (store, queue) = backend::open_redis(&settings)
                 .await
                 .context("redis settings")?;
-            let node = WorkerNode::new(store, queue, cipher, config);
+            let node = WorkerNode::new(store, queue, cipher, config, kinds);
             run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
         }
     }
