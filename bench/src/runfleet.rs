@@ -87,7 +87,7 @@ fn now_ms() -> f64 {
 }
 
 /// Calls the admission script (`lib.lua` + `store_admit.lua`) the way any Redis client may
-/// (docs/redis-schema.md): `EVALSHA <sha> 0 <23 context arguments> <job> <user> <strategy> <spec>`.
+/// (docs/redis-schema.md): `EVALSHA <sha> 0 <14 context arguments> <job> <user> <strategy> <spec>`.
 struct Admitter {
     sha: String,
     context: Vec<String>,

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use runfleet::dispatch::dispatch;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
 use runfleet::lifecycle::poll_until;
@@ -21,8 +20,15 @@ use runfleet::validate::{SYSTEM_USER, check_id, check_user_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::responses::{
+    Answer, BatchItem, BatchStartResult, Done, Entitlement, EntitlementGranted, FlattenError,
+    FlattenFailed, FleetCounts, FleetStatus, Health, IssuedKey, KeyList, NodeCounts, Nodes, Runner,
+    RunnerEvents, RunnerView, StartAccepted, StopPending, StopResult, Succeeded, UserCounts,
+    UserRunners,
+};
+
 use crate::audit::{self, Action};
-use crate::auth::{Caller, issue_key};
+use crate::auth::{AdminOnly, Caller, ForUser, issue_key};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Path};
 use crate::rate_limit::{CallClass, RateLimits};
@@ -91,9 +97,12 @@ pub fn prometheus_text(body: String) -> Response {
 /// `GET /healthz`: 200 when the store answers, 503 otherwise.
 pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Answer<Health>, ApiError> {
     let now = app.store.now_ms().await?;
-    Ok(Json(json!({ "status": "ok", "storeTime": now })))
+    Ok(Answer::ok(Health {
+        status: "ok",
+        store_time: now,
+    }))
 }
 
 /// `POST /v1/runners` (and `/runner/start`): admit a runner against the user's tier and queue it.
@@ -119,28 +128,15 @@ async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
     req: StartRunnerRequest,
 ) -> Result<Response, ApiError> {
     let spec = job_of(&app, &caller, req)?;
-    let (tier, limit, current) = admitted(&spec, app.store.admit(&spec).await?)?;
+    let admission = Dispatcher::new(&app.store, &app.queue).admit(&spec).await?;
+    let (tier, limit, current) = admitted(&spec, admission)?;
     let id = &spec.id;
-    publish(&app, std::slice::from_ref(id)).await;
     tracing::debug!(job = %id, user = %spec.user_id, strategy = %spec.strategy_id, tier = %tier, "runner queued");
-    Ok((
+    Ok(Answer(
         StatusCode::ACCEPTED,
-        Json(queued_answer(id, tier, limit, current)),
+        queued_answer(id, tier, limit, current),
     )
-        .into_response())
-}
-
-/// Publishes admitted jobs to a queue outside Redis (a no-op for the Redis-list queue, which
-/// the admission itself pushed onto). A failed publish is not undone: the admission recorded
-/// each job as pending in the same atomic step, and the sweep publishes pending jobs again
-/// until the queue confirms them (claims drop duplicates). Undoing it instead raced with a
-/// node that had already claimed a publish whose confirmation was lost, so a start answered
-/// 503 could run after all; now an admitted start is queued, full stop.
-async fn publish<S: FleetStore, Q: JobQueue + Clone>(app: &AppState<S, Q>, jobs: &[JobId]) {
-    if let Err(e) = dispatch(&app.store, &app.queue, jobs).await {
-        metrics::counter!(observability::QUEUE_ERRORS_TOTAL).increment(1);
-        tracing::warn!(jobs = jobs.len(), error = %e, "publishing admitted jobs failed; the sweep publishes them again");
-    }
+    .into_response())
 }
 
 /// Checks a start request for `caller` and seals its credentials: the job to admit.
@@ -188,14 +184,14 @@ fn admitted(spec: &JobSpec, admission: Admission) -> Result<(Tier, u32, u32), Ap
 }
 
 /// The answer to an accepted start.
-fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> Value {
-    json!({
-        "success": true,
-        "jobId": id,
-        "workerId": id,
-        "status": JobStatus::Queued,
-        "message": format!("runner queued ({current} of {limit} runners in use, tier {tier})"),
-    })
+fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> StartAccepted {
+    StartAccepted {
+        success: Succeeded,
+        job_id: id.clone(),
+        worker_id: id.clone(),
+        status: JobStatus::Queued,
+        message: format!("runner queued ({current} of {limit} runners in use, tier {tier})"),
+    }
 }
 
 /// Body of `POST /v1/runners/batch`.
@@ -218,7 +214,7 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     caller: Caller,
     axum::Extension(limits): axum::Extension<Arc<RateLimits>>,
     JsonBody(req): JsonBody<BatchStartRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Answer<BatchStartResult>, ApiError> {
     let n = req.runners.len();
     let max = app.settings.limits.batch_max;
     if n == 0 || n > max {
@@ -230,7 +226,7 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     // The extractor counted this call as one start: the batch is one per runner.
     limits.check_more(&caller, CallClass::Start, n)?;
 
-    let mut results: Vec<Result<Value, ApiError>> = Vec::with_capacity(n);
+    let mut results: Vec<Option<Result<StartAccepted, ApiError>>> = Vec::with_capacity(n);
     let mut specs = Vec::new();
     for (i, raw) in req.runners.into_iter().enumerate() {
         let spec = crate::extract::from_value::<StartRunnerRequest>(Value::Object(raw))
@@ -239,53 +235,62 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
         match spec {
             Ok(spec) => {
                 specs.push((i, spec));
-                results.push(Ok(Value::Null));
+                results.push(None);
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => results.push(Some(Err(e))),
         }
     }
     let jobs: Vec<JobSpec> = specs.iter().map(|(_, s)| s.clone()).collect();
-    let admissions = app.store.admit_many(&jobs).await?;
-    let mut queued = Vec::new();
+    let admissions = Dispatcher::new(&app.store, &app.queue)
+        .admit_many(&jobs)
+        .await?;
     for ((i, spec), admission) in specs.into_iter().zip(admissions) {
-        results[i] = admitted(&spec, admission).map(|(tier, limit, current)| {
-            queued.push(spec.id.clone());
-            queued_answer(&spec.id, tier, limit, current)
-        });
+        results[i] = Some(
+            admitted(&spec, admission)
+                .map(|(tier, limit, current)| queued_answer(&spec.id, tier, limit, current)),
+        );
     }
-    publish(&app, &queued).await;
     let mut accepted = 0;
-    let answers: Vec<Value> = results
+    let answers: Vec<BatchItem> = results
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
+            let r = r.unwrap_or_else(|| {
+                Err(ApiError::Internal(anyhow::anyhow!(
+                    "runner {i} of a batch was admitted but got no answer"
+                )))
+            });
             let outcome = match &r {
                 Ok(_) => "accepted",
                 Err(e) => e.code(),
             };
             metrics::counter!(observability::ADMISSIONS_TOTAL, "outcome" => outcome).increment(1);
             match r {
-                Ok(mut v) => {
+                Ok(answer) => {
                     accepted += 1;
-                    v["index"] = json!(i);
-                    v["httpStatus"] = json!(StatusCode::ACCEPTED.as_u16());
-                    v
+                    BatchItem::Accepted {
+                        answer,
+                        index: i,
+                        http_status: StatusCode::ACCEPTED.as_u16(),
+                    }
                 }
                 Err(e) => {
-                    let (status, mut body) = e.status_and_body();
-                    body["index"] = json!(i);
-                    body["httpStatus"] = json!(status.as_u16());
-                    body
+                    let (status, answer) = e.status_and_body();
+                    BatchItem::Refused {
+                        answer,
+                        index: i,
+                        http_status: status.as_u16(),
+                    }
                 }
             }
         })
         .collect();
-    Ok(Json(json!({
-        "success": true,
-        "accepted": accepted,
-        "refused": n - accepted,
-        "results": answers,
-    })))
+    Ok(Answer::ok(BatchStartResult {
+        success: Succeeded,
+        accepted,
+        refused: n - accepted,
+        results: answers,
+    }))
 }
 
 /// Body of a stop request.
@@ -421,13 +426,17 @@ async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
                     stopped(StatusCode::OK, &r, message)
                 }
                 None => {
-                    let body = json!({
-                        "success": true,
-                        "status": JobStatus::Running,
-                        "flattenedPositions": Value::Null,
-                        "message": format!("stop ({}) sent to node {node}; not confirmed within {} ms, check the runner's status", mode.as_str(), wait.as_millis()),
-                    });
-                    (StatusCode::ACCEPTED, Json(body)).into_response()
+                    let body = StopPending {
+                        success: Succeeded,
+                        status: JobStatus::Running,
+                        flattened_positions: None,
+                        message: format!(
+                            "stop ({}) sent to node {node}; not confirmed within {} ms, check the runner's status",
+                            mode.as_str(),
+                            wait.as_millis()
+                        ),
+                    };
+                    Answer(StatusCode::ACCEPTED, body).into_response()
                 }
             })
         }
@@ -435,29 +444,32 @@ async fn stop_runner<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 fn stopped(status: StatusCode, r: &JobRecord, message: String) -> Response {
-    let body = json!({
-        "success": true,
-        "status": r.status,
-        "message": message,
-        "flattenedPositions": r.flattened_positions.unwrap_or(0),
-        "positions": r.positions,
-        "stats": r.stats,
-    });
-    (status, Json(body)).into_response()
+    let body = StopResult {
+        success: Succeeded,
+        status: r.status,
+        message,
+        flattened_positions: r.flattened_positions.unwrap_or(0),
+        positions: r.positions.clone(),
+        stats: r.stats.clone(),
+    };
+    Answer(status, body).into_response()
 }
 
 /// A flatten stop whose positions the broker did not confirm closed: the runner is stopped, but
 /// positions remain open. 502, with what was closed and what is left.
 fn flatten_failed(r: &JobRecord) -> Response {
-    let body = json!({
-        "success": false,
-        "status": r.status,
-        "error": {"code": "FLATTEN_FAILED", "message": r.error},
-        "flattenedPositions": r.flattened_positions.unwrap_or(0),
-        "positions": r.positions,
-        "stats": r.stats,
-    });
-    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+    let body = FlattenFailed {
+        success: false,
+        status: r.status,
+        error: FlattenError {
+            code: "FLATTEN_FAILED",
+            message: r.error.clone(),
+        },
+        flattened_positions: r.flattened_positions.unwrap_or(0),
+        positions: r.positions.clone(),
+        stats: r.stats.clone(),
+    };
+    Answer(StatusCode::BAD_GATEWAY, body).into_response()
 }
 
 /// Polls a job's record until it has ended or `wait` passes (a store failure ends the wait
@@ -481,68 +493,57 @@ async fn wait_until_ended<S: FleetStore>(
     Ok(seen.into_inner().unwrap_or_else(|p| p.into_inner())?)
 }
 
-/// A runner as the status call shows it: `{worker, positions, stats}`.
-fn runner_view(r: &JobRecord) -> Value {
-    let mut worker = serde_json::to_value(r).unwrap_or_default();
-    let positions = worker
-        .as_object_mut()
-        .and_then(|o| o.remove("positions"))
-        .unwrap_or(json!([]));
-    let stats = worker
-        .as_object_mut()
-        .and_then(|o| o.remove("stats"))
-        .unwrap_or(json!({}));
-    worker["workerId"] = json!(r.job_id);
-    json!({ "worker": worker, "positions": positions, "stats": stats })
-}
-
 /// `GET /v1/users/{userId}/runners` (and `/runner/status?userId=`): the user's runners; for
 /// the user id `system` (admin only), the fleet-wide counts.
 pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
     Path(raw_user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if raw_user == SYSTEM_USER {
         caller.admin()?;
-        return fleet_status(&app).await;
+        return Ok(fleet_status(&app).await?.into_response());
     }
-    let user = user_id(&raw_user)?;
-    caller.act_for(&user)?;
+    let user = caller.for_user(&raw_user)?;
     let jobs = app.store.user_jobs(&user).await?;
     let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
-    Ok(Json(json!({
-        "success": true,
-        "userId": user,
-        "workers": jobs.iter().map(runner_view).collect::<Vec<_>>(),
-        "queueStats": {
-            "queuedJobs": count(JobStatus::Queued),
-            "runningWorkers": count(JobStatus::Running),
-            "totalWorkers": jobs.len(),
-            "failedJobs": count(JobStatus::Failed),
+    Ok(Answer::ok(UserRunners {
+        success: Succeeded,
+        user_id: &user,
+        workers: jobs.iter().map(RunnerView::of).collect(),
+        queue_stats: UserCounts {
+            queued_jobs: count(JobStatus::Queued),
+            running_workers: count(JobStatus::Running),
+            total_workers: jobs.len(),
+            failed_jobs: count(JobStatus::Failed),
         },
-    })))
+    })
+    .into_response())
 }
 
 /// The seed's `getStatus({userId: 'system'})`: fleet-wide load, the same from every
 /// orchestrator (read from the store in one round trip, not from this process).
 async fn fleet_status<S: FleetStore, Q: JobQueue + Clone>(
     app: &AppState<S, Q>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Answer<FleetStatus>, ApiError> {
     let g = app.store.fleet_gauges().await?;
     let counts = g.counts;
-    Ok(Json(json!({
-        "success": true,
-        "userId": SYSTEM_USER,
-        "workers": [],
-        "queueStats": {
-            "queuedJobs": counts.queued,
-            "runningWorkers": counts.running,
-            "totalWorkers": counts.active,
-            "restartingJobs": counts.restarting,
+    Ok(Answer::ok(FleetStatus {
+        success: Succeeded,
+        user_id: SYSTEM_USER,
+        workers: [],
+        queue_stats: FleetCounts {
+            queued_jobs: counts.queued,
+            running_workers: counts.running,
+            total_workers: counts.active,
+            restarting_jobs: counts.restarting,
         },
-        "nodes": { "alive": g.nodes_alive, "capacity": g.node_capacity, "runners": g.node_runners },
-    })))
+        nodes: NodeCounts {
+            alive: g.nodes_alive,
+            capacity: g.node_capacity,
+            runners: g.node_runners,
+        },
+    }))
 }
 
 /// Query of `/runner/status`.
@@ -558,7 +559,7 @@ pub async fn status_compat<S: FleetStore, Q: JobQueue + Clone>(
     state: State<AppState<S, Q>>,
     caller: Caller,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
     status(state, caller, Path(q.user_id)).await
 }
@@ -600,13 +601,15 @@ pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     caller: Caller,
     Path(raw_job): Path<String>,
     query: Result<Query<RunnerQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("userId", e.body_text()))?;
     let named = q.user_id.as_deref().map(user_id).transpose()?;
     let record = owned_job(&app, &caller, &job_id(&raw_job)?, named.as_ref()).await?;
-    let mut view = runner_view(&record);
-    view["success"] = json!(true);
-    Ok(Json(view))
+    Ok(Answer::ok(Runner {
+        success: Succeeded,
+        view: RunnerView::of(&record),
+    })
+    .into_response())
 }
 
 /// `GET /v1/runners/{jobId}/events`: the runner's lifecycle events, oldest first (owner or
@@ -616,7 +619,7 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
     caller: Caller,
     Path(raw_job): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Answer<RunnerEvents>, ApiError> {
     let job = job_id(&raw_job)?;
     let (record, events) = (
         app.store.job(&job).await?,
@@ -627,19 +630,18 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
         .or_else(|| events.first().map(|e| e.user.clone()))
         .ok_or_else(|| ApiError::NotFound(format!("no runner {job}")))?;
     caller.act_for(&owner)?;
-    Ok(Json(
-        json!({ "success": true, "jobId": job, "events": events }),
-    ))
+    Ok(Answer::ok(RunnerEvents {
+        success: Succeeded,
+        job_id: job,
+        events,
+    }))
 }
 
 /// `GET /v1/users/{userId}/entitlement`: the seed's `checkEntitlement`.
 pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
-    Path(raw_user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let user = user_id(&raw_user)?;
-    caller.act_for(&user)?;
+    ForUser { user, .. }: ForUser,
+) -> Result<Answer<Entitlement>, ApiError> {
     let (now, sub, current) = (
         app.store.now_ms().await?,
         app.store.subscription(&user).await?,
@@ -650,15 +652,15 @@ pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
     let expires = sub
         .filter(|s| s.tier == tier && tier != Tier::Free)
         .map(|s| s.expires_at_ms);
-    Ok(Json(json!({
-        "success": true,
-        "userId": user,
-        "isEntitled": current < max,
-        "tier": tier,
-        "maxWorkers": max,
-        "currentWorkers": current,
-        "expiresAt": expires,
-    })))
+    Ok(Answer::ok(Entitlement {
+        success: Succeeded,
+        user_id: user,
+        is_entitled: current < max,
+        tier,
+        max_workers: max,
+        current_workers: current,
+        expires_at: expires,
+    }))
 }
 
 /// Body of an upgrade.
@@ -674,12 +676,11 @@ pub struct UpgradeBody {
 /// `PUT /v1/users/{userId}/entitlement` (admin): the seed's `upgradeUser(userId, tier, days)`.
 pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path(raw_user): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
-) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
+) -> Result<Answer<EntitlementGranted>, ApiError> {
     let user = user_id(&raw_user)?;
     if !(1..=3650).contains(&body.days) {
         return Err(ApiError::invalid("days", "must be from 1 to 3650"));
@@ -695,36 +696,36 @@ pub async fn upgrade<S: FleetStore, Q: JobQueue + Clone>(
         detail,
     )
     .await;
-    Ok(Json(json!({
-        "success": true,
-        "userId": user,
-        "tier": sub.tier,
-        "maxWorkers": app.settings.tiers.limit(sub.tier),
-        "expiresAt": sub.expires_at_ms,
-    })))
+    Ok(Answer::ok(EntitlementGranted {
+        success: Succeeded,
+        tier: sub.tier,
+        max_workers: app.settings.tiers.limit(sub.tier),
+        expires_at: sub.expires_at_ms,
+        user_id: user,
+    }))
 }
 
 /// `GET /v1/nodes`: live worker nodes.
 pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
-) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
+    _: AdminOnly,
+) -> Result<Answer<Nodes>, ApiError> {
     let nodes = app.store.nodes().await?;
     let depth = app.queue.depth().await?;
-    Ok(Json(
-        json!({ "success": true, "nodes": nodes, "queuedJobs": depth }),
-    ))
+    Ok(Answer::ok(Nodes {
+        success: Succeeded,
+        nodes,
+        queued_jobs: depth,
+    }))
 }
 
 /// `POST /v1/users/{userId}/keys` (admin): issues a user API key, shown only in this answer.
 pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path(raw_user): Path<String>,
-) -> Result<Response, ApiError> {
-    caller.admin()?;
+) -> Result<Answer<IssuedKey>, ApiError> {
     let user = user_id(&raw_user)?;
     let issued = issue_key();
     let info = app
@@ -741,32 +742,38 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
         detail,
     )
     .await;
-    let body = json!({ "success": true, "userId": user, "keyId": info.key_id, "apiKey": issued.key, "createdAt": info.created_at });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let body = IssuedKey {
+        success: Succeeded,
+        user_id: user,
+        key_id: info.key_id,
+        api_key: issued.key,
+        created_at: info.created_at,
+    };
+    Ok(Answer(StatusCode::CREATED, body))
 }
 
 /// `GET /v1/users/{userId}/keys` (admin): the user's key ids (never the keys).
 pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    _: AdminOnly,
     Path(raw_user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
+) -> Result<Answer<KeyList>, ApiError> {
     let user = user_id(&raw_user)?;
     let keys = app.store.keys(&user).await?;
-    Ok(Json(
-        json!({ "success": true, "userId": user, "keys": keys }),
-    ))
+    Ok(Answer::ok(KeyList {
+        success: Succeeded,
+        user_id: user,
+        keys,
+    }))
 }
 
 /// `DELETE /v1/users/{userId}/keys/{keyId}` (admin): revokes a key at once.
 pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    AdminOnly(caller): AdminOnly,
     request: RequestId,
     Path((raw_user, key_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
+) -> Result<Answer<Done>, ApiError> {
     let user = user_id(&raw_user)?;
     if !app.store.revoke_key(&user, &key_id).await? {
         return Err(ApiError::NotFound(format!(
@@ -783,7 +790,7 @@ pub async fn revoke_key<S: FleetStore, Q: JobQueue + Clone>(
         detail,
     )
     .await;
-    Ok(Json(json!({ "success": true })))
+    Ok(Answer::ok(Done { success: Succeeded }))
 }
 
 /// Any unknown route.

@@ -6,17 +6,17 @@
 //! not happen. If the store fails between the two, the log line still records the action and an
 //! error line says the trail missed it.
 
-use axum::Json;
 use axum::extract::{Query, State};
 use runfleet::ids::UserId;
 use runfleet::queue::JobQueue;
 use runfleet::store::{AdminAction, FleetStore};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::auth::Caller;
+use crate::auth::{AdminOnly, Caller};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
+use crate::responses::{Answer, AuditTrail, Succeeded};
 use crate::state::AppState;
 
 /// What an admin did, as the trail names it.
@@ -96,10 +96,9 @@ pub const MAX_COUNT: usize = 1_000;
 /// `GET /v1/audit` (admin): the newest admin actions, newest first.
 pub async fn trail<S: FleetStore, Q: JobQueue + Clone>(
     State(app): State<AppState<S, Q>>,
-    caller: Caller,
+    _: AdminOnly,
     query: Result<Query<TrailQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    caller.admin()?;
+) -> Result<Answer<AuditTrail>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid("count", e.body_text()))?;
     let count = q.count.unwrap_or(DEFAULT_COUNT);
     if !(1..=MAX_COUNT).contains(&count) {
@@ -109,5 +108,8 @@ pub async fn trail<S: FleetStore, Q: JobQueue + Clone>(
         ));
     }
     let entries = app.store.admin_trail(count).await?;
-    Ok(Json(json!({ "success": true, "entries": entries })))
+    Ok(Answer::ok(AuditTrail {
+        success: Succeeded,
+        entries,
+    }))
 }

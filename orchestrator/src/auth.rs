@@ -58,6 +58,14 @@ impl Caller {
         }
     }
 
+    /// Checks `raw` as a user id (400 when it is not one) and allows the admin and that user
+    /// (403 for any other): the user the caller acts for.
+    pub fn for_user(&self, raw: &str) -> Result<UserId, ApiError> {
+        let user = crate::api::user_id(raw)?;
+        self.act_for(&user)?;
+        Ok(user)
+    }
+
     /// Allows the admin only.
     pub fn admin(&self) -> Result<(), ApiError> {
         match self {
@@ -143,6 +151,52 @@ impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for Ca
             user,
             key_id: key_id.to_owned(),
         })
+    }
+}
+
+/// Who may act, as extractors: a handler names the check in its arguments instead of repeating
+/// it in its body. Each extracts the [`Caller`] first (401, rate limit), then refuses with 403.
+///
+/// The admin key's caller: any user key is refused with 403 (`this endpoint needs the admin
+/// key`).
+#[derive(Debug)]
+pub struct AdminOnly(pub Caller);
+
+impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for AdminOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState<S, Q>) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        caller.admin()?;
+        Ok(AdminOnly(caller))
+    }
+}
+
+/// A caller allowed to act for the user of the path's `{user_id}`: the admin or that user (400
+/// when the path's id is not a user id, 403 for another user's key).
+#[derive(Debug)]
+pub struct ForUser {
+    /// Who calls.
+    pub caller: Caller,
+    /// The user of the path, checked.
+    pub user: UserId,
+}
+
+/// The path parameter [`ForUser`] reads (other parameters of the route are ignored).
+#[derive(serde::Deserialize)]
+struct UserPath {
+    user_id: String,
+}
+
+impl<S: FleetStore, Q: JobQueue + Clone> FromRequestParts<AppState<S, Q>> for ForUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState<S, Q>) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        let crate::extract::Path(path) =
+            crate::extract::Path::<UserPath>::from_request_parts(parts, app).await?;
+        let user = caller.for_user(&path.user_id)?;
+        Ok(ForUser { caller, user })
     }
 }
 

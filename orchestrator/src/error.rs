@@ -10,7 +10,44 @@ use runfleet::observability;
 use runfleet::queue::QueueError;
 use runfleet::redis_pool::RedisError;
 use runfleet::store::StoreError;
-use serde_json::json;
+use serde::Serialize;
+
+use crate::responses::Answer;
+
+/// The body of every refusal: `{"success": false, "error": {...}}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`]: a stable machine code and a human message, and what the
+/// refusal has to add.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// The stable machine code ([`ApiError::code`]).
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+    /// `invalid_request`: the JSON path of the refused field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `runner_limit_reached`: the tier in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// `runner_limit_reached`: its limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_workers: Option<u32>,
+    /// `runner_limit_reached`: the slots held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_workers: Option<u32>,
+    /// Refusals worth retrying: when (also the `Retry-After` header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_seconds: Option<u64>,
+}
 
 /// Why a request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,9 +179,15 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 impl ApiError {
     /// The status and JSON body of this refusal (`{"success": false, "error": {...}}`), as a
     /// whole answer or one item of a batch's answer.
-    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
-        let (status, error, _) = self.parts();
-        (status, json!({ "success": false, "error": error }))
+    pub fn status_and_body(&self) -> (StatusCode, ErrorBody) {
+        let (status, error) = self.parts();
+        (
+            status,
+            ErrorBody {
+                success: false,
+                error,
+            },
+        )
     }
 
     /// This error inside element `at` of the request (`runners[3]`): a field it names is
@@ -163,11 +206,19 @@ impl ApiError {
         }
     }
 
-    fn parts(&self) -> (StatusCode, serde_json::Value, Option<u64>) {
+    fn parts(&self) -> (StatusCode, ErrorDetail) {
         let (status, code) = self.status_and_code();
-        let mut error = json!({ "code": code, "message": self.to_string() });
+        let mut error = ErrorDetail {
+            code,
+            message: self.to_string(),
+            field: None,
+            tier: None,
+            max_workers: None,
+            current_workers: None,
+            retry_after_seconds: None,
+        };
         if let ApiError::Invalid { field, .. } = &self {
-            error["field"] = json!(field);
+            error.field = Some(field.clone());
         }
         if let ApiError::LimitReached {
             tier,
@@ -175,9 +226,9 @@ impl ApiError {
             current,
         } = &self
         {
-            error["tier"] = json!(tier);
-            error["maxWorkers"] = json!(limit);
-            error["currentWorkers"] = json!(current);
+            error.tier = Some(tier.clone());
+            error.max_workers = Some(*limit);
+            error.current_workers = Some(*current);
         }
         let retry_after = match &self {
             ApiError::CircuitOpen { retry_after_ms, .. }
@@ -189,10 +240,8 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::QueueUnavailable(_) => Some(RETRY_AFTER.as_secs()),
             _ => None,
         };
-        if let Some(secs) = retry_after {
-            error["retryAfterSeconds"] = json!(secs);
-        }
-        (status, error, retry_after)
+        error.retry_after_seconds = retry_after;
+        (status, error)
     }
 }
 
@@ -204,12 +253,9 @@ impl IntoResponse for ApiError {
             ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
         }
-        let (status, error, retry_after) = self.parts();
-        let mut response = (
-            status,
-            axum::Json(json!({ "success": false, "error": error })),
-        )
-            .into_response();
+        let (status, body) = self.status_and_body();
+        let retry_after = body.error.retry_after_seconds;
+        let mut response = Answer(status, body).into_response();
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
@@ -223,8 +269,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         metrics::counter!(observability::STORE_ERRORS_TOTAL).increment(1);
         match e {
-            StoreError::Unavailable(_) => ApiError::Unavailable(e.into()),
-            StoreError::Conflict { .. } | StoreError::Data(_) => ApiError::Internal(e.into()),
+            StoreError::Unavailable(_) | StoreError::Contended(_) => {
+                ApiError::Unavailable(e.into())
+            }
+            StoreError::Conflict { .. } | StoreError::Data(_) | StoreError::Fenced => {
+                ApiError::Internal(e.into())
+            }
         }
     }
 }

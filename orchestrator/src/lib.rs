@@ -10,6 +10,7 @@ pub mod events;
 pub mod extract;
 pub mod rate_limit;
 pub mod request_id;
+pub mod responses;
 pub mod seed;
 pub mod state;
 pub mod sweeper;
@@ -18,7 +19,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
+use runfleet::config::HttpSettings;
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -27,52 +29,88 @@ use tower_http::trace::TraceLayer;
 
 pub use state::AppState;
 
+/// One route of the API: its path and the handlers of its methods.
+#[derive(Debug)]
+pub struct Route<S, Q> {
+    /// The path, with `{name}` parameters.
+    pub path: &'static str,
+    /// Its methods' handlers.
+    pub methods: MethodRouter<AppState<S, Q>>,
+}
+
+impl<S, Q> Route<S, Q> {
+    fn new(path: &'static str, methods: MethodRouter<AppState<S, Q>>) -> Self {
+        Route { path, methods }
+    }
+}
+
+/// The API's routes, in two lists. [`app`] builds the router from them and nothing else, so
+/// they are also the list the OpenAPI test holds the document to.
+#[derive(Debug)]
+pub struct Routes<S, Q> {
+    /// The REST API.
+    pub api: Vec<Route<S, Q>>,
+    /// The seed's routes, kept for clients written against it, answered in the seed's shapes.
+    pub seed: Vec<Route<S, Q>>,
+}
+
+/// The API's [`Routes`].
+pub fn routes<S: FleetStore, Q: JobQueue + Clone>(http: &HttpSettings) -> Routes<S, Q> {
+    let api = vec![
+        Route::new("/healthz", get(api::healthz::<S, Q>)),
+        Route::new("/openapi.json", get(openapi)),
+        Route::new("/metrics", get(api::metrics::<S, Q>)),
+        Route::new("/v1/runners", post(api::start::<S, Q>)),
+        Route::new(
+            "/v1/runners/batch",
+            post(api::start_batch::<S, Q>)
+                .layer(DefaultBodyLimit::max(http.batch_body_limit_bytes)),
+        ),
+        Route::new("/v1/runners/{job_id}", get(api::runner::<S, Q>)),
+        Route::new("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>)),
+        Route::new(
+            "/v1/runners/{job_id}/events",
+            get(api::runner_events::<S, Q>),
+        ),
+        Route::new("/v1/users/{user_id}/runners", get(api::status::<S, Q>)),
+        Route::new(
+            "/v1/users/{user_id}/entitlement",
+            get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
+        ),
+        Route::new("/v1/events", get(events::stream::<S, Q>)),
+        Route::new("/v1/nodes", get(api::nodes::<S, Q>)),
+        Route::new("/v1/audit", get(audit::trail::<S, Q>)),
+        Route::new(
+            "/v1/users/{user_id}/keys",
+            post(api::create_key::<S, Q>).get(api::list_keys::<S, Q>),
+        ),
+        Route::new(
+            "/v1/users/{user_id}/keys/{key_id}",
+            delete(api::revoke_key::<S, Q>),
+        ),
+    ];
+    let seed = vec![
+        Route::new("/runner/start", post(api::start::<S, Q>)),
+        Route::new("/runner/stop", post(api::stop_compat::<S, Q>)),
+        Route::new("/runner/status", get(api::status_compat::<S, Q>)),
+    ];
+    Routes { api, seed }
+}
+
 /// The API's router.
 pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router {
     let http = &state.settings.http;
     let timeout = Duration::from_millis(http.request_timeout_ms);
     let body_limit = http.body_limit_bytes;
-    let batch_body_limit = http.batch_body_limit_bytes;
     let rate_limits = std::sync::Arc::new(rate_limit::RateLimits::new(&state.settings.rate_limits));
-    Router::new()
-        .route("/healthz", get(api::healthz::<S, Q>))
-        .route("/openapi.json", get(openapi))
-        .route("/metrics", get(api::metrics::<S, Q>))
-        .route("/v1/runners", post(api::start::<S, Q>))
-        .route(
-            "/v1/runners/batch",
-            post(api::start_batch::<S, Q>).layer(DefaultBodyLimit::max(batch_body_limit)),
-        )
-        .route("/v1/runners/{job_id}", get(api::runner::<S, Q>))
-        .route("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>))
-        .route(
-            "/v1/runners/{job_id}/events",
-            get(api::runner_events::<S, Q>),
-        )
-        .route("/v1/users/{user_id}/runners", get(api::status::<S, Q>))
-        .route(
-            "/v1/users/{user_id}/entitlement",
-            get(api::entitlement::<S, Q>).put(api::upgrade::<S, Q>),
-        )
-        .route("/v1/events", get(events::stream::<S, Q>))
-        .route("/v1/nodes", get(api::nodes::<S, Q>))
-        .route("/v1/audit", get(audit::trail::<S, Q>))
-        .route(
-            "/v1/users/{user_id}/keys",
-            post(api::create_key::<S, Q>).get(api::list_keys::<S, Q>),
-        )
-        .route(
-            "/v1/users/{user_id}/keys/{key_id}",
-            delete(api::revoke_key::<S, Q>),
-        )
-        // The seed's routes, kept for clients written against it, in the seed's shapes.
-        .merge(
-            Router::new()
-                .route("/runner/start", post(api::start::<S, Q>))
-                .route("/runner/stop", post(api::stop_compat::<S, Q>))
-                .route("/runner/status", get(api::status_compat::<S, Q>))
-                .route_layer(axum::middleware::from_fn(seed::seed_shapes)),
-        )
+    let Routes { api, seed } = routes::<S, Q>(http);
+    let seed = seed
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.methods))
+        .route_layer(axum::middleware::from_fn(seed::seed_shapes));
+    api.into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.methods))
+        .merge(seed)
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -101,7 +139,7 @@ fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
 }
 
 /// The OpenAPI document of the whole API (`orchestrator/src/openapi.json`; the `openapi` test
-/// keeps it in step with the router and the catalog).
+/// keeps it in step with [`routes`] and the catalog).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// `GET /openapi.json`: [`OPENAPI`], with no key needed.

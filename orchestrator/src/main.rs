@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use runfleet::backend::{self, OnBackend};
 use runfleet::config::{QueueBackend, Settings};
-use runfleet::lifecycle::{RunnerGroup, RunnerOptions, Ticker};
-use runfleet::queue::{JobQueue, MemoryQueue};
-use runfleet::store::{FleetPolicy, FleetStore, MemoryStore};
-use runfleet::{backend, observability, shutdown, telemetry};
+use runfleet::crypto::CredentialCipher;
+use runfleet::http::http_service_with;
+use runfleet::kind::Kinds;
+use runfleet::lifecycle::{Runner, RunnerGroup, RunnerOptions, Ticker};
+use runfleet::queue::JobQueue;
+use runfleet::store::FleetStore;
+use runfleet::{observability, shutdown, telemetry};
 use runfleet_orchestrator::{AppState, app, sweeper};
-use runfleet_worker::http::http_service_with;
-use runfleet_worker::{NodeConfig, WorkerNode};
 use tokio_util::sync::CancellationToken;
 
 /// A runfleet orchestrator. Settings come from built-in defaults, then `--config`, then
@@ -48,72 +50,88 @@ async fn main() -> anyhow::Result<()> {
     let cipher = settings.credential_cipher()?;
     let kinds = runfleet_trading::kinds(&settings).install();
     let settings = Arc::new(settings);
-    match settings.queue.backend {
-        QueueBackend::Memory => {
-            let (store, queue) = (
-                MemoryStore::new(FleetPolicy::from_settings(&settings)),
-                MemoryQueue::new(),
-            );
-            let config = NodeConfig::from_settings(&settings, settings.node.embedded_capacity);
-            let node = WorkerNode::new(
-                store.clone(),
-                queue.clone(),
-                cipher.clone(),
-                config,
-                kinds.clone(),
-            );
-            serve(
-                AppState::new(store, queue, cipher, settings, kinds),
-                Some(node),
-            )
-            .await
+    let orchestrator = Orchestrator {
+        cipher,
+        settings: settings.clone(),
+        kinds,
+    };
+    backend::run_on(&settings, orchestrator)
+        .await
+        .context("backend settings")?
+}
+
+/// The orchestrator's process on the backend of its settings.
+struct Orchestrator {
+    cipher: CredentialCipher,
+    settings: Arc<Settings>,
+    kinds: Kinds,
+}
+
+impl OnBackend for Orchestrator {
+    type Output = anyhow::Result<()>;
+
+    async fn run<S: FleetStore, Q: JobQueue + Clone>(self, store: S, queue: Q) -> Self::Output {
+        let Orchestrator {
+            cipher,
+            settings,
+            kinds,
+        } = self;
+        let mut extra: Vec<Arc<dyn Runner>> = Vec::new();
+        if settings.queue.backend == QueueBackend::Memory {
+            extra.push(worker_pool(&store, &queue, &cipher, &settings, &kinds)?);
         }
-        #[cfg(not(feature = "rabbitmq"))]
-        QueueBackend::Rabbitmq => anyhow::bail!(
-            "queue.backend = rabbitmq: this build has no RabbitMQ support (the `rabbitmq` cargo \
-             feature is off)"
-        ),
-        QueueBackend::Redis => {
-            let (store, queue) = backend::open_redis(&settings)
-                .await
-                .context("redis settings")?;
-            distributed(AppState::new(store, queue, cipher, settings, kinds)).await
-        }
-        #[cfg(feature = "rabbitmq")]
-        QueueBackend::Rabbitmq => {
-            let (store, queue) = backend::open_rabbitmq(&settings)
-                .await
-                .context("rabbitmq settings")?;
-            distributed(AppState::new(store, queue, cipher, settings, kinds)).await
-        }
+        serve(AppState::new(store, queue, cipher, settings, kinds), extra).await
     }
 }
 
-/// Serves the API of a distributed fleet (no in-process workers).
-async fn distributed<S: FleetStore, Q: JobQueue + Clone>(
-    state: AppState<S, Q>,
-) -> anyhow::Result<()> {
-    serve::<S, Q, MemoryStore, MemoryQueue>(state, None).await
+/// The embedded mode's worker pool, on the API's own store and queue.
+#[cfg(feature = "embedded")]
+fn worker_pool<S: FleetStore, Q: JobQueue + Clone>(
+    store: &S,
+    queue: &Q,
+    cipher: &CredentialCipher,
+    settings: &Settings,
+    kinds: &Kinds,
+) -> anyhow::Result<Arc<dyn Runner>> {
+    use runfleet_worker::{NodeConfig, WorkerNode};
+    let config = NodeConfig::from_settings(settings, settings.node.embedded_capacity);
+    let node = WorkerNode::new(
+        store.clone(),
+        queue.clone(),
+        cipher.clone(),
+        config,
+        kinds.clone(),
+    );
+    Ok(Arc::new(node.service("worker-pool")))
 }
 
-/// Serves the API (and, embedded, runs the worker pool) as services in one group until SIGTERM
+/// Without the `embedded` feature there is no worker pool to run in-process.
+#[cfg(not(feature = "embedded"))]
+fn worker_pool<S: FleetStore, Q: JobQueue + Clone>(
+    _: &S,
+    _: &Q,
+    _: &CredentialCipher,
+    _: &Settings,
+    _: &Kinds,
+) -> anyhow::Result<Arc<dyn Runner>> {
+    anyhow::bail!(
+        "queue.backend = memory (--embedded) runs worker nodes in this process, and this build \
+         has none (the `embedded` cargo feature is off): set queue.backend to redis or rabbitmq"
+    )
+}
+
+/// Serves the API (and runs the `in_process` services: the embedded worker pool) as services in one group until SIGTERM
 /// or Ctrl-C, then stops the group within the shutdown deadline.
-async fn serve<S, Q, NS, NQ>(
+async fn serve<S: FleetStore, Q: JobQueue + Clone>(
     state: AppState<S, Q>,
-    node: Option<WorkerNode<NS, NQ>>,
-) -> anyhow::Result<()>
-where
-    S: FleetStore,
-    Q: JobQueue + Clone,
-    NS: FleetStore,
-    NQ: JobQueue + Clone,
-{
+    in_process: Vec<Arc<dyn Runner>>,
+) -> anyhow::Result<()> {
     let deadline = Duration::from_millis(state.settings.shutdown.deadline_ms);
     let listener = tokio::net::TcpListener::bind(&state.settings.http.bind)
         .await
         .with_context(|| format!("cannot listen on {}", state.settings.http.bind))?;
     let addr = listener.local_addr()?;
-    let mode = if node.is_some() {
+    let mode = if !in_process.is_empty() {
         "embedded"
     } else {
         "distributed"
@@ -141,8 +159,8 @@ where
         )?
         .skip_overlapping(true),
     ))?;
-    if let Some(node) = node {
-        services.register(Arc::new(node.service("worker-pool")))?;
+    for service in in_process {
+        services.register(service)?;
     }
     let report = shutdown::run_group(&services, CancellationToken::new(), deadline).await?;
     if !report.is_ok() {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use runfleet::config::SweepSettings;
-use runfleet::dispatch::dispatch;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::NodeId;
 use runfleet::observability;
 use runfleet::queue::{JobQueue, QueueError};
@@ -25,8 +25,9 @@ pub enum SweepError {
 }
 
 /// One tick: sweep expired leases (if this process takes the guard), dispatch due restarts and
-/// queued jobs whose publish was not confirmed in time, and give dead nodes' unacknowledged
-/// claims back to the queue. A publish that fails now is tried again by a later tick.
+/// queued jobs whose publish was not confirmed in time (through [`Dispatcher`]: a publish that
+/// fails now stays pending and a later tick tries again), and give dead nodes' unacknowledged
+/// claims back to the queue.
 pub async fn tick<S: FleetStore, Q: JobQueue>(
     store: &S,
     queue: &Q,
@@ -64,21 +65,16 @@ async fn sweep_once<S: FleetStore, Q: JobQueue>(
             "crash sweep: runners went silent"
         );
     }
-    let due = store.due_restarts(settings.batch).await?;
+    let dispatcher = Dispatcher::new(store, queue);
+    let due = dispatcher.restart_due(settings.batch).await?;
     if !due.is_empty() {
         metrics::counter!(observability::RESTARTS_TOTAL).increment(due.len() as u64);
-        dispatch(store, queue, &due).await?;
         tracing::info!(jobs = due.len(), "crashed runners queued for restart");
     }
     let requeue_after = Duration::from_millis(settings.requeue_after_ms);
-    let unconfirmed = store.unconfirmed(requeue_after, settings.batch).await?;
-    if !unconfirmed.is_empty() {
-        tracing::warn!(
-            jobs = unconfirmed.len(),
-            "queued jobs whose publish was never confirmed: publishing them again"
-        );
-        dispatch(store, queue, &unconfirmed).await?;
-    }
+    dispatcher
+        .republish_unconfirmed(requeue_after, settings.batch)
+        .await?;
     let claimers = queue.claimers().await?;
     if !claimers.is_empty() {
         let live: HashSet<NodeId> = store

@@ -1,12 +1,58 @@
 //! Connecting a process to the fleet's shared backend, the same way in every binary.
+//!
+//! [`run_on`] is the one place that matches `queue.backend`: it opens that backend's store and
+//! queue and hands them to the process ([`OnBackend`]), generic over both, so neither binary
+//! repeats the match (or its `rabbitmq` feature gates).
 
-use crate::config::{ConfigError, Settings};
+use std::future::Future;
+
+use crate::config::{ConfigError, QueueBackend, Settings};
 use crate::keys::Keys;
 #[cfg(feature = "rabbitmq")]
 use crate::queue::RabbitMqQueue;
-use crate::queue::RedisQueue;
+use crate::queue::{JobQueue, MemoryQueue, RedisQueue};
 use crate::redis_pool::{RedisError, RedisPools};
-use crate::store::{FleetPolicy, RedisStore};
+use crate::store::{FleetPolicy, FleetStore, MemoryStore, RedisStore};
+
+/// A process's work on the backend of its settings: [`run_on`] opens the store and the queue
+/// and calls [`OnBackend::run`] with them. A trait rather than a closure, since the callback is
+/// generic over the store and queue types.
+pub trait OnBackend {
+    /// What the work gives back.
+    type Output;
+
+    /// Does the work on `store` and `queue`.
+    fn run<S: FleetStore, Q: JobQueue + Clone>(
+        self,
+        store: S,
+        queue: Q,
+    ) -> impl Future<Output = Self::Output>;
+}
+
+/// Opens the backend `settings.queue.backend` names and runs `process` on it: the in-memory
+/// store and queue (the embedded mode), Redis, or RabbitMQ with state in Redis.
+pub async fn run_on<P: OnBackend>(
+    settings: &Settings,
+    process: P,
+) -> Result<P::Output, BackendError> {
+    match settings.queue.backend {
+        QueueBackend::Memory => {
+            let store = MemoryStore::new(FleetPolicy::from_settings(settings));
+            Ok(process.run(store, MemoryQueue::new()).await)
+        }
+        QueueBackend::Redis => {
+            let (store, queue) = open_redis(settings).await?;
+            Ok(process.run(store, queue).await)
+        }
+        #[cfg(feature = "rabbitmq")]
+        QueueBackend::Rabbitmq => {
+            let (store, queue) = open_rabbitmq(settings).await?;
+            Ok(process.run(store, queue).await)
+        }
+        #[cfg(not(feature = "rabbitmq"))]
+        QueueBackend::Rabbitmq => Err(BackendError::NoRabbitmq),
+    }
+}
 
 /// Opens the Redis store and Redis queue of `settings`. The store queues jobs onto the queue's
 /// ready list itself, in the same script that makes them queued. Succeeds while Redis is down
@@ -56,6 +102,12 @@ pub enum BackendError {
     /// Queue settings are unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// `queue.backend = rabbitmq` in a build without the `rabbitmq` feature.
+    #[error(
+        "queue.backend = rabbitmq: this build has no RabbitMQ support (the `rabbitmq` cargo \
+         feature is off)"
+    )]
+    NoRabbitmq,
 }
 
 #[cfg(feature = "rabbitmq")]

@@ -523,6 +523,9 @@ pub struct HeartbeatSettings {
     pub interval_ms: u64,
     /// Silence after which a runner counts as crashed (its lease expires).
     pub lease_ms: u64,
+    /// Longest a runner's saved state goes unsaved while its holdings do not change (it is
+    /// saved with every fill, at hand-back and at the end). 0: with every heartbeat.
+    pub checkpoint_ms: u64,
 }
 
 impl Default for HeartbeatSettings {
@@ -530,6 +533,7 @@ impl Default for HeartbeatSettings {
         Self {
             interval_ms: 5_000,
             lease_ms: 30_000,
+            checkpoint_ms: 30_000,
         }
     }
 }

@@ -96,9 +96,16 @@ impl Keys {
         self.key(&["user", user.as_str(), "subscription"])
     }
 
-    /// Sorted set of running job ids scored by lease expiry (ms, Redis clock), for the sweep.
-    pub fn leases(&self) -> String {
-        self.key(&["leases"])
+    /// Sorted set of node ids scored by the end of their lease (ms, Redis clock): a runner's
+    /// lease is its node's. The sweep reads the lapsed ones.
+    pub fn node_leases(&self) -> String {
+        self.key(&["node_leases"])
+    }
+
+    /// Set, with a day's expiry, when a sweep took a lapsed node's runners: that node id may
+    /// never claim or renew again.
+    pub fn node_fenced(&self, node: &NodeId) -> String {
+        self.key(&["node", node.as_str(), "fenced"])
     }
 
     /// List of commands (stop requests) addressed to one node.
@@ -141,14 +148,10 @@ impl Keys {
         self.key(&["nodes"])
     }
 
-    /// Hash with the circuit breaker of one user strategy (`state`, `until`, `trial`).
+    /// Hash with the circuit breaker of one user strategy (`state`, `until`, `trial`, `failures`:
+    /// [`crate::policy::BreakerFields`]).
     pub fn breaker(&self, user: &UserId, strategy: &StrategyId) -> String {
         self.key(&["breaker", user.as_str(), strategy.as_str()])
-    }
-
-    /// Sorted set of the recent failures counted by a closed breaker.
-    pub fn breaker_failures(&self, user: &UserId, strategy: &StrategyId) -> String {
-        self.key(&["breaker", user.as_str(), strategy.as_str(), "failures"])
     }
 
     /// Sorted set of queued job ids whose enqueue is not yet confirmed, by when they became
@@ -246,10 +249,10 @@ mod tests {
                 k.commands(&n),
                 k.node_jobs(&n),
                 k.node(&n),
+                k.node_fenced(&n),
                 k.api_key(other),
                 k.processing("jobs", &n),
                 k.breaker(&u, &s),
-                k.breaker_failures(&u, &s),
             ]
         }
 
@@ -270,10 +273,11 @@ mod tests {
                             // Same name: same kind of key, and the ids it is built from agree.
                             prop_assert_eq!(i, j);
                             let user_keyed = [2, 3, 4, 5].contains(&i);
-                            let other_keyed = !user_keyed && i != 11 && i != 12;
+                            // processing (12) and breaker (13) are built from both ids.
+                            let other_keyed = !user_keyed && i != 12 && i != 13;
                             if user_keyed { prop_assert_eq!(&a, &c); }
                             if other_keyed { prop_assert_eq!(&b, &d); }
-                            if i >= 11 { prop_assert!(a == c && b == d); }
+                            if i >= 12 { prop_assert!(a == c && b == d); }
                         }
                     }
                 }

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod config;
 pub mod crypto;
 pub mod dispatch;
+pub mod http;
 pub mod ids;
 pub mod job;
 pub mod keys;

@@ -1,26 +1,40 @@
 //! The fleet's failure policy: when a crashed or failed run is restarted, and when a user's
 //! strategy is cut off by its circuit breaker.
 //!
-//! The in-memory store applies these functions directly; the Redis store applies the same rules
-//! in `scripts/lib.lua` (shared by the crash sweep and node-reported failures). The store
-//! conformance suite checks that both behave alike.
+//! This module is the only place the rules are written. Both stores call it:
+//! - the in-memory store on its own state;
+//! - the Redis store over a snapshot a script reads ([`FailureSnapshot`], and the admission
+//!   script's breaker snapshot), then a script applies the [`FailureDecision`] (or breaker
+//!   change) only if what it was decided on is unchanged, else the store decides again. The Lua
+//!   scripts hold no policy: they read, compare and write. Failures and open breakers are rare,
+//!   so the extra round trip is paid only by them; a start under a closed breaker is still one
+//!   script call.
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{BreakerSettings, RestartSettings};
 use crate::ids::JobId;
+use crate::job::JobStatus;
 
 /// A job's restart bookkeeping. Restarts after the strategy's own failures and restarts after
 /// the loss of its node are counted apart: a node that dies is not the strategy's fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Serialized with the names of the job hash's fields (docs/redis-schema.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RestartCount {
     /// Restarts after the strategy's own failures within the current window.
+    #[serde(default)]
     pub streak: u32,
     /// When the current window began (ms).
+    #[serde(default, rename = "streak_since")]
     pub since: u64,
     /// Restarts after node losses within the current node-loss window.
+    #[serde(default)]
     pub lost: u32,
     /// When the current node-loss window began (ms).
+    #[serde(default)]
     pub lost_since: u64,
     /// Restarts ever.
+    #[serde(default, rename = "restarts")]
     pub total: u32,
 }
 
@@ -137,8 +151,10 @@ pub enum BreakerState {
     },
 }
 
-/// The circuit breaker of one user strategy.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The circuit breaker of one user strategy. Serialized as [`BreakerFields`], the fields of its
+/// Redis hash.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "BreakerFields", into = "BreakerFields")]
 pub struct Breaker {
     /// Its state.
     pub state: BreakerState,
@@ -156,6 +172,300 @@ pub enum TrialProgress {
     },
     /// Ran for the trial period, or was stopped without failing, or is gone.
     Passed,
+}
+
+impl TrialProgress {
+    /// The progress of a trial job whose record shows `status` (none: gone) and `started_at`.
+    /// A trial that crashed reopened the breaker already; one waiting for a restart after a node
+    /// loss is still pending; one that ended `failed` for a reason of its own (a configuration
+    /// failure) said nothing against the strategy, so it passed, like one that was stopped.
+    pub fn of(status: Option<JobStatus>, started_at: Option<u64>, now: u64, trial_ms: u64) -> Self {
+        match (status, started_at) {
+            (Some(JobStatus::Running), Some(started)) if now.saturating_sub(started) < trial_ms => {
+                TrialProgress::Pending {
+                    ran_ms: now.saturating_sub(started),
+                }
+            }
+            (Some(JobStatus::Queued | JobStatus::Crashed), _) => {
+                TrialProgress::Pending { ran_ms: 0 }
+            }
+            _ => TrialProgress::Passed,
+        }
+    }
+}
+
+/// A breaker as the fields of its Redis hash: `state` (`open`, `half`, or empty: closed),
+/// `until` (ms, when open), `trial` (the trial job, when half-open), `failures` (the times of the
+/// failures a closed breaker counted, comma-separated). Scripts compare all four to see that a
+/// breaker is unchanged since it was read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BreakerFields {
+    /// `open`, `half`, or empty (closed).
+    #[serde(default)]
+    pub state: String,
+    /// When an open breaker's cool-down ends (ms), else empty.
+    #[serde(default)]
+    pub until: String,
+    /// A half-open breaker's trial job, else empty.
+    #[serde(default)]
+    pub trial: String,
+    /// Failure times (ms), comma-separated.
+    #[serde(default)]
+    pub failures: String,
+}
+
+impl From<Breaker> for BreakerFields {
+    fn from(b: Breaker) -> Self {
+        let mut f = BreakerFields {
+            failures: b
+                .failures
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            ..BreakerFields::default()
+        };
+        match b.state {
+            BreakerState::Closed => {}
+            BreakerState::Open { until } => {
+                f.state = "open".into();
+                f.until = until.to_string();
+            }
+            BreakerState::HalfOpen { trial } => {
+                f.state = "half".into();
+                f.trial = trial.to_string();
+            }
+        }
+        f
+    }
+}
+
+impl TryFrom<BreakerFields> for Breaker {
+    type Error = String;
+
+    fn try_from(f: BreakerFields) -> Result<Self, String> {
+        let bad = || format!("breaker fields {f:?}");
+        let state = match f.state.as_str() {
+            "" | "closed" => BreakerState::Closed,
+            "open" => BreakerState::Open {
+                until: f.until.parse().map_err(|_| bad())?,
+            },
+            "half" => BreakerState::HalfOpen {
+                trial: JobId::new(&f.trial),
+            },
+            _ => return Err(bad()),
+        };
+        let failures = f
+            .failures
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(|t| t.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        Ok(Breaker { state, failures })
+    }
+}
+
+/// What a store knows about a job whose run failed, read in one step: what
+/// [`decide_failure`] decides on. The Redis store's scripts send it as JSON (`failure_snapshot`
+/// in lib.lua), hence the field names.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct FailureSnapshot {
+    /// The job.
+    pub job: JobId,
+    /// The store's clock when it was read (ms).
+    pub now: u64,
+    /// The failed run's epoch.
+    pub epoch: u64,
+    /// The node the run was on.
+    #[serde(default)]
+    pub node: String,
+    /// The run's last heartbeat (ms), if any.
+    #[serde(default)]
+    pub hb: Option<u64>,
+    /// The job's strategy.
+    pub strategy: String,
+    /// A stop was requested.
+    #[serde(default)]
+    pub stop: bool,
+    /// When the failed run started (ms).
+    #[serde(default)]
+    pub started: Option<u64>,
+    /// The job's restart bookkeeping.
+    #[serde(flatten)]
+    pub count: RestartCount,
+    /// The strategy's breaker.
+    pub breaker: Breaker,
+    /// Runners the user holds, this one included.
+    pub held: u32,
+    /// What the user's tier in force allows.
+    pub limit: u32,
+}
+
+impl FailureSnapshot {
+    /// Why a run whose lease lapsed is taken for crashed (the sweep's reason).
+    pub fn silence(&self) -> String {
+        let silent = self.now.saturating_sub(self.hb.unwrap_or(self.now));
+        format!(
+            "no heartbeat for {silent} ms from node {} (epoch {})",
+            self.node, self.epoch
+        )
+    }
+}
+
+/// What becomes of a failed run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Queued again at `at` (ms).
+    Restart {
+        /// When.
+        at: u64,
+    },
+    /// Ended as failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Ended as stopped: a stop was requested before the run failed.
+    Stopped {
+        /// Why.
+        error: String,
+    },
+}
+
+/// The decision on a failed run, applied by a store only if the job and the breaker are still
+/// as the snapshot showed (`epoch`, `stop`, `expect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureDecision {
+    /// The job.
+    pub job: JobId,
+    /// The failed run's epoch: still current, or the decision is stale.
+    pub epoch: u64,
+    /// Whether a stop had been requested: unchanged, or the decision is stale.
+    pub stop: bool,
+    /// The breaker as it was read: unchanged, or the decision is stale.
+    pub expect: Breaker,
+    /// The breaker to write, when it changes. (Absent rather than `null` on the wire: Lua's
+    /// cjson decodes `null` to a value that is true.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+    /// Why the breaker opened, when this failure opened it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opened: Option<String>,
+    /// The failure (the `crashed` event's reason).
+    pub reason: String,
+    /// What becomes of the run.
+    pub outcome: Outcome,
+    /// The restart bookkeeping to write.
+    pub count: RestartCount,
+}
+
+/// Decides what becomes of the failed run in `snap` (failed as `kind`, for `reason`): a
+/// requested stop wins; else the breaker counts a crash (a node loss only consults it), then
+/// [`after_failure`] decides between a restart and a failure.
+pub fn decide_failure(
+    restart: &RestartSettings,
+    breaker_settings: &BreakerSettings,
+    snap: &FailureSnapshot,
+    kind: FailureKind,
+    reason: String,
+) -> FailureDecision {
+    let mut decision = FailureDecision {
+        job: snap.job.clone(),
+        epoch: snap.epoch,
+        stop: snap.stop,
+        expect: snap.breaker.clone(),
+        breaker: None,
+        opened: None,
+        outcome: Outcome::Stopped {
+            error: format!("{reason}; a stop was requested, so it is not restarted"),
+        },
+        count: snap.count,
+        reason,
+    };
+    if snap.stop {
+        return decision;
+    }
+    let now = snap.now;
+    let mut breaker = snap.breaker.clone();
+    let breaker_open = match kind {
+        FailureKind::Crash => breaker.record_failure(breaker_settings, now, &snap.job),
+        FailureKind::NodeLost => breaker.blocks(now, &snap.job),
+    };
+    let opened = matches!(breaker.state, BreakerState::Open { .. })
+        && !matches!(snap.breaker.state, BreakerState::Open { .. });
+    if opened {
+        decision.opened = Some(match &snap.breaker.state {
+            BreakerState::HalfOpen { .. } => {
+                format!("the trial run of strategy {} failed", snap.strategy)
+            }
+            _ => format!(
+                "strategy {} failed {} times",
+                snap.strategy, breaker_settings.failures
+            ),
+        });
+    }
+    if breaker != snap.breaker {
+        decision.breaker = Some(breaker);
+    }
+    let gates = Gates {
+        entitled: snap.held <= snap.limit,
+        breaker_open,
+    };
+    decision.outcome = match after_failure(
+        restart,
+        &mut decision.count,
+        snap.started,
+        now,
+        gates,
+        kind,
+        &decision.reason,
+    ) {
+        AfterFailure::Restart { delay_ms } => Outcome::Restart { at: now + delay_ms },
+        AfterFailure::Fail(error) => Outcome::Failed { error },
+    };
+    decision
+}
+
+/// A breaker's answer to a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreakerAdmission {
+    /// Refused for this long (ms).
+    Refused(u64),
+    /// Allowed; the breaker becomes `after` (the same when unchanged). `closed` names the trial
+    /// that passed, when this start closes the breaker.
+    Allowed {
+        /// The breaker to write.
+        after: Breaker,
+        /// The trial that passed, if the breaker closes.
+        closed: Option<JobId>,
+    },
+}
+
+impl Breaker {
+    /// Asks the breaker `self` (read at `now`, with `trial` the progress of its trial when
+    /// half-open) to start `job`.
+    pub fn admission(
+        &self,
+        settings: &BreakerSettings,
+        now: u64,
+        job: &JobId,
+        trial: Option<TrialProgress>,
+    ) -> BreakerAdmission {
+        let mut after = self.clone();
+        match after.admit(settings, now, job, trial) {
+            Err(retry_after_ms) => BreakerAdmission::Refused(retry_after_ms),
+            Ok(()) => {
+                let closed = match &self.state {
+                    BreakerState::HalfOpen { trial } if after.state == BreakerState::Closed => {
+                        Some(trial.clone())
+                    }
+                    _ => None,
+                };
+                BreakerAdmission::Allowed { after, closed }
+            }
+        }
+    }
 }
 
 impl Breaker {
@@ -541,5 +851,37 @@ mod tests {
             Ok(())
         );
         assert_eq!(b, Breaker::default());
+    }
+
+    #[test]
+    fn a_breaker_survives_its_redis_fields() {
+        let breakers = [
+            Breaker::default(),
+            Breaker {
+                state: BreakerState::Closed,
+                failures: vec![5, 7],
+            },
+            Breaker {
+                state: BreakerState::Open {
+                    until: 1_764_000_000_123,
+                },
+                failures: vec![],
+            },
+            Breaker {
+                state: BreakerState::HalfOpen {
+                    trial: JobId::new("j:1%"),
+                },
+                failures: vec![],
+            },
+        ];
+        for b in breakers {
+            let fields = BreakerFields::from(b.clone());
+            assert_eq!(Breaker::try_from(fields).unwrap(), b);
+        }
+        let bad = BreakerFields {
+            state: "ajar".into(),
+            ..BreakerFields::default()
+        };
+        assert!(Breaker::try_from(bad).is_err());
     }
 }

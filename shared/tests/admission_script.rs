@@ -39,7 +39,7 @@ fn script_text(body: &str) -> String {
 fn documented_context() -> (Vec<String>, Vec<String>) {
     let doc = read("docs/redis-schema.md");
     let section = doc
-        .split("### 2. The 23 context arguments")
+        .split("### 2. The 14 context arguments")
         .nth(1)
         .expect("docs/redis-schema.md has the section on the context arguments");
     let (mut fields, mut args) = (Vec::new(), Vec::new());
@@ -97,7 +97,7 @@ impl Client {
         let keys = support::unique_keys();
         let mut context = documented_context().1;
         context[0] = keys.prefix().to_owned();
-        context[20] = format!("{}:queue:jobs:ready", keys.prefix());
+        context[11] = format!("{}:queue:jobs:ready", keys.prefix());
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(script_text("store_admit.lua"))

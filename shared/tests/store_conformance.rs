@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use runfleet::config::{BreakerSettings, RestartSettings};
 use runfleet::crypto::CredentialCipher;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet::keys::Keys;
+use runfleet::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
 use runfleet::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
     NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
@@ -254,8 +256,8 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
         job_id: a.id.clone(),
         epoch,
         account: None,
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
     };
     assert!(
         s.renew(&node("n1"), &[beat(epoch)], LEASE)
@@ -269,9 +271,12 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
             .unwrap(),
         vec![a.id.clone()]
     );
-    assert_eq!(
-        s.renew(&node("n2"), &[beat(epoch)], LEASE).await.unwrap(),
-        vec![a.id.clone()]
+    assert!(
+        matches!(
+            s.renew(&node("n2"), &[beat(epoch)], LEASE).await,
+            Err(StoreError::Fenced)
+        ),
+        "a node without a lease cannot report runners"
     );
     assert!(
         !s.finish(
@@ -308,23 +313,6 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
         nodes.iter().any(|n| n.node_id.as_str() == "n1"),
         "{nodes:?}"
     );
-}
-
-async fn forgetting_an_admission_spares_a_claimed_job<S: FleetStore>(s: S) {
-    let (a, b) = (spec("gus"), spec("gus2"));
-    s.admit(&a).await.unwrap();
-    s.forget(&a.id, &a.user_id).await.unwrap();
-    assert!(s.job(&a.id).await.unwrap().is_none());
-    assert_eq!(s.active_count(&a.user_id).await.unwrap(), 0);
-    s.admit(&b).await.unwrap();
-    claim_one(&s, "n1", &b.id).await;
-    s.forget(&b.id, &b.user_id).await.unwrap();
-    assert_eq!(
-        s.job(&b.id).await.unwrap().unwrap().status,
-        JobStatus::Running,
-        "a claimed job is not forgotten"
-    );
-    assert_eq!(s.active_count(&b.user_id).await.unwrap(), 1);
 }
 
 async fn stopping_a_queued_job_needs_no_node<S: FleetStore>(s: S) {
@@ -497,7 +485,8 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     s.admit(&a).await.unwrap();
     let mut epochs = Vec::new();
     for round in 1..=2u32 {
-        let epoch = claim_for(&s, "n1", &a.id, 40).await;
+        // A node whose lease lapsed and was swept never claims again under its id.
+        let epoch = claim_for(&s, &format!("s{round}"), &a.id, 40).await;
         epochs.push(epoch);
         sleep_ms(60).await;
         let report = sweep(&s).await;
@@ -545,14 +534,24 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
     let stale = RunnerBeat {
         job_id: a.id.clone(),
         epoch: epochs[0],
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
         account: None,
     };
-    assert_eq!(
-        s.renew(&node("n1"), &[stale], LEASE).await.unwrap(),
-        vec![a.id.clone()],
-        "an old epoch is fenced off"
+    assert!(
+        matches!(
+            s.renew(&node("s1"), &[stale], LEASE).await,
+            Err(StoreError::Fenced)
+        ),
+        "the swept node is fenced off, whatever it reports"
+    );
+    assert!(
+        matches!(
+            s.claim(&NodeId::new("s2"), std::slice::from_ref(&a.id), LEASE)
+                .await,
+            Err(StoreError::Fenced)
+        ),
+        "and claims nothing"
     );
     sleep_ms(60).await;
     assert_eq!(
@@ -756,7 +755,7 @@ async fn node_losses_do_not_count_toward_the_breaker<S: FleetStore>(s: S) {
     for round in 1..=2 {
         sleep_ms(250).await;
         assert!(s.due_restarts(10).await.unwrap().contains(&j));
-        claim_for(&s, "n2", &j, 5).await;
+        claim_for(&s, &format!("m{round}"), &j, 5).await;
         sleep_ms(10).await;
         sweep(&s).await;
         let rec = s.job(&j).await.unwrap().unwrap();
@@ -774,6 +773,63 @@ async fn node_losses_do_not_count_toward_the_breaker<S: FleetStore>(s: S) {
 /// A queued job waits in `pending` until its enqueue is confirmed; the sweep's reconciliation
 /// hands back the ones never confirmed (their orchestrator died mid-start), re-arming them,
 /// and forgets those that were claimed or stopped.
+/// A queue that refuses every publish (a broker that is down).
+struct DownQueue;
+
+impl JobQueue for DownQueue {
+    async fn enqueue(&self, _: &[JobId]) -> Result<(), QueueError> {
+        Err(QueueError::Broker("down".into()))
+    }
+    async fn claim(&self, _: &NodeId, _: usize, _: Duration) -> Result<Vec<Delivery>, QueueError> {
+        Ok(Vec::new())
+    }
+    async fn ack(&self, _: &NodeId, _: &[Delivery]) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn release(&self, _: &NodeId, _: &[Delivery]) -> Result<(), QueueError> {
+        Ok(())
+    }
+    async fn remove(&self, _: &JobId) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+    async fn recover(&self, _: &NodeId) -> Result<u64, QueueError> {
+        Ok(0)
+    }
+}
+
+/// The record-then-queue rule of `Dispatcher`: an admission whose publish fails stands (the
+/// job stays queued and pending), and the sweep's re-publish queues it once.
+async fn a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again<S: FleetStore>(s: S) {
+    let a = spec("ulla");
+    let admission = Dispatcher::new(&s, &DownQueue).admit(&a).await.unwrap();
+    assert!(
+        matches!(admission, Admission::Admitted { .. }),
+        "{admission:?}"
+    );
+    let record = s.job(&a.id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Queued, "the admission stands");
+    if s.queues_inline() {
+        return;
+    }
+    let queue = MemoryQueue::new();
+    let dispatcher = Dispatcher::new(&s, &queue);
+    let again = dispatcher
+        .republish_unconfirmed(Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(again, vec![a.id.clone()]);
+    assert_eq!(queue.depth().await.unwrap(), 1);
+    sleep_ms(5).await;
+    let none = dispatcher
+        .republish_unconfirmed(Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "a confirmed publish is not made again");
+}
+
 async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
     let (a, b, c) = (spec("uma"), spec("uli"), spec("ute"));
     for j in [&a, &b, &c] {
@@ -835,8 +891,8 @@ async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) 
     let stale = RunnerBeat {
         job_id: a.id.clone(),
         epoch: 1,
-        positions: vec![],
-        stats: Default::default(),
+        positions: Some(vec![]),
+        stats: Some(Default::default()),
         account: None,
     };
     assert_eq!(
@@ -962,6 +1018,119 @@ async fn a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open<S: Fl
     );
 }
 
+/// A runner's lease is its node's: a heartbeat that reports no runner at all keeps every one of
+/// them alive, and when the node falls silent they lapse together.
+async fn a_nodes_heartbeat_keeps_its_runners_without_reporting_them<S: FleetStore>(s: S) {
+    let (a, b) = (spec("lea"), spec("lea2"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    let quiet = NodeInfo {
+        runners: 2,
+        ..node("quiet")
+    };
+    claim_for(&s, "quiet", &a.id, 40).await;
+    claim_for(&s, "quiet", &b.id, 40).await;
+    for _ in 0..5 {
+        sleep_ms(20).await;
+        let refused = s
+            .renew(&quiet, &[], Duration::from_millis(40))
+            .await
+            .unwrap();
+        assert!(refused.is_empty());
+    }
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport::default(),
+        "both alive after 100 ms"
+    );
+    let rec = s.job(&a.id).await.unwrap().unwrap();
+    assert!(
+        rec.last_heartbeat_at > rec.started_at,
+        "its last heartbeat is its node's: {rec:?}"
+    );
+    sleep_ms(60).await;
+    assert_eq!(
+        sweep(&s).await,
+        SweepReport {
+            crashed: 2,
+            restarting: 2,
+            failed: 0
+        },
+        "silent together, lapsed together"
+    );
+}
+
+/// A node whose lease lapsed cannot revive it, not even by claiming: the sweep may have given
+/// its runners to another node already. It is refused whole until it comes back under a new id.
+async fn a_lapsed_node_cannot_revive_its_lease<S: FleetStore>(s: S) {
+    let (a, b) = (spec("lyn"), spec("lyn2"));
+    s.admit(&a).await.unwrap();
+    s.admit(&b).await.unwrap();
+    claim_for(&s, "late", &a.id, 40).await;
+    sleep_ms(60).await;
+    assert!(matches!(
+        s.claim(&NodeId::new("late"), std::slice::from_ref(&b.id), LEASE)
+            .await,
+        Err(StoreError::Fenced)
+    ));
+    assert!(matches!(
+        s.renew(&node("late"), &[], LEASE).await,
+        Err(StoreError::Fenced)
+    ));
+    assert_eq!(
+        s.job(&b.id).await.unwrap().unwrap().status,
+        JobStatus::Queued,
+        "the refused claim took nothing"
+    );
+    assert_eq!(sweep(&s).await.crashed, 1);
+    assert_eq!(claim_one(&s, "fresh", &b.id).await, 1, "another node may");
+}
+
+/// Many runners of one strategy crash at the same moment: every failure is counted once, in
+/// some order, as if one at a time. (The Redis store decides in Rust between two scripts; the
+/// decisions that find the breaker changed are made again on the fresh state.) With 3 failures
+/// to open: the first two restart, the third opens the breaker, the rest fail on it.
+async fn simultaneous_crashes_of_one_strategy_are_each_counted_once<S: FleetStore>(s: S) {
+    let user = UserId::new("herd");
+    s.subscribe(&user, Tier::Enterprise, 1).await.unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..8 {
+        let j = spec_for("herd", "stampede");
+        s.admit(&j).await.unwrap();
+        let epoch = claim_for(&s, "n1", &j.id, 30_000).await;
+        runs.push((j.id, epoch));
+    }
+    let node = NodeId::new("n1");
+    let finishes = runs
+        .iter()
+        .map(|(id, epoch)| s.finish(&node, id, *epoch, crashed("same bug")));
+    for accepted in futures::future::join_all(finishes).await {
+        assert!(accepted.unwrap(), "every crash report is accepted");
+    }
+    let mut statuses = Vec::new();
+    for (id, _) in &runs {
+        let r = s.job(id).await.unwrap().unwrap();
+        let events = s.job_events(id).await.unwrap();
+        let crashes = events.iter().filter(|e| e.kind == "crashed").count();
+        assert_eq!(crashes, 1, "{id}: one crash recorded: {events:?}");
+        statuses.push(r.status);
+    }
+    let restarting = statuses
+        .iter()
+        .filter(|st| **st == JobStatus::Crashed)
+        .count();
+    let failed = statuses
+        .iter()
+        .filter(|st| **st == JobStatus::Failed)
+        .count();
+    assert_eq!((restarting, failed), (2, 6), "{statuses:?}");
+    assert_eq!(s.fleet_gauges().await.unwrap().breaker_openings, 1);
+    assert!(matches!(
+        s.admit(&spec_for("herd", "stampede")).await.unwrap(),
+        Admission::BreakerOpen { .. }
+    ));
+}
+
 /// The fleet's event stream read after an id (what `GET /v1/events` serves): in order, from
 /// exactly after the id, and a read that waits returns as soon as an event comes.
 async fn the_event_stream_is_read_after_an_id_and_waits_for_the_next<S: FleetStore>(s: S) {
@@ -1045,7 +1214,6 @@ macro_rules! store_conformance {
                 claims_bump_the_epoch_and_drop_what_must_not_run,
                 heartbeats_and_ends_are_fenced_by_epoch,
                 stopping_a_queued_job_needs_no_node,
-                forgetting_an_admission_spares_a_claimed_job,
                 stopping_a_running_job_sends_its_node_a_command,
                 a_nodes_commands_expire_with_the_node,
                 handed_back_jobs_can_be_claimed_again,
@@ -1059,8 +1227,12 @@ macro_rules! store_conformance {
                 a_runners_history_lists_every_step_with_its_epoch,
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
+                simultaneous_crashes_of_one_strategy_are_each_counted_once,
+                a_nodes_heartbeat_keeps_its_runners_without_reporting_them,
+                a_lapsed_node_cannot_revive_its_lease,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
-                a_batch_of_admissions_decides_each_on_its_own_in_order);
+                a_batch_of_admissions_decides_each_on_its_own_in_order,
+                a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(
@@ -1090,9 +1262,9 @@ async fn lua_key_names_match_the_key_schema() {
         let strategy = StrategyId::new(st);
         let body = "local j, u, n, s = A(1), A(2), A(3), A(4)
                     return {K.job(j), K.user_jobs(u), K.user_active(u),
-                    K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.leases, K.nodes,
+                    K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.node_fenced(n), K.node_leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
-                    K.breaker_failures(u, s), K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
+                    K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
         let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
         let mut inv = script.prepare_invoke();
         for arg in ScriptContext::new(&keys, &FleetPolicy::default(), None).args() {
@@ -1111,14 +1283,14 @@ async fn lua_key_names_match_the_key_schema() {
             keys.node(&node),
             keys.node_jobs(&node),
             keys.commands(&node),
-            keys.leases(),
+            keys.node_fenced(&node),
+            keys.node_leases(),
             keys.nodes(),
             keys.active(),
             keys.queued(),
             keys.api_key(j),
             keys.user_keys(&user),
             keys.breaker(&user, &strategy),
-            keys.breaker_failures(&user, &strategy),
             keys.pending(),
             keys.delayed(),
             keys.failed(),

@@ -33,19 +33,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "shared" / "src" / "scripts"
 
-# The 23 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
-# ARGV[1] (prefix) and ARGV[21] (ready list) are filled in from the options.
+# The 14 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
+# ARGV[1] (prefix) and ARGV[12] (ready list) are filled in from the options.
 DEFAULT_CONTEXT = [
     None,  # 1 redis.key_prefix
     "1", "3", "10", "50",  # 2-5 tiers.free, basic, pro, enterprise
-    "3", "600000", "1000", "60000", "600000",  # 6-10 restart.*
-    "3", "300000", "60000", "30000",  # 11-14 breaker.*
-    "86400",  # 15 retention of an ended job's record, seconds
-    "0",  # 16 testing.audit
-    "10000", "10000", "5000",  # 17-19 limits.*
-    "10",  # 20 restart.max_node_losses
-    None,  # 21 the ready list key
-    "100000", "604800000",  # 22-23 events.max_len, events.max_age_ms
+    "300000",  # 6 breaker.window_ms
+    "86400",  # 7 retention of an ended job's record, seconds
+    "0",  # 8 testing.audit
+    "10000", "10000", "5000",  # 9-11 limits.*
+    None,  # 12 the ready list key
+    "100000", "604800000",  # 13-14 events.max_len, events.max_age_ms
 ]
 
 
@@ -130,7 +128,7 @@ def run(args):
 
     context = list(DEFAULT_CONTEXT)
     context[0] = args.prefix
-    context[20] = f"{args.prefix}:queue:{args.queue}:ready"
+    context[11] = f"{args.prefix}:queue:{args.queue}:ready"
     admit_sha = r.script_load(script("store_admit.lua"))
     stop_sha = r.script_load(script("store_stop.lua"))
 

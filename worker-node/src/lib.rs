@@ -4,6 +4,7 @@
 //! orchestrator's embedded mode runs it in-process on the in-memory backend. [`http`] serves
 //! the node's metrics and health, and both binaries' HTTP listeners.
 
+pub mod beat;
 pub mod http;
 pub mod node;
 

@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use runfleet::backend::{self, OnBackend};
 use runfleet::config::{QueueBackend, Settings};
+use runfleet::crypto::CredentialCipher;
+use runfleet::kind::Kinds;
 use runfleet::lifecycle::RunnerGroup;
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
-use runfleet::{backend, observability, shutdown, telemetry};
+use runfleet::{observability, shutdown, telemetry};
 use runfleet_worker::{NodeConfig, WorkerNode, http};
 use tokio_util::sync::CancellationToken;
 
@@ -52,34 +55,41 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Duration::from_millis(settings.shutdown.deadline_ms);
     let config = NodeConfig::from_settings(&settings, settings.node.capacity);
     let kinds = runfleet_trading::kinds(&settings).install();
-    match settings.queue.backend {
-        QueueBackend::Memory => anyhow::bail!(
+    if settings.queue.backend == QueueBackend::Memory {
+        anyhow::bail!(
             "queue.backend = memory is the embedded mode, where the orchestrator runs the workers \
              in-process: run `runfleet-orchestrator --embedded`, or set \
              RUNFLEET__QUEUE__BACKEND=redis to join a distributed fleet"
-        ),
-        #[cfg(feature = "rabbitmq")]
-        QueueBackend::Rabbitmq => {
-            let (store, queue) = backend::open_rabbitmq(&settings)
-                .await
-                .context("rabbitmq settings")?;
-            let node = WorkerNode::new(store, queue, cipher, config, kinds);
-            run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
-        }
-        #[cfg(not(feature = "rabbitmq"))]
-        QueueBackend::Rabbitmq => anyhow::bail!(
-            "queue.backend = rabbitmq: this build has no RabbitMQ support (the `rabbitmq` cargo \
-             feature is off)"
-        ),
-        QueueBackend::Redis => {
-            let (store, queue) = backend::open_redis(&settings)
-                .await
-                .context("redis settings")?;
-            let node = WorkerNode::new(store, queue, cipher, config, kinds);
-            run_node(node, settings.node.http_bind.as_deref(), deadline).await?;
-        }
+        );
     }
-    Ok(())
+    let node = Node {
+        cipher,
+        config,
+        kinds,
+        http_bind: settings.node.http_bind.clone(),
+        deadline,
+    };
+    backend::run_on(&settings, node)
+        .await
+        .context("backend settings")?
+}
+
+/// The worker node's process on the backend of its settings.
+struct Node {
+    cipher: CredentialCipher,
+    config: NodeConfig,
+    kinds: Kinds,
+    http_bind: Option<String>,
+    deadline: Duration,
+}
+
+impl OnBackend for Node {
+    type Output = anyhow::Result<()>;
+
+    async fn run<S: FleetStore, Q: JobQueue + Clone>(self, store: S, queue: Q) -> Self::Output {
+        let node = WorkerNode::new(store, queue, self.cipher, self.config, self.kinds);
+        run_node(node, self.http_bind.as_deref(), self.deadline).await
+    }
 }
 
 /// Runs `node` (and, on `http_bind`, its metrics and health listener) as the process'

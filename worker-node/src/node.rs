@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use runfleet::backoff::Backoff;
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
-use runfleet::dispatch::dispatch;
+use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{JobId, NodeId};
 use runfleet::job::{JobStatus, Lease};
 use runfleet::lifecycle::{
@@ -45,6 +45,8 @@ use tracing::{debug, info, warn};
 use runfleet::kind::{Kinds, Report, ReportSink, RunOutcome, RunStart, StopCause, StopSignal};
 use runfleet::lease::{LeaseDeadline, fence_at};
 
+use crate::beat::{Sent, beat_of};
+
 /// Timing and size of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Lease length (silence after which a runner counts as crashed).
     pub lease: Duration,
+    /// Longest a runner's saved state goes unsaved while its holdings do not change.
+    pub checkpoint: Duration,
 }
 
 impl NodeConfig {
@@ -66,6 +70,7 @@ impl NodeConfig {
             claim_wait: Duration::from_millis(settings.node.claim_wait_ms),
             heartbeat_interval: settings.heartbeat_interval(),
             lease: settings.lease(),
+            checkpoint: Duration::from_millis(settings.heartbeat.checkpoint_ms),
         }
     }
 }
@@ -77,6 +82,8 @@ struct JobRunner {
     /// When this runner stops trading unless a renewal is accepted first.
     deadline: LeaseDeadline,
     report: ReportSink,
+    /// What the store last accepted of the report.
+    sent: Mutex<Sent>,
     stop: watch::Sender<Option<StopCause>>,
 }
 
@@ -339,6 +346,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     if let Err(e) = inner.queue.release(&id, &deliveries).await {
                         warn!(node = %id, error = %e, "release failed; the claims stay recoverable");
                     }
+                    if matches!(e.downcast_ref(), Some(StoreError::Fenced)) {
+                        // The node's lease lapsed: nothing of it may run on under this id.
+                        self.fence(Some(&id));
+                        continue;
+                    }
                     backoff.wait().await;
                 }
             }
@@ -466,6 +478,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 epoch: lease.epoch,
                 deadline,
                 report,
+                sent: Mutex::default(),
                 stop,
             },
         );
@@ -569,18 +582,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// dispatched to the queue.
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
-        match inner
-            .store
+        match Dispatcher::new(&inner.store, &inner.queue)
             .hand_back(owner, job, epoch, account_of(&last))
             .await
         {
-            Ok(true) => match dispatch(&inner.store, &inner.queue, std::slice::from_ref(job)).await
-            {
-                Ok(()) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
-                Err(e) => {
-                    warn!(node = %self.id(), job = %job, error = %e, "job marked queued but not enqueued; the sweep publishes it again")
-                }
-            },
+            Ok(true) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
             Ok(false) => debug!(node = %self.id(), job = %job, "hand-back refused: stale epoch"),
             Err(e) => {
                 warn!(node = %self.id(), job = %job, error = %e, "hand-back failed; its lease will expire")
@@ -588,42 +594,57 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
     }
 
-    /// One heartbeat: renews the node and every runner's lease in one round trip. Runners whose
-    /// beat was refused stop at once; the others' deadlines, and the node's, move to a lease
-    /// (less the safety margin) after this call was sent. A failed or hanging heartbeat changes
-    /// nothing: the deadlines pass by themselves (see [`Self::lease_watchdog`]).
+    /// One heartbeat: renews the node's lease, which is every runner's, in one round trip, with
+    /// the reports that changed since the last accepted beat ([`crate::beat`]). Runners whose
+    /// report was refused stop at once; the others' deadlines, and the node's, move to a lease
+    /// (less the safety margin) after this call was sent. A node refused whole (its lease
+    /// lapsed) fences itself at once. A failed or hanging heartbeat changes nothing: the
+    /// deadlines pass by themselves (see [`Self::lease_watchdog`]).
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         let id = self.id();
-        let beats: Vec<RunnerBeat> = self
-            .runners()
-            .iter()
-            .map(|(job, r)| {
-                let report = r.report.latest();
-                RunnerBeat {
-                    job_id: job.clone(),
-                    epoch: r.epoch,
-                    account: account_of(&report),
-                    positions: report.positions,
-                    stats: report.stats,
-                }
-            })
-            .collect();
+        let sent_at = Instant::now();
+        // The runners held as the beat is sent (their epochs), and what changed of them.
+        let (held, beats): (Vec<(JobId, u64)>, Vec<RunnerBeat>) = {
+            let runners = self.runners();
+            let held = runners.iter().map(|(j, r)| (j.clone(), r.epoch)).collect();
+            let beats = runners
+                .iter()
+                .filter_map(|(job, r)| {
+                    let report = r.report.latest();
+                    let sent = r.sent.lock().unwrap_or_else(|p| p.into_inner());
+                    beat_of(
+                        job,
+                        r.epoch,
+                        &sent,
+                        &report,
+                        sent_at,
+                        inner.config.checkpoint,
+                    )
+                })
+                .collect();
+            (held, beats)
+        };
         let info = NodeInfo {
             node_id: id.clone(),
             capacity: inner.config.capacity as u32,
-            runners: beats.len() as u32,
+            runners: held.len() as u32,
             started_at: inner.started_at,
             last_heartbeat_at: None,
         };
         let capacity = inner.config.capacity;
-        metrics::gauge!(observability::NODE_RUNNERS).set(beats.len() as f64);
+        metrics::gauge!(observability::NODE_RUNNERS).set(held.len() as f64);
         metrics::gauge!(observability::NODE_FREE_SLOTS)
-            .set(capacity.saturating_sub(beats.len()) as f64);
-        let sent_at = Instant::now();
+            .set(capacity.saturating_sub(held.len()) as f64);
         let renewed = inner.store.renew(&info, &beats, inner.config.lease).await;
         metrics::histogram!(observability::HEARTBEAT_SECONDS).record(sent_at.elapsed());
-        let refused = renewed?;
+        let refused = match renewed {
+            Err(StoreError::Fenced) => {
+                self.fence(Some(&id));
+                return Ok(());
+            }
+            other => other?,
+        };
         metrics::counter!(observability::LEASE_RENEWALS_REFUSED_TOTAL)
             .increment(refused.len() as u64);
         let deadline = fence_at(sent_at, inner.config.lease);
@@ -636,12 +657,18 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 return Ok(());
             }
             inner.deadline.extend_to(deadline);
-            let runners = self.runners();
-            for beat in &beats {
-                if refused.contains(&beat.job_id) {
-                    continue;
+            let now = self.runners();
+            for beat in beats.iter().filter(|b| !refused.contains(&b.job_id)) {
+                if let Some(r) = now.get(&beat.job_id).filter(|r| r.epoch == beat.epoch) {
+                    r.sent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .accepted(beat, sent_at);
                 }
-                if let Some(r) = runners.get(&beat.job_id).filter(|r| r.epoch == beat.epoch) {
+            }
+            // Every runner that was the node's when the beat was sent lives on with it.
+            for (job, epoch) in held.iter().filter(|(job, _)| !refused.contains(job)) {
+                if let Some(r) = now.get(job).filter(|r| r.epoch == *epoch) {
                     r.deadline.extend_to(deadline);
                 }
             }
@@ -660,18 +687,26 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     async fn lease_watchdog(&self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                () = self.inner.deadline.passed() => self.fence(),
+                () = self.inner.deadline.passed() => self.fence(None),
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    fn fence(&self) {
+    /// Stops every runner and takes a new node id: when the deadline passed (`refused` none),
+    /// or at once when the store refused the node whole under the id `refused` (its lease
+    /// lapsed), unless the node has taken a new id since.
+    fn fence(&self, refused: Option<&NodeId>) {
         let inner = &self.inner;
         let fresh = NodeId::generate();
         let mut id = inner.id.write().unwrap_or_else(|p| p.into_inner());
-        // Checked under the lock: a renewal accepted just now may have moved the deadline.
-        if !inner.deadline.has_passed() {
+        // Checked under the lock: a renewal accepted just now may have moved the deadline, and
+        // an answer for an id given up already concerns no runner of this one.
+        let due = match refused {
+            Some(refused) => *refused == *id,
+            None => inner.deadline.has_passed(),
+        };
+        if !due {
             return;
         }
         let runners = self.runners();

@@ -303,18 +303,26 @@ impl RabbitMqQueue {
 
     /// Declares the durable queue (a no-op when it exists).
     async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.declare_with(channel, durable, "declare the queue")
+            .await
+    }
+
+    /// `queue.declare` of this queue with `options` on `channel` (`doing` names it in errors).
+    async fn declare_with(
+        &self,
+        channel: &Channel,
+        options: QueueDeclareOptions,
+        doing: &str,
+    ) -> Result<(), QueueError> {
         channel
-            .queue_declare(
-                self.name().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(self.name().into(), options, FieldTable::default())
             .await
             .map(drop)
-            .map_err(|e| broker("declare the queue", e))
+            .map_err(|e| broker(doing, e))
     }
 
     /// Publishes every id and waits for all their confirms.
@@ -426,18 +434,12 @@ impl RabbitMqQueue {
     /// Makes sure the broker has handled every nack sent on `channel` before this returns: a
     /// passive declare on the same channel is answered after them.
     async fn settle(&self, channel: &Channel) -> Result<(), QueueError> {
-        channel
-            .queue_declare(
-                self.name().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.declare_with(channel, passive, "sync with the broker")
             .await
-            .map(drop)
-            .map_err(|e| broker("sync with the broker", e))
     }
 
     /// Takes `deliveries` out of their batches; returns them per batch channel, and whether

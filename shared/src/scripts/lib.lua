@@ -1,11 +1,12 @@
 -- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
--- ARGV[1..23] are the context below; a script's own arguments start at ARGV[24] (A(1)).
+-- ARGV[1..14] are the context below; a script's own arguments start at ARGV[15] (A(1)).
 -- ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
 -- table in docs/redis-schema.md pairs each position with its field): prefix, tier_free,
--- tier_basic, tier_pro, tier_enterprise, max_restarts, restart_window_ms,
--- restart_base_delay_ms, restart_max_delay_ms, restart_stable_ms, breaker_failures,
--- breaker_window_ms, breaker_cooldown_ms, breaker_trial_ms, retention_s, audit, max_runners,
--- max_queued, retry_after_ms, max_node_losses, ready_list, events_max_len, events_max_age_ms.
+-- tier_basic, tier_pro, tier_enterprise, breaker_window_ms, retention_s, audit, max_runners,
+-- max_queued, retry_after_ms, ready_list, events_max_len, events_max_age_ms.
+-- The scripts hold no restart or breaker policy: shared/src/policy.rs decides, over snapshots
+-- these scripts read (failure_snapshot below, the admission script's breaker snapshot), and the
+-- scripts apply a decision only if what it was made on is unchanged.
 -- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
 -- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
 -- supported.
@@ -13,20 +14,18 @@ local P = ARGV[1]
 local C = {
   limits = { free = tonumber(ARGV[2]), basic = tonumber(ARGV[3]), pro = tonumber(ARGV[4]),
     enterprise = tonumber(ARGV[5]) },
-  max_restarts = tonumber(ARGV[6]), restart_window = tonumber(ARGV[7]),
-  base_delay = tonumber(ARGV[8]), max_delay = tonumber(ARGV[9]), stable = tonumber(ARGV[10]),
-  breaker_failures = tonumber(ARGV[11]), breaker_window = tonumber(ARGV[12]),
-  cooldown = tonumber(ARGV[13]), trial = tonumber(ARGV[14]),
-  retention = tonumber(ARGV[15]), audit = ARGV[16] == '1',
-  max_runners = tonumber(ARGV[17]), max_queued = tonumber(ARGV[18]),
-  retry_after = tonumber(ARGV[19]), max_lost = tonumber(ARGV[20]),
+  -- How long a closed breaker's counted failures matter (the hash expires after).
+  breaker_window = tonumber(ARGV[6]),
+  retention = tonumber(ARGV[7]), audit = ARGV[8] == '1',
+  max_runners = tonumber(ARGV[9]), max_queued = tonumber(ARGV[10]),
+  retry_after = tonumber(ARGV[11]),
   -- The Redis-list queue's ready list, when jobs are queued by the scripts themselves (in the
   -- same atomic step that makes them queued); '' when the queue lives elsewhere (RabbitMQ).
-  ready = ARGV[21],
+  ready = ARGV[12],
   -- The event stream's caps: entries (approximate) and age in ms.
-  events_max = tonumber(ARGV[22]), events_age = tonumber(ARGV[23]),
+  events_max = tonumber(ARGV[13]), events_age = tonumber(ARGV[14]),
 }
-local CTX = 23
+local CTX = 14
 local function A(i) return ARGV[CTX + i] end
 local NARGS = #ARGV - CTX
 
@@ -41,11 +40,14 @@ local K = {
   user_active = function(u) return P .. ':user:' .. E(u) .. ':active' end,
   subscription = function(u) return P .. ':user:' .. E(u) .. ':subscription' end,
   breaker = function(u, s) return P .. ':breaker:' .. E(u) .. ':' .. E(s) end,
-  breaker_failures = function(u, s) return P .. ':breaker:' .. E(u) .. ':' .. E(s) .. ':failures' end,
   node = function(n) return P .. ':node:' .. E(n) end,
   node_jobs = function(n) return P .. ':node:' .. E(n) .. ':jobs' end,
   commands = function(n) return P .. ':node:' .. E(n) .. ':commands' end,
-  leases = P .. ':leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
+  -- Set (with an expiry) when the sweep took a lapsed node's runners: that node id may never
+  -- claim or renew again (a node that fences itself comes back under a new id).
+  node_fenced = function(n) return P .. ':node:' .. E(n) .. ':fenced' end,
+  -- Nodes by the end of their lease (ms): a runner's lease is its node's.
+  node_leases = P .. ':node_leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
   audit = P .. ':audit', sweep_guard = P .. ':sweep:guard',
   -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
   active = P .. ':active', queued = P .. ':queued',
@@ -101,11 +103,42 @@ local function event(id, kind, reason, epoch, node, user)
   redis.call('PEXPIRE', hk, C.events_age)
 end
 
--- Whether job `id`'s lease has lapsed: its `leases` score (when it ends) is past, or it has
--- none. The one place a lease's life is kept.
+-- When node `node`'s lease ends (ms), or nil if it has none. A runner's lease is its node's:
+-- every claim and heartbeat of the node moves it, whatever its runners reported.
+local function node_lease(node)
+  return tonumber(redis.call('ZSCORE', K.node_leases, node))
+end
+
+-- Whether node `node` may hold runners now: not fenced by a sweep, and its lease (if it has one
+-- yet) not past. A node whose lease lapsed must not revive it by a claim or a heartbeat: the
+-- sweep may have restarted its runners elsewhere already.
+local function node_may_hold(node)
+  if redis.call('EXISTS', K.node_fenced(node)) == 1 then return false end
+  local ends = node_lease(node)
+  return not ends or ends > NOW
+end
+
+-- Starts or extends node `node`'s lease to `lease` ms from now (the node's liveness too).
+local function extend_node_lease(node, lease)
+  redis.call('ZADD', K.node_leases, NOW + lease, node)
+  -- Pending commands live as long as the node (a no-op when there are none).
+  redis.call('PEXPIRE', K.commands(node), lease)
+end
+
+-- Whether running job `id`'s lease has lapsed: its node's lease is past, or gone.
 local function lease_lapsed(id)
-  local ends = tonumber(redis.call('ZSCORE', K.leases, id))
+  local node = redis.call('HGET', K.job(id), 'node')
+  local ends = node and node_lease(node)
   return not ends or ends <= NOW
+end
+
+-- A running job's last sign of life: its node's last heartbeat, or (before the node's first
+-- one, or once the node is forgotten) when the job was claimed or last reported.
+local function last_beat(node, hb)
+  local beat = node and tonumber(redis.call('ZSCORE', K.nodes, node))
+  hb = tonumber(hb)
+  if beat and (not hb or beat > hb) then return beat end
+  return hb
 end
 
 -- The tier in force for a user (an expired subscription is free) and its limit.
@@ -137,7 +170,6 @@ local function end_job(id, user, status, fields)
   redis.call('SREM', K.user_active(user), id)
   redis.call('SREM', K.active, id)
   redis.call('SREM', K.queued, id)
-  redis.call('ZREM', K.leases, id)
   redis.call('ZREM', K.delayed, id)
   redis.call('ZREM', K.pending, id)
   redis.call('EXPIRE', jk, C.retention)
@@ -154,101 +186,93 @@ local function end_job(id, user, status, fields)
   end
 end
 
--- Counts a failure of job `id` against the breaker of (user, strategy); returns whether the
--- breaker is open afterwards. Mirrors policy::Breaker::record_failure.
-local function breaker_failure(user, strategy, id)
+-- The breaker of (user, strategy) as policy::BreakerFields: its hash's four fields, '' when
+-- absent (an absent hash is a closed breaker with no failures).
+local BREAKER_FIELDS = { 'state', 'until', 'trial', 'failures' }
+local function breaker_fields(user, strategy)
+  local b = redis.call('HMGET', K.breaker(user, strategy), unpack(BREAKER_FIELDS))
+  local f = {}
+  for i, name in ipairs(BREAKER_FIELDS) do f[name] = b[i] or '' end
+  return f
+end
+
+-- Whether the breaker of (user, strategy) is still `f` (a decoded BreakerFields).
+local function breaker_is(user, strategy, f)
+  local now = breaker_fields(user, strategy)
+  for _, name in ipairs(BREAKER_FIELDS) do
+    if now[name] ~= (f[name] or '') then return false end
+  end
+  return true
+end
+
+-- Writes `f` as the breaker of (user, strategy). A closed breaker with no failures is no hash;
+-- one with failures expires when they stop mattering.
+local function write_breaker(user, strategy, f)
   local bk = K.breaker(user, strategy)
-  local fk = K.breaker_failures(user, strategy)
-  local function open(why)
-    event(id, 'breaker_opened', why)
-    redis.call('HSET', bk, 'state', 'open', 'until', NOW + C.cooldown)
-    redis.call('HDEL', bk, 'trial')
-    redis.call('DEL', fk)
-    redis.call('HINCRBY', K.counters, 'breaker_openings', 1)
-    return true
-  end
-  local st = redis.call('HMGET', bk, 'state', 'until', 'trial')
-  local state = st[1] or 'closed'
-  if state == 'half' and st[3] == id then
-    return open('the trial run of strategy ' .. strategy .. ' failed')
-  end
-  if state == 'closed' then
-    redis.call('ZREMRANGEBYSCORE', fk, '-inf', NOW - C.breaker_window)
-    redis.call('ZADD', fk, NOW, id .. '@' .. NOW)
-    redis.call('PEXPIRE', fk, C.breaker_window)
-    if redis.call('ZCARD', fk) >= C.breaker_failures then
-      return open('strategy ' .. strategy .. ' failed ' .. C.breaker_failures .. ' times')
+  redis.call('DEL', bk)
+  local fields = {}
+  for _, name in ipairs(BREAKER_FIELDS) do
+    if f[name] and f[name] ~= '' then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = f[name]
     end
+  end
+  if #fields > 0 then redis.call('HSET', bk, unpack(fields)) end
+  if (f.state or '') == '' and #fields > 0 then redis.call('PEXPIRE', bk, C.breaker_window) end
+end
+
+-- What policy::decide_failure decides on for the running job `id` (policy::FailureSnapshot),
+-- as JSON. Reads only.
+local function failure_snapshot(id)
+  local j = redis.call('HMGET', K.job(id), 'user', 'strategy', 'started', 'streak', 'streak_since',
+    'restarts', 'stop_mode', 'lost', 'lost_since', 'epoch', 'node', 'hb')
+  local _, limit = tier_of(j[1])
+  return cjson.encode({ job = id, now = NOW, epoch = tonumber(j[10]) or 0, node = j[11] or '',
+    hb = last_beat(j[11], j[12]), strategy = j[2], stop = j[7] and true or false, started = tonumber(j[3]),
+    streak = tonumber(j[4]) or 0, streak_since = tonumber(j[5]) or 0, restarts = tonumber(j[6]) or 0,
+    lost = tonumber(j[8]) or 0, lost_since = tonumber(j[9]) or 0,
+    breaker = breaker_fields(j[1], j[2]), held = redis.call('SCARD', K.user_active(j[1])),
+    limit = limit })
+end
+
+-- Whether the decision `d` (a decoded policy::FailureDecision) was made on the job and breaker
+-- as they still are: the same running epoch, the same stop request, the same breaker. Returns
+-- that, the job's user and its strategy.
+local function failure_current(d)
+  local j = redis.call('HMGET', K.job(d.job), 'user', 'strategy', 'epoch', 'status', 'stop_mode')
+  if j[4] ~= 'running' or tonumber(j[3]) ~= d.epoch or (j[5] and true or false) ~= d.stop then
     return false
   end
-  if state == 'open' then return NOW < tonumber(st[2]) end
-  return true -- half-open, another job's trial is going
+  return breaker_is(j[1], j[2], d.expect), j[1], j[2]
 end
 
--- Whether the breaker of (user, strategy) keeps job `id` from restarting after a node loss,
--- which it does not count: open and cooling down, or half-open with another job's trial going.
--- Mirrors policy::Breaker::blocks.
-local function breaker_blocks(user, strategy, id)
-  local st = redis.call('HMGET', K.breaker(user, strategy), 'state', 'until', 'trial')
-  if st[1] == 'open' then return NOW < tonumber(st[2]) end
-  if st[1] == 'half' then return st[3] ~= id end
-  return false
-end
-
--- A run of job `id` failed: kind 'crash' (the strategy panicked or erred: counts toward its
--- breaker and the max_restarts budget) or 'lost' (its lease expired, the node died: never
--- counted by the breaker; the max_node_losses budget). Restart it after a growing delay, or
--- fail it. Mirrors policy::after_failure. Returns 'restart' or 'failed'.
-local function after_failure(id, reason, kind)
-  local jk = K.job(id)
-  local j = redis.call('HMGET', jk, 'user', 'strategy', 'started', 'streak', 'streak_since', 'restarts',
-    'stop_mode', 'lost', 'lost_since')
-  local user, strategy = j[1], j[2]
-  event(id, 'crashed', reason)
-  if j[7] then
+-- Applies the decision `d` on a failed run (checked by failure_current first): the crashed
+-- event, the breaker's change, then a restart at `d.outcome.at` or the end of the job.
+-- Returns 'restart' or 'failed'.
+local function apply_failure(d, user, strategy)
+  local id, jk, o = d.job, K.job(d.job), d.outcome
+  event(id, 'crashed', d.reason)
+  if o.kind == 'stopped' then
     -- A stop was requested and its node died before confirming: the user wants it stopped,
     -- not restarted. Its positions are as of its last heartbeat.
-    end_job(id, user, 'stopped', { 'error', reason .. '; a stop was requested, so it is not restarted' })
+    end_job(id, user, 'stopped', { 'error', o.error })
     return 'failed'
   end
-  local started = tonumber(j[3])
-  local streak, since, total = tonumber(j[4]) or 0, tonumber(j[5]) or NOW, tonumber(j[6]) or 0
-  local lost, lost_since = tonumber(j[8]) or 0, tonumber(j[9]) or NOW
-  local stable = started and NOW - started >= C.stable
-  if stable or streak == 0 or NOW - since >= C.restart_window then
-    streak, since = 0, NOW
+  if d.breaker then write_breaker(user, strategy, d.breaker) end
+  if d.opened then
+    event(id, 'breaker_opened', d.opened)
+    redis.call('HINCRBY', K.counters, 'breaker_openings', 1)
   end
-  if stable or lost == 0 or NOW - lost_since >= C.restart_window then
-    lost, lost_since = 0, NOW
-  end
-  local open
-  if kind == 'lost' then
-    open = breaker_blocks(user, strategy, id)
-  else
-    open = breaker_failure(user, strategy, id)
-  end
-  local _, limit = tier_of(user)
-  local count, bound, what = streak, C.max_restarts, ' restarts'
-  if kind == 'lost' then count, bound, what = lost, C.max_lost, ' node losses' end
-  local fail
-  if redis.call('SCARD', K.user_active(user)) > limit then
-    fail = reason .. '; not restarted: the user holds more runners than their tier allows'
-  elseif count >= bound then
-    fail = reason .. '; not restarted: ' .. count .. what .. ' within ' .. C.restart_window .. ' ms'
-  elseif open then
-    fail = reason .. "; not restarted: the strategy's circuit breaker is open"
-  end
-  local book = { 'streak', streak, 'streak_since', since, 'lost', lost, 'lost_since', lost_since }
-  if fail then
-    end_job(id, user, 'failed', { 'error', fail, unpack(book) })
+  local c = d.count
+  local book = { 'streak', c.streak, 'streak_since', c.streak_since, 'lost', c.lost,
+    'lost_since', c.lost_since, 'restarts', c.restarts }
+  if o.kind == 'failed' then
+    end_job(id, user, 'failed', { 'error', o.error, unpack(book) })
     return 'failed'
   end
-  local delay = math.min(C.base_delay * 2 ^ math.min(count, 32), C.max_delay)
-  if kind == 'lost' then book[6] = lost + 1 else book[2] = streak + 1 end
-  redis.call('HSET', jk, 'status', 'crashed', 'error', reason, 'ended', NOW, 'restarts', total + 1,
-    'restart_at', NOW + delay, unpack(book))
-  redis.call('ZREM', K.leases, id)
-  redis.call('ZADD', K.delayed, NOW + delay, id)
-  event(id, 'restart_scheduled', 'restart at ' .. (NOW + delay))
+  redis.call('HSET', jk, 'status', 'crashed', 'error', d.reason, 'ended', NOW, 'restart_at', o.at,
+    unpack(book))
+  redis.call('ZADD', K.delayed, o.at, id)
+  event(id, 'restart_scheduled', 'restart at ' .. o.at)
   return 'restart'
 end

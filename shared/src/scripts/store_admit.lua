@@ -3,10 +3,18 @@
 -- have a free slot; then record it as queued, take the slot and queue it, all in one step so
 -- that concurrent starts from many orchestrators cannot exceed a limit, and no crash can leave
 -- an admitted job that no queue holds.
--- A(1) job id, A(2) user, A(3) strategy id, A(4) spec JSON.
--- Returns {code, tier, limit, current, retry_after_ms | reason}: code 1 admitted, 0 limit
--- reached, -1 duplicate id, 2 breaker open, 3 fleet full, 4 queue full, -2 invalid (the fifth
--- element names what is wrong; nothing is written).
+-- The strategy's breaker is decided by the store (policy::Breaker::admission), never here: when
+-- the breaker is not closed and no decision made on it as it is now came with the call, the
+-- script answers its snapshot and writes nothing; the store decides and calls again (or refuses).
+-- A start under a closed breaker, the common case, is one call.
+-- A(1) job id, A(2) user, A(3) strategy id, A(4) spec JSON, A(5) '' or the breaker decision
+-- JSON {expect, after, closed}: the breaker it was made on, the breaker to write if the job is
+-- admitted, the trial that passed if this start closes the breaker.
+-- Returns {code, tier, limit, current, retry_after_ms | reason | snapshot}: code 1 admitted, 0
+-- limit reached, -1 duplicate id, 2 breaker open (unused since the store decides), 3 fleet full,
+-- 4 queue full, 5 the breaker needs a decision (the fifth element is its snapshot JSON
+-- {now, breaker, trial_status, trial_started}), -2 invalid (the fifth element names what is
+-- wrong). Nothing is written unless the code is 1.
 local id, user, strategy = A(1), A(2), A(3)
 
 -- The shape of docs/job-spec.schema.json: what a worker needs to run the job (what the Rust
@@ -86,23 +94,13 @@ end
 
 local tier, limit = tier_of(user)
 local current = redis.call('SCARD', K.user_active(user))
-local bk = K.breaker(user, strategy)
-local b = redis.call('HMGET', bk, 'state', 'until', 'trial')
-local trial = false
-if b[1] == 'open' then
-  if NOW < tonumber(b[2]) then return { 2, tier, limit, current, tonumber(b[2]) - NOW } end
-  trial = true
-elseif b[1] == 'half' then
-  local t = redis.call('HMGET', K.job(b[3]), 'status', 'started')
-  local ran = (t[1] == 'running' and tonumber(t[2])) and NOW - tonumber(t[2]) or 0
-  -- Mirrors MemoryStore::trial_progress. A trial that crashed reopened the breaker already (and
-  -- one waiting for a restart after a node loss is still pending); one that ended `failed` for a
-  -- reason of its own (a configuration failure) said nothing against the strategy.
-  local passed = (not t[1]) or t[1] == 'stopped' or t[1] == 'failed'
-    or (t[1] == 'running' and ran >= C.trial)
-  if not passed then return { 2, tier, limit, current, math.max(C.trial - ran, 1000) } end
-  redis.call('DEL', bk, K.breaker_failures(user, strategy))
-  event(b[3], 'breaker_closed', 'the trial run of strategy ' .. strategy .. ' passed', nil, nil, user)
+local breaker = breaker_fields(user, strategy)
+local decided = (A(5) or '') ~= '' and cjson.decode(A(5))
+if decided and not breaker_is(user, strategy, decided.expect) then decided = false end
+if breaker.state ~= '' and not decided then
+  local t = breaker.trial ~= '' and redis.call('HMGET', K.job(breaker.trial), 'status', 'started') or {}
+  return { 5, tier, limit, current, cjson.encode({ now = NOW, breaker = breaker,
+    trial_status = t[1] or nil, trial_started = tonumber(t[2]) }) }
 end
 if current >= limit then return { 0, tier, limit, current, 0 } end
 if redis.call('SCARD', K.active) >= C.max_runners then return { 3, tier, limit, current, C.retry_after } end
@@ -115,9 +113,12 @@ redis.call('SADD', K.user_active(user), id)
 redis.call('SADD', K.active, id)
 redis.call('SADD', K.queued, id)
 redis.call('ZADD', K.user_jobs(user), NOW, id)
-if trial then
-  redis.call('HSET', bk, 'state', 'half', 'trial', id)
-  redis.call('HDEL', bk, 'until')
+if decided then
+  write_breaker(user, strategy, decided.after)
+  if decided.closed then
+    event(decided.closed, 'breaker_closed', 'the trial run of strategy ' .. strategy .. ' passed', nil,
+      nil, user)
+  end
 end
 to_queue(id)
 event(id, 'admitted', 'tier ' .. tier, 0, '', user)

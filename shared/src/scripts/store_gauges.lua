@@ -27,7 +27,12 @@ if C.ready ~= '' then
     processing = processing + redis.call('LLEN', base .. 'processing:' .. E(n))
   end
 end
-return { redis.call('SCARD', K.queued), redis.call('ZCARD', K.leases), redis.call('SCARD', K.active),
+-- Running: the runners held by nodes with a lease (live, or lapsed and not swept yet).
+local running = 0
+for _, n in ipairs(redis.call('ZRANGE', K.node_leases, 0, -1)) do
+  running = running + redis.call('SCARD', K.node_jobs(n))
+end
+return { redis.call('SCARD', K.queued), running, redis.call('SCARD', K.active),
   redis.call('ZCARD', K.delayed),
   redis.call('ZCOUNT', K.failed, NOW - HOUR_MS, '+inf'), alive, capacity, runners, ready, processing,
   tonumber(redis.call('HGET', K.counters, 'breaker_openings')) or 0 }

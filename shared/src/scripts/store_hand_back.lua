@@ -12,7 +12,6 @@ redis.call('HSET', jk, 'status', 'queued')
 redis.call('SADD', K.queued, id)
 if A(4) ~= '' then redis.call('HSET', jk, 'account', A(4)) end
 redis.call('HDEL', jk, 'node')
-redis.call('ZREM', K.leases, id)
 redis.call('SREM', K.node_jobs(node), id)
 to_queue(id)
 return 1

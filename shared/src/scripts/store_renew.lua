@@ -1,22 +1,33 @@
--- One node's heartbeat: its own liveness and every runner's lease, positions, stats and paper
--- account, in one round trip. A beat whose epoch is stale, or whose job no longer runs on this
--- node, is refused (fencing).
--- A(1) node id, A(2) lease ms, A(3) node info JSON, then per runner 5 values: job id, epoch,
--- positions JSON, stats JSON, account JSON ('' = none). Returns the refused job ids.
-local node, lease = A(1), tonumber(A(2))
+-- One node's heartbeat: its own liveness and lease, which is every one of its runners' lease,
+-- and the reports of the runners whose report changed since the last accepted beat: one round
+-- trip whose cost grows with the changes, not with the runners. A node whose lease lapsed or
+-- that a sweep fenced is refused whole (its runners may run elsewhere already); a reported
+-- runner whose epoch is stale, or that no longer runs on this node, is refused (fencing).
+-- A(1) node id, A(2) lease ms, A(3) node info JSON, A(4) runners it holds, then per changed
+-- runner 5 values: job id, epoch, positions JSON, stats JSON, account JSON ('' = unchanged).
+-- Returns false when the node is refused whole, else the refused job ids.
+local node, lease, holds = A(1), tonumber(A(2)), tonumber(A(4))
+if not node_may_hold(node) then return false end
+-- A node that holds runners but has no lease lost it to a sweep long ago (its record is gone):
+-- refused whole. One holding none starts its lease here.
+if holds > 0 and not node_lease(node) then return false end
 redis.call('SET', K.node(node), A(3), 'PX', lease)
--- Pending commands live as long as the node (a no-op when there are none).
-redis.call('PEXPIRE', K.commands(node), lease)
 redis.call('ZADD', K.nodes, NOW, node)
+extend_node_lease(node, lease)
 local refused = {}
-for a = 4, NARGS, 5 do
+for a = 5, NARGS, 5 do
   local id, epoch = A(a), A(a + 1)
   local jk = K.job(id)
   local cur = redis.call('HMGET', jk, 'epoch', 'status', 'node')
   if cur[1] == epoch and cur[2] == 'running' and cur[3] == node then
-    redis.call('ZADD', K.leases, NOW + lease, id)
-    redis.call('HSET', jk, 'hb', NOW, 'positions', A(a + 2), 'stats', A(a + 3))
-    if A(a + 4) ~= '' then redis.call('HSET', jk, 'account', A(a + 4)) end
+    local fields = { 'hb', NOW }
+    for i, name in ipairs({ 'positions', 'stats', 'account' }) do
+      if A(a + 1 + i) ~= '' then
+        fields[#fields + 1] = name
+        fields[#fields + 1] = A(a + 1 + i)
+      end
+    end
+    redis.call('HSET', jk, unpack(fields))
     audit('renew', id, epoch, node)
   else
     if cur[2] then

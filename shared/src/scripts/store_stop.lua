@@ -17,10 +17,9 @@ event(id, 'stop_requested', mode)
 local ck = K.commands(cur[2])
 redis.call('RPUSH', ck, cjson.encode({ command = 'stop', jobId = id,
   epoch = tonumber(cur[3]), mode = mode }))
--- The list lives as long as its node: until the node's liveness lapses (or this job's lease,
--- before the node's first heartbeat); each heartbeat extends it (store_renew.lua). A dead
--- node's commands go with it instead of lingering.
-local lease_left = (tonumber(redis.call('ZSCORE', K.leases, id)) or NOW) - NOW
+-- The list lives as long as its node: until the node's lease lapses; each claim and heartbeat
+-- extends it (extend_node_lease). A dead node's commands go with it instead of lingering.
+local lease_left = (node_lease(cur[2]) or NOW) - NOW
 local ttl = math.max(redis.call('PTTL', K.node(cur[2])), lease_left, redis.call('PTTL', ck), 1)
 redis.call('PEXPIRE', ck, ttl)
 return { 'sent', cur[2] }

@@ -18,7 +18,8 @@ use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::policy::{
-    self, AfterFailure, Breaker, BreakerState, FailureKind, Gates, RestartCount, TrialProgress,
+    self, Breaker, BreakerAdmission, BreakerState, FailureKind, FailureSnapshot, Outcome,
+    RestartCount, TrialProgress,
 };
 use crate::tier::{Subscription, Tier};
 
@@ -26,7 +27,6 @@ use crate::tier::{Subscription, Tier};
 struct Entry {
     spec: JobSpec,
     record: JobRecord,
-    lease_until: u64,
     account: Option<serde_json::Value>,
     count: RestartCount,
 }
@@ -50,6 +50,10 @@ struct State {
     commands: HashMap<NodeId, CommandList>,
     /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
+    /// When each node's lease ends (the `node_leases` key): a runner's lease is its node's.
+    node_leases: HashMap<NodeId, u64>,
+    /// Nodes a sweep took the runners of, until when they stay fenced (`node:{n}:fenced`).
+    fenced_nodes: HashMap<NodeId, u64>,
     /// Crashed jobs waiting for their restart, by due time.
     delayed: BTreeSet<(u64, JobId)>,
     /// Queued jobs whose enqueue is not confirmed yet, and since when.
@@ -232,7 +236,6 @@ impl State {
         if let Some(e) = self.jobs.get_mut(job) {
             e.record.status = status;
             e.record.ended_at = Some(now);
-            e.lease_until = 0;
             if let Some(set) = self.active.get_mut(&e.record.user_id) {
                 set.remove(job);
             }
@@ -273,111 +276,150 @@ impl State {
         }
     }
 
+    /// When running job `e`'s lease ends: its node's (0: none).
+    fn lease_until(&self, e: &Entry) -> u64 {
+        e.record
+            .node_id
+            .as_ref()
+            .and_then(|n| self.node_leases.get(n))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether `node` may hold runners at `now` (`node_may_hold` in lib.lua): not fenced by a
+    /// sweep, and its lease, if it has one yet, not past.
+    fn node_may_hold(&self, node: &NodeId, now: u64) -> bool {
+        self.fenced_nodes
+            .get(node)
+            .is_none_or(|until| *until <= now)
+            && self.node_leases.get(node).is_none_or(|until| *until > now)
+    }
+
+    /// Starts or extends `node`'s lease (and its command list's life) to `until`.
+    fn extend_node_lease(&mut self, node: &NodeId, until: u64) {
+        self.node_leases.insert(node.clone(), until);
+        if let Some(list) = self.commands.get_mut(node) {
+            list.until = until;
+        }
+    }
+
     /// Fleet-wide counts at `now`.
-    fn counts(&self, now: u64) -> FleetCounts {
+    fn counts(&self, _now: u64) -> FleetCounts {
         let count = |f: &dyn Fn(&Entry) -> bool| self.jobs.values().filter(|e| f(e)).count() as u64;
         FleetCounts {
             queued: count(&|e| e.record.status == JobStatus::Queued),
-            running: count(&|e| e.record.status == JobStatus::Running && e.lease_until > now),
+            running: count(&|e| {
+                e.record.status == JobStatus::Running
+                    && e.record
+                        .node_id
+                        .as_ref()
+                        .is_some_and(|n| self.node_leases.contains_key(n))
+            }),
             active: self.active.values().map(HashSet::len).sum::<usize>() as u64,
             restarting: self.delayed.len() as u64,
         }
     }
 
-    /// A run of `job` failed as `kind`: restart it later or fail it (mirrors `after_failure` in
-    /// lib.lua).
+    /// What [`policy::decide_failure`] decides on for the running `job`, if it is known.
+    fn failure_snapshot(
+        &self,
+        policy: &FleetPolicy,
+        job: &JobId,
+        now: u64,
+    ) -> Option<FailureSnapshot> {
+        let e = self.jobs.get(job)?;
+        let r = &e.record;
+        let user = &r.user_id;
+        let tier = Subscription::effective_tier(self.subscriptions.get(user), now);
+        Some(FailureSnapshot {
+            job: job.clone(),
+            now,
+            epoch: r.epoch,
+            node: r
+                .node_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            hb: r.last_heartbeat_at,
+            strategy: r.strategy_id.to_string(),
+            stop: r.stop_mode.is_some(),
+            started: r.started_at,
+            count: e.count,
+            breaker: self
+                .breakers
+                .get(&(user.clone(), r.strategy_id.clone()))
+                .cloned()
+                .unwrap_or_default(),
+            held: self.active.get(user).map_or(0, HashSet::len) as u32,
+            limit: policy.tiers.limit(tier),
+        })
+    }
+
+    /// A run of `job` failed as `kind`: the policy decides, this applies (as `apply_failure` in
+    /// lib.lua does for the Redis store). Returns whether it restarts.
     fn after_failure(
         &mut self,
         policy: &FleetPolicy,
         job: &JobId,
         kind: FailureKind,
-        reason: String,
+        reason: impl FnOnce(&FailureSnapshot) -> String,
         now: u64,
-    ) -> AfterFailure {
-        self.event(now, job, "crashed", reason.clone(), None);
-        if let Some(e) = self.jobs.get_mut(job)
-            && e.record.stop_mode.is_some()
-        {
-            // A stop was requested and its node died before confirming: stopped, not restarted.
-            let why = format!("{reason}; a stop was requested, so it is not restarted");
-            e.record.error = Some(why.clone());
-            self.end(job, JobStatus::Stopped, now);
-            return AfterFailure::Fail(why);
+    ) -> bool {
+        let Some(snap) = self.failure_snapshot(policy, job, now) else {
+            return false;
+        };
+        let reason = reason(&snap);
+        let d = policy::decide_failure(&policy.restart, &policy.breaker, &snap, kind, reason);
+        self.event(now, job, "crashed", d.reason.clone(), None);
+        if let Some(after) = d.breaker {
+            let e = &self.jobs[job].record;
+            let key = (e.user_id.clone(), e.strategy_id.clone());
+            self.breakers.insert(key, after);
         }
-        let Some(e) = self.jobs.get(job) else {
-            return AfterFailure::Fail(reason);
-        };
-        let (user, strategy) = (e.record.user_id.clone(), e.record.strategy_id.clone());
-        let started = e.record.started_at;
-        let breaker = self
-            .breakers
-            .entry((user.clone(), strategy.clone()))
-            .or_default();
-        let was_open = matches!(breaker.state, BreakerState::Open { .. });
-        let breaker_open = match kind {
-            FailureKind::Crash => breaker.record_failure(&policy.breaker, now, job),
-            FailureKind::NodeLost => breaker.blocks(now, job),
-        };
-        if !was_open && matches!(breaker.state, BreakerState::Open { .. }) {
+        if let Some(why) = d.opened {
             self.breaker_openings += 1;
-            let why = format!("strategy {strategy} failed too often");
             self.event(now, job, "breaker_opened", why, None);
         }
-        let tier = Subscription::effective_tier(self.subscriptions.get(&user), now);
-        let held = self.active.get(&user).map_or(0, HashSet::len) as u32;
-        let gates = Gates {
-            entitled: held <= policy.tiers.limit(tier),
-            breaker_open,
-        };
-        let Some(e) = self.jobs.get_mut(job) else {
-            return AfterFailure::Fail(reason);
-        };
-        let decision = policy::after_failure(
-            &policy.restart,
-            &mut e.count,
-            started,
-            now,
-            gates,
-            kind,
-            &reason,
-        );
-        e.record.restarts = e.count.total;
-        e.lease_until = 0;
-        match &decision {
-            AfterFailure::Restart { delay_ms } => {
+        let e = self.jobs.get_mut(job).expect("snapshot read it");
+        e.count = d.count;
+        e.record.restarts = d.count.total;
+        match d.outcome {
+            Outcome::Restart { at } => {
                 e.record.status = JobStatus::Crashed;
-                e.record.error = Some(reason);
+                e.record.error = Some(d.reason);
                 e.record.ended_at = Some(now);
-                self.delayed.insert((now + delay_ms, job.clone()));
-                let why = format!("restart at {}", now + delay_ms);
-                self.event(now, job, "restart_scheduled", why, None);
+                self.delayed.insert((at, job.clone()));
+                self.event(
+                    now,
+                    job,
+                    "restart_scheduled",
+                    format!("restart at {at}"),
+                    None,
+                );
+                true
             }
-            AfterFailure::Fail(why) => {
-                e.record.error = Some(why.clone());
+            Outcome::Failed { error } => {
+                e.record.error = Some(error);
                 self.end(job, JobStatus::Failed, now);
+                false
+            }
+            Outcome::Stopped { error } => {
+                e.record.error = Some(error);
+                self.end(job, JobStatus::Stopped, now);
+                false
             }
         }
-        decision
     }
 
+    /// The progress of the trial `trial` of a half-open breaker.
     fn trial_progress(&self, trial: &JobId, now: u64, trial_ms: u64) -> TrialProgress {
-        match self
-            .jobs
-            .get(trial)
-            .map(|e| (e.record.status, e.record.started_at))
-        {
-            Some((JobStatus::Running, Some(started))) if now - started < trial_ms => {
-                TrialProgress::Pending {
-                    ran_ms: now - started,
-                }
-            }
-            // Waiting for a restart after a node loss: the trial has not decided yet (a crash
-            // of the strategy reopened the breaker already). Mirrors store_admit.lua.
-            Some((JobStatus::Queued | JobStatus::Crashed, _)) => {
-                TrialProgress::Pending { ran_ms: 0 }
-            }
-            _ => TrialProgress::Passed,
-        }
+        let r = self.jobs.get(trial).map(|e| &e.record);
+        TrialProgress::of(
+            r.map(|r| r.status),
+            r.and_then(|r| r.started_at),
+            now,
+            trial_ms,
+        )
     }
 }
 
@@ -388,16 +430,19 @@ impl JobStore for MemoryStore {
         let mut s = self.lock();
         s.forget_if_expired(&spec.id, now, self.retention_ms());
         let key = (spec.user_id.clone(), spec.strategy_id.clone());
-        let trial = match s.breakers.get(&key).map(|b| b.state.clone()) {
-            Some(BreakerState::HalfOpen { trial }) => {
-                Some(s.trial_progress(&trial, now, policy.breaker.trial_ms))
+        let breaker = s.breakers.get(&key).cloned().unwrap_or_default();
+        let trial = match &breaker.state {
+            BreakerState::HalfOpen { trial } => {
+                Some(s.trial_progress(trial, now, policy.breaker.trial_ms))
             }
             _ => None,
         };
-        let mut breaker = s.breakers.get(&key).cloned().unwrap_or_default();
-        if let Err(retry_after_ms) = breaker.admit(&policy.breaker, now, &spec.id, trial) {
-            return Ok(Admission::BreakerOpen { retry_after_ms });
-        }
+        let (breaker, closed) = match breaker.admission(&policy.breaker, now, &spec.id, trial) {
+            BreakerAdmission::Refused(retry_after_ms) => {
+                return Ok(Admission::BreakerOpen { retry_after_ms });
+            }
+            BreakerAdmission::Allowed { after, closed } => (after, closed),
+        };
         let tier = Subscription::effective_tier(s.subscriptions.get(&spec.user_id), now);
         let limit = policy.tiers.limit(tier);
         let current = s.active.get(&spec.user_id).map_or(0, |a| a.len() as u32);
@@ -424,12 +469,6 @@ impl JobStore for MemoryStore {
         if s.jobs.contains_key(&spec.id) {
             return Err(StoreError::conflict("job id", &spec.id));
         }
-        let closed = match s.breakers.get(&key).map(|b| &b.state) {
-            Some(BreakerState::HalfOpen { trial }) if breaker.state == BreakerState::Closed => {
-                Some(trial.clone())
-            }
-            _ => None,
-        };
         s.breakers.insert(key, breaker);
         if let Some(trial) = closed {
             let why = format!("the trial run of strategy {} passed", spec.strategy_id);
@@ -438,7 +477,6 @@ impl JobStore for MemoryStore {
         let entry = Entry {
             spec: spec.clone(),
             record: JobRecord::queued(spec, now),
-            lease_until: 0,
             account: None,
             count: RestartCount::default(),
         };
@@ -557,25 +595,6 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        if s.jobs
-            .get(job)
-            .is_some_and(|e| e.record.status != JobStatus::Queued || e.record.epoch != 0)
-        {
-            return Ok(()); // claimed meanwhile: it runs, so it keeps its record and slot
-        }
-        s.jobs.remove(job);
-        s.pending.remove(job);
-        if let Some(a) = s.active.get_mut(user) {
-            a.remove(job);
-        }
-        if let Some(list) = s.user_jobs.get_mut(user) {
-            list.retain(|j| j != job);
-        }
-        Ok(())
-    }
-
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
@@ -620,7 +639,14 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<ClaimOutcome>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
+        if !s.node_may_hold(node, now) {
+            return Err(StoreError::Fenced);
+        }
+        if !jobs.is_empty() {
+            s.extend_node_lease(node, now + lease.as_millis() as u64);
+        }
         let mut claimed = Vec::new();
+        let leases = s.node_leases.clone();
         let outcomes = jobs
             .iter()
             .map(|id| {
@@ -631,7 +657,12 @@ impl LeaseStore for MemoryStore {
                     };
                 };
                 let status = e.record.status;
-                let lease_live = e.lease_until > now;
+                let lease_live = e
+                    .record
+                    .node_id
+                    .as_ref()
+                    .and_then(|n| leases.get(n))
+                    .is_some_and(|until| *until > now);
                 if !(status == JobStatus::Queued || status == JobStatus::Running && !lease_live) {
                     return ClaimOutcome::Dropped {
                         job_id: id.clone(),
@@ -648,7 +679,6 @@ impl LeaseStore for MemoryStore {
                 r.ended_at = None;
                 r.stop_mode = None;
                 r.flattened_positions = None;
-                e.lease_until = now + lease.as_millis() as u64;
                 ClaimOutcome::Claimed(Box::new(Lease {
                     spec: e.spec.clone(),
                     epoch: r.epoch,
@@ -672,10 +702,19 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Vec<JobId>, StoreError> {
         let now = self.now();
         let mut s = self.lock();
+        let id = &node.node_id;
+        if !s.node_may_hold(id, now) || node.runners > 0 && !s.node_leases.contains_key(id) {
+            return Err(StoreError::Fenced);
+        }
         let until = now + lease.as_millis() as u64;
-        s.nodes.insert(node.node_id.clone(), (node.clone(), until));
-        if let Some(list) = s.commands.get_mut(&node.node_id) {
-            list.until = until;
+        s.nodes.insert(id.clone(), (node.clone(), until));
+        s.extend_node_lease(id, until);
+        // Every runner of the node lived to this beat (the Redis store reads it from the node's
+        // last heartbeat instead).
+        for e in s.jobs.values_mut() {
+            if e.record.status == JobStatus::Running && e.record.node_id.as_ref() == Some(id) {
+                e.record.last_heartbeat_at = Some(now);
+            }
         }
         let mut refused = Vec::new();
         for b in beats {
@@ -683,25 +722,21 @@ impl LeaseStore for MemoryStore {
                 Some(e)
                     if e.record.epoch == b.epoch
                         && e.record.status == JobStatus::Running
-                        && e.record.node_id.as_ref() == Some(&node.node_id) =>
+                        && e.record.node_id.as_ref() == Some(id) =>
                 {
-                    e.lease_until = now + lease.as_millis() as u64;
-                    e.record.last_heartbeat_at = Some(now);
-                    e.record.positions = b.positions.clone();
-                    e.record.stats = b.stats.clone();
+                    if let Some(positions) = &b.positions {
+                        e.record.positions = positions.clone();
+                    }
+                    if let Some(stats) = &b.stats {
+                        e.record.stats = stats.clone();
+                    }
                     if b.account.is_some() {
                         e.account = b.account.clone();
                     }
                 }
                 Some(_) => {
                     let why = format!("heartbeat of epoch {} refused", b.epoch);
-                    s.event(
-                        now,
-                        &b.job_id,
-                        "fenced",
-                        why,
-                        Some((b.epoch, &node.node_id)),
-                    );
+                    s.event(now, &b.job_id, "fenced", why, Some((b.epoch, id)));
                     refused.push(b.job_id.clone());
                 }
                 None => refused.push(b.job_id.clone()),
@@ -733,7 +768,7 @@ impl LeaseStore for MemoryStore {
         }
         if end.status == JobStatus::Crashed {
             let reason = end.error.unwrap_or_else(|| "runner failed".into());
-            s.after_failure(&self.policy, job, FailureKind::Crash, reason, now);
+            s.after_failure(&self.policy, job, FailureKind::Crash, |_| reason, now);
             return Ok(true);
         }
         let r = &mut s.jobs.get_mut(job).expect("present").record;
@@ -766,7 +801,6 @@ impl LeaseStore for MemoryStore {
         let r = &mut e.record;
         r.status = JobStatus::Queued;
         r.node_id = None;
-        e.lease_until = 0;
         if account.is_some() {
             e.account = account;
         }
@@ -812,8 +846,9 @@ impl CommandBus for MemoryStore {
                     let Some(e) = s.jobs.get_mut(job) else {
                         return Ok(StopRequest::NotFound);
                     };
-                    let (epoch, lease_until) = (e.record.epoch, e.lease_until);
+                    let epoch = e.record.epoch;
                     let node = e.record.node_id.clone().unwrap_or_else(|| NodeId::new(""));
+                    let lease_until = s.node_leases.get(&node).copied().unwrap_or(0);
                     let alive_until = s.nodes.get(&node).map_or(0, |(_, until)| *until);
                     let list = s.commands.entry(node.clone()).or_default();
                     list.queue.push_back(NodeCommand::Stop {
@@ -821,7 +856,7 @@ impl CommandBus for MemoryStore {
                         epoch,
                         mode,
                     });
-                    // As store_stop.lua: the list lasts while its node (or this lease) does.
+                    // As store_stop.lua: the list lasts while its node (and its lease) does.
                     list.until = list.until.max(alive_until).max(lease_until).max(now + 1);
                     StopRequest::Sent { node }
                 }
@@ -956,33 +991,41 @@ impl Sweeper for MemoryStore {
         }
         s.sweep_guard_until = now + interval.as_millis() as u64;
         s.expire(now, self.retention_ms());
-        let expired: Vec<(JobId, u64, Option<NodeId>, u64)> = s
+        let expired: Vec<JobId> = s
             .jobs
             .iter()
-            .filter(|(_, e)| e.record.status == JobStatus::Running && e.lease_until <= now)
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.record.epoch,
-                    e.record.node_id.clone(),
-                    e.record.last_heartbeat_at.unwrap_or(now),
-                )
-            })
+            .filter(|(_, e)| e.record.status == JobStatus::Running && s.lease_until(e) <= now)
+            .map(|(id, _)| id.clone())
             .take(batch as usize)
             .collect();
         let mut report = SweepReport::default();
-        for (id, epoch, node, hb) in expired {
+        for id in expired {
             report.crashed += 1;
-            let node = node.map(|n| n.to_string()).unwrap_or_default();
-            let reason = format!(
-                "no heartbeat for {} ms from node {node} (epoch {epoch})",
-                now - hb
-            );
-            match s.after_failure(&self.policy, &id, FailureKind::NodeLost, reason, now) {
-                AfterFailure::Restart { .. } => report.restarting += 1,
-                AfterFailure::Fail(_) => report.failed += 1,
+            let lost = FailureKind::NodeLost;
+            if s.after_failure(&self.policy, &id, lost, FailureSnapshot::silence, now) {
+                report.restarting += 1;
+            } else {
+                report.failed += 1;
             }
         }
+        // A lapsed node left with no runner is fenced for good under its id (a day: far longer
+        // than its own lease watchdog lets it run), and forgotten.
+        let lapsed: Vec<NodeId> = s
+            .node_leases
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in lapsed {
+            let holds = s.jobs.values().any(|e| {
+                e.record.status == JobStatus::Running && e.record.node_id.as_ref() == Some(&node)
+            });
+            if !holds {
+                s.node_leases.remove(&node);
+                s.fenced_nodes.insert(node, now + 86_400_000);
+            }
+        }
+        s.fenced_nodes.retain(|_, until| *until > now);
         Ok(Some(report))
     }
 

@@ -74,6 +74,10 @@ pub enum StoreError {
     /// The backend (Redis) failed or cannot be reached: worth retrying later.
     #[error("store unavailable: {0}")]
     Unavailable(RedisError),
+    /// The node's lease lapsed (or a sweep took its runners): under this id it may claim and
+    /// renew nothing again. The node stops every runner and comes back under a new id.
+    #[error("the node's lease lapsed; it is fenced")]
+    Fenced,
     /// An id that must be new is taken already (a job id, an API key id); nothing was written.
     #[error("{what} {id} already exists")]
     Conflict {
@@ -86,6 +90,10 @@ pub enum StoreError {
     /// writer): retrying will not help.
     #[error("unexpected data in the store: {0}")]
     Data(String),
+    /// What a decision was made on kept changing before it could be applied (many failures of
+    /// one strategy at once): worth retrying.
+    #[error("{0} kept changing; try again")]
+    Contended(&'static str),
 }
 
 impl From<RedisError> for StoreError {
@@ -326,11 +334,12 @@ pub struct RunnerBeat {
     pub job_id: JobId,
     /// The epoch of the node's lease on it.
     pub epoch: u64,
-    /// Open positions now.
-    pub positions: Vec<Position>,
-    /// Stats now.
-    pub stats: Stats,
-    /// The runner's complete paper account, stored so that a later run resumes from it.
+    /// Open positions now, if they changed since the last accepted beat.
+    pub positions: Option<Vec<Position>>,
+    /// Stats now, if they changed since the last accepted beat.
+    pub stats: Option<Stats>,
+    /// The runner's saved state, stored so that a later run resumes from it, if it is to be
+    /// saved with this beat.
     pub account: Option<serde_json::Value>,
 }
 
@@ -447,14 +456,6 @@ pub trait JobStore: Send + Sync {
         async { Ok(self.fleet_gauges().await?.counts) }
     }
 
-    /// Deletes an admitted job that could not be enqueued, giving its slot back, unless a node
-    /// claimed it meanwhile (the enqueue reached the queue after all).
-    fn forget(
-        &self,
-        job: &JobId,
-        user: &UserId,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// One job's record.
     fn job(
         &self,
@@ -501,8 +502,10 @@ pub trait JobStore: Send + Sync {
 
 /// Leases: claims with fencing epochs, heartbeats, ends of runs.
 pub trait LeaseStore: Send + Sync {
-    /// Records `node`'s claim of each job: bumps its epoch, marks it running, starts a lease of
-    /// `lease`. Jobs that must not run are reported as dropped.
+    /// Records `node`'s claim of each job: bumps its epoch, marks it running, and starts or
+    /// extends the node's lease to `lease` (a runner's lease is its node's). Jobs that must not
+    /// run are reported as dropped. [`StoreError::Fenced`] when the node's lease lapsed or a
+    /// sweep took its runners: it claims nothing (the deliveries go back to the queue).
     fn claim(
         &self,
         node: &NodeId,
@@ -510,9 +513,12 @@ pub trait LeaseStore: Send + Sync {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimOutcome>, StoreError>> + Send;
 
-    /// Renews the node's own liveness and every runner's lease in one round trip, storing their
-    /// positions and stats. Returns the jobs whose beat was refused (stale epoch, or no longer
-    /// the node's): their runners must stop without trading further.
+    /// Renews the node's lease, which is every one of its runners' lease, in one round trip,
+    /// storing the reports in `beats`: only the runners whose report changed (`node.runners`
+    /// says how many it holds in all). Returns the jobs whose beat was refused (stale epoch, or
+    /// no longer the node's): their runners must stop without trading further.
+    /// [`StoreError::Fenced`] when the node's lease lapsed or a sweep took its runners: every
+    /// runner must stop.
     fn renew(
         &self,
         node: &NodeInfo,

@@ -15,6 +15,10 @@ use super::{
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
 use crate::keys::Keys;
+use crate::policy::{
+    Breaker, BreakerAdmission, BreakerState, FailureKind, FailureSnapshot, TrialProgress,
+    decide_failure,
+};
 use crate::redis_pool::{RedisPools, block_seconds};
 use crate::tier::{Subscription, Tier};
 
@@ -38,10 +42,10 @@ script!(FINISH, "store_finish.lua");
 script!(HAND_BACK, "store_hand_back.lua");
 script!(STOP, "store_stop.lua");
 script!(SWEEP, "store_sweep.lua");
+script!(FAIL_LOST, "store_fail_lost.lua");
 script!(GAUGES, "store_gauges.lua");
 script!(PROMOTE, "store_promote.lua");
 script!(RECONCILE, "store_reconcile.lua");
-script!(FORGET, "store_forget.lua");
 script!(ADD_KEY, "store_add_key.lua");
 script!(REVOKE_KEY, "store_revoke_key.lua");
 
@@ -99,7 +103,7 @@ impl RedisStore {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// The prelude's context (`lib.lua`, ARGV[1..23]) for this store's prefix, policy and
+    /// The prelude's context (`lib.lua`, ARGV[1..14]) for this store's prefix, policy and
     /// queue: what any Redis client calling a store script must send first
     /// (docs/redis-schema.md lists it).
     pub fn script_context(&self) -> &ScriptContext {
@@ -120,20 +124,194 @@ impl RedisStore {
         inv
     }
 
-    /// The admission script's call for `spec`.
-    fn admit_invocation(&self, spec: &JobSpec) -> ScriptInvocation<'static> {
+    /// The admission script's call for `spec`, with the breaker decision made on its last
+    /// answer, if any.
+    fn admit_invocation(
+        &self,
+        spec: &JobSpec,
+        breaker: Option<&BreakerChange>,
+    ) -> ScriptInvocation<'static> {
         let mut inv = self.invoke(&ADMIT);
         inv.arg(spec.id.as_str())
             .arg(spec.user_id.as_str())
             .arg(spec.strategy_id.as_str())
-            .arg(json(spec));
+            .arg(json(spec))
+            .arg(breaker.map(json).unwrap_or_default());
+        inv
+    }
+
+    /// The admission the script's `reply` for `spec` means. An answer that the breaker needs a
+    /// decision is decided here (the policy lives in Rust alone) and the script called again
+    /// with it, until the breaker holds still.
+    async fn admission_after(
+        &self,
+        mut reply: AdmitReply,
+        spec: &JobSpec,
+    ) -> Result<Admission, StoreError> {
+        for _ in 0..DECISION_ATTEMPTS {
+            if reply.0 != ADMIT_NEEDS_BREAKER_DECISION {
+                return admission_of(reply, spec);
+            }
+            let snap: BreakerSnapshot = decode(&text(&reply.4).unwrap_or_default(), "breaker")?;
+            let settings = &self.policy.breaker;
+            let trial = match &snap.breaker.state {
+                BreakerState::HalfOpen { .. } => Some(TrialProgress::of(
+                    snap.trial_status,
+                    snap.trial_started,
+                    snap.now,
+                    settings.trial_ms,
+                )),
+                _ => None,
+            };
+            let change = match snap.breaker.admission(settings, snap.now, &spec.id, trial) {
+                BreakerAdmission::Refused(retry_after_ms) => {
+                    return Ok(Admission::BreakerOpen { retry_after_ms });
+                }
+                BreakerAdmission::Allowed { after, closed } => BreakerChange {
+                    expect: snap.breaker,
+                    after,
+                    closed,
+                },
+            };
+            reply = self
+                .admit_invocation(spec, Some(&change))
+                .invoke_async(&mut *self.conn().await?)
+                .await?;
+        }
+        Err(StoreError::Contended("the strategy's breaker"))
+    }
+
+    /// Decides and applies the failure of the run `job` (epoch `epoch` on `node`) that the
+    /// finish script answered with a snapshot: calls it again with the decision until one is
+    /// applied. Returns the script's last answer.
+    async fn finish_crashed(
+        &self,
+        node: &NodeId,
+        job: &JobId,
+        epoch: u64,
+        end: &RunEnd,
+    ) -> Result<bool, StoreError> {
+        let reason = end
+            .error
+            .clone()
+            .unwrap_or_else(|| "runner failed".to_owned());
+        let mut decision = String::new();
+        for _ in 0..DECISION_ATTEMPTS {
+            let reply: Value = self
+                .finish_invocation(node, job, epoch, end, &decision)
+                .invoke_async(&mut *self.conn().await?)
+                .await?;
+            let snap: FailureSnapshot = match &reply {
+                Value::Int(code) => return Ok(*code != 0),
+                other => decode(&text(other).unwrap_or_default(), "failure")?,
+            };
+            let policy = &self.policy;
+            let kind = FailureKind::Crash;
+            let d = decide_failure(
+                &policy.restart,
+                &policy.breaker,
+                &snap,
+                kind,
+                reason.clone(),
+            );
+            decision = json(&d);
+        }
+        Err(StoreError::Contended("a crashed run's record"))
+    }
+
+    /// Sets the last heartbeat of each running record to its node's last heartbeat (a runner's
+    /// lease is its node's, and heartbeats write only the reports that changed), in one
+    /// round trip.
+    async fn with_node_beats(
+        &self,
+        conn: &mut crate::redis_pool::CommandConnection,
+        records: &mut [JobRecord],
+    ) -> Result<(), StoreError> {
+        let running: Vec<&mut JobRecord> = records
+            .iter_mut()
+            .filter(|r| r.status == JobStatus::Running && r.node_id.is_some())
+            .collect();
+        if running.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<&str> = running
+            .iter()
+            .filter_map(|r| r.node_id.as_ref().map(NodeId::as_str))
+            .collect();
+        let beats: Vec<Option<u64>> = ::redis::cmd("ZMSCORE")
+            .arg(self.keys.nodes())
+            .arg(&nodes)
+            .query_async(&mut **conn)
+            .await?;
+        for (r, beat) in running.into_iter().zip(beats) {
+            r.last_heartbeat_at = r.last_heartbeat_at.max(beat);
+        }
+        Ok(())
+    }
+
+    /// The finish script's call.
+    fn finish_invocation(
+        &self,
+        node: &NodeId,
+        job: &JobId,
+        epoch: u64,
+        end: &RunEnd,
+        decision: &str,
+    ) -> ScriptInvocation<'static> {
+        let mut inv = self.invoke(&FINISH);
+        inv.arg(job.as_str())
+            .arg(epoch)
+            .arg(node.as_str())
+            .arg(end.status.as_str())
+            .arg(end.error.clone().unwrap_or_default())
+            .arg(
+                end.flattened_positions
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(json(&end.positions))
+            .arg(json(&end.stats))
+            .arg(account_arg(&end.account))
+            .arg(decision);
         inv
     }
 }
 
-/// The context every store script receives first: ARGV[1..23], which the prelude (`lib.lua`)
+/// How many times a store decides again when what a decision was made on changed before it
+/// could be applied (another failure of the same strategy, a stop request, a trial admitted).
+/// A stale decision is answered with the fresh snapshot in the same call, and only an applied
+/// decision changes what others decided on, so each round one contender wins: N runners of one
+/// strategy crashing at once need at most N rounds.
+const DECISION_ATTEMPTS: usize = 64;
+
+/// The admission script's code for "the breaker is not closed: decide on this snapshot".
+const ADMIT_NEEDS_BREAKER_DECISION: i64 = 5;
+
+/// What the admission script reads for a breaker decision.
+#[derive(Debug, serde::Deserialize)]
+struct BreakerSnapshot {
+    now: u64,
+    breaker: Breaker,
+    #[serde(default)]
+    trial_status: Option<JobStatus>,
+    #[serde(default)]
+    trial_started: Option<u64>,
+}
+
+/// A breaker decision the admission script applies if the breaker is still `expect`.
+#[derive(Debug, serde::Serialize)]
+struct BreakerChange {
+    expect: Breaker,
+    after: Breaker,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closed: Option<JobId>,
+}
+
+/// The context every store script receives first: ARGV[1..14], which the prelude (`lib.lua`)
 /// reads into `P` and `C`. One named field per argument, in wire order; [`args`](Self::args) is
 /// the only place that knows the positions (docs/redis-schema.md lists them with these names).
+/// It holds no restart or breaker setting: the scripts apply decisions made by
+/// [`crate::policy`], they make none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptContext {
     /// ARGV[1]: the key prefix (`P` in lib.lua).
@@ -146,82 +324,56 @@ pub struct ScriptContext {
     pub tier_pro: u32,
     /// ARGV[5]: runners of the enterprise tier.
     pub tier_enterprise: u32,
-    /// ARGV[6]: restarts within the restart window.
-    pub max_restarts: u32,
-    /// ARGV[7]: the restart window, ms.
-    pub restart_window_ms: u64,
-    /// ARGV[8]: the first restart delay, ms.
-    pub restart_base_delay_ms: u64,
-    /// ARGV[9]: the largest restart delay, ms.
-    pub restart_max_delay_ms: u64,
-    /// ARGV[10]: a run this long resets the restart count, ms.
-    pub restart_stable_ms: u64,
-    /// ARGV[11]: failures that open a strategy's breaker.
-    pub breaker_failures: u32,
-    /// ARGV[12]: the breaker's window, ms.
+    /// ARGV[6]: the breaker's window, ms: a closed breaker's hash of counted failures expires
+    /// after it.
     pub breaker_window_ms: u64,
-    /// ARGV[13]: how long an open breaker refuses starts, ms.
-    pub breaker_cooldown_ms: u64,
-    /// ARGV[14]: how long a trial run must run to close the breaker, ms.
-    pub breaker_trial_ms: u64,
-    /// ARGV[15]: retention of an ended job's record, **seconds** ([`FleetPolicy::retention`],
+    /// ARGV[7]: retention of an ended job's record, **seconds** ([`FleetPolicy::retention`],
     /// [`FINISHED_RETENTION`](super::FINISHED_RETENTION)).
     pub retention_s: u64,
-    /// ARGV[16]: record accepted writes in the audit stream (sent as `1` / `0`).
+    /// ARGV[8]: record accepted writes in the audit stream (sent as `1` / `0`).
     pub audit: bool,
-    /// ARGV[17]: runners holding slots fleet-wide.
+    /// ARGV[9]: runners holding slots fleet-wide.
     pub max_runners: u32,
-    /// ARGV[18]: jobs waiting in the queue fleet-wide.
+    /// ARGV[10]: jobs waiting in the queue fleet-wide.
     pub max_queued: u32,
-    /// ARGV[19]: the Retry-After of those two refusals, ms.
+    /// ARGV[11]: the Retry-After of those two refusals, ms.
     pub retry_after_ms: u64,
-    /// ARGV[20]: restarts within the window after node losses.
-    pub max_node_losses: u32,
-    /// ARGV[21]: the ready list the scripts push queued jobs onto; empty when the queue lives
+    /// ARGV[12]: the ready list the scripts push queued jobs onto; empty when the queue lives
     /// outside Redis.
     pub ready_list: String,
-    /// ARGV[22]: events the lifecycle stream keeps (approximately).
+    /// ARGV[13]: events the lifecycle stream keeps (approximately).
     pub events_max_len: u64,
-    /// ARGV[23]: age past which events are trimmed, ms.
+    /// ARGV[14]: age past which events are trimmed, ms.
     pub events_max_age_ms: u64,
 }
 
 impl ScriptContext {
     /// How many arguments the context takes: a script's own arguments start after them.
-    pub const LEN: usize = 23;
+    pub const LEN: usize = 14;
 
     /// The context for `keys`, `policy` and the ready list the scripts push onto (none: an
     /// outside queue).
     pub fn new(keys: &Keys, p: &FleetPolicy, ready: Option<&str>) -> Self {
-        let (t, r, b) = (&p.tiers, &p.restart, &p.breaker);
+        let t = &p.tiers;
         Self {
             prefix: keys.prefix().to_owned(),
             tier_free: t.free,
             tier_basic: t.basic,
             tier_pro: t.pro,
             tier_enterprise: t.enterprise,
-            max_restarts: r.max_restarts,
-            restart_window_ms: r.window_ms,
-            restart_base_delay_ms: r.base_delay_ms,
-            restart_max_delay_ms: r.max_delay_ms,
-            restart_stable_ms: r.stable_ms,
-            breaker_failures: b.failures,
-            breaker_window_ms: b.window_ms,
-            breaker_cooldown_ms: b.cooldown_ms,
-            breaker_trial_ms: b.trial_ms,
+            breaker_window_ms: p.breaker.window_ms,
             retention_s: p.retention.as_secs().max(1),
             audit: p.audit,
             max_runners: p.limits.max_runners,
             max_queued: p.limits.max_queued,
             retry_after_ms: p.limits.retry_after_ms,
-            max_node_losses: r.max_node_losses,
             ready_list: ready.unwrap_or_default().to_owned(),
             events_max_len: p.events.max_len,
             events_max_age_ms: p.events.max_age_ms,
         }
     }
 
-    /// The arguments in wire order, ARGV[1..23].
+    /// The arguments in wire order, ARGV[1..14].
     pub fn args(&self) -> [String; Self::LEN] {
         [
             self.prefix.clone(),
@@ -229,21 +381,12 @@ impl ScriptContext {
             self.tier_basic.to_string(),
             self.tier_pro.to_string(),
             self.tier_enterprise.to_string(),
-            self.max_restarts.to_string(),
-            self.restart_window_ms.to_string(),
-            self.restart_base_delay_ms.to_string(),
-            self.restart_max_delay_ms.to_string(),
-            self.restart_stable_ms.to_string(),
-            self.breaker_failures.to_string(),
             self.breaker_window_ms.to_string(),
-            self.breaker_cooldown_ms.to_string(),
-            self.breaker_trial_ms.to_string(),
             self.retention_s.to_string(),
             if self.audit { "1" } else { "0" }.to_owned(),
             self.max_runners.to_string(),
             self.max_queued.to_string(),
             self.retry_after_ms.to_string(),
-            self.max_node_losses.to_string(),
             self.ready_list.clone(),
             self.events_max_len.to_string(),
             self.events_max_age_ms.to_string(),
@@ -257,6 +400,11 @@ fn account_arg(account: &Option<serde_json::Value>) -> String {
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// A snapshot a script answered, as JSON (`what` names it in the error).
+fn decode<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::data(format!("{what} snapshot {raw}: {e}")))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -344,18 +492,20 @@ fn text(v: &Value) -> Option<String> {
 impl JobStore for RedisStore {
     async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
         let reply: AdmitReply = self
-            .admit_invocation(spec)
+            .admit_invocation(spec, None)
             .invoke_async(&mut *self.conn().await?)
             .await?;
-        admission_of(reply, spec)
+        self.admission_after(reply, spec).await
     }
 
     async fn admit_many(&self, specs: &[JobSpec]) -> Result<Vec<Admission>, StoreError> {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let invocations: Vec<ScriptInvocation<'_>> =
-            specs.iter().map(|s| self.admit_invocation(s)).collect();
+        let invocations: Vec<ScriptInvocation<'_>> = specs
+            .iter()
+            .map(|s| self.admit_invocation(s, None))
+            .collect();
         // One round trip: the script is loaded first (a no-op when it is), then each admission
         // runs as its own script call, so each is atomic on its own and others interleave.
         let mut pipe = ::redis::pipe();
@@ -364,11 +514,12 @@ impl JobStore for RedisStore {
             pipe.invoke_script(inv);
         }
         let replies: Vec<AdmitReply> = pipe.query_async(&mut *self.conn().await?).await?;
-        replies
-            .into_iter()
-            .zip(specs)
-            .map(|(reply, spec)| admission_of(reply, spec))
-            .collect()
+        // Starts under a breaker that is not closed (rare) are decided one by one.
+        let mut admissions = Vec::with_capacity(specs.len());
+        for (reply, spec) in replies.into_iter().zip(specs) {
+            admissions.push(self.admission_after(reply, spec).await?);
+        }
+        Ok(admissions)
     }
 
     fn queues_inline(&self) -> bool {
@@ -550,22 +701,15 @@ impl JobStore for RedisStore {
         }
     }
 
-    async fn forget(&self, job: &JobId, user: &UserId) -> Result<(), StoreError> {
-        let _: i64 = self
-            .invoke(&FORGET)
-            .arg(job.as_str())
-            .arg(user.as_str())
-            .invoke_async(&mut *self.conn().await?)
-            .await?;
-        Ok(())
-    }
-
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
         let h: HashMap<String, String> = ::redis::cmd("HGETALL")
             .arg(self.keys.job(job))
-            .query_async(&mut *self.conn().await?)
+            .query_async(&mut *conn)
             .await?;
-        Ok(record_from_hash(job.as_str(), &h))
+        let mut records: Vec<JobRecord> = record_from_hash(job.as_str(), &h).into_iter().collect();
+        self.with_node_beats(&mut conn, &mut records).await?;
+        Ok(records.pop())
     }
 
     async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
@@ -610,6 +754,7 @@ impl JobStore for RedisStore {
                 .query_async(&mut *conn)
                 .await?;
         }
+        self.with_node_beats(&mut conn, &mut records).await?;
         Ok(records)
     }
 }
@@ -630,6 +775,15 @@ impl LeaseStore for RedisStore {
             inv.arg(j.as_str());
         }
         let rows: Vec<Vec<Value>> = inv.invoke_async(&mut *self.conn().await?).await?;
+        if rows
+            .first()
+            .and_then(|row| row.get(1))
+            .and_then(text)
+            .as_deref()
+            == Some("fenced")
+        {
+            return Err(StoreError::Fenced);
+        }
         rows.into_iter()
             .map(|row| {
                 let id = row
@@ -689,7 +843,7 @@ impl LeaseStore for RedisStore {
         let mut refused = Vec::new();
         let mut conn = self.conn().await?;
         // In chunks, one script call each, one after the other: one script over thousands of
-        // runners would hold Redis (every other client) for its whole run.
+        // changed reports would hold Redis (every other client) for its whole run.
         let empty: &[RunnerBeat] = &[];
         let chunks = beats.chunks(RENEW_CHUNK);
         let chunks: Vec<&[RunnerBeat]> = if beats.is_empty() {
@@ -702,10 +856,13 @@ impl LeaseStore for RedisStore {
             bytes += node_json.len();
             inv.arg(node.node_id.as_str())
                 .arg(lease.as_millis() as u64)
-                .arg(&node_json);
+                .arg(&node_json)
+                .arg(node.runners);
             for b in chunk {
-                let (positions, stats, account) =
-                    (json(&b.positions), json(&b.stats), account_arg(&b.account));
+                let changed = |v: Option<String>| v.unwrap_or_default();
+                let positions = changed(b.positions.as_ref().map(json));
+                let stats = changed(b.stats.as_ref().map(json));
+                let account = account_arg(&b.account);
                 bytes += b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
                 inv.arg(b.job_id.as_str())
                     .arg(b.epoch)
@@ -713,7 +870,8 @@ impl LeaseStore for RedisStore {
                     .arg(stats)
                     .arg(account);
             }
-            let some: Vec<String> = inv.invoke_async(&mut *conn).await?;
+            let some: Option<Vec<String>> = inv.invoke_async(&mut *conn).await?;
+            let some = some.ok_or(StoreError::Fenced)?;
             refused.extend(some.into_iter().map(JobId::new));
         }
         // The size of what a heartbeat sends is known only here, where it is encoded.
@@ -728,21 +886,11 @@ impl LeaseStore for RedisStore {
         epoch: u64,
         end: RunEnd,
     ) -> Result<bool, StoreError> {
+        if end.status == JobStatus::Crashed {
+            return self.finish_crashed(node, job, epoch, &end).await;
+        }
         let accepted: i64 = self
-            .invoke(&FINISH)
-            .arg(job.as_str())
-            .arg(epoch)
-            .arg(node.as_str())
-            .arg(end.status.as_str())
-            .arg(end.error.unwrap_or_default())
-            .arg(
-                end.flattened_positions
-                    .map(|n| n.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(json(&end.positions))
-            .arg(json(&end.stats))
-            .arg(account_arg(&end.account))
+            .finish_invocation(node, job, epoch, &end, "")
             .invoke_async(&mut *self.conn().await?)
             .await?;
         Ok(accepted != 0)
@@ -1029,17 +1177,52 @@ impl Sweeper for RedisStore {
         interval: Duration,
         batch: u32,
     ) -> Result<Option<SweepReport>, StoreError> {
-        let done: Option<(u32, u32, u32)> = self
+        let snapshots: Option<Vec<String>> = self
             .invoke(&SWEEP)
             .arg(interval.as_millis() as u64)
             .arg(batch)
             .invoke_async(&mut *self.conn().await?)
             .await?;
-        Ok(done.map(|(crashed, restarting, failed)| SweepReport {
-            crashed,
-            restarting,
-            failed,
-        }))
+        let Some(snapshots) = snapshots else {
+            return Ok(None);
+        };
+        let mut report = SweepReport::default();
+        if snapshots.is_empty() {
+            return Ok(Some(report));
+        }
+        // The policy decides each lapsed run; one round trip applies them all, each on its own
+        // only if still current (a decision gone stale is left for the next sweep).
+        let policy = &self.policy;
+        let mut decisions = Vec::with_capacity(snapshots.len());
+        for raw in &snapshots {
+            let snap: FailureSnapshot = decode(raw, "failure")?;
+            let kind = FailureKind::NodeLost;
+            let d = decide_failure(
+                &policy.restart,
+                &policy.breaker,
+                &snap,
+                kind,
+                snap.silence(),
+            );
+            let mut inv = self.invoke(&FAIL_LOST);
+            inv.arg(json(&d));
+            decisions.push(inv);
+        }
+        let mut pipe = ::redis::pipe();
+        pipe.load_script(&FAIL_LOST).ignore();
+        for inv in &decisions {
+            pipe.invoke_script(inv);
+        }
+        let outcomes: Vec<String> = pipe.query_async(&mut *self.conn().await?).await?;
+        for outcome in outcomes {
+            match outcome.as_str() {
+                "restart" => report.restarting += 1,
+                "failed" => report.failed += 1,
+                _ => continue,
+            }
+            report.crashed += 1;
+        }
+        Ok(Some(report))
     }
 
     async fn due_restarts(&self, batch: u32) -> Result<Vec<JobId>, StoreError> {

@@ -105,14 +105,30 @@ async fn scrape_node(base: &str) -> Metrics {
 async fn ground_truth(fleet: &Fleet) -> Fleetwide {
     let mut r = fleet.redis().await;
     let p = &fleet.prefix;
-    let (queued, running, restarting, failed_last_hour): (u64, u64, u64, u64) = redis::pipe()
+    let (queued, restarting, failed_last_hour): (u64, u64, u64) = redis::pipe()
         .scard(format!("{p}:queued"))
-        .zcard(format!("{p}:leases"))
         .zcard(format!("{p}:delayed"))
         .zcount(format!("{p}:failed"), "-inf", "+inf")
         .query_async(&mut r)
         .await
         .unwrap();
+    // Running: the runners of the nodes that hold a lease (a runner's lease is its node's).
+    let leased: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{p}:node_leases"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let mut running = 0;
+    for id in leased {
+        let held: u64 = redis::cmd("SCARD")
+            .arg(format!("{p}:node:{id}:jobs"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        running += held;
+    }
     let ids: Vec<String> = redis::cmd("ZRANGE")
         .arg(format!("{p}:nodes"))
         .arg(0)

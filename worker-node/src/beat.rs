@@ -1,0 +1,192 @@
+//! What a heartbeat sends for one runner: only what changed since the last accepted beat.
+//!
+//! A runner's lease is its node's (the store renews the node, not each runner), so a runner
+//! whose report did not change costs the heartbeat nothing. Positions and stats are sent when
+//! they differ from the last accepted ones. The saved state (the runner's `account`, from which
+//! a later run resumes) changes with every tick of the feed, so it is sent when it changed and
+//! either the holdings changed (a fill: positions other than their marks, or stats) or
+//! `heartbeat.checkpoint_ms` passed since it was last saved; hand-backs and ends always carry
+//! it. A run resumed after a crash so starts from at most a checkpoint back, never from before
+//! its last fill.
+
+use std::time::Duration;
+
+use runfleet::ids::JobId;
+use runfleet::job::Position;
+use runfleet::store::RunnerBeat;
+use tokio::time::Instant;
+
+use runfleet::kind::Report;
+
+/// What the store last accepted for one runner.
+#[derive(Debug, Default)]
+pub struct Sent {
+    positions: Option<Vec<Position>>,
+    stats: Option<runfleet::job::Stats>,
+    account: Option<serde_json::Value>,
+    /// When the saved state was last accepted.
+    account_at: Option<Instant>,
+}
+
+impl Sent {
+    /// Records that the store accepted `beat`, sent at `at`.
+    pub fn accepted(&mut self, beat: &RunnerBeat, at: Instant) {
+        if let Some(p) = &beat.positions {
+            self.positions = Some(p.clone());
+        }
+        if let Some(s) = &beat.stats {
+            self.stats = Some(s.clone());
+        }
+        if let Some(a) = &beat.account {
+            self.account = Some(a.clone());
+            self.account_at = Some(at);
+        }
+    }
+}
+
+/// The fields of a position that only a fill changes (not its mark).
+fn holding(p: &Position) -> impl PartialEq + '_ {
+    (
+        &p.instrument_name,
+        p.side,
+        p.amount,
+        p.entry_price,
+        p.realized_pnl,
+    )
+}
+
+fn same_holdings(a: &[Position], b: &[Position]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| holding(x) == holding(y))
+}
+
+/// The beat of runner `job` (epoch `epoch`) whose report is now `report`, given what the store
+/// last accepted: `None` when nothing is to be sent.
+pub fn beat_of(
+    job: &JobId,
+    epoch: u64,
+    sent: &Sent,
+    report: &Report,
+    now: Instant,
+    checkpoint: Duration,
+) -> Option<RunnerBeat> {
+    let positions =
+        (sent.positions.as_ref() != Some(&report.positions)).then(|| report.positions.clone());
+    let stats = (sent.stats.as_ref() != Some(&report.stats)).then(|| report.stats.clone());
+    let holdings_changed = stats.is_some()
+        || !sent
+            .positions
+            .as_deref()
+            .is_some_and(|p| same_holdings(p, &report.positions));
+    let due = sent
+        .account_at
+        .is_none_or(|at| now.saturating_duration_since(at) >= checkpoint);
+    let account = report
+        .state
+        .as_ref()
+        .filter(|a| sent.account.as_ref() != Some(a) && (holdings_changed || due))
+        .cloned();
+    if positions.is_none() && stats.is_none() && account.is_none() {
+        return None;
+    }
+    Some(RunnerBeat {
+        job_id: job.clone(),
+        epoch,
+        positions,
+        stats,
+        account,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runfleet::job::{Side, Stats};
+    use rust_decimal::Decimal;
+    use serde_json::json;
+
+    const CHECKPOINT: Duration = Duration::from_secs(30);
+
+    fn position(mark: i64) -> Position {
+        Position {
+            instrument_name: "BTC-PERPETUAL".into(),
+            side: Side::Long,
+            amount: Decimal::from(10),
+            entry_price: Decimal::from(100),
+            mark_price: Decimal::from(mark),
+            unrealized_pnl: Decimal::from(mark - 100),
+            realized_pnl: Decimal::ZERO,
+            currency: "BTC".into(),
+        }
+    }
+
+    fn report(positions: Vec<Position>, trades: u64, tick: u64) -> Report {
+        Report {
+            positions,
+            stats: Stats {
+                total_trades: trades,
+                ..Stats::default()
+            },
+            state: Some(json!({ "tick": tick })),
+        }
+    }
+
+    /// Sends what `beat_of` decides and records it as accepted.
+    fn send(sent: &mut Sent, r: &Report, now: Instant) -> Option<RunnerBeat> {
+        let beat = beat_of(&JobId::new("j"), 1, sent, r, now, CHECKPOINT)?;
+        sent.accepted(&beat, now);
+        Some(beat)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_runner_sends_nothing_but_its_checkpoints() {
+        let mut sent = Sent::default();
+        let first = send(&mut sent, &report(vec![], 0, 0), Instant::now()).unwrap();
+        assert!(first.positions.is_some() && first.stats.is_some() && first.account.is_some());
+        // The feed moves (the saved state changes) but nothing is held: no beat until the
+        // checkpoint is due.
+        for tick in 1..6 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(send(&mut sent, &report(vec![], 0, tick), Instant::now()).is_none());
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let due = send(&mut sent, &report(vec![], 0, 6), Instant::now()).unwrap();
+        assert_eq!(due.account, Some(json!({ "tick": 6 })));
+        assert!(due.positions.is_none() && due.stats.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moving_mark_sends_positions_and_a_fill_sends_the_state_at_once() {
+        let mut sent = Sent::default();
+        send(
+            &mut sent,
+            &report(vec![position(100)], 0, 0),
+            Instant::now(),
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let marked = send(
+            &mut sent,
+            &report(vec![position(101)], 0, 1),
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(marked.positions.is_some());
+        assert!(marked.account.is_none(), "a new mark is not a fill");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let filled = send(&mut sent, &report(vec![], 1, 2), Instant::now()).unwrap();
+        assert!(filled.positions.is_some() && filled.stats.is_some());
+        assert_eq!(
+            filled.account,
+            Some(json!({ "tick": 2 })),
+            "saved with the fill"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_or_failed_beat_is_sent_again() {
+        let sent = Sent::default();
+        let r = report(vec![], 0, 0);
+        assert!(beat_of(&JobId::new("j"), 1, &sent, &r, Instant::now(), CHECKPOINT).is_some());
+        // Not recorded as accepted: the next beat carries it again.
+        assert!(beat_of(&JobId::new("j"), 1, &sent, &r, Instant::now(), CHECKPOINT).is_some());
+    }
+}
