@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use redis::aio::MultiplexedConnection;
-use runfleet::catalog;
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::ids::JobId;
@@ -133,16 +132,9 @@ impl Admitter {
             &format!("user-{}", i % clients),
             &format!("s{i}"),
         ))?;
-        catalog::apply_defaults(&mut req.config);
-        let id = JobId::generate();
-        let spec = JobSpec {
-            credentials: self.cipher.seal(&id, &req.credentials)?,
-            id: id.clone(),
-            user_id: req.user_id,
-            strategy_id: req.strategy_id,
-            broker_id: req.broker_id,
-            config: req.config,
-        };
+        runfleet_trading::validate::apply_defaults(&mut req.config);
+        let spec = JobSpec::sealed(JobId::generate(), req, &self.cipher)?;
+        let id = spec.id.clone();
         Ok(Admission {
             args: [
                 id.as_str().to_owned(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use runfleet::catalog::{self, SYSTEM_USER, check_id, check_user_id};
 use runfleet::dispatch::Dispatcher;
 use runfleet::ids::{JobId, UserId};
 use runfleet::job::{JobRecord, JobSpec, JobStatus, StartRunnerRequest, StopMode};
@@ -17,6 +16,7 @@ use runfleet::observability;
 use runfleet::queue::JobQueue;
 use runfleet::store::{Admission, FleetStore, StopRequest};
 use runfleet::tier::{Subscription, Tier};
+use runfleet::validate::{SYSTEM_USER, check_id, check_user_id};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -190,25 +190,10 @@ fn job_of<S, Q>(
     mut req: StartRunnerRequest,
 ) -> Result<JobSpec, ApiError> {
     caller.act_for(&req.user_id)?;
-    catalog::apply_defaults(&mut req.config);
-    let options = catalog::ValidationOptions {
-        allow_test_strategies: app.settings.testing.test_strategies,
-    };
-    catalog::validate_start_with(&req, options)
+    app.kinds
+        .prepare(&mut req)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let id = JobId::generate();
-    let credentials = app
-        .cipher
-        .seal(&id, &req.credentials)
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(JobSpec {
-        id,
-        user_id: req.user_id,
-        strategy_id: req.strategy_id,
-        broker_id: req.broker_id,
-        config: req.config,
-        credentials,
-    })
+    JobSpec::sealed(JobId::generate(), req, &app.cipher).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The store's admission of `spec` as the caller sees it: (tier, limit, runners in use), or

@@ -11,6 +11,7 @@ use runfleet::backend::{self, OnBackend};
 use runfleet::config::{QueueBackend, Settings};
 use runfleet::crypto::CredentialCipher;
 use runfleet::http::http_service_with;
+use runfleet::kind::Kinds;
 use runfleet::lifecycle::{Runner, RunnerGroup, RunnerOptions, Ticker};
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
@@ -47,10 +48,12 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     observability::prometheus();
     let cipher = settings.credential_cipher()?;
+    let kinds = runfleet_trading::kinds(&settings).install();
     let settings = Arc::new(settings);
     let orchestrator = Orchestrator {
         cipher,
         settings: settings.clone(),
+        kinds,
     };
     backend::run_on(&settings, orchestrator)
         .await
@@ -61,18 +64,23 @@ async fn main() -> anyhow::Result<()> {
 struct Orchestrator {
     cipher: CredentialCipher,
     settings: Arc<Settings>,
+    kinds: Kinds,
 }
 
 impl OnBackend for Orchestrator {
     type Output = anyhow::Result<()>;
 
     async fn run<S: FleetStore, Q: JobQueue + Clone>(self, store: S, queue: Q) -> Self::Output {
-        let Orchestrator { cipher, settings } = self;
+        let Orchestrator {
+            cipher,
+            settings,
+            kinds,
+        } = self;
         let mut extra: Vec<Arc<dyn Runner>> = Vec::new();
         if settings.queue.backend == QueueBackend::Memory {
-            extra.push(worker_pool(&store, &queue, &cipher, &settings)?);
+            extra.push(worker_pool(&store, &queue, &cipher, &settings, &kinds)?);
         }
-        serve(AppState::new(store, queue, cipher, settings), extra).await
+        serve(AppState::new(store, queue, cipher, settings, kinds), extra).await
     }
 }
 
@@ -83,10 +91,17 @@ fn worker_pool<S: FleetStore, Q: JobQueue + Clone>(
     queue: &Q,
     cipher: &CredentialCipher,
     settings: &Settings,
+    kinds: &Kinds,
 ) -> anyhow::Result<Arc<dyn Runner>> {
     use runfleet_worker::{NodeConfig, WorkerNode};
     let config = NodeConfig::from_settings(settings, settings.node.embedded_capacity);
-    let node = WorkerNode::new(store.clone(), queue.clone(), cipher.clone(), config);
+    let node = WorkerNode::new(
+        store.clone(),
+        queue.clone(),
+        cipher.clone(),
+        config,
+        kinds.clone(),
+    );
     Ok(Arc::new(node.service("worker-pool")))
 }
 
@@ -97,6 +112,7 @@ fn worker_pool<S: FleetStore, Q: JobQueue + Clone>(
     _: &Q,
     _: &CredentialCipher,
     _: &Settings,
+    _: &Kinds,
 ) -> anyhow::Result<Arc<dyn Runner>> {
     anyhow::bail!(
         "queue.backend = memory (--embedded) runs worker nodes in this process, and this build \

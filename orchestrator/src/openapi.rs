@@ -10,7 +10,8 @@
 
 use std::sync::LazyLock;
 
-use runfleet::catalog::{self, Param};
+use runfleet_trading::catalog;
+use runfleet_trading::strategy::{self, Param, StrategyKind};
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
@@ -254,11 +255,7 @@ fn seed_start() {}
 /// The names of the built-in strategies a client may start: the `StrategyType` enum, and one
 /// `StrategyConfig` variant each.
 fn strategy_names() -> Vec<&'static str> {
-    catalog::STRATEGIES
-        .iter()
-        .filter(|s| !s.test_only)
-        .map(|s| s.name)
-        .collect()
+    runfleet_trading::strategy_names()
 }
 
 /// The schemas the catalog decides: `StrategyType`, `Instrument`, `Broker`, `Timeframe`, and
@@ -287,7 +284,7 @@ fn catalog_schemas() -> Map<String, Value> {
     let mut variants = Vec::new();
     let mut mapping = Map::new();
     for name in names {
-        let kind = catalog::strategy(name).expect("a catalog strategy");
+        let kind = strategy::strategy(name).expect("a registered strategy");
         let schema_name = format!("{}Config", camel(name));
         let reference = format!("#/components/schemas/{schema_name}");
         variants.push(json!({"$ref": reference}));
@@ -330,7 +327,7 @@ fn strategy_description(name: &str) -> String {
 
 /// A strategy's `StrategyConfig` variant: its `type`, its parameters with their bounds and
 /// defaults, and the fields every strategy shares.
-fn strategy_config(kind: &catalog::StrategyKind) -> Value {
+fn strategy_config(kind: &StrategyKind) -> Value {
     let mut props = Map::new();
     let mut required_params = Vec::new();
     for p in kind.params {

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
+use runfleet::kind::Kinds;
 
 use crate::events::EventHub;
 
-/// What every handler shares: the store, the queue, the credentials cipher and the settings.
+/// What every handler shares: the store, the queue, the credentials cipher, the settings and
+/// the runner kinds start requests are validated against.
 #[derive(Debug)]
 pub struct AppState<S, Q> {
     /// Shared fleet state.
@@ -21,11 +23,19 @@ pub struct AppState<S, Q> {
     pub settings: Arc<Settings>,
     /// Live event clients (`GET /v1/events`).
     pub events: EventHub,
+    /// The runner kinds: a start request is checked by its kind before anything is written.
+    pub kinds: Kinds,
 }
 
 impl<S, Q> AppState<S, Q> {
-    /// The state of an API over `store` and `queue`.
-    pub fn new(store: S, queue: Q, cipher: CredentialCipher, settings: Arc<Settings>) -> Self {
+    /// The state of an API over `store` and `queue`, admitting runners of `kinds`.
+    pub fn new(
+        store: S,
+        queue: Q,
+        cipher: CredentialCipher,
+        settings: Arc<Settings>,
+        kinds: Kinds,
+    ) -> Self {
         let events = EventHub::new(settings.events.live_buffer);
         Self {
             store,
@@ -33,6 +43,7 @@ impl<S, Q> AppState<S, Q> {
             cipher,
             settings,
             events,
+            kinds,
         }
     }
 }
@@ -45,6 +56,7 @@ impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
             cipher: self.cipher.clone(),
             settings: self.settings.clone(),
             events: self.events.clone(),
+            kinds: self.kinds.clone(),
         }
     }
 }

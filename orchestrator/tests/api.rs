@@ -34,11 +34,13 @@ fn test_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         MemoryStore::new(FleetPolicy::from_settings(&settings)),
         MemoryQueue::new(),
     );
+    let kinds = runfleet_trading::kinds(&settings);
     let state = AppState::new(
         store.clone(),
         queue.clone(),
         CredentialCipher::ephemeral(),
         Arc::new(settings),
+        kinds,
     );
     TestApp {
         router: app(state),
@@ -753,11 +755,13 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
     let keys = Keys::new("unreachable");
     let mut settings = Settings::default();
     settings.security.admin_key = Some(ADMIN.into());
+    let kinds = runfleet_trading::kinds(&settings);
     let state = AppState::new(
         RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
         RedisQueue::new(pools, keys, "jobs"),
         CredentialCipher::ephemeral(),
         Arc::new(settings),
+        kinds,
     );
     let router = app(state);
     let r = call(&router, "GET", "/healthz", None, None).await;

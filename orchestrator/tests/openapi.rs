@@ -12,7 +12,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use runfleet::catalog::{self, BROKERS, INSTRUMENTS, Param, STRATEGIES, TIMEFRAMES};
 use runfleet::config::Settings;
 use runfleet::crypto::CredentialCipher;
 use runfleet::job::{JobStatus, StartRunnerRequest, StopMode};
@@ -20,6 +19,9 @@ use runfleet::queue::MemoryQueue;
 use runfleet::store::{FleetPolicy, MemoryStore};
 use runfleet::tier::Tier;
 use runfleet_orchestrator::{AppState, Routes, app, audit, openapi, routes};
+use runfleet_trading::catalog::{BROKERS, INSTRUMENTS, TIMEFRAMES};
+use runfleet_trading::strategy::{self, Param, STRATEGIES};
+use runfleet_trading::validate;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -39,6 +41,7 @@ fn router() -> Router {
         MemoryQueue::new(),
         CredentialCipher::ephemeral(),
         Arc::new(settings),
+        runfleet_trading::kinds(&Settings::default()),
     );
     app(state)
 }
@@ -358,7 +361,7 @@ fn each_strategy_variant_declares_the_catalogs_parameters() {
         let v = resolve(&doc, v);
         let kind = strings(&v["properties"]["type"]["enum"]);
         assert_eq!(kind.len(), 1);
-        let kind = catalog::strategy(&kind[0]).expect("a catalog strategy");
+        let kind = strategy::strategy(&kind[0]).expect("a catalog strategy");
         assert!(!kind.test_only, "{} is test-only", kind.name);
         kinds.push(kind.name);
         let params = resolve(&doc, &v["properties"]["parameters"]);
@@ -540,7 +543,7 @@ async fn the_documented_bounds_are_the_servers() {
         v["config"]["instruments"] = json!(["BTC-USD"]);
         edit(&mut v);
         let req: StartRunnerRequest = serde_json::from_value(v).unwrap();
-        catalog::validate_start(&req).is_ok()
+        validate::validate_start(&req).is_ok()
     };
     let risk = resolve(&doc, schema(&doc, "RiskManagement"));
     for (name, s) in risk["properties"].as_object().unwrap() {

@@ -55,7 +55,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
-    /// The simulated market the built-in strategies trade on.
+    /// The market the trading runner kind trades on (read by `runfleet-trading` only).
     pub market: MarketSettings,
     /// Restarts of crashed runners.
     pub restart: RestartSettings,
@@ -607,7 +607,7 @@ impl Default for TelemetrySettings {
     }
 }
 
-/// Where the built-in runner's prices come from.
+/// Where the trading runner kind's prices come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedKind {
@@ -618,8 +618,9 @@ pub enum FeedKind {
     Replay,
 }
 
-/// The market the built-in strategies trade on, and the paper broker's fill model. See
-/// docs/trading.md.
+/// The market the trading runner kind trades on, and its paper broker's fill model. Only the
+/// settings' shape and ranges live here, with the rest of the one config struct: what they mean
+/// is `runfleet-trading`'s (its `feed` and `paper` modules; docs/trading.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketSettings {

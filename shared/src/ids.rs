@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What a job, user or strategy id may be (a JSON Schema `pattern`): 1 to 128 ASCII letters,
-/// digits and `. _ : @ -`. The API checks it ([`crate::catalog::check_id`]) and so does the
+/// digits and `. _ : @ -`. The API checks it ([`crate::validate::check_id`]) and so does the
 /// admission script, for specs that reach Redis another way; the job spec's schema carries it.
 pub const ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";
 
@@ -65,7 +65,7 @@ string_id!(
     /// The user (tenant) a job belongs to. `system` is reserved for the fleet-wide status.
     UserId;
     #[schemars(regex(pattern = ID_PATTERN), length(min = 1, max = 128))]
-    #[schemars(extend("not" = { "const": crate::catalog::SYSTEM_USER }))]
+    #[schemars(extend("not" = { "const": crate::validate::SYSTEM_USER }))]
 );
 string_id!(
     /// A worker-node process. A new one is made at every process start (reusing a name breaks

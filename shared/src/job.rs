@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::SealedCredentials;
+use crate::crypto::{CredentialCipher, CryptoError, SealedCredentials};
 use crate::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 
 /// Body of a start request (`POST /v1/runners`).
@@ -107,6 +107,23 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// The spec of job `id` running `req`, its credentials sealed with `cipher` (bound to the
+    /// id).
+    pub fn sealed(
+        id: JobId,
+        req: StartRunnerRequest,
+        cipher: &CredentialCipher,
+    ) -> Result<Self, CryptoError> {
+        Ok(Self {
+            credentials: cipher.seal(&id, &req.credentials)?,
+            id,
+            user_id: req.user_id,
+            strategy_id: req.strategy_id,
+            broker_id: req.broker_id,
+            config: req.config,
+        })
+    }
+
     /// The JSON Schema of a job spec (draft 2020-12), as committed in
     /// `docs/job-spec.schema.json`: the shape any Redis client must store as a job's `spec`
     /// (docs/redis-schema.md). Pretty-printed, ending with a newline.
@@ -398,21 +415,18 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
-    /// A freshly admitted job's record.
+    /// A freshly admitted job's record. Its stats before the first report are what the
+    /// job's runner kind says a runner shows before it starts (empty stats in the currency
+    /// its trades will be counted in), through the process' installed
+    /// [`Kinds`](crate::kind::Kinds); empty stats when none is installed.
     pub fn queued(spec: &JobSpec, now_ms: u64) -> Self {
-        let instruments: Vec<&crate::catalog::Instrument> = spec
-            .config
-            .instruments
-            .iter()
-            .filter_map(|n| crate::catalog::instrument(n))
-            .collect();
+        let stats = crate::kind::Kinds::installed()
+            .map(|k| k.before_start(spec).stats)
+            .unwrap_or_default();
         Self {
             config: spec.config.clone(),
             broker_id: spec.broker_id.clone(),
-            stats: Stats {
-                currency: crate::catalog::stats_currency(&instruments).0.into(),
-                ..Stats::default()
-            },
+            stats,
             ..Self::unreadable(
                 spec.id.clone(),
                 spec.user_id.clone(),
@@ -466,7 +480,8 @@ pub struct Lease {
     pub spec: JobSpec,
     /// The claim's fencing token.
     pub epoch: u64,
-    /// The paper account the job's previous run left, to resume from.
+    /// The saved state the job's previous run left (its runner kind's
+    /// [`Report::state`](crate::kind::Report::state)), to resume from.
     pub account: Option<serde_json::Value>,
     /// From the job's admission to this claim, on the store's clock (ms): its start-to-running
     /// latency on a first claim.

@@ -16,7 +16,7 @@ use runfleet::job::Position;
 use runfleet::store::RunnerBeat;
 use tokio::time::Instant;
 
-use crate::trading::Report;
+use runfleet::kind::Report;
 
 /// What the store last accepted for one runner.
 #[derive(Debug, Default)]
@@ -81,7 +81,7 @@ pub fn beat_of(
         .account_at
         .is_none_or(|at| now.saturating_duration_since(at) >= checkpoint);
     let account = report
-        .account
+        .state
         .as_ref()
         .filter(|a| sent.account.as_ref() != Some(a) && (holdings_changed || due))
         .cloned();
@@ -126,7 +126,7 @@ mod tests {
                 total_trades: trades,
                 ..Stats::default()
             },
-            account: Some(json!({ "tick": tick })),
+            state: Some(json!({ "tick": tick })),
         }
     }
 

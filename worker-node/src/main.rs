@@ -9,6 +9,7 @@ use clap::Parser;
 use runfleet::backend::{self, OnBackend};
 use runfleet::config::{QueueBackend, Settings};
 use runfleet::crypto::CredentialCipher;
+use runfleet::kind::Kinds;
 use runfleet::lifecycle::RunnerGroup;
 use runfleet::queue::JobQueue;
 use runfleet::store::FleetStore;
@@ -53,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let cipher = settings.credential_cipher()?;
     let deadline = Duration::from_millis(settings.shutdown.deadline_ms);
     let config = NodeConfig::from_settings(&settings, settings.node.capacity);
+    let kinds = runfleet_trading::kinds(&settings).install();
     if settings.queue.backend == QueueBackend::Memory {
         anyhow::bail!(
             "queue.backend = memory is the embedded mode, where the orchestrator runs the workers \
@@ -63,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     let node = Node {
         cipher,
         config,
+        kinds,
         http_bind: settings.node.http_bind.clone(),
         deadline,
     };
@@ -75,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
 struct Node {
     cipher: CredentialCipher,
     config: NodeConfig,
+    kinds: Kinds,
     http_bind: Option<String>,
     deadline: Duration,
 }
@@ -83,7 +87,7 @@ impl OnBackend for Node {
     type Output = anyhow::Result<()>;
 
     async fn run<S: FleetStore, Q: JobQueue + Clone>(self, store: S, queue: Q) -> Self::Output {
-        let node = WorkerNode::new(store, queue, self.cipher, self.config);
+        let node = WorkerNode::new(store, queue, self.cipher, self.config, self.kinds);
         run_node(node, self.http_bind.as_deref(), self.deadline).await
     }
 }

@@ -8,7 +8,10 @@
 //! queue failures never end a service: it logs, backs off and tries again, so a Redis outage is
 //! survived.
 //!
-//! Fencing runs on deadlines ([`crate::lease`]): each runner stops trading when the lease its
+//! A job runs through its runner kind ([`Kinds::run`]): the node gives it the spec, the saved
+//! state, a stop signal and a report sink, and knows nothing of what it does.
+//!
+//! Fencing runs on deadlines ([`runfleet::lease`]): each runner stops trading when the lease its
 //! last accepted claim or renewal granted may have lapsed, counted from when that call was
 //! sent; and a lease watchdog fences every runner and takes a new node id when no heartbeat was
 //! accepted for a lease (less a safety margin). Neither waits for a heartbeat to fail, so a
@@ -39,10 +42,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use runfleet::kind::{Kinds, Report, ReportSink, RunOutcome, RunStart, StopCause, StopSignal};
+use runfleet::lease::{LeaseDeadline, fence_at};
+
 use crate::beat::{Sent, beat_of};
-use crate::lease::{LeaseDeadline, fence_at};
-use crate::trading::feed::ReplayCache;
-use crate::trading::{self, Report, RunOutcome, StopCause};
 
 /// Timing and size of a node.
 #[derive(Debug, Clone)]
@@ -57,8 +60,6 @@ pub struct NodeConfig {
     pub lease: Duration,
     /// Longest a runner's saved state goes unsaved while its holdings do not change.
     pub checkpoint: Duration,
-    /// The market the runners trade on, and the paper broker's fill model.
-    pub market: runfleet::config::MarketSettings,
 }
 
 impl NodeConfig {
@@ -70,7 +71,6 @@ impl NodeConfig {
             heartbeat_interval: settings.heartbeat_interval(),
             lease: settings.lease(),
             checkpoint: Duration::from_millis(settings.heartbeat.checkpoint_ms),
-            market: settings.market.clone(),
         }
     }
 }
@@ -81,7 +81,7 @@ struct JobRunner {
     epoch: u64,
     /// When this runner stops trading unless a renewal is accepted first.
     deadline: LeaseDeadline,
-    report: Arc<Mutex<Report>>,
+    report: ReportSink,
     /// What the store last accepted of the report.
     sent: Mutex<Sent>,
     stop: watch::Sender<Option<StopCause>>,
@@ -103,8 +103,8 @@ struct Inner<S, Q> {
     tasks: TaskTracker,
     /// Whether the node's services run (claiming, listening, heartbeating): `/healthz`.
     serving: AtomicBool,
-    /// Replay files, read once and shared by the node's runners.
-    replays: ReplayCache,
+    /// The runner kinds jobs run with.
+    kinds: Kinds,
 }
 
 /// A worker node. Cheap to clone; clones share the node.
@@ -150,8 +150,15 @@ fn backoff() -> Backoff {
 }
 
 impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
-    /// A node with a fresh id. `cipher` opens the credentials the orchestrators sealed.
-    pub fn new(store: S, queue: Q, cipher: CredentialCipher, config: NodeConfig) -> Self {
+    /// A node with a fresh id, running jobs with `kinds`. `cipher` opens the credentials the
+    /// orchestrators sealed.
+    pub fn new(
+        store: S,
+        queue: Q,
+        cipher: CredentialCipher,
+        config: NodeConfig,
+        kinds: Kinds,
+    ) -> Self {
         let slots = Arc::new(Semaphore::new(config.capacity));
         Self {
             inner: Arc::new(Inner {
@@ -166,7 +173,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 slots,
                 serving: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
-                replays: ReplayCache::default(),
+                kinds,
             }),
         }
     }
@@ -434,38 +441,31 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             self.finish(&owner, &job, lease.epoch, end).await;
             return;
         }
-        let report = Arc::new(Mutex::new(Report::before_start(&spec)));
+        let report = ReportSink::new(inner.kinds.before_start(&spec));
         let last_report = report.clone();
         let (stop, stop_rx) = watch::channel(None);
         let outcome: Arc<Mutex<Option<Result<RunOutcome, String>>>> = Arc::default();
         let runner = {
-            let (spec, report, outcome, market, replays, resume, deadline) = (
+            let (spec, report, outcome, kinds, resume, deadline) = (
                 spec.clone(),
                 report.clone(),
                 outcome.clone(),
-                inner.config.market.clone(),
-                inner.replays.clone(),
+                inner.kinds.clone(),
                 lease.account.clone(),
                 deadline.clone(),
             );
             ServiceRunner::new(
                 RunnerOptions::new(job.to_string()).history_capacity(4),
                 move |_token| {
-                    let (spec, report, stop_rx, outcome, market, replays, resume, deadline) = (
-                        spec.clone(),
-                        report.clone(),
-                        stop_rx.clone(),
-                        outcome.clone(),
-                        market.clone(),
-                        replays.clone(),
-                        resume.clone(),
-                        deadline.clone(),
-                    );
+                    let start = RunStart {
+                        spec: spec.clone(),
+                        resume: resume.clone(),
+                        stop: StopSignal::new(stop_rx.clone(), deadline.clone()),
+                        report: report.clone(),
+                    };
+                    let (run, outcome) = (kinds.run(start), outcome.clone());
                     async move {
-                        let ended = trading::run(
-                            spec, &market, &replays, resume, report, stop_rx, deadline,
-                        )
-                        .await;
+                        let ended = run.await;
                         *outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(ended);
                         Ok::<(), std::convert::Infallible>(())
                     }
@@ -541,8 +541,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 warn!(node = %self.id(), job = %job, error = %reason, "runner failed; reporting the crash");
                 metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
                 // The last report the runner published is what it leaves behind.
-                let last =
-                    std::mem::take(&mut *last_report.lock().unwrap_or_else(|p| p.into_inner()));
+                let last = last_report.take();
                 self.finish(
                     &owner,
                     &job,
@@ -579,7 +578,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
     }
 
-    /// Hands a job back at shutdown: queued again in the store (with its paper account), and
+    /// Hands a job back at shutdown: queued again in the store (with its saved state), and
     /// dispatched to the queue.
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
@@ -612,7 +611,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             let beats = runners
                 .iter()
                 .filter_map(|(job, r)| {
-                    let report = r.report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let report = r.report.latest();
                     let sent = r.sent.lock().unwrap_or_else(|p| p.into_inner());
                     beat_of(
                         job,
@@ -801,7 +800,7 @@ fn end_of(
     }
 }
 
-/// The paper account a report carries, to be stored for the job's next run.
+/// The saved state a report carries, stored (as the job's `account`) for its next run.
 fn account_of(report: &Report) -> Option<serde_json::Value> {
-    report.account.clone()
+    report.state.clone()
 }

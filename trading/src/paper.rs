@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use runfleet::catalog::Instrument;
+use crate::catalog::Instrument;
 use runfleet::config::MarketSettings;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{Script, bar, inst, limits, model, session};
 use proptest::prelude::*;
-use runfleet::catalog::INSTRUMENTS;
-use runfleet_worker::trading::broker::{Broker, Fill, OrderRequest, OrderSide, Placed};
-use runfleet_worker::trading::paper::FillModel;
+use runfleet_trading::broker::{Broker, Fill, OrderRequest, OrderSide, Placed};
+use runfleet_trading::catalog::INSTRUMENTS;
+use runfleet_trading::paper::FillModel;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 

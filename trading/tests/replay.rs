@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{csv_file, eurusd_csv, play, replay_market, spec};
 use runfleet::config::MarketSettings;
 use runfleet::job::Stats;
-use runfleet_worker::trading;
-use runfleet_worker::trading::feed::ReplayCache;
+use runfleet_trading::feed::ReplayCache;
+use runfleet_trading::runner as trading;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 

@@ -7,9 +7,28 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Context, Strategy};
-use crate::trading::broker::{OrderRequest, OrderSide};
-use crate::trading::feed::Candle;
+use super::{Context, Param, Params, Strategy, StrategyKind, no_check};
+use crate::broker::{OrderRequest, OrderSide};
+use crate::feed::Candle;
+
+/// Its declaration.
+pub const KIND: StrategyKind = StrategyKind {
+    name: "panic-test",
+    params: &[Param::Int {
+        name: "panicAfterTicks",
+        min: 0,
+        max: 100_000,
+        default: Some(0),
+    }],
+    default_instruments: &["BTC-PERPETUAL"],
+    test_only: true,
+    check: no_check,
+    build,
+};
+
+fn build(p: &Params<'_>) -> Box<dyn Strategy> {
+    Box::new(PanicTest::new(p.int("panicAfterTicks").max(0) as u64))
+}
 
 /// A strategy that panics on purpose.
 #[derive(Debug, Clone)]

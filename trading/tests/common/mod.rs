@@ -4,16 +4,16 @@
 
 use std::collections::VecDeque;
 
-use runfleet::catalog::{self, Instrument};
 use runfleet::config::{FeedKind, MarketSettings};
 use runfleet::job::JobSpec;
-use runfleet_worker::trading;
-use runfleet_worker::trading::broker::{Fill, OrderRequest, OrderSide};
-use runfleet_worker::trading::feed::{Bar, Candle, ReplayCache};
-use runfleet_worker::trading::paper::{FillModel, PaperBroker};
-use runfleet_worker::trading::risk::RiskLimits;
-use runfleet_worker::trading::session::Session;
-use runfleet_worker::trading::strategy::{Context, Strategy};
+use runfleet_trading::broker::{Fill, OrderRequest, OrderSide};
+use runfleet_trading::catalog::{self, Instrument};
+use runfleet_trading::feed::{Bar, Candle, ReplayCache};
+use runfleet_trading::paper::{FillModel, PaperBroker};
+use runfleet_trading::risk::RiskLimits;
+use runfleet_trading::runner as trading;
+use runfleet_trading::session::Session;
+use runfleet_trading::strategy::{Context, Strategy};
 use rust_decimal::Decimal;
 use serde_json::Value;
 

@@ -8,17 +8,17 @@ mod common;
 use std::time::Duration;
 
 use common::{Script, bar, csv_file, inst, limits, model, play, replay_market, session, spec};
-use runfleet::catalog::Instrument;
 use runfleet::config::MarketSettings;
 use runfleet::job::Side;
-use runfleet_worker::trading::broker::{
+use runfleet_trading::broker::{
     Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
 };
-use runfleet_worker::trading::feed::ReplayCache;
-use runfleet_worker::trading::paper::PaperBroker;
-use runfleet_worker::trading::risk::RiskLimits;
-use runfleet_worker::trading::session::Session;
-use runfleet_worker::trading::{self, Report};
+use runfleet_trading::catalog::Instrument;
+use runfleet_trading::feed::ReplayCache;
+use runfleet_trading::paper::PaperBroker;
+use runfleet_trading::risk::RiskLimits;
+use runfleet_trading::runner as trading;
+use runfleet_trading::session::Session;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
@@ -726,7 +726,7 @@ async fn a_runner_that_has_not_traded_shows_its_currency() {
                 "instruments": instruments
             }),
         );
-        let before = Report::before_start(&spec);
+        let before = trading::before_start(&spec);
         assert_eq!(before.stats.currency, currency);
         assert_eq!(before.stats.total_trades, 0);
         let (session, _) = trading::start(

@@ -17,9 +17,51 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Context, Strategy, sum_last};
-use crate::trading::broker::{OrderRequest, OrderSide};
-use crate::trading::feed::Candle;
+use runfleet::validate::{FieldError, refuse};
+
+use super::params::TIMEFRAME;
+use super::{Context, Param, Params, Strategy, StrategyKind, sum_last};
+use crate::broker::{OrderRequest, OrderSide};
+use crate::feed::Candle;
+
+/// Its declaration.
+pub const KIND: StrategyKind = StrategyKind {
+    name: "sma-cross",
+    params: &[
+        Param::Int {
+            name: "fastPeriod",
+            min: 1,
+            max: 200,
+            default: None,
+        },
+        Param::Int {
+            name: "slowPeriod",
+            min: 2,
+            max: 500,
+            default: None,
+        },
+        TIMEFRAME,
+    ],
+    default_instruments: &["BTC-PERPETUAL"],
+    test_only: false,
+    check,
+    build,
+};
+
+fn check(p: &Params<'_>) -> Result<(), FieldError> {
+    if p.int("fastPeriod") >= p.int("slowPeriod") {
+        return refuse("config.parameters.fastPeriod", "must be below slowPeriod");
+    }
+    Ok(())
+}
+
+fn build(p: &Params<'_>) -> Box<dyn Strategy> {
+    Box::new(SmaCross::new(
+        p.int("fastPeriod").max(1) as usize,
+        p.int("slowPeriod").max(2) as usize,
+        p.timeframe_ms(),
+    ))
+}
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,7 +3,7 @@
 //! position is closed once its loss reaches `stopLossPercent` or its gain `takeProfitPercent`
 //! of its entry value.
 
-use runfleet::catalog::Instrument;
+use crate::catalog::Instrument;
 use runfleet::job::RiskManagement;
 use rust_decimal::Decimal;
 
@@ -107,7 +107,7 @@ pub fn floor_to(value: Decimal, step: Decimal) -> Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runfleet::catalog;
+    use crate::catalog;
     use rust_decimal_macros::dec;
 
     fn limits() -> RiskLimits {

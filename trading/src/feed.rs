@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::catalog::Instrument;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runfleet::catalog::Instrument;
 use runfleet::config::{FeedKind, MarketSettings};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -658,7 +658,7 @@ impl CandleBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runfleet::catalog;
+    use crate::catalog;
     use rust_decimal_macros::dec;
 
     #[test]

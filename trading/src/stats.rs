@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use runfleet::catalog::{ContractKind, Instrument};
+use crate::catalog::{ContractKind, Instrument};
 use runfleet::job::{Side, Stats};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ impl Ledger {
     /// A ledger for a runner trading `instruments`: in their common settlement currency, or in
     /// USD when they settle in different ones.
     pub fn new(instruments: &[&'static Instrument]) -> Self {
-        let (currency, converted) = runfleet::catalog::stats_currency(instruments);
+        let (currency, converted) = crate::catalog::stats_currency(instruments);
         Self {
             currency: currency.into(),
             converted,

@@ -1,5 +1,6 @@
 //! Lease deadlines on the node's monotonic clock: when a runner (or the whole node) must stop
-//! trading because the lease Redis holds for it may have lapsed.
+//! acting (trading) because the lease Redis holds for it may have lapsed. A runner kind sees its
+//! deadline through its [`StopSignal`](crate::kind::StopSignal).
 //!
 //! Redis starts a lease when the claim or renewal script *runs*, which is after the node *sent*
 //! the call; so the node counts from the send: a lease granted by a call sent at `sent_at` is

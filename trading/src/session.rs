@@ -8,28 +8,28 @@
 //!    the risk limits (clipped or refused) to the broker;
 //! 4. positions are read back from the broker, the source of truth.
 //!
-//! Sessions are sync-free of time: the runner ([`super::run`]) paces them with the feed, and
+//! Sessions are sync-free of time: the runner ([`crate::runner::run`]) paces them with the feed, and
 //! tests drive them bar by bar.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use runfleet::catalog::{self, Instrument};
+use crate::catalog::{self, Instrument};
 use runfleet::job::Position;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::Report;
 use super::account::{Holding, round_half_away, round_money};
 use super::broker::{Broker, BrokerError, BrokerPosition, Fill, OrderRequest, Placed};
 use super::feed::{Bar, CandleBuilder};
 use super::risk::{Decision, Exit, RiskLimits};
 use super::stats::Ledger;
 use super::strategy::{Context, Strategy};
+use runfleet::kind::Report;
 
-/// Version of the saved state ([`Report::account`]).
+/// Version of the saved state ([`Report::state`]).
 pub const STATE_VERSION: u64 = 1;
 
 /// Counts of what the runtime did, kept with the state.
@@ -508,7 +508,7 @@ impl<B: Broker> Session<B> {
         Report {
             positions: self.report_positions(),
             stats: self.ledger.stats(),
-            account: Some(self.state()),
+            state: Some(self.state()),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use runfleet::catalog::Instrument;
+use crate::catalog::Instrument;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 

@@ -8,9 +8,35 @@ use std::collections::{BTreeMap, VecDeque};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::{Context, Strategy, rsi};
-use crate::trading::broker::{OrderRequest, OrderSide};
-use crate::trading::feed::Candle;
+use super::params::TIMEFRAME;
+use super::{Context, Param, Params, Strategy, StrategyKind, no_check, rsi};
+use crate::broker::{OrderRequest, OrderSide};
+use crate::feed::Candle;
+
+/// Its declaration.
+pub const KIND: StrategyKind = StrategyKind {
+    name: "scalping",
+    params: &[
+        Param::Int {
+            name: "rsiPeriod",
+            min: 2,
+            max: 100,
+            default: Some(14),
+        },
+        TIMEFRAME,
+    ],
+    default_instruments: &["BTC-PERPETUAL"],
+    test_only: false,
+    check: no_check,
+    build,
+};
+
+fn build(p: &Params<'_>) -> Box<dyn Strategy> {
+    Box::new(Scalping::new(
+        p.int("rsiPeriod").max(2) as usize,
+        p.timeframe_ms(),
+    ))
+}
 
 /// The scalping strategy.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use runfleet::catalog::{ContractKind, Instrument};
+use crate::catalog::{ContractKind, Instrument};
 use runfleet::job::Side;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
@@ -255,7 +255,7 @@ impl PaperAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runfleet::catalog;
+    use crate::catalog;
     use rust_decimal_macros::dec;
 
     #[test]

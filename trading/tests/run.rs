@@ -1,18 +1,20 @@
-//! The runner as the node runs it (`trading::run`), on tokio's paused clock: stop modes, a
+//! The runner as the node runs it (through the runner-kind seam, `RunnerKind::run`), on tokio's
+//! paused clock: stop modes, a
 //! fenced runner that trades no further, resuming from the saved state exactly, the replay feed
 //! and the test-only panicking strategy.
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eurusd_csv, spec};
 use runfleet::config::{FeedKind, MarketSettings};
 use runfleet::job::{JobSpec, StopMode};
-use runfleet_worker::lease::{LeaseDeadline, fence_at};
-use runfleet_worker::trading::feed::ReplayCache;
-use runfleet_worker::trading::{self, Report, RunOutcome, StopCause};
+use runfleet::kind::{Report, ReportSink, RunOutcome, RunStart, RunnerKind, StopCause, StopSignal};
+use runfleet::lease::{LeaseDeadline, fence_at};
+use runfleet::validate::ValidationOptions;
+use runfleet_trading::TradingKind;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -29,7 +31,7 @@ fn scalping(instruments: Value) -> Value {
 }
 
 struct Running {
-    report: Arc<Mutex<Report>>,
+    report: ReportSink,
     stop: watch::Sender<Option<StopCause>>,
     task: JoinHandle<Result<RunOutcome, String>>,
 }
@@ -45,31 +47,25 @@ impl Running {
         resume: Option<Value>,
         lease: LeaseDeadline,
     ) -> Self {
-        let report = Arc::new(Mutex::new(Report::default()));
-        let (stop, rx) = watch::channel(None);
-        let r = report.clone();
-        let task = tokio::spawn(async move {
-            trading::run(
-                Arc::new(spec),
-                &market,
-                &ReplayCache::default(),
-                resume,
-                r,
-                rx,
-                lease,
-            )
-            .await
-        });
+        let report = ReportSink::default();
+        let (stop, signal) = StopSignal::channel(lease);
+        let kind = TradingKind::new(market, ValidationOptions::default());
+        let task = tokio::spawn(kind.run(RunStart {
+            spec: Arc::new(spec),
+            resume,
+            stop: signal,
+            report: report.clone(),
+        }));
         Self { report, stop, task }
     }
 
     fn report(&self) -> Report {
-        self.report.lock().unwrap().clone()
+        self.report.latest()
     }
 
     fn ticks(&self) -> u64 {
         self.report()
-            .account
+            .state
             .and_then(|a| a["events"]["ticks"].as_u64())
             .unwrap_or(0)
     }
@@ -112,7 +108,7 @@ async fn flatten_closes_what_the_last_report_showed_open() {
         before.stats.total_trades + before.positions.len() as u64,
         "each flattened position is one more closed trade"
     );
-    let account = out.report.account.unwrap();
+    let account = out.report.state.unwrap();
     assert_eq!(account["broker"]["account"]["positions"], json!({}));
 }
 
@@ -138,7 +134,7 @@ async fn hold_leaves_positions_and_fenced_trades_no_further() {
     assert_eq!(r.ticks(), ticks, "no tick after the fence");
     let out = r.task.await.unwrap().unwrap();
     assert_eq!(out.flattened, None);
-    assert_eq!(out.report.account.unwrap()["events"]["ticks"], 30);
+    assert_eq!(out.report.state.unwrap()["events"]["ticks"], 30);
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,7 +160,7 @@ async fn a_runner_fences_itself_when_its_lease_deadline_passes_unless_renewed() 
         "fenced at the deadline"
     );
     // Ticks every 100 ms from 0: the last one before 4.7 s is at 4.6 s.
-    assert_eq!(out.report.account.unwrap()["events"]["ticks"], 47);
+    assert_eq!(out.report.state.unwrap()["events"]["ticks"], 47);
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,19 +178,14 @@ async fn a_resumed_runner_continues_exactly_where_it_was() {
     after_ticks(240).await;
     let expected = straight.report();
     assert_eq!(straight.ticks(), 240);
-    let expected_state = straight
-        .stop(StopCause::Fenced)
-        .await
-        .report
-        .account
-        .unwrap();
+    let expected_state = straight.stop(StopCause::Fenced).await.report.state.unwrap();
 
     // Interrupted after 130 ticks (handed back at shutdown), resumed for 110 more.
     let first = Running::start(job(), market.clone(), None);
     after_ticks(130).await;
     let handed_back = first.stop(StopCause::Shutdown).await;
     assert_eq!(handed_back.flattened, None);
-    let saved = handed_back.report.account.clone().unwrap();
+    let saved = handed_back.report.state.clone().unwrap();
     let round_trip: Value = serde_json::from_str(&saved.to_string()).unwrap();
 
     let second = Running::start(job(), market, Some(round_trip));
@@ -213,7 +204,7 @@ async fn a_resumed_runner_continues_exactly_where_it_was() {
         "the comparison covers trading: {:?}",
         expected.stats
     );
-    let state = second.stop(StopCause::Fenced).await.report.account.unwrap();
+    let state = second.stop(StopCause::Fenced).await.report.state.unwrap();
     assert_eq!(state, expected_state, "the whole saved state is the same");
 }
 
@@ -264,9 +255,9 @@ async fn the_panic_test_strategy_panics_after_its_ticks() {
         "{msg}"
     );
     // It had opened a position, reported before the panic.
-    let rep = r.report.lock().unwrap().clone();
+    let rep = r.report.latest();
     assert_eq!(rep.positions.len(), 1);
-    assert_eq!(rep.account.unwrap()["events"]["ticks"], 5);
+    assert_eq!(rep.state.unwrap()["events"]["ticks"], 5);
 }
 
 #[tokio::test(start_paused = true)]
