@@ -111,11 +111,12 @@ end
 
 -- Whether node `node` may hold runners now: not fenced by a sweep, and its lease (if it has one
 -- yet) not past. A node whose lease lapsed must not revive it by a claim or a heartbeat: the
--- sweep may have restarted its runners elsewhere already.
+-- sweep may have restarted its runners elsewhere already. Also returns when its lease ends
+-- (nil: it has none).
 local function node_may_hold(node)
   if redis.call('EXISTS', K.node_fenced(node)) == 1 then return false end
   local ends = node_lease(node)
-  return not ends or ends > NOW
+  return not ends or ends > NOW, ends
 end
 
 -- Starts or extends node `node`'s lease to `lease` ms from now (the node's liveness too).

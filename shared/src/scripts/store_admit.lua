@@ -11,8 +11,7 @@
 -- JSON {expect, after, closed}: the breaker it was made on, the breaker to write if the job is
 -- admitted, the trial that passed if this start closes the breaker.
 -- Returns {code, tier, limit, current, retry_after_ms | reason | snapshot}: code 1 admitted, 0
--- limit reached, -1 duplicate id, 2 breaker open (unused since the store decides), 3 fleet full,
--- 4 queue full, 5 the breaker needs a decision (the fifth element is its snapshot JSON
+-- limit reached, -1 duplicate id, 3 fleet full, 4 queue full, 5 the breaker needs a decision (the fifth element is its snapshot JSON
 -- {now, breaker, trial_status, trial_started}), -2 invalid (the fifth element names what is
 -- wrong). Nothing is written unless the code is 1.
 local id, user, strategy = A(1), A(2), A(3)

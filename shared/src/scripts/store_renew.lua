@@ -7,10 +7,10 @@
 -- runner 5 values: job id, epoch, positions JSON, stats JSON, account JSON ('' = unchanged).
 -- Returns false when the node is refused whole, else the refused job ids.
 local node, lease, holds = A(1), tonumber(A(2)), tonumber(A(4))
-if not node_may_hold(node) then return false end
+local may_hold, lease_ends = node_may_hold(node)
 -- A node that holds runners but has no lease lost it to a sweep long ago (its record is gone):
 -- refused whole. One holding none starts its lease here.
-if holds > 0 and not node_lease(node) then return false end
+if not may_hold or (holds > 0 and not lease_ends) then return false end
 redis.call('SET', K.node(node), A(3), 'PX', lease)
 redis.call('ZADD', K.nodes, NOW, node)
 extend_node_lease(node, lease)

@@ -50,6 +50,9 @@ struct State {
     commands: HashMap<NodeId, CommandList>,
     /// Each node's last report and when its liveness lapses.
     nodes: HashMap<NodeId, (NodeInfo, u64)>,
+    /// Each node's last heartbeat (the `nodes` sorted set's score): a running record's last
+    /// heartbeat is its node's, read when the record is.
+    node_beats: HashMap<NodeId, u64>,
     /// When each node's lease ends (the `node_leases` key): a runner's lease is its node's.
     node_leases: HashMap<NodeId, u64>,
     /// Nodes a sweep took the runners of, until when they stay fenced (`node:{n}:fenced`).
@@ -276,6 +279,17 @@ impl State {
         }
     }
 
+    /// `e`'s record as read: a running record's last heartbeat is its node's (as `job()` in the
+    /// Redis store).
+    fn record(node_beats: &HashMap<NodeId, u64>, e: &Entry) -> JobRecord {
+        let mut r = e.record.clone();
+        if r.status == JobStatus::Running {
+            let beat = r.node_id.as_ref().and_then(|n| node_beats.get(n)).copied();
+            r.last_heartbeat_at = r.last_heartbeat_at.max(beat);
+        }
+        r
+    }
+
     /// When running job `e`'s lease ends: its node's (0: none).
     fn lease_until(&self, e: &Entry) -> u64 {
         e.record
@@ -304,7 +318,7 @@ impl State {
     }
 
     /// Fleet-wide counts at `now`.
-    fn counts(&self, _now: u64) -> FleetCounts {
+    fn counts(&self) -> FleetCounts {
         let count = |f: &dyn Fn(&Entry) -> bool| self.jobs.values().filter(|e| f(e)).count() as u64;
         FleetCounts {
             queued: count(&|e| e.record.status == JobStatus::Queued),
@@ -583,7 +597,7 @@ impl JobStore for MemoryStore {
         s.trim_failed(now);
         let live = || s.nodes.values().filter(|(_, expires)| *expires > now);
         Ok(FleetGauges {
-            counts: s.counts(now),
+            counts: s.counts(),
             failed_last_hour: s.failed_at.len() as u64,
             nodes_alive: live().count() as u64,
             node_capacity: live().map(|(n, _)| u64::from(n.capacity)).sum(),
@@ -599,7 +613,7 @@ impl JobStore for MemoryStore {
         let now = self.now();
         let mut s = self.lock();
         s.forget_if_expired(job, now, self.retention_ms());
-        Ok(s.jobs.get(job).map(|e| e.record.clone()))
+        Ok(s.jobs.get(job).map(|e| State::record(&s.node_beats, e)))
     }
 
     async fn spec(&self, job: &JobId) -> Result<Option<JobSpec>, StoreError> {
@@ -617,7 +631,10 @@ impl JobStore for MemoryStore {
             s.forget_if_expired(id, now, retention);
         }
         let State {
-            jobs, user_jobs, ..
+            jobs,
+            user_jobs,
+            node_beats,
+            ..
         } = &mut *s;
         let Some(ids) = user_jobs.get_mut(user) else {
             return Ok(Vec::new());
@@ -625,7 +642,7 @@ impl JobStore for MemoryStore {
         ids.retain(|id| jobs.contains_key(id));
         Ok(ids
             .iter()
-            .filter_map(|id| jobs.get(id).map(|e| e.record.clone()))
+            .filter_map(|id| jobs.get(id).map(|e| State::record(node_beats, e)))
             .collect())
     }
 }
@@ -646,10 +663,10 @@ impl LeaseStore for MemoryStore {
             s.extend_node_lease(node, now + lease.as_millis() as u64);
         }
         let mut claimed = Vec::new();
-        let leases = s.node_leases.clone();
         let outcomes = jobs
             .iter()
             .map(|id| {
+                let lease_live = s.jobs.get(id).is_some_and(|e| s.lease_until(e) > now);
                 let Some(e) = s.jobs.get_mut(id) else {
                     return ClaimOutcome::Dropped {
                         job_id: id.clone(),
@@ -657,12 +674,6 @@ impl LeaseStore for MemoryStore {
                     };
                 };
                 let status = e.record.status;
-                let lease_live = e
-                    .record
-                    .node_id
-                    .as_ref()
-                    .and_then(|n| leases.get(n))
-                    .is_some_and(|until| *until > now);
                 if !(status == JobStatus::Queued || status == JobStatus::Running && !lease_live) {
                     return ClaimOutcome::Dropped {
                         job_id: id.clone(),
@@ -708,14 +719,8 @@ impl LeaseStore for MemoryStore {
         }
         let until = now + lease.as_millis() as u64;
         s.nodes.insert(id.clone(), (node.clone(), until));
+        s.node_beats.insert(id.clone(), now);
         s.extend_node_lease(id, until);
-        // Every runner of the node lived to this beat (the Redis store reads it from the node's
-        // last heartbeat instead).
-        for e in s.jobs.values_mut() {
-            if e.record.status == JobStatus::Running && e.record.node_id.as_ref() == Some(id) {
-                e.record.last_heartbeat_at = Some(now);
-            }
-        }
         let mut refused = Vec::new();
         for b in beats {
             match s.jobs.get_mut(&b.job_id) {

@@ -1156,7 +1156,6 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
             limit,
             current,
         }),
-        2 => Ok(Admission::BreakerOpen { retry_after_ms }),
         3 => Ok(Admission::FleetFull { retry_after_ms }),
         4 => Ok(Admission::QueueFull { retry_after_ms }),
         _ => Err(StoreError::conflict("job id", &spec.id)),
