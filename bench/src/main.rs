@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         bullmq::check_installed(&cli.node)?;
     }
     let redis = BenchRedis::start().await?;
-    let logs = runfleet_fleet_tests::log_dir(&format!("bench-{}", std::process::id()));
+    let logs = runfleet_tests::log_dir(&format!("bench-{}", std::process::id()));
     eprintln!(
         "runfleet-bench: {sizes:?}, {repetitions} repetition(s), private Redis on port {}, \
          fleet logs in {}",

@@ -20,7 +20,7 @@ pub struct BenchRedis {
 impl BenchRedis {
     /// Starts one (`--save "" --appendonly no`, `noeviction`) and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
-        let port = runfleet_fleet_tests::free_port();
+        let port = runfleet_tests::free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])

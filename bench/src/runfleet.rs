@@ -9,14 +9,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use redis::aio::MultiplexedConnection;
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
-use runfleet::ids::JobId;
-use runfleet::job::{JobSpec, StartRunnerRequest};
-use runfleet::keys::Keys;
-use runfleet::redis_pool::RedisPools;
-use runfleet::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
-use runfleet_fleet_tests::{ADMIN_KEY, Api, Process, free_port, start_request};
+use runfleet_shared::config::Settings;
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::ids::JobId;
+use runfleet_shared::job::{JobSpec, StartRunnerRequest};
+use runfleet_shared::keys::Keys;
+use runfleet_shared::redis_pool::RedisPools;
+use runfleet_shared::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
+use runfleet_tests::{ADMIN_KEY, Api, Process, free_port, start_request};
 use serde_json::json;
 
 use crate::redis_server::{BenchRedis, rss_bytes};
@@ -361,7 +361,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
 
 async fn orchestrator(logs: &std::path::Path, url: &str) -> anyhow::Result<(Process, Api)> {
     let port = free_port();
-    let p = runfleet_fleet_tests::spawn(
+    let p = runfleet_tests::spawn(
         logs,
         "orchestrator",
         "runfleet-orchestrator",
@@ -379,7 +379,7 @@ async fn orchestrator(logs: &std::path::Path, url: &str) -> anyhow::Result<(Proc
 }
 
 fn node(logs: &std::path::Path, name: &str, url: &str, capacity: usize) -> Process {
-    runfleet_fleet_tests::spawn(
+    runfleet_tests::spawn(
         logs,
         name,
         "runfleet-worker-node",

@@ -7,9 +7,9 @@
 //! error line says the trail missed it.
 
 use axum::extract::{Query, State};
-use runfleet::ids::UserId;
-use runfleet::queue::JobQueue;
-use runfleet::store::{AdminAction, FleetStore};
+use runfleet_shared::ids::UserId;
+use runfleet_shared::queue::JobQueue;
+use runfleet_shared::store::{AdminAction, FleetStore};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ pub async fn record<S: FleetStore>(
         request_id: request.0.clone(),
     };
     tracing::info!(
-        target: "runfleet::admin_audit",
+        target: "runfleet_shared::admin_audit",
         actor = %action.actor,
         action = %action.action,
         user = %action.user,
@@ -72,7 +72,7 @@ pub async fn record<S: FleetStore>(
     );
     if let Err(e) = store.record_admin(&action).await {
         tracing::error!(
-            target: "runfleet::admin_audit",
+            target: "runfleet_shared::admin_audit",
             error = %e,
             action = %action.action,
             request_id = %action.request_id,

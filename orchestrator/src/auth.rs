@@ -10,9 +10,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use rand::RngCore;
-use runfleet::ids::UserId;
-use runfleet::queue::JobQueue;
-use runfleet::store::FleetStore;
+use runfleet_shared::ids::UserId;
+use runfleet_shared::queue::JobQueue;
+use runfleet_shared::store::FleetStore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use runfleet::observability;
-use runfleet::queue::QueueError;
-use runfleet::redis_pool::RedisError;
-use runfleet::store::StoreError;
+use runfleet_shared::observability;
+use runfleet_shared::queue::QueueError;
+use runfleet_shared::redis_pool::RedisError;
+use runfleet_shared::store::StoreError;
 use serde::Serialize;
 
 use crate::responses::Answer;

@@ -136,7 +136,7 @@ fn camel_case(snake: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runfleet::job::StartRunnerRequest;
+    use runfleet_shared::job::StartRunnerRequest;
 
     fn field_of(body: serde_json::Value) -> String {
         match parse::<StartRunnerRequest>(body.to_string().as_bytes()) {

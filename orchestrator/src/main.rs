@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use runfleet::backend::{self, OnBackend};
-use runfleet::config::{QueueBackend, Settings};
-use runfleet::crypto::CredentialCipher;
-use runfleet::http::http_service_with;
-use runfleet::kind::Kinds;
-use runfleet::lifecycle::{Runner, RunnerGroup, RunnerOptions, Ticker};
-use runfleet::queue::JobQueue;
-use runfleet::store::FleetStore;
-use runfleet::{observability, shutdown, telemetry};
 use runfleet_orchestrator::{AppState, app, sweeper};
+use runfleet_shared::backend::{self, OnBackend};
+use runfleet_shared::config::{QueueBackend, Settings};
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::http::http_service_with;
+use runfleet_shared::kind::Kinds;
+use runfleet_shared::lifecycle::{Runner, RunnerGroup, RunnerOptions, Ticker};
+use runfleet_shared::queue::JobQueue;
+use runfleet_shared::store::FleetStore;
+use runfleet_shared::{observability, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// A runfleet orchestrator. Settings come from built-in defaults, then `--config`, then
@@ -93,7 +93,7 @@ fn worker_pool<S: FleetStore, Q: JobQueue + Clone>(
     settings: &Settings,
     kinds: &Kinds,
 ) -> anyhow::Result<Arc<dyn Runner>> {
-    use runfleet_worker::{NodeConfig, WorkerNode};
+    use runfleet_worker_node::{NodeConfig, WorkerNode};
     let config = NodeConfig::from_settings(settings, settings.node.embedded_capacity);
     let node = WorkerNode::new(
         store.clone(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::http::Method;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use runfleet::config::RateLimitSettings;
+use runfleet_shared::config::RateLimitSettings;
 
 use crate::auth::Caller;
 use crate::error::ApiError;

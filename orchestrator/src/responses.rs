@@ -8,10 +8,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use runfleet::ids::{JobId, UserId};
-use runfleet::job::{JobRecord, JobStatus, Position, Stats};
-use runfleet::store::{AdminEntry, ApiKeyInfo, NodeInfo, RunnerEvent};
-use runfleet::tier::Tier;
+use runfleet_shared::ids::{JobId, UserId};
+use runfleet_shared::job::{JobRecord, JobStatus, Position, Stats};
+use runfleet_shared::store::{AdminEntry, ApiKeyInfo, NodeInfo, RunnerEvent};
+use runfleet_shared::tier::Tier;
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
-use runfleet::kind::Kinds;
+use runfleet_shared::config::Settings;
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::kind::Kinds;
 
 use crate::events::EventHub;
 

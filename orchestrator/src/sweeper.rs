@@ -6,12 +6,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use runfleet::config::SweepSettings;
-use runfleet::dispatch::Dispatcher;
-use runfleet::ids::NodeId;
-use runfleet::observability;
-use runfleet::queue::{JobQueue, QueueError};
-use runfleet::store::{FleetStore, StoreError};
+use runfleet_shared::config::SweepSettings;
+use runfleet_shared::dispatch::Dispatcher;
+use runfleet_shared::ids::NodeId;
+use runfleet_shared::observability;
+use runfleet_shared::queue::{JobQueue, QueueError};
+use runfleet_shared::store::{FleetStore, StoreError};
 
 /// Why a sweep tick failed (it is retried at the next tick).
 #[derive(Debug, thiserror::Error)]

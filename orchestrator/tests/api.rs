@@ -8,12 +8,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
-use runfleet::ids::UserId;
-use runfleet::queue::{JobQueue, MemoryQueue};
-use runfleet::store::{EventId, FleetPolicy, JobStore, MemoryStore, Subscriptions};
 use runfleet_orchestrator::{AppState, app};
+use runfleet_shared::config::Settings;
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::ids::UserId;
+use runfleet_shared::queue::{JobQueue, MemoryQueue};
+use runfleet_shared::store::{EventId, FleetPolicy, JobStore, MemoryStore, Subscriptions};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -694,7 +694,7 @@ async fn past_the_fleet_limits_starts_are_refused_with_retry_after() {
     // Jobs that left the queue still hold fleet slots: take one and the fleet limit bites.
     t.queue
         .claim(
-            &runfleet::ids::NodeId::new("n"),
+            &runfleet_shared::ids::NodeId::new("n"),
             2,
             std::time::Duration::ZERO,
         )
@@ -704,9 +704,9 @@ async fn past_the_fleet_limits_starts_are_refused_with_retry_after() {
         .job_id
         .clone();
     let lease = std::time::Duration::from_secs(30);
-    runfleet::store::LeaseStore::claim(
+    runfleet_shared::store::LeaseStore::claim(
         &t.store,
-        &runfleet::ids::NodeId::new("n"),
+        &runfleet_shared::ids::NodeId::new("n"),
         &[claimed],
         lease,
     )
@@ -738,11 +738,11 @@ async fn past_the_fleet_limits_starts_are_refused_with_retry_after() {
 
 #[tokio::test]
 async fn an_unreachable_redis_is_a_503_with_retry_after() {
-    use runfleet::config::RedisSettings;
-    use runfleet::keys::Keys;
-    use runfleet::queue::RedisQueue;
-    use runfleet::redis_pool::RedisPools;
-    use runfleet::store::RedisStore;
+    use runfleet_shared::config::RedisSettings;
+    use runfleet_shared::keys::Keys;
+    use runfleet_shared::queue::RedisQueue;
+    use runfleet_shared::redis_pool::RedisPools;
+    use runfleet_shared::store::RedisStore;
 
     // Nothing listens on port 1: this is the outage, not a stand-in for Redis.
     let redis = RedisSettings {

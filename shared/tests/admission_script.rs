@@ -7,13 +7,13 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
-use runfleet::ids::JobId;
-use runfleet::job::{Credentials, JobSpec};
-use runfleet::keys::Keys;
-use runfleet::redis_pool::RedisPools;
-use runfleet::store::{FleetPolicy, JobStore, RedisStore};
+use runfleet_shared::config::Settings;
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::ids::JobId;
+use runfleet_shared::job::{Credentials, JobSpec};
+use runfleet_shared::keys::Keys;
+use runfleet_shared::redis_pool::RedisPools;
+use runfleet_shared::store::{FleetPolicy, JobStore, RedisStore};
 use serde_json::{Value, json};
 
 fn repo_file(path: &str) -> PathBuf {

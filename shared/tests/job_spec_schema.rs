@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use runfleet::job::JobSpec;
+use runfleet_shared::job::JobSpec;
 
 fn committed_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/job-spec.schema.json")

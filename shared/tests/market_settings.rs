@@ -1,7 +1,7 @@
 //! The `market.*` settings as a file gives them: feed kind, replay file and speed, seed, and the
 //! fill model in decimal basis points.
 
-use runfleet::config::{FeedKind, MarketSettings, Settings};
+use runfleet_shared::config::{FeedKind, MarketSettings, Settings};
 use rust_decimal_macros::dec;
 
 fn load(name: &str, toml: &str) -> Result<Settings, String> {

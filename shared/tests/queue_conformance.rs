@@ -11,10 +11,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runfleet::ids::{JobId, NodeId};
+use runfleet_shared::ids::{JobId, NodeId};
 #[cfg(feature = "rabbitmq")]
-use runfleet::queue::RabbitMqQueue;
-use runfleet::queue::{JobQueue, MemoryQueue, RedisQueue};
+use runfleet_shared::queue::RabbitMqQueue;
+use runfleet_shared::queue::{JobQueue, MemoryQueue, RedisQueue};
 
 /// What a backend promises beyond the common contract.
 trait Capabilities {
@@ -56,8 +56,8 @@ impl Harness for Memory {
 
 struct Redis {
     queue: RedisQueue,
-    pools: runfleet::redis_pool::RedisPools,
-    keys: runfleet::keys::Keys,
+    pools: runfleet_shared::redis_pool::RedisPools,
+    keys: runfleet_shared::keys::Keys,
 }
 
 impl Redis {
@@ -109,7 +109,7 @@ fn ids(names: &[&str]) -> Vec<JobId> {
     names.iter().map(|n| JobId::new(*n)).collect()
 }
 
-fn names(ds: &[runfleet::queue::Delivery]) -> Vec<String> {
+fn names(ds: &[runfleet_shared::queue::Delivery]) -> Vec<String> {
     ds.iter().map(|d| d.job_id.to_string()).collect()
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use runfleet::ids::{JobId, NodeId};
-use runfleet::queue::{Delivery, JobQueue, RabbitMqQueue};
+use runfleet_shared::ids::{JobId, NodeId};
+use runfleet_shared::queue::{Delivery, JobQueue, RabbitMqQueue};
 
 const SHORT: Duration = Duration::from_millis(200);
 
@@ -161,7 +161,7 @@ async fn a_message_that_is_not_a_job_id_is_rejected_not_left_unacked() {
 
 #[test]
 fn settings_are_checked_and_never_print_the_password() {
-    let settings = runfleet::config::RabbitMqSettings {
+    let settings = runfleet_shared::config::RabbitMqSettings {
         url: "amqp://runfleet:hunter2@broker.internal:5672/%2f".into(),
         ..Default::default()
     };
@@ -171,7 +171,7 @@ fn settings_are_checked_and_never_print_the_password() {
     let queue = RabbitMqQueue::new(&settings, "jobs").unwrap();
     assert!(!format!("{queue:?}").contains("hunter2"));
 
-    let bad_url = runfleet::config::RabbitMqSettings {
+    let bad_url = runfleet_shared::config::RabbitMqSettings {
         url: "http://nope".into(),
         ..Default::default()
     };
@@ -179,7 +179,7 @@ fn settings_are_checked_and_never_print_the_password() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("rabbitmq.url"), "{err}");
-    let bad_backoff = runfleet::config::RabbitMqSettings {
+    let bad_backoff = runfleet_shared::config::RabbitMqSettings {
         reconnect_min_ms: 10_000,
         reconnect_max_ms: 100,
         ..Default::default()
@@ -195,8 +195,8 @@ fn settings_are_checked_and_never_print_the_password() {
 /// connect in plaintext instead.
 #[tokio::test]
 async fn amqps_speaks_tls_and_never_falls_back_to_plaintext() {
-    let plain = runfleet::config::RabbitMqSettings::default();
-    let tls = runfleet::config::RabbitMqSettings {
+    let plain = runfleet_shared::config::RabbitMqSettings::default();
+    let tls = runfleet_shared::config::RabbitMqSettings {
         url: plain.url.replacen("amqp://", "amqps://", 1),
         connect_timeout_ms: 2_000,
         ..plain.clone()

@@ -6,19 +6,19 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
-use runfleet::config::{BreakerSettings, RestartSettings};
-use runfleet::crypto::CredentialCipher;
-use runfleet::dispatch::Dispatcher;
-use runfleet::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
-use runfleet::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
-use runfleet::keys::Keys;
-use runfleet::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
-use runfleet::store::{
+use runfleet_shared::config::{BreakerSettings, RestartSettings};
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::dispatch::Dispatcher;
+use runfleet_shared::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
+use runfleet_shared::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
+use runfleet_shared::keys::Keys;
+use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
+use runfleet_shared::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
     NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
     SweepReport,
 };
-use runfleet::tier::Tier;
+use runfleet_shared::tier::Tier;
 
 trait Harness: Sized {
     type Store: FleetStore;
@@ -40,7 +40,7 @@ impl Harness for Memory {
     async fn teardown(self) {}
 }
 
-struct Redis(RedisStore, runfleet::redis_pool::RedisPools);
+struct Redis(RedisStore, runfleet_shared::redis_pool::RedisPools);
 impl Redis {
     async fn new() -> Self {
         let pools = support::redis_pools().await;
@@ -1265,7 +1265,10 @@ async fn lua_key_names_match_the_key_schema() {
                     K.subscription(u), K.node(n), K.node_jobs(n), K.commands(n), K.node_fenced(n), K.node_leases, K.nodes,
                     K.active, K.queued, K.apikey(j), K.user_keys(u), K.breaker(u, s),
                     K.pending, K.delayed, K.failed, K.events, K.job_events(j), K.counters}";
-        let script = ::redis::Script::new(&format!("{}\n{body}", runfleet::store::SCRIPT_PRELUDE));
+        let script = ::redis::Script::new(&format!(
+            "{}\n{body}",
+            runfleet_shared::store::SCRIPT_PRELUDE
+        ));
         let mut inv = script.prepare_invoke();
         for arg in ScriptContext::new(&keys, &FleetPolicy::default(), None).args() {
             inv.arg(arg);
@@ -1348,7 +1351,7 @@ async fn backpressure_is_enforced_at_admission<S: FleetStore>(s: S) {
 
 fn tight() -> FleetPolicy {
     FleetPolicy {
-        limits: runfleet::config::LimitSettings {
+        limits: runfleet_shared::config::LimitSettings {
             max_runners: 3,
             max_queued: 2,
             retry_after_ms: 4_000,
@@ -1459,7 +1462,7 @@ async fn ended_jobs_are_forgotten_after_the_retention<S: FleetStore>(s: S) {
 fn short_retention() -> FleetPolicy {
     FleetPolicy {
         retention: Duration::from_secs(1),
-        events: runfleet::config::EventSettings {
+        events: runfleet_shared::config::EventSettings {
             max_age_ms: 1_500,
             ..policy().events
         },
@@ -1488,11 +1491,11 @@ async fn retention_redis() {
 /// A policy whose event stream keeps about 10 events.
 fn short_stream() -> FleetPolicy {
     FleetPolicy {
-        events: runfleet::config::EventSettings {
+        events: runfleet_shared::config::EventSettings {
             max_len: 10,
             ..Default::default()
         },
-        limits: runfleet::config::LimitSettings {
+        limits: runfleet_shared::config::LimitSettings {
             max_runners: 100_000,
             max_queued: 100_000,
             ..Default::default()

@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runfleet::config::RabbitMqSettings;
-use runfleet::ids::{JobId, NodeId};
-use runfleet::keys::Keys;
-use runfleet::queue::{JobQueue, RabbitMqQueue};
-use runfleet_fleet_tests::{Api, Fleet, eventually, redis};
+use runfleet_shared::config::RabbitMqSettings;
+use runfleet_shared::ids::{JobId, NodeId};
+use runfleet_shared::keys::Keys;
+use runfleet_shared::queue::{JobQueue, RabbitMqQueue};
+use runfleet_tests::{Api, Fleet, eventually, redis};
 
 /// Starts stop when this many have been made.
 const MAX_STARTS: usize = 200;
@@ -227,7 +227,7 @@ async fn every_confirmed_start_runs_exactly_once_across_a_broker_restart() {
         // Hundreds of runners on a small machine: a slower simulated market.
         .set("RUNFLEET__MARKET__TICK_MS", "1000")
         // The nodes log each delivery their claim step drops (duplicates, redeliveries).
-        .set("RUST_LOG", "info,runfleet_worker=debug");
+        .set("RUST_LOG", "info,runfleet_worker_node=debug");
     fleet.cleanup().await;
     if let Err(e) = wait_broker_ready(Duration::from_secs(5)).await {
         panic!(

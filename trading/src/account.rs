@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::{ContractKind, Instrument};
-use runfleet::job::Side;
+use runfleet_shared::job::Side;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 

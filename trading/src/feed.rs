@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::catalog::Instrument;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runfleet::config::{FeedKind, MarketSettings};
+use runfleet_shared::config::{FeedKind, MarketSettings};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

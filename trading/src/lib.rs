@@ -1,5 +1,5 @@
 //! runfleet's trading runner kind: a strategy trading on a paper broker against a market feed.
-//! The fleet runs it through [`runfleet::kind::RunnerKind`] and knows nothing else of it.
+//! The fleet runs it through [`runfleet_shared::kind::RunnerKind`] and knows nothing else of it.
 //!
 //! - [`catalog`]: instruments, brokers, timeframes;
 //! - [`strategy`]: the strategy abstraction and the registry of strategies, each one file with
@@ -33,10 +33,10 @@ pub mod validate;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use runfleet::config::{MarketSettings, Settings};
-use runfleet::job::{JobSpec, StartRunnerRequest, StrategyConfig};
-use runfleet::kind::{Kinds, Report, RunOutcome, RunStart, RunnerKind};
-use runfleet::validate::{FieldError, ValidationOptions};
+use runfleet_shared::config::{MarketSettings, Settings};
+use runfleet_shared::job::{JobSpec, StartRunnerRequest, StrategyConfig};
+use runfleet_shared::kind::{Kinds, Report, RunOutcome, RunStart, RunnerKind};
+use runfleet_shared::validate::{FieldError, ValidationOptions};
 use serde_json::Value;
 
 pub use strategy::{parameter_schema, strategy_names};
@@ -148,9 +148,9 @@ impl RunnerKind for TradingKind {
 
 #[cfg(test)]
 mod tests {
-    use runfleet::crypto::CredentialCipher;
-    use runfleet::ids::JobId;
-    use runfleet::job::StartRunnerRequest;
+    use runfleet_shared::crypto::CredentialCipher;
+    use runfleet_shared::ids::JobId;
+    use runfleet_shared::job::StartRunnerRequest;
     use serde_json::json;
 
     use super::*;

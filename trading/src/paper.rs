@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::catalog::Instrument;
-use runfleet::config::MarketSettings;
+use runfleet_shared::config::MarketSettings;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 

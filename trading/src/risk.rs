@@ -4,7 +4,7 @@
 //! of its entry value.
 
 use crate::catalog::Instrument;
-use runfleet::job::RiskManagement;
+use runfleet_shared::job::RiskManagement;
 use rust_decimal::Decimal;
 
 use super::account::Holding;

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runfleet::config::MarketSettings;
-use runfleet::job::{JobSpec, StopMode};
-use runfleet::kind::{Report, ReportSink, RunOutcome, StopCause, StopSignal};
+use runfleet_shared::config::MarketSettings;
+use runfleet_shared::job::{JobSpec, StopMode};
+use runfleet_shared::kind::{Report, ReportSink, RunOutcome, StopCause, StopSignal};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::warn;

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::catalog::{self, Instrument};
-use runfleet::job::Position;
+use runfleet_shared::job::Position;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,7 +27,7 @@ use super::feed::{Bar, CandleBuilder};
 use super::risk::{Decision, Exit, RiskLimits};
 use super::stats::Ledger;
 use super::strategy::{Context, Strategy};
-use runfleet::kind::Report;
+use runfleet_shared::kind::Report;
 
 /// Version of the saved state ([`Report::state`]).
 pub const STATE_VERSION: u64 = 1;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::catalog::{ContractKind, Instrument};
-use runfleet::job::{Side, Stats};
+use runfleet_shared::job::{Side, Stats};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 

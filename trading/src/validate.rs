@@ -1,12 +1,12 @@
 //! The trading kind's checks of a start request's `config`: the strategy's declared parameters
 //! (and the checks between them), the instruments, the risk settings. The fleet checks the
 //! envelope (ids, broker, credentials, display name) and the `config.type` first
-//! ([`runfleet::kind::Kinds::validate`]); together they name the first refused field, before
+//! ([`runfleet_shared::kind::Kinds::validate`]); together they name the first refused field, before
 //! anything is written.
 
-use runfleet::job::{StartRunnerRequest, StrategyConfig};
-use runfleet::kind::Kinds;
-use runfleet::validate::{FieldError, ValidationOptions, refuse};
+use runfleet_shared::job::{StartRunnerRequest, StrategyConfig};
+use runfleet_shared::kind::Kinds;
+use runfleet_shared::validate::{FieldError, ValidationOptions, refuse};
 use rust_decimal::Decimal;
 
 use crate::catalog::{INSTRUMENTS, instrument};

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Script, bar, csv_file, inst, limits, model, play, replay_market, session, spec};
-use runfleet::config::MarketSettings;
-use runfleet::job::Side;
+use runfleet_shared::config::MarketSettings;
+use runfleet_shared::job::Side;
 use runfleet_trading::broker::{
     Broker, BrokerError, BrokerPosition, Fill, Order, OrderRequest, OrderSide, Placed,
 };

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{csv_file, eurusd_csv, play, replay_market, spec};
-use runfleet::config::MarketSettings;
-use runfleet::job::Stats;
+use runfleet_shared::config::MarketSettings;
+use runfleet_shared::job::Stats;
 use runfleet_trading::feed::ReplayCache;
 use runfleet_trading::runner as trading;
 use rust_decimal_macros::dec;

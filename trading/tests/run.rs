@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eurusd_csv, spec};
-use runfleet::config::{FeedKind, MarketSettings};
-use runfleet::job::{JobSpec, StopMode};
-use runfleet::kind::{Report, ReportSink, RunOutcome, RunStart, RunnerKind, StopCause, StopSignal};
-use runfleet::lease::{LeaseDeadline, fence_at};
-use runfleet::validate::ValidationOptions;
+use runfleet_shared::config::{FeedKind, MarketSettings};
+use runfleet_shared::job::{JobSpec, StopMode};
+use runfleet_shared::kind::{
+    Report, ReportSink, RunOutcome, RunStart, RunnerKind, StopCause, StopSignal,
+};
+use runfleet_shared::lease::{LeaseDeadline, fence_at};
+use runfleet_shared::validate::ValidationOptions;
 use runfleet_trading::TradingKind;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};

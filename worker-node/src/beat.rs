@@ -11,18 +11,18 @@
 
 use std::time::Duration;
 
-use runfleet::ids::JobId;
-use runfleet::job::Position;
-use runfleet::store::RunnerBeat;
+use runfleet_shared::ids::JobId;
+use runfleet_shared::job::Position;
+use runfleet_shared::store::RunnerBeat;
 use tokio::time::Instant;
 
-use runfleet::kind::Report;
+use runfleet_shared::kind::Report;
 
 /// What the store last accepted for one runner.
 #[derive(Debug, Default)]
 pub struct Sent {
     positions: Option<Vec<Position>>,
-    stats: Option<runfleet::job::Stats>,
+    stats: Option<runfleet_shared::job::Stats>,
     account: Option<serde_json::Value>,
     /// When the saved state was last accepted.
     account_at: Option<Instant>,
@@ -100,7 +100,7 @@ pub fn beat_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runfleet::job::{Side, Stats};
+    use runfleet_shared::job::{Side, Stats};
     use rust_decimal::Decimal;
     use serde_json::json;
 

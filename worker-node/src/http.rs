@@ -1,18 +1,18 @@
 //! The worker node's HTTP: an axum router run as a lifecycle service ([`http_service`], from
-//! `runfleet::http`, shared with the orchestrator), and the node's own small listener
+//! `runfleet_shared::http`, shared with the orchestrator), and the node's own small listener
 //! ([`node_router`]: `GET /metrics` and `GET /healthz`, on `node.http_bind`).
 
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use runfleet::observability;
-use runfleet::queue::JobQueue;
-use runfleet::store::FleetStore;
+use runfleet_shared::observability;
+use runfleet_shared::queue::JobQueue;
+use runfleet_shared::store::FleetStore;
 
 use crate::WorkerNode;
 
-pub use runfleet::http::{http_service, http_service_with};
+pub use runfleet_shared::http::{http_service, http_service_with};
 
 /// The worker node's listener: `GET /metrics` (this node's metrics, Prometheus text; it shows
 /// counts only, no job or user ids, so it needs no key and belongs on a private network) and

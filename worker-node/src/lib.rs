@@ -1,5 +1,5 @@
 //! runfleet's worker node as a library: the node runtime ([`node::WorkerNode`]), which runs
-//! every job through the runner kinds it is given ([`runfleet::kind::Kinds`]) and knows
+//! every job through the runner kinds it is given ([`runfleet_shared::kind::Kinds`]) and knows
 //! nothing of what they do. The `runfleet-worker-node` binary wires it to Redis; the
 //! orchestrator's embedded mode runs it in-process on the in-memory backend. [`http`] serves
 //! the node's metrics and health, and both binaries' HTTP listeners.

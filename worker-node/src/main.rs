@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use runfleet::backend::{self, OnBackend};
-use runfleet::config::{QueueBackend, Settings};
-use runfleet::crypto::CredentialCipher;
-use runfleet::kind::Kinds;
-use runfleet::lifecycle::RunnerGroup;
-use runfleet::queue::JobQueue;
-use runfleet::store::FleetStore;
-use runfleet::{observability, shutdown, telemetry};
-use runfleet_worker::{NodeConfig, WorkerNode, http};
+use runfleet_shared::backend::{self, OnBackend};
+use runfleet_shared::config::{QueueBackend, Settings};
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::kind::Kinds;
+use runfleet_shared::lifecycle::RunnerGroup;
+use runfleet_shared::queue::JobQueue;
+use runfleet_shared::store::FleetStore;
+use runfleet_shared::{observability, shutdown, telemetry};
+use runfleet_worker_node::{NodeConfig, WorkerNode, http};
 use tokio_util::sync::CancellationToken;
 
 /// A runfleet worker node. Settings come from built-in defaults, then `--config`, then

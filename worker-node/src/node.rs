@@ -11,7 +11,7 @@
 //! A job runs through its runner kind ([`Kinds::run`]): the node gives it the spec, the saved
 //! state, a stop signal and a report sink, and knows nothing of what it does.
 //!
-//! Fencing runs on deadlines ([`runfleet::lease`]): each runner stops trading when the lease its
+//! Fencing runs on deadlines ([`runfleet_shared::lease`]): each runner stops trading when the lease its
 //! last accepted claim or renewal granted may have lapsed, counted from when that call was
 //! sent; and a lease watchdog fences every runner and takes a new node id when no heartbeat was
 //! accepted for a lease (less a safety margin). Neither waits for a heartbeat to fail, so a
@@ -22,18 +22,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use runfleet::backoff::Backoff;
-use runfleet::config::Settings;
-use runfleet::crypto::CredentialCipher;
-use runfleet::dispatch::Dispatcher;
-use runfleet::ids::{JobId, NodeId};
-use runfleet::job::{JobStatus, Lease};
-use runfleet::lifecycle::{
+use runfleet_shared::backoff::Backoff;
+use runfleet_shared::config::Settings;
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::dispatch::Dispatcher;
+use runfleet_shared::ids::{JobId, NodeId};
+use runfleet_shared::job::{JobStatus, Lease};
+use runfleet_shared::lifecycle::{
     ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
-use runfleet::observability;
-use runfleet::queue::{Delivery, JobQueue};
-use runfleet::store::{
+use runfleet_shared::observability;
+use runfleet_shared::queue::{Delivery, JobQueue};
+use runfleet_shared::store::{
     ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StoreError,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -42,8 +42,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use runfleet::kind::{Kinds, Report, ReportSink, RunOutcome, RunStart, StopCause, StopSignal};
-use runfleet::lease::{LeaseDeadline, fence_at};
+use runfleet_shared::kind::{
+    Kinds, Report, ReportSink, RunOutcome, RunStart, StopCause, StopSignal,
+};
+use runfleet_shared::lease::{LeaseDeadline, fence_at};
 
 use crate::beat::{Sent, beat_of};
 

@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 #[cfg(feature = "rabbitmq")]
-use runfleet::config::RabbitMqSettings;
-use runfleet::config::RedisSettings;
-use runfleet::keys::Keys;
+use runfleet_shared::config::RabbitMqSettings;
+use runfleet_shared::config::RedisSettings;
+use runfleet_shared::keys::Keys;
 #[cfg(feature = "rabbitmq")]
-use runfleet::queue::RabbitMqQueue;
-use runfleet::redis_pool::RedisPools;
+use runfleet_shared::queue::RabbitMqQueue;
+use runfleet_shared::redis_pool::RedisPools;
 
 /// The Redis the tests use: `RUNFLEET_TEST_REDIS_URL`, or the local default.
 pub fn redis_url() -> String {

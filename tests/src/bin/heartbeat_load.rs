@@ -1,7 +1,7 @@
 //! Benchmark: Redis round trips and bytes per heartbeat interval for one worker node holding
 //! 1,000 runners, and the cost of its heartbeat script in Redis.
 //!
-//! `cargo run --release -p runfleet-fleet-tests --bin heartbeat-load [RUNNERS] [SECONDS]`
+//! `cargo run --release -p runfleet-tests --bin heartbeat-load [RUNNERS] [SECONDS]`
 //!
 //! It starts a private redis-server, an orchestrator and one worker node (the real binaries),
 //! starts RUNNERS runners (20 enterprise users of 50), stops the orchestrator so that the node
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runfleet_fleet_tests::{Fleet, PrivateRedis, eventually, free_port};
+use runfleet_tests::{Fleet, PrivateRedis, eventually, free_port};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

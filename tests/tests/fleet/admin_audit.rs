@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use runfleet_fleet_tests::{ADMIN_KEY, Fleet, eventually};
+use runfleet_tests::{ADMIN_KEY, Fleet, eventually};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,7 +42,7 @@ async fn admin_actions_land_in_the_redis_trail_and_the_logs_with_their_request_i
         .request(
             Method::POST,
             "/v1/runners",
-            Some(&runfleet_fleet_tests::start_request("audra", "s1")),
+            Some(&runfleet_tests::start_request("audra", "s1")),
             None,
         )
         .await;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use runfleet_fleet_tests::Fleet;
+use runfleet_tests::Fleet;
 
 /// A Python with the packages of tests/any_client/requirements.txt. Never skipped: without it
 /// the test fails and says how to get one.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Api, Fleet, eventually, start_request};
+use runfleet_tests::{Api, Fleet, eventually, start_request};
 use serde_json::{Value, json};
 
 use crate::rabbitmq::{amqp_url, broker_queue};

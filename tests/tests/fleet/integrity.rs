@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Api, Fleet, eventually, start_request};
+use runfleet_tests::{Api, Fleet, eventually, start_request};
 use serde_json::{Value, json};
 
 #[cfg(feature = "rabbitmq")]
@@ -169,7 +169,7 @@ async fn an_orchestrator_killed_mid_burst_strands_no_slot_rabbitmq() {
         assert!(smembers(&fleet, "active").await.is_empty());
     }
     let audit = fleet.audit().await;
-    let epochs = runfleet_fleet_tests::assert_one_live_epoch_at_a_time(&audit);
+    let epochs = runfleet_tests::assert_one_live_epoch_at_a_time(&audit);
     assert!(
         epochs.values().all(|&n| n == 1),
         "no job ran twice: {epochs:?}"

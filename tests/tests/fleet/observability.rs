@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value as Sample};
-use runfleet_fleet_tests::{Api, Fleet, PrivateRedis, eventually};
+use runfleet_tests::{Api, Fleet, PrivateRedis, eventually};
 use serde_json::{Value, json};
 
 /// A parsed `/metrics` answer.

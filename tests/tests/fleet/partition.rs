@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use runfleet_fleet_tests::{
+use runfleet_tests::{
     ADMIN_KEY, Api, Cut, Fleet, NetnsLink, PrivateRedis, Process, assert_one_live_epoch_at_a_time,
     eventually, free_port, log_events, ns_http, start_request, wall_ms,
 };

@@ -7,11 +7,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runfleet::config::RabbitMqSettings;
-use runfleet::ids::JobId;
-use runfleet::keys::Keys;
-use runfleet::queue::{JobQueue, RabbitMqQueue};
-use runfleet_fleet_tests::{Fleet, eventually, redis};
+use runfleet_shared::config::RabbitMqSettings;
+use runfleet_shared::ids::JobId;
+use runfleet_shared::keys::Keys;
+use runfleet_shared::queue::{JobQueue, RabbitMqQueue};
+use runfleet_tests::{Fleet, eventually, redis};
 use serde_json::{Value, json};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];

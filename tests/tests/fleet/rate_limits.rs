@@ -3,7 +3,7 @@
 //! orchestrator.
 
 use reqwest::Method;
-use runfleet_fleet_tests::{Fleet, start_request};
+use runfleet_tests::{Fleet, start_request};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +26,7 @@ async fn one_key_over_its_limit_is_refused_and_another_is_not() {
     }
     let rex = api_a.with_key(Some(&api_a.user_key("rex").await));
     let sue = api_a.with_key(Some(&api_a.user_key("sue").await));
-    let start = |api: &runfleet_fleet_tests::Api, user: &'static str, i: usize| {
+    let start = |api: &runfleet_tests::Api, user: &'static str, i: usize| {
         let api = api.clone();
         async move {
             api.request(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Api, free_port, log_dir, spawn};
+use runfleet_tests::{Api, free_port, log_dir, spawn};
 
 fn readme() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))

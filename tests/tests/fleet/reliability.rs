@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use runfleet_fleet_tests::{Api, Fleet, PrivateRedis, assert_one_live_epoch_at_a_time, eventually};
+use runfleet_tests::{Api, Fleet, PrivateRedis, assert_one_live_epoch_at_a_time, eventually};
 use serde_json::{Value, json};
 
 /// Lease of test fleets (`RUNFLEET__HEARTBEAT__LEASE_MS`).
@@ -232,7 +232,7 @@ async fn a_strategy_that_always_panics_is_restarted_a_bounded_number_of_times_th
         &json!({"tier": "pro", "days": 1}),
     )
     .await;
-    let mut boom = runfleet_fleet_tests::start_request("chaos", "boom");
+    let mut boom = runfleet_tests::start_request("chaos", "boom");
     boom["config"]["type"] = json!("panic-test");
     boom["config"]["parameters"] = json!({"panicAfterTicks": 5});
     let (code, body) = api.post("/v1/runners", &boom).await;

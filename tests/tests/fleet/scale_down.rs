@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use runfleet_fleet_tests::{Api, Fleet, assert_one_live_epoch_at_a_time, eventually};
+use runfleet_tests::{Api, Fleet, assert_one_live_epoch_at_a_time, eventually};
 use serde_json::{Value, json};
 
 /// `shutdown.deadline_ms` of test fleets.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use runfleet_fleet_tests::{Fleet, eventually, start_request};
+use runfleet_tests::{Fleet, eventually, start_request};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

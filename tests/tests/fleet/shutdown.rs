@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use runfleet_fleet_tests::{Fleet, eventually};
+use runfleet_tests::{Fleet, eventually};
 
 /// `shutdown.deadline_ms` of test fleets.
 const DEADLINE: Duration = Duration::from_secs(5);

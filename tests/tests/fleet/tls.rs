@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Fleet, PrivateRedis, TestCa};
+use runfleet_tests::{Fleet, PrivateRedis, TestCa};
 
 use crate::walking_skeleton::scenario;
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use runfleet_fleet_tests::{ADMIN_KEY, Api, Fleet, eventually, free_port, log_dir, spawn};
+use runfleet_tests::{ADMIN_KEY, Api, Fleet, eventually, free_port, log_dir, spawn};
 use serde_json::{Value, json};
 
 fn start_request(

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runfleet_fleet_tests::{Api, Fleet, eventually};
+use runfleet_tests::{Api, Fleet, eventually};
 use serde_json::{Value, json};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];

@@ -19,8 +19,8 @@ mod sma_cross;
 
 use std::fmt;
 
-use runfleet::job::JobSpec;
-use runfleet::validate::FieldError;
+use runfleet_shared::job::JobSpec;
+use runfleet_shared::validate::FieldError;
 use rust_decimal::Decimal;
 use serde_json::Value;
 

@@ -2,7 +2,7 @@
 //! strategy, checked by validation, published as JSON Schema, and read back (with defaults)
 //! when the strategy is built.
 
-use runfleet::validate::{FieldError, refuse};
+use runfleet_shared::validate::{FieldError, refuse};
 use serde_json::{Map, Value, json};
 
 use crate::catalog::timeframe_ms;

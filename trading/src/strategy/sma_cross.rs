@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use runfleet::validate::{FieldError, refuse};
+use runfleet_shared::validate::{FieldError, refuse};
 
 use super::params::TIMEFRAME;
 use super::{Context, Param, Params, Strategy, StrategyKind, sum_last};

@@ -4,8 +4,8 @@
 
 use std::collections::VecDeque;
 
-use runfleet::config::{FeedKind, MarketSettings};
-use runfleet::job::JobSpec;
+use runfleet_shared::config::{FeedKind, MarketSettings};
+use runfleet_shared::job::JobSpec;
 use runfleet_trading::broker::{Fill, OrderRequest, OrderSide};
 use runfleet_trading::catalog::{self, Instrument};
 use runfleet_trading::feed::{Bar, Candle, ReplayCache};
@@ -105,9 +105,9 @@ pub fn limits(max: Decimal, sl: Option<Decimal>, tp: Option<Decimal>) -> RiskLim
 
 /// A job spec as the orchestrator would store it: `config` is the start request's `config`.
 pub fn spec(job: &str, config: Value) -> JobSpec {
-    use runfleet::crypto::CredentialCipher;
-    use runfleet::ids::{BrokerId, JobId, StrategyId, UserId};
-    use runfleet::job::Credentials;
+    use runfleet_shared::crypto::CredentialCipher;
+    use runfleet_shared::ids::{BrokerId, JobId, StrategyId, UserId};
+    use runfleet_shared::job::Credentials;
     let id = JobId::new(job);
     let credentials = CredentialCipher::ephemeral()
         .seal(
