@@ -23,14 +23,14 @@ use serde_json::{Value, json};
 use crate::openapi::named;
 use crate::responses::{
     Answer, BatchItem, BatchStartResult, Done, Entitlement, EntitlementGranted, FlattenError,
-    FlattenFailed, FleetCounts, FleetStatus, Health, IssuedKey, KeyList, NodeCounts, Nodes, Runner,
-    RunnerEvents, RunnerView, StartAccepted, StopPending, StopResult, Succeeded, UserCounts,
-    UserRunners,
+    FlattenFailed, FleetCounts, FleetStatus, Health, IssuedKey, KeyList, NodeCounts, Nodes,
+    Refused, Runner, RunnerEvents, RunnerView, StartAccepted, StopPending, StopResult, Succeeded,
+    UserCounts, UserRunners,
 };
 
 use crate::audit::{self, Action};
 use crate::auth::{AdminOnly, Caller, ForUser, issue_key};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Path};
 use crate::rate_limit::{CallClass, RateLimits};
 use crate::request_id::RequestId;
@@ -115,8 +115,8 @@ pub fn prometheus_text(body: String) -> Response {
     summary = "Liveness: whether the store answers.",
     security(),
     responses(
-        (status = 200, description = "The store answers.", body = ref("#/components/schemas/Health"), content_type = "application/json"),
-        (status = 503, description = "`store_unavailable`.", body = ref("#/components/schemas/ErrorBody"), content_type = "application/json"),
+        (status = 200, description = "The store answers.", body = Health, content_type = "application/json"),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody, content_type = "application/json"),
         (status = 408, response = named::Timeout),
     )
 )]
@@ -140,9 +140,9 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
     tag = "runners",
     summary = "Start a runner.",
     description = "Admits a runner against the user's tier and queues it. Needs the key of `userId` or the admin key. A refused request changes nothing.",
-    request_body(content = named::StartRunnerRequest, content_type = "application/json"),
+    request_body(content = StartRunnerRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "Queued.", body = ref("#/components/schemas/StartAccepted"), content_type = "application/json"),
+        (status = 202, description = "Queued.", body = StartAccepted, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 401, response = named::Unauthorized),
         (status = 403, response = named::StartForbidden),
@@ -239,11 +239,16 @@ fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> StartAccep
 }
 
 /// Body of `POST /v1/runners/batch`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchStartRequest {
-    /// Start requests, each as `POST /v1/runners` takes it (checked one by one; an element
-    /// that is not a JSON object makes the whole batch malformed).
+    /// Start requests (`limits.batch_max` at most, 1000 by default), each a
+    /// `StartRunnerRequest`, checked, admitted or refused on its own: a malformed one is
+    /// refused in its own result (its `field` prefixed with `runners[i]`), the others go on.
+    /// An element that is not a JSON object makes the whole batch malformed.
+    // The items are any objects, not `StartRunnerRequest`s: a malformed one is answered in
+    // its own result, which a schema that refused it would not let a client see.
+    #[schema(min_items = 1, max_items = 1000)]
     pub runners: Vec<serde_json::Map<String, Value>>,
 }
 
@@ -260,9 +265,9 @@ pub struct BatchStartRequest {
     tag = "runners",
     summary = "Start many runners in one call.",
     description = "Each runner is admitted or refused on its own, atomically, exactly as `POST /v1/runners` would (tier, breaker, fleet and queue limits), in order, and gets its own answer in `results`; the admissions reach the store in one round trip. A user key may start runners of its own user only (others are refused 403 in their results); the admin key, of any users. Counts as one start per runner against the key's rate limit: a batch over what the key has left now is refused whole (429, nothing written), one larger than its burst is refused 400 (`runners`).",
-    request_body(content = named::BatchStartRequest, content_type = "application/json"),
+    request_body(content = BatchStartRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Each runner's answer.", body = ref("#/components/schemas/BatchStartResult"), content_type = "application/json"),
+        (status = 200, description = "Each runner's answer.", body = BatchStartResult, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 401, response = named::Unauthorized),
         (status = 408, response = named::Timeout),
@@ -355,20 +360,48 @@ pub async fn start_batch<S: FleetStore, Q: JobQueue + Clone>(
     }))
 }
 
-/// Body of a stop request.
-#[derive(Debug, Default, Deserialize)]
+/// Body of a stop request. Every field is optional, `null` as good as absent. `mode` defaults
+/// to `flatten`; `mode` contradicting `flattenPositions` is a 400 on `mode`, and so are both
+/// `workerId` and `jobId`.
+// Its schema's rules between fields (and the `jobId` alias) are the hand-written
+// `schemaRules` of openapi/components.json: a derive cannot state them.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = StopRequest, example = json!({"userId": "user-123", "mode": "flatten"}))]
 pub struct StopBody {
-    /// The runner's owner; when given, it must match (the seed's requests carry it).
+    /// The runner's owner; when given, it must match (else 404).
+    #[schema(value_type = Option<UserId>)]
     pub user_id: Option<String>,
-    /// The runner (`/runner/stop` only; the REST route takes it from the path).
+    /// The runner (`jobId` is accepted as an alias, not both). On `/v1/runners/{jobId}/stop`
+    /// it must equal the path's when given.
     #[serde(alias = "jobId")]
+    #[schema(value_type = Option<JobId>)]
     pub worker_id: Option<String>,
-    /// Seed compatibility: `true` = flatten (the default), `false` = hold.
+    /// Seed compatibility: `true` = flatten, `false` = hold.
     pub flatten_positions: Option<bool>,
-    /// `flatten` or `hold`.
+    /// `flatten` (the default) closes every position at market and confirms flat; `hold`
+    /// leaves them.
     pub mode: Option<StopMode>,
 }
+
+/// The body of `POST /runner/stop`: a [`StopBody`] that must name the runner, under its own
+/// schema name (`SeedStopRequest`, whose rule is in openapi/components.json's `schemaRules`).
+#[derive(Debug)]
+pub struct SeedStopBody;
+
+impl utoipa::PartialSchema for SeedStopBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::ToSchema;
+        utoipa::openapi::schema::AllOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name(StopBody::name()))
+            .description(Some(
+                "As StopRequest; the runner is named by `workerId` (or its alias `jobId`).",
+            ))
+            .into()
+    }
+}
+
+crate::openapi::schema_named!(SeedStopBody = "SeedStopRequest"; needs what StopBody; and StopBody);
 
 impl StopBody {
     fn mode(&self) -> Result<StopMode, ApiError> {
@@ -391,12 +424,12 @@ impl StopBody {
     tag = "runners",
     summary = "Stop a runner, flattening or holding its positions.",
     description = "Needs the owner's key or the admin key. Idempotent: a runner that already ended answers 200 with its final figures.",
-    params(("jobId" = named::Id, Path, description = "The runner (`job-…`).")),
-    request_body(content = named::StopRequest, content_type = "application/json"),
+    params(("jobId" = JobId, Path, description = "The runner (`job-…`).")),
+    request_body(content = StopBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "Stopped (or had already ended): its final figures.", body = ref("#/components/schemas/StopResult"), content_type = "application/json"),
-        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = ref("#/components/schemas/StopPending"), content_type = "application/json"),
-        (status = 502, description = "`FLATTEN_FAILED`: the runner is stopped but the broker did not confirm every position flat; `positions` lists what is still open.", body = ref("#/components/schemas/FlattenFailed"), content_type = "application/json"),
+        (status = 200, description = "Stopped (or had already ended): its final figures.", body = StopResult, content_type = "application/json"),
+        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = StopPending, content_type = "application/json"),
+        (status = 502, description = "`FLATTEN_FAILED`: the runner is stopped but the broker did not confirm every position flat; `positions` lists what is still open.", body = FlattenFailed, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 404, response = named::NotFound),
         named::KeyedRefusals,
@@ -427,10 +460,10 @@ pub async fn stop<S: FleetStore, Q: JobQueue + Clone>(
     tag = "seed",
     summary = "The seed's stop route: as POST /v1/runners/{jobId}/stop, the runner named by `workerId` in the body.",
     description = "Answers in the seed's shapes: money as JSON numbers, errors with `error` as the message (docs/api.md, \"The seed's routes\").",
-    request_body(content = named::SeedStopRequest, content_type = "application/json"),
+    request_body(content = SeedStopBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Stopped (or had already ended): its final figures.", body = ref("#/components/schemas/SeedStopResult"), content_type = "application/json"),
-        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = ref("#/components/schemas/StopPending"), content_type = "application/json"),
+        (status = 202, description = "The stop was sent to the runner's node, which has not confirmed it within `http.stop_wait_ms`.", body = StopPending, content_type = "application/json"),
         (status = 502, description = "`FLATTEN_FAILED`: the runner is stopped but the broker did not confirm every position flat; `positions` lists what is still open.", body = ref("#/components/schemas/SeedFlattenFailed"), content_type = "application/json"),
         (status = 400, response = named::SeedBadRequest),
         (status = 404, response = named::SeedNotFound),
@@ -558,7 +591,7 @@ fn stopped(status: StatusCode, r: &JobRecord, message: String) -> Response {
 /// positions remain open. 502, with what was closed and what is left.
 fn flatten_failed(r: &JobRecord) -> Response {
     let body = FlattenFailed {
-        success: false,
+        success: Refused,
         status: r.status,
         error: FlattenError {
             code: "FLATTEN_FAILED",
@@ -601,9 +634,9 @@ async fn wait_until_ended<S: FleetStore>(
     tag = "runners",
     summary = "A user's runners, with positions, stats and counts.",
     description = "Needs the user's key or the admin key. The user id `system` (admin key only) answers the fleet-wide load instead: `queueStats` counts the whole fleet (`queuedJobs`, `runningWorkers` holding a live lease, `totalWorkers` holding a slot, `restartingJobs`), the same from every orchestrator, and `nodes` sums the live nodes. `system` can be no real user.",
-    params(("userId" = named::Id, Path)),
+    params(("userId" = UserId, Path)),
     responses(
-        (status = 200, description = "The user's runners.", body = ref("#/components/schemas/UserRunners"), content_type = "application/json"),
+        (status = 200, description = "The user's runners.", body = UserRunners<'_>, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
     )
@@ -675,7 +708,7 @@ pub struct StatusQuery {
     tag = "seed",
     summary = "The seed's status route: as GET /v1/users/{userId}/runners.",
     description = "Answers in the seed's shapes: money as JSON numbers, errors with `error` as the message (docs/api.md, \"The seed's routes\").",
-    params(("userId" = named::Id, Query)),
+    params(("userId" = UserId, Query)),
     responses(
         (status = 200, description = "The user's runners.", body = ref("#/components/schemas/SeedUserRunners"), content_type = "application/json"),
         (status = 400, response = named::SeedBadRequest),
@@ -730,9 +763,9 @@ async fn owned_job<S: FleetStore, Q: JobQueue + Clone>(
     tag = "runners",
     summary = "One runner, with its positions and stats.",
     description = "Needs the owner's key or the admin key.",
-    params(("jobId" = named::Id, Path, description = "The runner (`job-…`)."), ("userId" = Option<named::Id>, Query, description = "The runner's owner; must match when given.")),
+    params(("jobId" = JobId, Path, description = "The runner (`job-…`)."), ("userId" = Option<UserId>, Query, description = "The runner's owner; must match when given.")),
     responses(
-        (status = 200, description = "The runner.", body = ref("#/components/schemas/Runner"), content_type = "application/json"),
+        (status = 200, description = "The runner.", body = Runner<'_>, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 404, response = named::NotFound),
         named::KeyedRefusals,
@@ -764,9 +797,9 @@ pub async fn runner<S: FleetStore, Q: JobQueue + Clone>(
     tag = "runners",
     summary = "The runner's lifecycle history, oldest first.",
     description = "Needs the owner's key or the admin key. Each event was recorded by the same atomic step that made the change. The history keeps a runner's newest 1000 events and expires `events.max_age_ms` after its last one.",
-    params(("jobId" = named::Id, Path, description = "The runner (`job-…`).")),
+    params(("jobId" = JobId, Path, description = "The runner (`job-…`).")),
     responses(
-        (status = 200, description = "The history.", body = ref("#/components/schemas/RunnerEvents"), content_type = "application/json"),
+        (status = 200, description = "The history.", body = RunnerEvents, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         (status = 404, response = named::NotFound),
         named::KeyedRefusals,
@@ -802,7 +835,7 @@ pub async fn runner_events<S: FleetStore, Q: JobQueue + Clone>(
     tag = "users",
     summary = "The user's tier and slots (the seed's checkEntitlement).",
     description = "Needs the user's key or the admin key. A subscription past its expiry is `free`.",
-    params(("userId" = named::Id, Path)),
+    params(("userId" = UserId, Path)),
     responses(
         (status = 200, description = "The entitlement.", body = Entitlement, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
@@ -835,12 +868,14 @@ pub async fn entitlement<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// Body of an upgrade.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpgradeRequest, example = json!({"tier": "basic", "days": 30}))]
 pub struct UpgradeBody {
     /// The tier to grant.
     pub tier: Tier,
-    /// For how many days from now.
+    /// For how many days from now (1 to 3650).
+    #[schema(minimum = 1, maximum = 3650)]
     pub days: u32,
 }
 
@@ -851,8 +886,8 @@ pub struct UpgradeBody {
     operation_id = "setEntitlement",
     tag = "users",
     summary = "Grant a tier for a number of days (the seed's upgradeUser). Admin.",
-    params(("userId" = named::Id, Path)),
-    request_body(content = named::UpgradeRequest, content_type = "application/json"),
+    params(("userId" = UserId, Path)),
+    request_body(content = UpgradeBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Granted.", body = EntitlementGranted, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
@@ -924,7 +959,7 @@ pub async fn nodes<S: FleetStore, Q: JobQueue + Clone>(
     tag = "keys",
     summary = "Issue an API key for the user. Admin.",
     description = "The key acts only for this user. It is shown only in this answer; only its hash is stored.",
-    params(("userId" = named::Id, Path)),
+    params(("userId" = UserId, Path)),
     request_body(content = ref("#/components/schemas/IssueKeyRequest"), content_type = "application/json"),
     responses(
         (status = 201, description = "Issued.", body = IssuedKey, content_type = "application/json"),
@@ -972,9 +1007,9 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     operation_id = "listKeys",
     tag = "keys",
     summary = "The user's keys (ids and issue times, never the keys). Admin.",
-    params(("userId" = named::Id, Path)),
+    params(("userId" = UserId, Path)),
     responses(
-        (status = 200, description = "The keys.", body = ref("#/components/schemas/KeyList"), content_type = "application/json"),
+        (status = 200, description = "The keys.", body = KeyList, content_type = "application/json"),
         (status = 400, response = named::BadRequest),
         named::KeyedRefusals,
     )
@@ -1000,7 +1035,7 @@ pub async fn list_keys<S: FleetStore, Q: JobQueue + Clone>(
     operation_id = "revokeKey",
     tag = "keys",
     summary = "Revoke one of the user's keys. Admin.",
-    params(("userId" = named::Id, Path), ("keyId" = String, Path, description = "The key's public id (24 hex digits, the part after `rfk_`); any other answers 404.", pattern = "^[0-9a-f]{24}$")),
+    params(("userId" = UserId, Path), ("keyId" = String, Path, description = "The key's public id (24 hex digits, the part after `rfk_`); any other answers 404.", pattern = "^[0-9a-f]{24}$")),
     responses(
         (status = 200, description = "Revoked.", body = Done, content_type = "application/json"),
         (status = 400, response = named::BadRequest),

@@ -12,40 +12,50 @@ use runfleet_shared::redis_pool::RedisError;
 use runfleet_shared::store::StoreError;
 use serde::Serialize;
 
-use crate::responses::Answer;
+use crate::responses::{Answer, Refused};
 
 /// The body of every refusal: `{"success": false, "error": {...}}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Always false.
-    pub success: bool,
+    pub success: Refused,
     /// What went wrong.
     pub error: ErrorDetail,
 }
 
 /// The `error` of an [`ErrorBody`]: a stable machine code and a human message, and what the
 /// refusal has to add.
-#[derive(Debug, Serialize)]
+// The fields a refusal leaves out are absent, never null: `nullable = false`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
-    /// The stable machine code ([`ApiError::code`]).
+    /// The stable machine code ([`ApiError::code`]): invalid_request, unauthorized, forbidden,
+    /// runner_limit_reached, not_found, no_route, method_not_allowed, payload_too_large,
+    /// unsupported_media_type, queue_full, rate_limited, circuit_open, fleet_full,
+    /// store_unavailable, queue_unavailable, internal_error.
     pub code: &'static str,
-    /// For people.
+    /// What is wrong, for people.
     pub message: String,
-    /// `invalid_request`: the JSON path of the refused field.
+    /// `invalid_request`: the JSON path of the refused field (`config.parameters.rsiPeriod`,
+    /// `body` for malformed JSON).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub field: Option<String>,
     /// `runner_limit_reached`: the tier in force.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub tier: Option<String>,
     /// `runner_limit_reached`: its limit.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub max_workers: Option<u32>,
     /// `runner_limit_reached`: the slots held.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub current_workers: Option<u32>,
     /// Refusals worth retrying: when (also the `Retry-After` header).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 1)]
     pub retry_after_seconds: Option<u64>,
 }
 
@@ -184,7 +194,7 @@ impl ApiError {
         (
             status,
             ErrorBody {
-                success: false,
+                success: Refused,
                 error,
             },
         )

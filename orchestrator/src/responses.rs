@@ -15,8 +15,6 @@ use runfleet_shared::tier::Tier;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::openapi::named;
-
 /// An answer with its status: `T` as a JSON body, its keys sorted at every level.
 #[derive(Debug)]
 pub struct Answer<T>(pub StatusCode, pub T);
@@ -37,30 +35,41 @@ impl<T: Serialize> IntoResponse for Answer<T> {
     }
 }
 
-/// `"success": true` (every answer but a refusal, which is [`crate::error::ErrorBody`]).
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(into = "bool")]
-pub struct Succeeded;
+/// A `success` flag that is always the same, so its schema says which (`enum: [true]`).
+macro_rules! flag {
+    ($($(#[$doc:meta])* $name:ident = $value:literal;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
 
-impl From<Succeeded> for bool {
-    fn from(_: Succeeded) -> bool {
-        true
-    }
+        impl Serialize for $name {
+            fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
+                s.serialize_bool($value)
+            }
+        }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::Boolean)
+                    .enum_values(Some([$value]))
+                    .into()
+            }
+        }
+
+        impl ToSchema for $name {}
+    )*};
 }
 
-impl utoipa::PartialSchema for Succeeded {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
-        utoipa::openapi::ObjectBuilder::new()
-            .schema_type(utoipa::openapi::Type::Boolean)
-            .enum_values(Some([true]))
-            .into()
-    }
+flag! {
+    /// `"success": true` (every answer but a refusal, which is [`crate::error::ErrorBody`]).
+    Succeeded = true;
+    /// `"success": false` (a refusal, and a flatten that failed).
+    Refused = false;
 }
-
-impl utoipa::ToSchema for Succeeded {}
 
 /// `GET /healthz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Always `ok`.
@@ -70,7 +79,7 @@ pub struct Health {
 }
 
 /// An accepted start (`POST /v1/runners`, and each accepted item of a batch).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StartAccepted {
     /// Always true.
@@ -87,7 +96,7 @@ pub struct StartAccepted {
 
 /// One item of a batch's `results`: the answer a single start would have had, with its place
 /// in the batch and the status it would have had.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
     /// Admitted and queued.
@@ -115,7 +124,7 @@ pub enum BatchItem {
 }
 
 /// `POST /v1/runners/batch`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchStartResult {
     /// Always true.
     pub success: Succeeded,
@@ -128,7 +137,7 @@ pub struct BatchStartResult {
 }
 
 /// A runner that has stopped (or had ended already), with what it left.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StopResult {
     /// Always true.
@@ -146,7 +155,7 @@ pub struct StopResult {
 }
 
 /// A stop sent to the runner's node and not confirmed within `http.stop_wait_ms` (202).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StopPending {
     /// Always true.
@@ -154,17 +163,18 @@ pub struct StopPending {
     /// `running`, still.
     pub status: JobStatus,
     /// Always null: nothing is known yet.
+    #[schema(required = true)]
     pub flattened_positions: Option<u32>,
     /// Where the stop went.
     pub message: String,
 }
 
 /// A flatten stop whose positions the broker did not confirm closed (502).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlattenFailed {
     /// Always false.
-    pub success: bool,
+    pub success: Refused,
     /// The runner's status now.
     pub status: JobStatus,
     /// `FLATTEN_FAILED` and the broker's reason.
@@ -178,19 +188,46 @@ pub struct FlattenFailed {
 }
 
 /// The `error` of [`FlattenFailed`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FlattenError {
     /// `FLATTEN_FAILED`.
     pub code: &'static str,
     /// What the node recorded.
+    #[schema(required = true)]
     pub message: Option<String>,
 }
 
 /// A runner's record as the API shows it: every field of the record but its positions and
 /// stats (they sit beside it, in [`RunnerView`]), and `workerId`, the seed's name of `jobId`.
-/// Written from the record itself, so a field the record gains shows here too.
+/// Written from the record itself, so a field the record gains shows here too (in its schema
+/// as well, which is the record's, edited the same way).
 #[derive(Debug)]
 pub struct Worker<'a>(pub &'a JobRecord);
+
+impl utoipa::PartialSchema for Worker<'_> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{RefOr, Schema};
+        let RefOr::T(Schema::Object(mut record)) = JobRecord::schema() else {
+            unreachable!("a struct's schema is an object")
+        };
+        for field in ["positions", "stats"] {
+            record.properties.shift_remove(field);
+            record.required.retain(|r| r != field);
+        }
+        let worker_id = utoipa::openapi::schema::RefBuilder::new()
+            .ref_location_from_schema_name(JobId::name())
+            .description(Some("Same as `jobId` (the seed's name)."));
+        record
+            .properties
+            .insert("workerId".into(), worker_id.into());
+        record.required.insert(0, "workerId".into());
+        record.description =
+            Some("A runner's record (`workerId` is the seed's name of `jobId`).".into());
+        RefOr::T(Schema::Object(record))
+    }
+}
+
+crate::openapi::schema_named!(Worker<'_> = "Worker"; needs what JobRecord;);
 
 impl Serialize for Worker<'_> {
     fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
@@ -206,7 +243,7 @@ impl Serialize for Worker<'_> {
 }
 
 /// A runner as the status calls show it: `{worker, positions, stats}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RunnerView<'a> {
     /// The record.
     pub worker: Worker<'a>,
@@ -228,7 +265,7 @@ impl<'a> RunnerView<'a> {
 }
 
 /// `GET /v1/runners/{jobId}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Runner<'a> {
     /// Always true.
     pub success: Succeeded,
@@ -238,7 +275,7 @@ pub struct Runner<'a> {
 }
 
 /// `GET /v1/users/{userId}/runners`: the user's runners.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserRunners<'a> {
     /// Always true.
@@ -252,7 +289,7 @@ pub struct UserRunners<'a> {
 }
 
 /// The counts of a user's runners.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserCounts {
     /// Queued.
@@ -266,6 +303,7 @@ pub struct UserCounts {
 }
 
 /// The status of the user id `system` (admin): the whole fleet's counts.
+// Not in the document: `GET /v1/users/system/runners` is documented as `UserRunners`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FleetStatus {
@@ -307,7 +345,7 @@ pub struct NodeCounts {
 }
 
 /// `GET /v1/runners/{jobId}/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerEvents {
     /// Always true.
@@ -325,12 +363,10 @@ pub struct Entitlement {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
-    #[schema(value_type = String)]
     pub user_id: UserId,
     /// Whether a start would find a free slot.
     pub is_entitled: bool,
     /// The tier in force.
-    #[schema(value_type = named::Tier)]
     pub tier: Tier,
     /// Its runner limit.
     pub max_workers: u32,
@@ -348,10 +384,8 @@ pub struct EntitlementGranted {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
-    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The tier granted.
-    #[schema(value_type = named::Tier)]
     pub tier: Tier,
     /// Its runner limit.
     pub max_workers: u32,
@@ -366,7 +400,6 @@ pub struct Nodes {
     /// Always true.
     pub success: Succeeded,
     /// Live nodes, newest heartbeat first.
-    #[schema(value_type = Vec<named::Node>)]
     pub nodes: Vec<NodeInfo>,
     /// Jobs waiting in the queue.
     pub queued_jobs: u64,
@@ -379,7 +412,6 @@ pub struct IssuedKey {
     /// Always true.
     pub success: Succeeded,
     /// Whose.
-    #[schema(value_type = String)]
     pub user_id: UserId,
     /// The key's public id.
     pub key_id: String,
@@ -391,7 +423,7 @@ pub struct IssuedKey {
 }
 
 /// `GET /v1/users/{userId}/keys`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyList {
     /// Always true.
@@ -408,7 +440,6 @@ pub struct AuditTrail {
     /// Always true.
     pub success: Succeeded,
     /// Newest first.
-    #[schema(value_type = Vec<named::AuditEntry>)]
     pub entries: Vec<AdminEntry>,
 }
 

@@ -8,7 +8,8 @@
 //!   (the seed's clients test `error` as a string), where `/v1` nests `{code, message, field,
 //!   ...}` under `error`.
 //!
-//! The handlers are the `/v1` ones; a middleware rewrites their JSON answers.
+//! The handlers are the `/v1` ones; a middleware rewrites their JSON answers. The schemas of
+//! those answers are the `/v1` ones rewritten the same way ([`seed_schemas`]).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -99,6 +100,141 @@ fn money_to_numbers(object: &mut Map<String, Value>) {
     }
 }
 
+/// Where a schema's `$ref`s point.
+const SCHEMAS: &str = "#/components/schemas/";
+
+/// The name of the schema `schema` refers to, if it is a `$ref` to one.
+fn schema_ref(schema: &Value) -> Option<&str> {
+    schema.get("$ref")?.as_str()?.strip_prefix(SCHEMAS)
+}
+
+/// The seed's versions of the answer schemas `answers` (each `Seed<name>`), derived from the
+/// `/v1` `schemas` by the rule [`to_seed_shape`] applies to the answers themselves: every
+/// reference to `Money` (an exact decimal string) becomes a JSON number, a schema that holds
+/// money somewhere below gets a `Seed` version that refers to the others, and an answer's
+/// `error` object is taken apart (its fields beside `error`, which becomes its message).
+pub fn seed_schemas(schemas: &Map<String, Value>, answers: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in answers {
+        let mut schema = seed_version(schemas, &schemas[*name], &mut out);
+        flatten_error(schemas, &mut schema);
+        if let Some(Value::String(d)) = schema.get_mut("description") {
+            d.push_str(" On the seed's routes: money as JSON numbers, `error` the message.");
+        }
+        out.insert(format!("Seed{name}"), schema);
+    }
+    out
+}
+
+/// `schema` with money as numbers and its references to schemas holding money pointed at
+/// their `Seed` versions, which are added to `out`.
+fn seed_version(
+    schemas: &Map<String, Value>,
+    schema: &Value,
+    out: &mut Map<String, Value>,
+) -> Value {
+    match schema {
+        Value::Object(o) => {
+            if let Some(name) = schema_ref(schema) {
+                let mut at = o.clone();
+                if name == "Money" {
+                    at.remove("$ref");
+                    at.insert("type".into(), "number".into());
+                } else if holds_money(schemas, name, &mut Vec::new()) {
+                    let seed = format!("Seed{name}");
+                    if !out.contains_key(&seed) {
+                        out.insert(seed.clone(), Value::Null); // claimed: a cycle stops here
+                        let version = seed_version(schemas, &schemas[name], out);
+                        out.insert(seed.clone(), version);
+                    }
+                    at.insert("$ref".into(), format!("{SCHEMAS}{seed}").into());
+                }
+                return Value::Object(at);
+            }
+            Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), seed_version(schemas, v, out)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| seed_version(schemas, v, out))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Whether the schema `name` refers to `Money`, itself or through the schemas it refers to.
+fn holds_money<'a>(
+    schemas: &'a Map<String, Value>,
+    name: &'a str,
+    seen: &mut Vec<&'a str>,
+) -> bool {
+    fn refs<'a>(v: &'a Value, found: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(o) => {
+                if let Some(name) = schema_ref(v) {
+                    found.push(name);
+                }
+                o.values().for_each(|x| refs(x, found));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, found)),
+            _ => {}
+        }
+    }
+    if name == "Money" {
+        return true;
+    }
+    if seen.contains(&name) {
+        return false;
+    }
+    seen.push(name);
+    let mut found = Vec::new();
+    if let Some(schema) = schemas.get(name) {
+        refs(schema, &mut found);
+    }
+    found.into_iter().any(|n| holds_money(schemas, n, seen))
+}
+
+/// The schema side of [`to_seed_shape`]'s error rewrite: an `error` property that is an
+/// object (through its `$ref`) is replaced by its fields, `message` becoming `error`.
+fn flatten_error(schemas: &Map<String, Value>, schema: &mut Value) {
+    let Some(error) = schema.pointer("/properties/error") else {
+        return;
+    };
+    let detail = match schema_ref(error) {
+        Some(name) => &schemas[name],
+        None => error,
+    };
+    let (Some(fields), required) = (
+        detail["properties"].as_object().cloned(),
+        detail["required"].clone(),
+    ) else {
+        return;
+    };
+    let props = schema["properties"].as_object_mut().expect("properties");
+    props.remove("error");
+    for (k, v) in fields {
+        props.insert(if k == "message" { "error".into() } else { k }, v);
+    }
+    let all = schema["required"].as_array_mut();
+    if let (Some(all), Value::Array(more)) = (all, required) {
+        for r in more {
+            let r = if r == "message" {
+                Value::from("error")
+            } else {
+                r
+            };
+            if !all.contains(&r) {
+                all.push(r);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -131,5 +267,50 @@ mod tests {
         to_seed_shape(&mut e);
         assert_eq!(e["error"], "runner limit reached: tier free allows 1");
         assert_eq!(e["code"], "runner_limit_reached");
+    }
+
+    /// The seed's schemas in the document say what [`to_seed_shape`] does to the answers.
+    #[test]
+    fn seed_schemas_have_money_as_numbers_and_errors_as_strings() {
+        let doc = crate::openapi::document();
+        let schema = |name: &str| &doc["components"]["schemas"][name];
+        assert_eq!(
+            schema("Position")["properties"]["amount"]["$ref"],
+            "#/components/schemas/Money"
+        );
+        assert_eq!(
+            schema("SeedPosition")["properties"]["amount"]["type"],
+            "number"
+        );
+        assert_eq!(
+            schema("SeedStats")["properties"]["totalPnL"]["type"],
+            "number"
+        );
+        assert_eq!(
+            schema("SeedStats")["properties"]["totalTrades"],
+            schema("Stats")["properties"]["totalTrades"]
+        );
+        let items = &schema("SeedUserRunners")["properties"]["workers"]["items"]["$ref"];
+        assert_eq!(items, "#/components/schemas/SeedRunnerView");
+        let error = schema("SeedErrorBody");
+        assert_eq!(error["properties"]["error"]["type"], "string");
+        assert!(error["properties"]["code"].is_object());
+        assert!(
+            error["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("code"))
+        );
+        let flatten = schema("SeedFlattenFailed");
+        assert_eq!(
+            flatten["properties"]["error"]["type"],
+            json!(["string", "null"])
+        );
+        assert_eq!(
+            flatten["properties"]["positions"]["items"]["$ref"],
+            "#/components/schemas/SeedPosition"
+        );
+        // No schema without money gets a seed version.
+        assert!(schema("SeedWorker").is_null());
     }
 }

@@ -80,8 +80,10 @@ async fn call(
     )
 }
 
-/// Follows a local `$ref` (and a one-element `allOf` wrapping one).
+/// Follows a local `$ref` (and a one-element `allOf` wrapping one, and a `oneOf` of `null`
+/// and one, which is how an optional field's schema says it may be null).
 fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
+    let null = json!({"type": "null"});
     loop {
         if let Some(r) = v.get("$ref").and_then(Value::as_str) {
             let pointer = r.strip_prefix('#').expect("only local $refs");
@@ -90,6 +92,10 @@ fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
                 .unwrap_or_else(|| panic!("dangling $ref {r}"));
         } else if let Some([only]) = v.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
             v = only;
+        } else if let Some([a, b]) = v.get("oneOf").and_then(Value::as_array).map(Vec::as_slice)
+            && (*a == null || *b == null)
+        {
+            v = if *a == null { b } else { a };
         } else {
             return v;
         }
@@ -536,13 +542,15 @@ async fn the_documented_bounds_are_the_servers() {
         assert_eq!(status.is_success(), ok, "days {d}: {reply}");
     }
 
-    // Start-request fields, through the catalog's validation.
+    // Start-request fields, through the catalog's defaults and validation, as a start takes
+    // them.
     let example = schema(&doc, "StartRunnerRequest")["example"].clone();
     let check = |edit: &dyn Fn(&mut Value)| {
         let mut v = example.clone();
         v["config"]["instruments"] = json!(["BTC-USD"]);
         edit(&mut v);
-        let req: StartRunnerRequest = serde_json::from_value(v).unwrap();
+        let mut req: StartRunnerRequest = serde_json::from_value(v).unwrap();
+        validate::apply_defaults(&mut req.config);
         validate::validate_start(&req).is_ok()
     };
     let risk = resolve(&doc, schema(&doc, "RiskManagement"));
@@ -605,14 +613,20 @@ async fn the_documented_bounds_are_the_servers() {
             "{user}"
         );
     }
+    // No instruments are the strategy's default ones, when it has any.
     let instruments = &schema(&doc, "ScalpingConfig")["properties"]["instruments"];
+    let defaults = !strategy::strategy("scalping")
+        .unwrap()
+        .default_instruments
+        .is_empty();
     assert_eq!(
         (&instruments["minItems"], &instruments["uniqueItems"]),
-        (&json!(1), &json!(true))
+        (&json!(if defaults { 0 } else { 1 }), &json!(true))
     );
-    assert!(!check(
-        &|v: &mut Value| v["config"]["instruments"] = json!([])
-    ));
+    assert_eq!(
+        check(&|v: &mut Value| v["config"]["instruments"] = json!([])),
+        defaults
+    );
     assert!(!check(
         &|v: &mut Value| v["config"]["instruments"] = json!(["BTC-USD", "BTC-USD"])
     ));

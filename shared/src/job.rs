@@ -14,8 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::{CredentialCipher, CryptoError, SealedCredentials};
 use crate::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 
-/// Body of a start request (`POST /v1/runners`).
+/// Body of a start request (`POST /v1/runners`). Unknown fields are refused at every level.
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(example = json!({"userId": "user-123", "strategyId": "scalping-btc", "brokerId": "deribit",
+    "credentials": {"apiKey": "key", "apiSecret": "secret"},
+    "config": {"name": "BTC Scalping", "type": "scalping", "parameters": {"timeframe": "1m", "rsiPeriod": 14},
+        "riskManagement": {"maxPositionSize": 100, "stopLossPercent": 2, "takeProfitPercent": 3},
+        "instruments": ["BTC-PERPETUAL"]}})))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StartRunnerRequest {
     /// Whose runner this is.
@@ -23,20 +29,28 @@ pub struct StartRunnerRequest {
     /// The user's name for the strategy.
     pub strategy_id: StrategyId,
     /// The broker to trade on (`deribit`, `paper`, ...).
+    // The catalog's enum, which the orchestrator's document adds (shared does not know it).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::broker))]
     pub broker_id: BrokerId,
     /// Exchange credentials for the runner; sealed before they are stored.
     pub credentials: Credentials,
     /// What to run and how.
+    // One variant per catalog strategy, which the orchestrator's document adds.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::strategy_config))]
     pub config: StrategyConfig,
 }
 
-/// Exchange credentials. `Debug` never prints the secret values.
+/// Exchange credentials; sealed before they are stored, never returned.
+// `Debug` never prints the secret values.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credentials {
-    /// The exchange API key.
+    /// Exchange API key: 1 to 512 characters, not all blank.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::credential))]
     pub api_key: String,
-    /// The exchange API secret.
+    /// Exchange API secret: 1 to 512 characters, not all blank.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::credential))]
     pub api_secret: String,
 }
 
@@ -49,8 +63,12 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// A strategy's configuration, as sent by the client.
+/// A strategy's configuration, as sent by the client. Its schema is the configuration as
+/// admitted, in answers (`StrategyConfigView`, no credentials); the start request's is the
+/// catalog's, one variant per strategy.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = StrategyConfigView))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StrategyConfig {
     /// Display name.
@@ -60,29 +78,39 @@ pub struct StrategyConfig {
     pub kind: String,
     /// Strategy-specific parameters (`timeframe`, `rsiPeriod`, ...).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub parameters: serde_json::Map<String, serde_json::Value>,
     /// Limits enforced by the runtime, whatever the strategy does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub risk_management: Option<RiskManagement>,
     /// Instruments the strategy trades (`BTC-PERPETUAL`, ...).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub instruments: Vec<String>,
 }
 
-/// Risk limits of a strategy.
+/// Limits the runtime enforces whatever the strategy does. JSON numbers. Optional (`null` =
+/// none).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RiskManagement {
-    /// Largest position, in the instrument's amount unit.
+    /// Largest position in the instrument's amount unit: at most 1e9, and at least the
+    /// smallest order of every listed instrument (docs/trading.md, "Instruments").
     #[serde(with = "rust_decimal::serde::float")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64, minimum = 0.0001, maximum = 1000000000))]
     #[schemars(with = "f64")]
     pub max_position_size: Decimal,
-    /// Close a position when its loss reaches this percentage of its entry value.
+    /// Close a position when its loss reaches this percentage of its entry value. Above 0, at
+    /// most 100. Read as a decimal of at most 28 places: below 1e-28 is 0.
     #[serde(with = "rust_decimal::serde::float")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64, minimum = 1e-28, maximum = 100))]
     #[schemars(with = "f64")]
     pub stop_loss_percent: Decimal,
-    /// Close a position when its gain reaches this percentage of its entry value.
+    /// Close a position when its gain reaches this percentage of its entry value. Above 0, at
+    /// most 1000. Read as a decimal of at most 28 places: below 1e-28 is 0.
     #[serde(with = "rust_decimal::serde::float")]
+    #[cfg_attr(feature = "openapi", schema(value_type = f64, minimum = 1e-28, maximum = 1000))]
     #[schemars(with = "f64")]
     pub take_profit_percent: Decimal,
 }
@@ -138,6 +166,7 @@ impl JobSpec {
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Admitted and waiting for a worker node.
@@ -189,8 +218,10 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// What happens to open positions when a runner stops.
+/// What happens to open positions when a runner stops: `flatten` closes every position at
+/// market and confirms flat; `hold` leaves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum StopMode {
     /// Cancel open orders and close every position at market, then confirm flat.
@@ -212,6 +243,7 @@ impl StopMode {
 
 /// Direction of a position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Profits when the price rises.
@@ -223,61 +255,82 @@ pub enum Side {
 
 /// An open position as reported by a runner. Money fields are exact decimal strings (see
 /// [`decimal`]); PnL is in the instrument's settlement currency (`currency`).
+// Every field is `required` in its schema: `default` only lets old records load; every
+// answer carries them all.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Position {
     /// The instrument.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub instrument_name: String,
     /// Long or short.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub side: Side,
     /// Size, in the instrument's amount unit (USD for inverse perpetuals).
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub amount: Decimal,
     /// Average entry price (arithmetic for linear instruments, harmonic for inverse ones).
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub entry_price: Decimal,
     /// The price the position is marked at: the latest price of the market feed.
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub mark_price: Decimal,
     /// PnL if closed at `markPrice`, before fees, in the settlement currency.
     #[serde(rename = "unrealizedPnL", with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub unrealized_pnl: Decimal,
     /// PnL already realized by partial closes of this position, before fees.
     #[serde(rename = "realizedPnL", with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub realized_pnl: Decimal,
     /// The settlement currency of the PnL fields (`BTC` for BTC-PERPETUAL, `USD` for EUR-USD).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub currency: String,
 }
 
 /// A runner's trading statistics. See docs/trading.md for the definitions. Money fields are
 /// exact decimal strings in `currency`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Stats {
     /// Closed trades (a trade is a position's life from flat back to flat, or to a flip).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub total_trades: u64,
     /// Closed trades whose PnL net of fees is above zero.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub winning_trades: u64,
     /// Closed trades whose PnL net of fees is below zero. A trade of exactly zero is neither.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub losing_trades: u64,
     /// Sum of the closed trades' PnL, net of their fees.
     #[serde(rename = "totalPnL", with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub total_pnl: Decimal,
     /// Winning trades as a percentage of closed trades, 2 decimals (0 when none).
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub win_rate: Decimal,
     /// Fees paid on every fill so far, open positions' included.
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub fees: Decimal,
     /// Largest fall of cumulative closed-trade PnL from its running peak (0 or positive).
     #[serde(with = "decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money, required = true))]
     pub max_drawdown: Decimal,
     /// Sum of winning trades' PnL over the absolute sum of losing trades' PnL, 4 decimals;
     /// `null` when there is no losing trade.
     #[serde(with = "decimal::option")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::openapi::Money>, required = true))]
     pub profit_factor: Option<Decimal>,
     /// The currency of the money fields: the instruments' common settlement currency, or `USD`
     /// when they settle in different currencies (each figure converted at its fill's price).
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub currency: String,
 }
 
@@ -367,6 +420,7 @@ pub mod decimal {
 
 /// Everything the fleet knows about a job, as the status call reports it. Holds no secrets.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JobRecord {
     /// The job's id; also reported as `workerId`.

@@ -18,6 +18,8 @@ pub mod keys;
 pub mod kind;
 pub mod lease;
 pub mod observability;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod policy;
 pub mod queue;
 pub mod redis_pool;

@@ -262,6 +262,7 @@ impl FleetGauges {
 /// One step of a runner's life, as recorded in the event stream by the same atomic step that
 /// made the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerEvent {
     /// The event's stream id (`<ms>-<seq>`), increasing: an SSE `Last-Event-ID`.
@@ -345,6 +346,8 @@ pub struct RunnerBeat {
 
 /// A node's own liveness report, sent with its runners' heartbeats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Node))]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     /// The node.
@@ -611,6 +614,7 @@ pub trait Sweeper: Send + Sync {
 
 /// A user API key as listed (never its secret or hash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeyInfo {
     /// The key's public id (part of the key).
@@ -652,6 +656,7 @@ pub trait ApiKeys: Send + Sync {
 
 /// One admin action, as the orchestrator records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AdminAction {
     /// Who: the public id of the key used (`admin` for the admin key), never the key.
@@ -668,6 +673,8 @@ pub struct AdminAction {
 
 /// An [`AdminAction`] as the trail holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = AuditEntry))]
 #[serde(rename_all = "camelCase")]
 pub struct AdminEntry {
     /// The entry's id in the trail (the stream id for Redis), increasing.
