@@ -233,6 +233,7 @@ pub fn document() -> Value {
     }
     let schemas = components["schemas"].as_object_mut().expect("schemas");
     schemas.extend(catalog_schemas());
+    schemas.values_mut().for_each(descriptions_as_prose);
     let seed = crate::seed::seed_schemas(schemas, SEED_ANSWERS);
     schemas.extend(seed);
     let rules = base["schemaRules"].as_object().expect("schemaRules");
@@ -240,6 +241,28 @@ pub fn document() -> Value {
         merge(schemas.get_mut(name).expect("a derived schema"), rule);
     }
     doc
+}
+
+/// Turns the descriptions in `schema`, the doc comments of the types it was derived from, into
+/// prose for the document's readers: rustdoc's links (`` [`Type`] ``) become plain code, and
+/// the line breaks of the source's wrapping spaces.
+fn descriptions_as_prose(schema: &mut Value) {
+    match schema {
+        Value::Object(o) => {
+            if let Some(Value::String(text)) = o.get_mut("description") {
+                *text = text.replace('\n', " ");
+                while let Some(start) = text.find("[`")
+                    && let Some(len) = text[start..].find("`]")
+                {
+                    let code = text[start + 1..start + len + 1].to_owned();
+                    text.replace_range(start..start + len + 2, &code);
+                }
+            }
+            o.values_mut().for_each(descriptions_as_prose);
+        }
+        Value::Array(items) => items.iter_mut().for_each(descriptions_as_prose),
+        _ => {}
+    }
 }
 
 /// The answers of the seed's routes whose shapes differ from the `/v1` ones: the operations

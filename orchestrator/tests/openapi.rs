@@ -232,6 +232,25 @@ fn the_document_has_its_top_level_fields() {
     }
 }
 
+/// The schemas' descriptions are the types' doc comments, read as prose: no rustdoc link
+/// syntax or source line breaks are left in them.
+#[test]
+fn schema_descriptions_are_prose() {
+    fn walk(v: &Value, at: &str) {
+        match v {
+            Value::Object(o) => {
+                if let Some(Value::String(d)) = o.get("description") {
+                    assert!(!d.contains("[`") && !d.contains('\n'), "{at}: {d:?}");
+                }
+                o.iter().for_each(|(k, x)| walk(x, &format!("{at}/{k}")));
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, at)),
+            _ => {}
+        }
+    }
+    walk(&doc()["components"]["schemas"], "");
+}
+
 #[tokio::test]
 async fn the_document_lists_exactly_the_routes_the_router_serves() {
     let doc = doc();
