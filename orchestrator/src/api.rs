@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 use crate::openapi::named;
 use crate::responses::{
     Answer, BatchItem, BatchStartResult, Done, Entitlement, EntitlementGranted, FlattenError,
-    FlattenFailed, FleetCounts, FleetStatus, Health, IssuedKey, KeyList, NodeCounts, Nodes,
-    Refused, Runner, RunnerEvents, RunnerView, StartAccepted, StopPending, StopResult, Succeeded,
-    UserCounts, UserRunners,
+    FlattenFailed, FlattenFailedCode, FleetCounts, FleetStatus, Health, HealthOk, IssuedKey,
+    KeyList, NodeCounts, Nodes, Queued, Refused, Runner, RunnerEvents, RunnerView, StartAccepted,
+    StopPending, StopResult, Succeeded, UserCounts, UserRunners,
 };
 
 use crate::audit::{self, Action};
@@ -125,7 +125,7 @@ pub async fn healthz<S: FleetStore, Q: JobQueue + Clone>(
 ) -> Result<Answer<Health>, ApiError> {
     let now = app.store.now_ms().await?;
     Ok(Answer::ok(Health {
-        status: "ok",
+        status: HealthOk,
         store_time: now,
     }))
 }
@@ -233,7 +233,7 @@ fn queued_answer(id: &JobId, tier: Tier, limit: u32, current: u32) -> StartAccep
         success: Succeeded,
         job_id: id.clone(),
         worker_id: id.clone(),
-        status: JobStatus::Queued,
+        status: Queued,
         message: format!("runner queued ({current} of {limit} runners in use, tier {tier})"),
     }
 }
@@ -594,7 +594,7 @@ fn flatten_failed(r: &JobRecord) -> Response {
         success: Refused,
         status: r.status,
         error: FlattenError {
-            code: "FLATTEN_FAILED",
+            code: FlattenFailedCode,
             message: r.error.clone(),
         },
         flattened_positions: r.flattened_positions.unwrap_or(0),

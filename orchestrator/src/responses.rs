@@ -35,23 +35,24 @@ impl<T: Serialize> IntoResponse for Answer<T> {
     }
 }
 
-/// A `success` flag that is always the same, so its schema says which (`enum: [true]`).
-macro_rules! flag {
-    ($($(#[$doc:meta])* $name:ident = $value:literal;)*) => {$(
+/// A field that is always the same value (a JSON boolean or string), as a type: so its schema
+/// says which (`enum: [true]`), and a handler cannot send another.
+macro_rules! constant {
+    ($($(#[$doc:meta])* $name:ident: $json:ident = $value:literal;)*) => {$(
         $(#[$doc])*
         #[derive(Debug, Clone, Copy)]
         pub struct $name;
 
         impl Serialize for $name {
             fn serialize<Ser: serde::Serializer>(&self, s: Ser) -> Result<Ser::Ok, Ser::Error> {
-                s.serialize_bool($value)
+                $value.serialize(s)
             }
         }
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
                 utoipa::openapi::ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::Type::Boolean)
+                    .schema_type(utoipa::openapi::Type::$json)
                     .enum_values(Some([$value]))
                     .into()
             }
@@ -61,11 +62,17 @@ macro_rules! flag {
     )*};
 }
 
-flag! {
+constant! {
     /// `"success": true` (every answer but a refusal, which is [`crate::error::ErrorBody`]).
-    Succeeded = true;
+    Succeeded: Boolean = true;
     /// `"success": false` (a refusal, and a flatten that failed).
-    Refused = false;
+    Refused: Boolean = false;
+    /// `"status": "ok"` ([`Health`]).
+    HealthOk: String = "ok";
+    /// `"status": "queued"` ([`StartAccepted`]).
+    Queued: String = "queued";
+    /// `"code": "FLATTEN_FAILED"` ([`FlattenError`]).
+    FlattenFailedCode: String = "FLATTEN_FAILED";
 }
 
 /// `GET /healthz`.
@@ -73,7 +80,7 @@ flag! {
 #[serde(rename_all = "camelCase")]
 pub struct Health {
     /// Always `ok`.
-    pub status: &'static str,
+    pub status: HealthOk,
     /// The store's clock (ms).
     pub store_time: u64,
 }
@@ -89,7 +96,7 @@ pub struct StartAccepted {
     /// The same as `jobId` (the seed's name).
     pub worker_id: JobId,
     /// Always `queued`.
-    pub status: JobStatus,
+    pub status: Queued,
     /// How many of the tier's runners are in use.
     pub message: String,
 }
@@ -191,7 +198,7 @@ pub struct FlattenFailed {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FlattenError {
     /// `FLATTEN_FAILED`.
-    pub code: &'static str,
+    pub code: FlattenFailedCode,
     /// What the node recorded.
     #[schema(required = true)]
     pub message: Option<String>,
@@ -345,7 +352,9 @@ pub struct NodeCounts {
 }
 
 /// `GET /v1/runners/{jobId}/events`.
+// `deny_unknown_fields` only for the schema (this is never read): `additionalProperties: false`.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerEvents {
     /// Always true.
@@ -493,7 +502,7 @@ mod tests {
             success: Succeeded,
             job_id: JobId::new("job-1"),
             worker_id: JobId::new("job-1"),
-            status: JobStatus::Queued,
+            status: Queued,
             message: "m".into(),
         };
         let text = serde_json::to_value(&body).unwrap().to_string();

@@ -114,3 +114,12 @@ pub fn broker() -> RefOr<Schema> {
 pub fn strategy_config() -> RefOr<Schema> {
     RefOr::Ref(utoipa::openapi::Ref::from_schema_name("StrategyConfig"))
 }
+
+/// A runner event's `type`: one of [`crate::store::RunnerEvent::KINDS`].
+pub fn event_kind() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(crate::store::RunnerEvent::KINDS))
+        .description(Some("What happened."))
+        .into()
+}

@@ -263,7 +263,8 @@ impl FleetGauges {
 /// made the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "camelCase")]
+// Nothing reads an event with other fields; the schema says so (`additionalProperties: false`).
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunnerEvent {
     /// The event's stream id (`<ms>-<seq>`), increasing: an SSE `Last-Event-ID`.
     pub id: String,
@@ -275,6 +276,7 @@ pub struct RunnerEvent {
     /// `fenced`, `stop_requested`, `stopped`, `failed`, `breaker_opened`, `breaker_closed`,
     /// `handed_back`.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::event_kind))]
     pub kind: String,
     /// The job's epoch at the event (the claim's epoch for `claimed`, the refused one for
     /// `fenced`).
@@ -285,6 +287,24 @@ pub struct RunnerEvent {
     pub reason: String,
     /// When (ms, store clock).
     pub at: u64,
+}
+
+impl RunnerEvent {
+    /// Every `type` an event may have (the store's scripts and the memory store write them).
+    pub const KINDS: [&str; 12] = [
+        "admitted",
+        "claimed",
+        "crashed",
+        "restart_scheduled",
+        "restarted",
+        "fenced",
+        "stop_requested",
+        "stopped",
+        "failed",
+        "breaker_opened",
+        "breaker_closed",
+        "handed_back",
+    ];
 }
 
 /// A position in the event stream: a Redis stream id `<ms>-<seq>`, ordered as Redis orders
