@@ -63,9 +63,9 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// A strategy's configuration, as sent by the client. Its schema is the configuration as
-/// admitted, in answers (`StrategyConfigView`, no credentials); the start request's is the
-/// catalog's, one variant per strategy.
+/// A strategy's configuration, as sent by the client.
+// Its OpenAPI schema is the configuration as admitted, in answers (`StrategyConfigView`); the
+// start request's is the catalog's, one variant per strategy, which the orchestrator writes.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(as = StrategyConfigView))]
