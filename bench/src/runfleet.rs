@@ -16,10 +16,10 @@ use runfleet_shared::job::{JobSpec, StartRunnerRequest};
 use runfleet_shared::keys::Keys;
 use runfleet_shared::redis_pool::RedisPools;
 use runfleet_shared::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
-use runfleet_tests::{ADMIN_KEY, Api, Process, free_port, start_request};
+use runfleet_tests::{ADMIN_KEY, Api, Process, free_port, rss_bytes, start_request};
 use serde_json::json;
 
-use crate::redis_server::{BenchRedis, rss_bytes};
+use crate::redis_server::BenchRedis;
 use crate::report::{Row, Sample, quantile};
 use crate::{BulkVia, Sizes};
 

@@ -482,7 +482,7 @@ pub struct Lease {
     pub epoch: u64,
     /// The saved state the job's previous run left (its runner kind's
     /// [`Report::state`](crate::kind::Report::state)), to resume from.
-    pub account: Option<serde_json::Value>,
+    pub account: Option<crate::kind::SavedState>,
     /// From the job's admission to this claim, on the store's clock (ms): its start-to-running
     /// latency on a first claim.
     pub since_created_ms: u64,

@@ -12,6 +12,7 @@ use runfleet_shared::dispatch::Dispatcher;
 use runfleet_shared::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
 use runfleet_shared::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
 use runfleet_shared::keys::Keys;
+use runfleet_shared::kind::SavedState;
 use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
 use runfleet_shared::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
@@ -428,7 +429,8 @@ async fn handed_back_jobs_can_be_claimed_again<S: FleetStore>(s: S) {
             .await
             .unwrap()
     );
-    let account = serde_json::json!({"balance": "1000.5", "positions": []});
+    let account =
+        SavedState::of(&serde_json::json!({"balance": "1000.5", "positions": []})).unwrap();
     assert!(
         s.hand_back(&NodeId::new("n1"), &a.id, epoch, Some(account.clone()))
             .await

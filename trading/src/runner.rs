@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use runfleet_shared::config::MarketSettings;
 use runfleet_shared::job::{JobSpec, StopMode};
-use runfleet_shared::kind::{Report, ReportSink, RunOutcome, StopCause, StopSignal};
+use runfleet_shared::kind::{Report, ReportSink, RunOutcome, SavedState, StopCause, StopSignal};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::warn;
@@ -93,11 +93,7 @@ pub async fn start(
 }
 
 fn snapshot(session: &Session<PaperBroker>, feed: &dyn MarketFeed) -> Report {
-    let mut report = session.report();
-    if let Some(Value::Object(state)) = &mut report.state {
-        state.insert("feed".into(), feed.state());
-    }
-    report
+    session.report_with(Some(feed.state()))
 }
 
 /// Runs a job's strategy until `stop` says why it must end, publishing its report to `report`
@@ -114,10 +110,14 @@ pub async fn run(
     spec: Arc<JobSpec>,
     market: &MarketSettings,
     replays: &ReplayCache,
-    resume: Option<Value>,
+    resume: Option<SavedState>,
     report: ReportSink,
     mut stop: StopSignal,
 ) -> Result<RunOutcome, String> {
+    let resume = resume
+        .map(|saved| saved.parse())
+        .transpose()
+        .map_err(|e| format!("cannot resume: the saved state is not JSON: {e}"))?;
     let (mut session, mut feed) = start(&spec, market, resume.as_ref(), replays).await?;
     report.publish(snapshot(&session, feed.as_ref()));
     let mut last = Instant::now();

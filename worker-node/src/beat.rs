@@ -16,14 +16,14 @@ use runfleet_shared::job::Position;
 use runfleet_shared::store::RunnerBeat;
 use tokio::time::Instant;
 
-use runfleet_shared::kind::Report;
+use runfleet_shared::kind::{Report, SavedState};
 
 /// What the store last accepted for one runner.
 #[derive(Debug, Default)]
 pub struct Sent {
     positions: Option<Vec<Position>>,
     stats: Option<runfleet_shared::job::Stats>,
-    account: Option<serde_json::Value>,
+    account: Option<SavedState>,
     /// When the saved state was last accepted.
     account_at: Option<Instant>,
 }
@@ -126,8 +126,12 @@ mod tests {
                 total_trades: trades,
                 ..Stats::default()
             },
-            state: Some(json!({ "tick": tick })),
+            state: Some(state(tick)),
         }
+    }
+
+    fn state(tick: u64) -> SavedState {
+        SavedState::of(&json!({ "tick": tick })).unwrap()
     }
 
     /// Sends what `beat_of` decides and records it as accepted.
@@ -150,7 +154,7 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         let due = send(&mut sent, &report(vec![], 0, 6), Instant::now()).unwrap();
-        assert_eq!(due.account, Some(json!({ "tick": 6 })));
+        assert_eq!(due.account, Some(state(6)));
         assert!(due.positions.is_none() && due.stats.is_none());
     }
 
@@ -174,11 +178,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let filled = send(&mut sent, &report(vec![], 1, 2), Instant::now()).unwrap();
         assert!(filled.positions.is_some() && filled.stats.is_some());
-        assert_eq!(
-            filled.account,
-            Some(json!({ "tick": 2 })),
-            "saved with the fill"
-        );
+        assert_eq!(filled.account, Some(state(2)), "saved with the fill");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ use runfleet_shared::dispatch::Dispatcher;
 use runfleet_shared::ids::{JobId, NodeId};
 use runfleet_shared::job::{JobStatus, Lease};
 use runfleet_shared::lifecycle::{
-    ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
+    ErrorKind, EventBus, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
 use runfleet_shared::observability;
 use runfleet_shared::queue::{Delivery, JobQueue};
@@ -107,6 +107,10 @@ struct Inner<S, Q> {
     serving: AtomicBool,
     /// The runner kinds jobs run with.
     kinds: Kinds,
+    /// The lifecycle events of every runner: one bus for the node, since a bus of each
+    /// runner's own (a broadcast channel of 256 slots) was the largest part of an idle
+    /// runner's memory, and nothing subscribes to one runner alone.
+    runner_events: EventBus,
 }
 
 /// A worker node. Cheap to clone; clones share the node.
@@ -176,6 +180,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 serving: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 kinds,
+                runner_events: EventBus::default(),
             }),
         }
     }
@@ -457,7 +462,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 deadline.clone(),
             );
             ServiceRunner::new(
-                RunnerOptions::new(job.to_string()).history_capacity(4),
+                RunnerOptions::new(job.to_string())
+                    .history_capacity(4)
+                    .events(inner.runner_events.clone()),
                 move |_token| {
                     let start = RunStart {
                         spec: spec.clone(),
@@ -585,7 +592,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
         match Dispatcher::new(&inner.store, &inner.queue)
-            .hand_back(owner, job, epoch, account_of(&last))
+            .hand_back(owner, job, epoch, last.state)
             .await
         {
             Ok(true) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
@@ -796,13 +803,8 @@ fn end_of(
         status,
         error,
         flattened_positions: flattened,
-        account: account_of(&report),
+        account: report.state,
         positions: report.positions,
         stats: report.stats,
     }
-}
-
-/// The saved state a report carries, stored (as the job's `account`) for its next run.
-fn account_of(report: &Report) -> Option<serde_json::Value> {
-    report.state.clone()
 }

@@ -394,8 +394,8 @@ impl ScriptContext {
     }
 }
 
-fn account_arg(account: &Option<serde_json::Value>) -> String {
-    account.as_ref().map(|a| a.to_string()).unwrap_or_default()
+fn account_arg(account: &Option<crate::kind::SavedState>) -> &str {
+    account.as_ref().map_or("", |a| a.as_str())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -816,7 +816,8 @@ impl LeaseStore for RedisStore {
                 let account = row
                     .get(4)
                     .and_then(text)
-                    .and_then(|a| serde_json::from_str(&a).ok());
+                    .filter(|a| !a.is_empty())
+                    .map(crate::kind::SavedState::from_text);
                 let since_created_ms = row
                     .get(5)
                     .and_then(text)
@@ -901,7 +902,7 @@ impl LeaseStore for RedisStore {
         node: &NodeId,
         job: &JobId,
         epoch: u64,
-        account: Option<serde_json::Value>,
+        account: Option<crate::kind::SavedState>,
     ) -> Result<bool, StoreError> {
         let accepted: i64 = self
             .invoke(&HAND_BACK)

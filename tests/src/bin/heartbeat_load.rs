@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runfleet_tests::{Fleet, PrivateRedis, eventually, free_port};
+use runfleet_tests::{Fleet, PrivateRedis, eventually, free_port, rss_bytes};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -156,7 +156,19 @@ async fn main() -> anyhow::Result<()> {
     let traffic = Arc::new(Mutex::new(Traffic::default()));
     let proxy = counting_proxy(redis.port, traffic.clone()).await?;
     fleet.set("RUNFLEET__REDIS__URL", format!("redis://127.0.0.1:{proxy}"));
-    let _node = fleet.worker("worker", runners);
+    let node = fleet.worker("worker", runners);
+    eventually(Duration::from_secs(30), "the node registered", || {
+        let api = api.clone();
+        async move {
+            let (_, nodes) = api.get("/v1/nodes").await;
+            nodes["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    let idle_rss = rss_bytes(node.pid())?;
 
     let users = runners.div_ceil(50);
     let started = Instant::now();
@@ -226,6 +238,12 @@ async fn main() -> anyhow::Result<()> {
         "Redis CPU per heartbeat interval: {:.2} ms ({:.3} ms per minute per runner)",
         cpu_ms / intervals,
         cpu_ms / (elapsed_ms / 60_000.0) / runners as f64
+    );
+    println!(
+        "worker-node memory per running runner: {:.1} KiB (RSS {:.1} MiB idle, {:.1} MiB with {runners} running)",
+        (rss_bytes(node.pid())? - idle_rss) / runners as f64 / 1_024.0,
+        idle_rss / 1_048_576.0,
+        rss_bytes(node.pid())? / 1_048_576.0,
     );
     let stats = redis_info(redis.port, "commandstats").await?;
     if let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_evalsha")) {
