@@ -211,7 +211,7 @@ impl StopMode {
 }
 
 /// Direction of a position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     /// Profits when the price rises.
@@ -223,7 +223,7 @@ pub enum Side {
 
 /// An open position as reported by a runner. Money fields are exact decimal strings (see
 /// [`decimal`]); PnL is in the instrument's settlement currency (`currency`).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Position {
     /// The instrument.
@@ -251,7 +251,7 @@ pub struct Position {
 
 /// A runner's trading statistics. See docs/trading.md for the definitions. Money fields are
 /// exact decimal strings in `currency`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Stats {
     /// Closed trades (a trade is a position's life from flat back to flat, or to a flip).

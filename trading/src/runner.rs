@@ -118,7 +118,9 @@ pub async fn run(
         .map(|saved| saved.parse())
         .transpose()
         .map_err(|e| format!("cannot resume: the saved state is not JSON: {e}"))?;
-    let (mut session, mut feed) = start(&spec, market, resume.as_ref(), replays).await?;
+    // The start and the flatten are boxed: this future lives as long as the runner, and they
+    // (large, run once) would otherwise make every running runner pay for their state.
+    let (mut session, mut feed) = Box::pin(start(&spec, market, resume.as_ref(), replays)).await?;
     report.publish(snapshot(&session, feed.as_ref()));
     let mut last = Instant::now();
     let mut first = true;
@@ -157,7 +159,7 @@ pub async fn run(
     };
     let (flattened, flatten_error) = match cause {
         StopCause::Requested(StopMode::Flatten) => {
-            let f = session.flatten(FLATTEN_ATTEMPTS, FLATTEN_PAUSE).await;
+            let f = Box::pin(session.flatten(FLATTEN_ATTEMPTS, FLATTEN_PAUSE)).await;
             (Some(f.closed), f.error)
         }
         StopCause::Requested(StopMode::Hold) => (Some(0), None),

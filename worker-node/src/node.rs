@@ -433,6 +433,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// it). The strategy runs in a lifecycle runner of its own: a panic or error is caught there
     /// and reported at once as a crash, which the store's restart policy decides. The runner is
     /// fenced when `deadline` passes (heartbeats push it forward).
+    ///
+    /// Its future lives as long as the runner, one per running runner, so the store calls that
+    /// record the end (large futures, run once) are boxed: they take memory only when they run.
     async fn supervise(&self, owner: NodeId, lease: Lease, deadline: LeaseDeadline) {
         let inner = &self.inner;
         let spec = Arc::new(lease.spec);
@@ -445,7 +448,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 "credentials could not be opened on the worker node (credentials key mismatch?)"
                     .into(),
             );
-            self.finish(&owner, &job, lease.epoch, end).await;
+            Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
             return;
         }
         let report = ReportSink::new(inner.kinds.before_start(&spec));
@@ -505,7 +508,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 // neither restarted nor counted against the strategy's breaker.
                 warn!(node = %self.id(), job = %job, error = %reason, "runner cannot start; failing the job");
                 let end = failed_end(format!("runner cannot start: {reason}"));
-                self.finish(&owner, &job, lease.epoch, end).await;
+                Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
                 return;
             }
             Some(Ok(o)) => Some(o),
@@ -521,12 +524,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 let error = outcome.flatten_error.clone();
                 metrics::counter!(observability::FLATTENS_TOTAL)
                     .increment(outcome.flattened.unwrap_or(0).into());
-                self.finish(
+                Box::pin(self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
-                )
+                ))
                 .await;
             }
             Some(StopCause::Fenced) => {
@@ -536,8 +539,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             }
             Some(StopCause::Shutdown) => {
                 let outcome = outcome.expect("matched Some");
-                self.hand_back(&owner, &job, lease.epoch, outcome.report)
-                    .await;
+                Box::pin(self.hand_back(&owner, &job, lease.epoch, outcome.report)).await;
             }
             None => {
                 let reason = match runner.last_error() {
@@ -551,12 +553,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
                 // The last report the runner published is what it leaves behind.
                 let last = last_report.take();
-                self.finish(
+                Box::pin(self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, last),
-                )
+                ))
                 .await;
             }
         }
