@@ -676,6 +676,16 @@ pub fn start_request(user: &str, strategy: &str) -> Value {
     })
 }
 
+/// [`start_request`] for a runner that holds nothing for its first 500 ticks: an sma-cross of
+/// 100 and 500 candles, waiting for its signal (an idle runner, for the benchmarks).
+pub fn idle_start_request(user: &str, strategy: &str) -> Value {
+    let mut request = start_request(user, strategy);
+    request["config"]["type"] = serde_json::json!("sma-cross");
+    request["config"]["parameters"] =
+        serde_json::json!({"timeframe": "1m", "fastPeriod": 100, "slowPeriod": 500});
+    request
+}
+
 /// A client of `GET /v1/events` reading the stream in the background: the events it received
 /// so far, each as its JSON `data` (which carries the event's `id`).
 #[derive(Debug)]

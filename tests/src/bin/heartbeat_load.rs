@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runfleet_tests::{Fleet, PrivateRedis, eventually, free_port, rss_bytes, start_request};
+use runfleet_tests::{
+    Fleet, PrivateRedis, eventually, free_port, idle_start_request, rss_bytes, start_request,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -188,12 +190,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
         for s in 0..50.min(runners - u * 50) {
-            let mut request = start_request(&user, &format!("s{s}"));
-            if idle {
-                request["config"]["type"] = json!("sma-cross");
-                request["config"]["parameters"] =
-                    json!({"timeframe": "1m", "fastPeriod": 100, "slowPeriod": 500});
-            }
+            let request = if idle {
+                idle_start_request(&user, &format!("s{s}"))
+            } else {
+                start_request(&user, &format!("s{s}"))
+            };
             let (code, body) = api.post("/v1/runners", &request).await;
             anyhow::ensure!(code == 202, "start refused: {body}");
         }
