@@ -60,6 +60,11 @@ struct Cli {
     /// Worker nodes sharing the runners.
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// What the runners held running do: `busy` ones scalp on every tick (nearly every beat
+    /// carries a fill), `idle` ones wait for their signal (an sma-cross of 100 and 500 candles
+    /// that holds nothing for its first 500 ticks). BullMQ's active jobs do nothing either way.
+    #[arg(long, value_enum, default_value_t = Runners::Busy)]
+    runners: Runners,
     /// Seconds to let the running fleet settle before measuring (default 10, quick 2).
     #[arg(long)]
     settle_secs: Option<u64>,
@@ -84,6 +89,15 @@ pub enum BulkVia {
     Script,
     /// One `POST /v1/runners/batch` per batch (issue 15's bulk start).
     HttpBatch,
+}
+
+/// What the runners held running do (`--runners`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Runners {
+    /// Scalping on every tick.
+    Busy,
+    /// Waiting for their signal.
+    Idle,
 }
 
 /// One of the two systems.
@@ -112,6 +126,8 @@ pub struct Sizes {
     pub running: usize,
     /// Worker nodes.
     pub nodes: usize,
+    /// What the runners held running do.
+    pub runners: Runners,
     /// Settling time before the steady-state window.
     pub settle: Duration,
     /// The steady-state window.
@@ -137,6 +153,7 @@ impl Cli {
             pickup_samples: pick(self.pickup_samples, 200, 20),
             running: pick(self.running, 5_000, 200).max(1),
             nodes: self.nodes.max(1),
+            runners: self.runners,
             settle: secs(self.settle_secs, 10, 2),
             window: secs(self.window_secs, 60, 6),
             stall_window: secs(self.stall_secs, 30, 3),

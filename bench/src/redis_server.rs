@@ -136,18 +136,3 @@ impl std::ops::Sub for Probe {
         }
     }
 }
-
-/// Resident memory of a process (`VmRSS`), in bytes.
-pub fn rss_bytes(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS in /proc/<pid>/status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib * 1024.0)
-}

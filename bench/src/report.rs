@@ -71,7 +71,11 @@ impl Row {
             Row::PickupP99 => "pick-up, request → running, p99 (ms)".into(),
             Row::Drain => format!("drain {} queued → all running (ms)", s.running),
             Row::SteadyCpu => format!(
-                "Redis CPU (ms) per minute per 1,000 running runners vs active jobs ({} running, default timings)",
+                "Redis CPU (ms) per minute per 1,000 running runners ({}) vs active jobs ({} running, default timings)",
+                match s.runners {
+                    crate::Runners::Busy => "busy",
+                    crate::Runners::Idle => "idle",
+                },
                 s.running
             ),
             Row::BytesPerBeat => {

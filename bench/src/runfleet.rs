@@ -16,12 +16,14 @@ use runfleet_shared::job::{JobSpec, StartRunnerRequest};
 use runfleet_shared::keys::Keys;
 use runfleet_shared::redis_pool::RedisPools;
 use runfleet_shared::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
-use runfleet_tests::{ADMIN_KEY, Api, Process, free_port, start_request};
+use runfleet_tests::{
+    ADMIN_KEY, Api, Process, free_port, idle_start_request, rss_bytes, start_request,
+};
 use serde_json::json;
 
-use crate::redis_server::{BenchRedis, rss_bytes};
+use crate::redis_server::BenchRedis;
 use crate::report::{Row, Sample, quantile};
-use crate::{BulkVia, Sizes};
+use crate::{BulkVia, Runners, Sizes};
 
 /// The fleet's key prefix on the private Redis.
 const PREFIX: &str = "bench";
@@ -126,12 +128,15 @@ impl Admitter {
         })
     }
 
-    /// The job spec the orchestrator would make for start `i` of `clients` users.
-    fn admission(&self, i: usize, clients: usize) -> anyhow::Result<Admission> {
-        let mut req: StartRunnerRequest = serde_json::from_value(start_request(
-            &format!("user-{}", i % clients),
-            &format!("s{i}"),
-        ))?;
+    /// The job spec the orchestrator would make for start `i` of `clients` users, of a runner
+    /// that does what `runners` says.
+    fn admission(&self, i: usize, clients: usize, runners: Runners) -> anyhow::Result<Admission> {
+        let request = match runners {
+            Runners::Busy => start_request,
+            Runners::Idle => idle_start_request,
+        };
+        let mut req: StartRunnerRequest =
+            serde_json::from_value(request(&format!("user-{}", i % clients), &format!("s{i}")))?;
         runfleet_trading::validate::apply_defaults(&mut req.config);
         let spec = JobSpec::sealed(JobId::generate(), req, &self.cipher)?;
         let id = spec.id.clone();
@@ -200,7 +205,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     // BullMQ's Queue, with `clients` calls in flight.
     redis.flush().await?;
     let batch: Vec<Admission> = (0..sizes.starts)
-        .map(|i| admitter.admission(i, sizes.clients))
+        .map(|i| admitter.admission(i, sizes.clients, Runners::Busy))
         .collect::<anyhow::Result<_>>()?;
     let batch = Arc::new(batch);
     let admitter = Arc::new(admitter);
@@ -237,7 +242,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     let batches: Vec<Vec<Admission>> = (0..sizes.bulk_batches)
         .map(|b| {
             (0..sizes.bulk_batch)
-                .map(|k| admitter.admission(b * sizes.bulk_batch + k, sizes.clients))
+                .map(|k| admitter.admission(b * sizes.bulk_batch + k, sizes.clients, Runners::Busy))
                 .collect()
         })
         .collect::<anyhow::Result<_>>()?;
@@ -294,7 +299,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     let mut ids = Vec::with_capacity(sizes.running);
     for chunk_start in (0..sizes.running).step_by(1_000) {
         let batch: Vec<Admission> = (chunk_start..sizes.running.min(chunk_start + 1_000))
-            .map(|i| admitter.admission(i, sizes.clients))
+            .map(|i| admitter.admission(i, sizes.clients, sizes.runners))
             .collect::<anyhow::Result<_>>()?;
         admitter.admit_pipelined(&mut c, &batch).await?;
         ids.extend(batch.into_iter().map(|a| keys.job(&a.id)));

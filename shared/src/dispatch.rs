@@ -114,7 +114,7 @@ impl<'a, S: FleetStore, Q: JobQueue> Dispatcher<'a, S, Q> {
         node: &NodeId,
         job: &JobId,
         epoch: u64,
-        account: Option<serde_json::Value>,
+        account: Option<crate::kind::SavedState>,
     ) -> Result<bool, StoreError> {
         let accepted = self.store.hand_back(node, job, epoch, account).await?;
         if accepted {

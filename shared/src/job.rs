@@ -242,7 +242,7 @@ impl StopMode {
 }
 
 /// Direction of a position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
@@ -257,7 +257,7 @@ pub enum Side {
 /// [`decimal`]); PnL is in the instrument's settlement currency (`currency`).
 // Every field is `required` in its schema: `default` only lets old records load; every
 // answer carries them all.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Position {
@@ -294,7 +294,7 @@ pub struct Position {
 
 /// A runner's trading statistics. See docs/trading.md for the definitions. Money fields are
 /// exact decimal strings in `currency`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Hash, Default, Deserialize, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Stats {
@@ -536,7 +536,7 @@ pub struct Lease {
     pub epoch: u64,
     /// The saved state the job's previous run left (its runner kind's
     /// [`Report::state`](crate::kind::Report::state)), to resume from.
-    pub account: Option<serde_json::Value>,
+    pub account: Option<crate::kind::SavedState>,
     /// From the job's admission to this claim, on the store's clock (ms): its start-to-running
     /// latency on a first claim.
     pub since_created_ms: u64,

@@ -48,7 +48,43 @@ pub struct Report {
     /// The runner's complete saved state, stored with the job (the job hash's `account`
     /// field) and given back to [`RunnerKind::run`] as [`RunStart::resume`] when the job runs
     /// again. `None`: nothing to save yet.
-    pub state: Option<Value>,
+    pub state: Option<SavedState>,
+}
+
+/// A runner's saved state, as the JSON text the store keeps: serialized once by the runner,
+/// then shared, not copied, by its report, the heartbeat's record of what it last sent and the
+/// store call that saves it. (As a `serde_json::Value` tree it cost each running runner several
+/// times its text, twice over.) Cheap to clone; equal when the texts are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SavedState(Arc<str>);
+
+impl SavedState {
+    /// `value` serialized.
+    pub fn of<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::to_string(value).map(|text| Self(text.into()))
+    }
+
+    /// A state as the store gave it back. Not checked here: the runner kind parses it when it
+    /// resumes, and refuses one it cannot read rather than taking it for a fresh start.
+    pub fn from_text(text: impl Into<Arc<str>>) -> Self {
+        Self(text.into())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The state parsed.
+    pub fn parse(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SavedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SavedState({} bytes)", self.0.len())
+    }
 }
 
 /// How a run ended.
@@ -158,7 +194,7 @@ pub struct RunStart {
     /// The job to run (credentials still sealed).
     pub spec: Arc<JobSpec>,
     /// The state the job's previous run saved ([`Report::state`]), to resume exactly from.
-    pub resume: Option<Value>,
+    pub resume: Option<SavedState>,
     /// When to stop.
     pub stop: StopSignal,
     /// Where to publish reports, after every step.
@@ -476,12 +512,24 @@ mod tests {
     fn a_report_sink_keeps_the_latest_report() {
         let sink = ReportSink::default();
         let report = Report {
-            state: Some(json!({"n": 1})),
+            state: Some(SavedState::of(&json!({"n": 1})).unwrap()),
             ..Report::default()
         };
         sink.clone().publish(report.clone());
         assert_eq!(sink.latest(), report);
         assert_eq!(sink.take(), report);
         assert_eq!(sink.latest(), Report::default());
+    }
+
+    #[test]
+    fn a_saved_state_is_its_json_text_and_parses_back() {
+        let value = json!({"version": 1, "ledger": {"trades": [1, 2]}});
+        let state = SavedState::of(&value).unwrap();
+        assert_eq!(state.as_str(), r#"{"ledger":{"trades":[1,2]},"version":1}"#);
+        assert_eq!(state.parse().unwrap(), value);
+        assert_eq!(SavedState::from_text(state.as_str()), state);
+        assert_eq!(format!("{state:?}"), "SavedState(39 bytes)");
+        // A text the store gave back is kept as is; reading it is the kind's to refuse.
+        assert!(SavedState::from_text("{not json").parse().is_err());
     }
 }

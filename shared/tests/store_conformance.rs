@@ -10,8 +10,9 @@ use runfleet_shared::config::{BreakerSettings, RestartSettings};
 use runfleet_shared::crypto::CredentialCipher;
 use runfleet_shared::dispatch::Dispatcher;
 use runfleet_shared::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
-use runfleet_shared::job::{Credentials, JobSpec, JobStatus, StopMode, StrategyConfig};
+use runfleet_shared::job::{Credentials, JobSpec, JobStatus, Stats, StopMode, StrategyConfig};
 use runfleet_shared::keys::Keys;
+use runfleet_shared::kind::SavedState;
 use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
 use runfleet_shared::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
@@ -428,7 +429,8 @@ async fn handed_back_jobs_can_be_claimed_again<S: FleetStore>(s: S) {
             .await
             .unwrap()
     );
-    let account = serde_json::json!({"balance": "1000.5", "positions": []});
+    let account =
+        SavedState::of(&serde_json::json!({"balance": "1000.5", "positions": []})).unwrap();
     assert!(
         s.hand_back(&NodeId::new("n1"), &a.id, epoch, Some(account.clone()))
             .await
@@ -1060,6 +1062,71 @@ async fn a_nodes_heartbeat_keeps_its_runners_without_reporting_them<S: FleetStor
     );
 }
 
+/// A heartbeat with more changed reports than one script call takes goes out in several calls
+/// (bounded by runners and by bytes, so no call holds Redis long); every report is stored, and
+/// a stale runner among them is refused alone.
+async fn a_heartbeat_larger_than_one_call_stores_every_report<S: FleetStore>(s: S) {
+    const RUNNERS: usize = 450;
+    const STALE: usize = 301;
+    let specs: Vec<JobSpec> = (0..RUNNERS).map(|i| spec(&format!("wide{i}"))).collect();
+    let mut epochs = Vec::new();
+    for sp in &specs {
+        s.admit(sp).await.unwrap();
+        epochs.push(claim_one(&s, "wide", &sp.id).await);
+    }
+    // 450 saved states of 1 KiB each: more than one call's runners and bytes.
+    let state = SavedState::of(&serde_json::json!({ "pad": "x".repeat(1_024) })).unwrap();
+    let beats: Vec<RunnerBeat> = specs
+        .iter()
+        .zip(&epochs)
+        .enumerate()
+        .map(|(i, (sp, &epoch))| RunnerBeat {
+            job_id: sp.id.clone(),
+            epoch: if i == STALE { epoch + 1 } else { epoch },
+            positions: Some(vec![]),
+            stats: Some(Stats {
+                total_trades: i as u64,
+                ..Stats::default()
+            }),
+            account: Some(state.clone()),
+        })
+        .collect();
+    let wide = NodeInfo {
+        capacity: 500,
+        runners: RUNNERS as u32,
+        ..node("wide")
+    };
+    let refused = s.renew(&wide, &beats, LEASE).await.unwrap();
+    assert_eq!(refused, vec![specs[STALE].id.clone()]);
+    for (i, sp) in specs.iter().enumerate() {
+        let rec = s.job(&sp.id).await.unwrap().unwrap();
+        let expected = if i == STALE { 0 } else { i as u64 };
+        assert_eq!(rec.stats.total_trades, expected, "runner {i}");
+    }
+    // The last runner's saved state went in the last call: a hand-back keeps it for the next
+    // run.
+    let last = specs.last().unwrap();
+    assert!(
+        s.hand_back(
+            &NodeId::new("wide"),
+            &last.id,
+            *epochs.last().unwrap(),
+            None
+        )
+        .await
+        .unwrap()
+    );
+    match s
+        .claim(&NodeId::new("next"), std::slice::from_ref(&last.id), LEASE)
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        ClaimOutcome::Claimed(lease) => assert_eq!(lease.account, Some(state)),
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
 /// A node whose lease lapsed cannot revive it, not even by claiming: the sweep may have given
 /// its runners to another node already. It is refused whole until it comes back under a new id.
 async fn a_lapsed_node_cannot_revive_its_lease<S: FleetStore>(s: S) {
@@ -1229,6 +1296,7 @@ macro_rules! store_conformance {
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
                 simultaneous_crashes_of_one_strategy_are_each_counted_once,
                 a_nodes_heartbeat_keeps_its_runners_without_reporting_them,
+                a_heartbeat_larger_than_one_call_stores_every_report,
                 a_lapsed_node_cannot_revive_its_lease,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order,

@@ -88,6 +88,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Resident memory of a process (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<f64> {
+    use anyhow::Context as _;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS in /proc/<pid>/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024.0)
+}
+
 /// A spawned fleet process, killed on drop.
 #[derive(Debug)]
 pub struct Process {
@@ -658,6 +674,16 @@ pub fn start_request(user: &str, strategy: &str) -> Value {
             "instruments": ["BTC-PERPETUAL", "ETH-PERPETUAL"]
         }
     })
+}
+
+/// [`start_request`] for a runner that holds nothing for its first 500 ticks: an sma-cross of
+/// 100 and 500 candles, waiting for its signal (an idle runner, for the benchmarks).
+pub fn idle_start_request(user: &str, strategy: &str) -> Value {
+    let mut request = start_request(user, strategy);
+    request["config"]["type"] = serde_json::json!("sma-cross");
+    request["config"]["parameters"] =
+        serde_json::json!({"timeframe": "1m", "fastPeriod": 100, "slowPeriod": 500});
+    request
 }
 
 /// A client of `GET /v1/events` reading the stream in the background: the events it received

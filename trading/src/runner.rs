@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use runfleet_shared::config::MarketSettings;
 use runfleet_shared::job::{JobSpec, StopMode};
-use runfleet_shared::kind::{Report, ReportSink, RunOutcome, StopCause, StopSignal};
+use runfleet_shared::kind::{Report, ReportSink, RunOutcome, SavedState, StopCause, StopSignal};
 use serde_json::Value;
 use tokio::time::Instant;
 use tracing::warn;
@@ -93,11 +93,7 @@ pub async fn start(
 }
 
 fn snapshot(session: &Session<PaperBroker>, feed: &dyn MarketFeed) -> Report {
-    let mut report = session.report();
-    if let Some(Value::Object(state)) = &mut report.state {
-        state.insert("feed".into(), feed.state());
-    }
-    report
+    session.report_with(Some(feed.state()))
 }
 
 /// Runs a job's strategy until `stop` says why it must end, publishing its report to `report`
@@ -114,11 +110,17 @@ pub async fn run(
     spec: Arc<JobSpec>,
     market: &MarketSettings,
     replays: &ReplayCache,
-    resume: Option<Value>,
+    resume: Option<SavedState>,
     report: ReportSink,
     mut stop: StopSignal,
 ) -> Result<RunOutcome, String> {
-    let (mut session, mut feed) = start(&spec, market, resume.as_ref(), replays).await?;
+    let resume = resume
+        .map(|saved| saved.parse())
+        .transpose()
+        .map_err(|e| format!("cannot resume: the saved state is not JSON: {e}"))?;
+    // The start and the flatten are boxed: this future lives as long as the runner, and they
+    // (large, run once) would otherwise make every running runner pay for their state.
+    let (mut session, mut feed) = Box::pin(start(&spec, market, resume.as_ref(), replays)).await?;
     report.publish(snapshot(&session, feed.as_ref()));
     let mut last = Instant::now();
     let mut first = true;
@@ -157,7 +159,7 @@ pub async fn run(
     };
     let (flattened, flatten_error) = match cause {
         StopCause::Requested(StopMode::Flatten) => {
-            let f = session.flatten(FLATTEN_ATTEMPTS, FLATTEN_PAUSE).await;
+            let f = Box::pin(session.flatten(FLATTEN_ATTEMPTS, FLATTEN_PAUSE)).await;
             (Some(f.closed), f.error)
         }
         StopCause::Requested(StopMode::Hold) => (Some(0), None),

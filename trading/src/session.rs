@@ -27,7 +27,7 @@ use super::feed::{Bar, CandleBuilder};
 use super::risk::{Decision, Exit, RiskLimits};
 use super::stats::Ledger;
 use super::strategy::{Context, Strategy};
-use runfleet_shared::kind::Report;
+use runfleet_shared::kind::{Report, SavedState};
 
 /// Version of the saved state ([`Report::state`]).
 pub const STATE_VERSION: u64 = 1;
@@ -505,10 +505,21 @@ impl<B: Broker> Session<B> {
 
     /// Positions, stats and the saved state.
     pub fn report(&self) -> Report {
+        self.report_with(None)
+    }
+
+    /// [`Session::report`], the feed's position (a [`crate::feed::MarketFeed::state`]) saved
+    /// with the state as its `feed` when given.
+    pub fn report_with(&self, feed: Option<Value>) -> Report {
+        let mut state = self.state();
+        if let Some(feed) = feed {
+            state["feed"] = feed;
+        }
         Report {
             positions: self.report_positions(),
             stats: self.ledger.stats(),
-            state: Some(self.state()),
+            // A `Value` always serializes.
+            state: SavedState::of(&state).ok(),
         }
     }
 }

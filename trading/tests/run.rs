@@ -12,7 +12,7 @@ use common::{eurusd_csv, spec};
 use runfleet_shared::config::{FeedKind, MarketSettings};
 use runfleet_shared::job::{JobSpec, StopMode};
 use runfleet_shared::kind::{
-    Report, ReportSink, RunOutcome, RunStart, RunnerKind, StopCause, StopSignal,
+    Report, ReportSink, RunOutcome, RunStart, RunnerKind, SavedState, StopCause, StopSignal,
 };
 use runfleet_shared::lease::{LeaseDeadline, fence_at};
 use runfleet_shared::validate::ValidationOptions;
@@ -39,14 +39,14 @@ struct Running {
 }
 
 impl Running {
-    fn start(spec: JobSpec, market: MarketSettings, resume: Option<Value>) -> Self {
+    fn start(spec: JobSpec, market: MarketSettings, resume: Option<SavedState>) -> Self {
         Self::start_with_lease(spec, market, resume, LeaseDeadline::unarmed())
     }
 
     fn start_with_lease(
         spec: JobSpec,
         market: MarketSettings,
-        resume: Option<Value>,
+        resume: Option<SavedState>,
         lease: LeaseDeadline,
     ) -> Self {
         let report = ReportSink::default();
@@ -68,7 +68,7 @@ impl Running {
     fn ticks(&self) -> u64 {
         self.report()
             .state
-            .and_then(|a| a["events"]["ticks"].as_u64())
+            .and_then(|a| a.parse().unwrap()["events"]["ticks"].as_u64())
             .unwrap_or(0)
     }
 
@@ -110,7 +110,7 @@ async fn flatten_closes_what_the_last_report_showed_open() {
         before.stats.total_trades + before.positions.len() as u64,
         "each flattened position is one more closed trade"
     );
-    let account = out.report.state.unwrap();
+    let account = out.report.state.unwrap().parse().unwrap();
     assert_eq!(account["broker"]["account"]["positions"], json!({}));
 }
 
@@ -136,7 +136,10 @@ async fn hold_leaves_positions_and_fenced_trades_no_further() {
     assert_eq!(r.ticks(), ticks, "no tick after the fence");
     let out = r.task.await.unwrap().unwrap();
     assert_eq!(out.flattened, None);
-    assert_eq!(out.report.state.unwrap()["events"]["ticks"], 30);
+    assert_eq!(
+        out.report.state.unwrap().parse().unwrap()["events"]["ticks"],
+        30
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -162,7 +165,10 @@ async fn a_runner_fences_itself_when_its_lease_deadline_passes_unless_renewed() 
         "fenced at the deadline"
     );
     // Ticks every 100 ms from 0: the last one before 4.7 s is at 4.6 s.
-    assert_eq!(out.report.state.unwrap()["events"]["ticks"], 47);
+    assert_eq!(
+        out.report.state.unwrap().parse().unwrap()["events"]["ticks"],
+        47
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,7 +194,8 @@ async fn a_resumed_runner_continues_exactly_where_it_was() {
     let handed_back = first.stop(StopCause::Shutdown).await;
     assert_eq!(handed_back.flattened, None);
     let saved = handed_back.report.state.clone().unwrap();
-    let round_trip: Value = serde_json::from_str(&saved.to_string()).unwrap();
+    // The state as the store gives it back: its text.
+    let round_trip = SavedState::from_text(saved.as_str());
 
     let second = Running::start(job(), market, Some(round_trip));
     tokio::task::yield_now().await;
@@ -259,7 +266,7 @@ async fn the_panic_test_strategy_panics_after_its_ticks() {
     // It had opened a position, reported before the panic.
     let rep = r.report.latest();
     assert_eq!(rep.positions.len(), 1);
-    assert_eq!(rep.state.unwrap()["events"]["ticks"], 5);
+    assert_eq!(rep.state.unwrap().parse().unwrap()["events"]["ticks"], 5);
 }
 
 #[tokio::test(start_paused = true)]
@@ -280,7 +287,17 @@ async fn a_runner_that_cannot_start_says_why() {
     let r = Running::start(
         spec("job-badstate", scalping(json!(["BTC-PERPETUAL"]))),
         MarketSettings::default(),
-        Some(json!({"version": 1, "broker": {"account": "garbage"}})),
+        Some(SavedState::of(&json!({"version": 1, "broker": {"account": "garbage"}})).unwrap()),
+    );
+    let msg = r.task.await.unwrap().unwrap_err();
+    assert!(msg.contains("cannot resume"), "{msg}");
+
+    // A saved state that is not JSON at all (a foreign write) is refused too, never taken for
+    // a fresh start.
+    let r = Running::start(
+        spec("job-notjson", scalping(json!(["BTC-PERPETUAL"]))),
+        MarketSettings::default(),
+        Some(SavedState::from_text("{\"version\": 1, \"broker")),
     );
     let msg = r.task.await.unwrap().unwrap_err();
     assert!(msg.contains("cannot resume"), "{msg}");

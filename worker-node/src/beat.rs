@@ -9,6 +9,7 @@
 //! it. A run resumed after a crash so starts from at most a checkpoint back, never from before
 //! its last fill.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use runfleet_shared::ids::JobId;
@@ -18,12 +19,17 @@ use tokio::time::Instant;
 
 use runfleet_shared::kind::Report;
 
-/// What the store last accepted for one runner.
+/// What the store last accepted for one runner, as digests: a node keeps one of these per
+/// running runner, and copies of the reports themselves (the saved state above all) cost more
+/// memory than the rest of an idle runner. A digest collision (odds 2^-64 per beat) would
+/// delay one report to the next change or checkpoint, never send a wrong one.
 #[derive(Debug, Default)]
 pub struct Sent {
-    positions: Option<Vec<Position>>,
-    stats: Option<runfleet_shared::job::Stats>,
-    account: Option<serde_json::Value>,
+    positions: Option<u64>,
+    /// The positions' [`holding`]s.
+    holdings: Option<u64>,
+    stats: Option<u64>,
+    account: Option<u64>,
     /// When the saved state was last accepted.
     account_at: Option<Instant>,
 }
@@ -32,20 +38,27 @@ impl Sent {
     /// Records that the store accepted `beat`, sent at `at`.
     pub fn accepted(&mut self, beat: &RunnerBeat, at: Instant) {
         if let Some(p) = &beat.positions {
-            self.positions = Some(p.clone());
+            self.positions = Some(digest(p));
+            self.holdings = Some(holdings(p));
         }
         if let Some(s) = &beat.stats {
-            self.stats = Some(s.clone());
+            self.stats = Some(digest(s));
         }
         if let Some(a) = &beat.account {
-            self.account = Some(a.clone());
+            self.account = Some(digest(a.as_str()));
             self.account_at = Some(at);
         }
     }
 }
 
+fn digest<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
 /// The fields of a position that only a fill changes (not its mark).
-fn holding(p: &Position) -> impl PartialEq + '_ {
+fn holding(p: &Position) -> impl Hash + '_ {
     (
         &p.instrument_name,
         p.side,
@@ -55,8 +68,8 @@ fn holding(p: &Position) -> impl PartialEq + '_ {
     )
 }
 
-fn same_holdings(a: &[Position], b: &[Position]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| holding(x) == holding(y))
+fn holdings(positions: &[Position]) -> u64 {
+    digest(&positions.iter().map(holding).collect::<Vec<_>>())
 }
 
 /// The beat of runner `job` (epoch `epoch`) whose report is now `report`, given what the store
@@ -69,21 +82,18 @@ pub fn beat_of(
     now: Instant,
     checkpoint: Duration,
 ) -> Option<RunnerBeat> {
+    let changed = |last: Option<u64>, now: u64| last != Some(now);
     let positions =
-        (sent.positions.as_ref() != Some(&report.positions)).then(|| report.positions.clone());
-    let stats = (sent.stats.as_ref() != Some(&report.stats)).then(|| report.stats.clone());
-    let holdings_changed = stats.is_some()
-        || !sent
-            .positions
-            .as_deref()
-            .is_some_and(|p| same_holdings(p, &report.positions));
+        changed(sent.positions, digest(&report.positions)).then(|| report.positions.clone());
+    let stats = changed(sent.stats, digest(&report.stats)).then(|| report.stats.clone());
+    let holdings_changed = stats.is_some() || changed(sent.holdings, holdings(&report.positions));
     let due = sent
         .account_at
         .is_none_or(|at| now.saturating_duration_since(at) >= checkpoint);
     let account = report
         .state
         .as_ref()
-        .filter(|a| sent.account.as_ref() != Some(a) && (holdings_changed || due))
+        .filter(|a| (holdings_changed || due) && changed(sent.account, digest(a.as_str())))
         .cloned();
     if positions.is_none() && stats.is_none() && account.is_none() {
         return None;
@@ -101,6 +111,7 @@ pub fn beat_of(
 mod tests {
     use super::*;
     use runfleet_shared::job::{Side, Stats};
+    use runfleet_shared::kind::SavedState;
     use rust_decimal::Decimal;
     use serde_json::json;
 
@@ -126,8 +137,12 @@ mod tests {
                 total_trades: trades,
                 ..Stats::default()
             },
-            state: Some(json!({ "tick": tick })),
+            state: Some(state(tick)),
         }
+    }
+
+    fn state(tick: u64) -> SavedState {
+        SavedState::of(&json!({ "tick": tick })).unwrap()
     }
 
     /// Sends what `beat_of` decides and records it as accepted.
@@ -150,7 +165,7 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         let due = send(&mut sent, &report(vec![], 0, 6), Instant::now()).unwrap();
-        assert_eq!(due.account, Some(json!({ "tick": 6 })));
+        assert_eq!(due.account, Some(state(6)));
         assert!(due.positions.is_none() && due.stats.is_none());
     }
 
@@ -174,11 +189,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         let filled = send(&mut sent, &report(vec![], 1, 2), Instant::now()).unwrap();
         assert!(filled.positions.is_some() && filled.stats.is_some());
-        assert_eq!(
-            filled.account,
-            Some(json!({ "tick": 2 })),
-            "saved with the fill"
-        );
+        assert_eq!(filled.account, Some(state(2)), "saved with the fill");
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ use runfleet_shared::dispatch::Dispatcher;
 use runfleet_shared::ids::{JobId, NodeId};
 use runfleet_shared::job::{JobStatus, Lease};
 use runfleet_shared::lifecycle::{
-    ErrorKind, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
+    ErrorKind, EventBus, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
 use runfleet_shared::observability;
 use runfleet_shared::queue::{Delivery, JobQueue};
@@ -107,6 +107,10 @@ struct Inner<S, Q> {
     serving: AtomicBool,
     /// The runner kinds jobs run with.
     kinds: Kinds,
+    /// The lifecycle events of every runner: one bus for the node, since a bus of each
+    /// runner's own (a broadcast channel of 256 slots) was the largest part of an idle
+    /// runner's memory, and nothing subscribes to one runner alone.
+    runner_events: EventBus,
 }
 
 /// A worker node. Cheap to clone; clones share the node.
@@ -176,6 +180,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 serving: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 kinds,
+                runner_events: EventBus::default(),
             }),
         }
     }
@@ -428,6 +433,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// it). The strategy runs in a lifecycle runner of its own: a panic or error is caught there
     /// and reported at once as a crash, which the store's restart policy decides. The runner is
     /// fenced when `deadline` passes (heartbeats push it forward).
+    ///
+    /// Its future lives as long as the runner, one per running runner, so the store calls that
+    /// record the end (large futures, run once) are boxed: they take memory only when they run.
     async fn supervise(&self, owner: NodeId, lease: Lease, deadline: LeaseDeadline) {
         let inner = &self.inner;
         let spec = Arc::new(lease.spec);
@@ -440,7 +448,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 "credentials could not be opened on the worker node (credentials key mismatch?)"
                     .into(),
             );
-            self.finish(&owner, &job, lease.epoch, end).await;
+            Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
             return;
         }
         let report = ReportSink::new(inner.kinds.before_start(&spec));
@@ -457,7 +465,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 deadline.clone(),
             );
             ServiceRunner::new(
-                RunnerOptions::new(job.to_string()).history_capacity(4),
+                RunnerOptions::new(job.to_string())
+                    .history_capacity(4)
+                    .events(inner.runner_events.clone()),
                 move |_token| {
                     let start = RunStart {
                         spec: spec.clone(),
@@ -498,7 +508,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 // neither restarted nor counted against the strategy's breaker.
                 warn!(node = %self.id(), job = %job, error = %reason, "runner cannot start; failing the job");
                 let end = failed_end(format!("runner cannot start: {reason}"));
-                self.finish(&owner, &job, lease.epoch, end).await;
+                Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
                 return;
             }
             Some(Ok(o)) => Some(o),
@@ -514,12 +524,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 let error = outcome.flatten_error.clone();
                 metrics::counter!(observability::FLATTENS_TOTAL)
                     .increment(outcome.flattened.unwrap_or(0).into());
-                self.finish(
+                Box::pin(self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
-                )
+                ))
                 .await;
             }
             Some(StopCause::Fenced) => {
@@ -529,8 +539,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             }
             Some(StopCause::Shutdown) => {
                 let outcome = outcome.expect("matched Some");
-                self.hand_back(&owner, &job, lease.epoch, outcome.report)
-                    .await;
+                Box::pin(self.hand_back(&owner, &job, lease.epoch, outcome.report)).await;
             }
             None => {
                 let reason = match runner.last_error() {
@@ -544,12 +553,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
                 // The last report the runner published is what it leaves behind.
                 let last = last_report.take();
-                self.finish(
+                Box::pin(self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, last),
-                )
+                ))
                 .await;
             }
         }
@@ -585,7 +594,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
         match Dispatcher::new(&inner.store, &inner.queue)
-            .hand_back(owner, job, epoch, account_of(&last))
+            .hand_back(owner, job, epoch, last.state)
             .await
         {
             Ok(true) => info!(node = %self.id(), job = %job, "job handed back to the queue"),
@@ -796,13 +805,8 @@ fn end_of(
         status,
         error,
         flattened_positions: flattened,
-        account: account_of(&report),
+        account: report.state,
         positions: report.positions,
         stats: report.stats,
     }
-}
-
-/// The saved state a report carries, stored (as the job's `account`) for its next run.
-fn account_of(report: &Report) -> Option<serde_json::Value> {
-    report.state.clone()
 }

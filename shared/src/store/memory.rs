@@ -27,7 +27,7 @@ use crate::tier::{Subscription, Tier};
 struct Entry {
     spec: JobSpec,
     record: JobRecord,
-    account: Option<serde_json::Value>,
+    account: Option<crate::kind::SavedState>,
     count: RestartCount,
 }
 
@@ -788,7 +788,7 @@ impl LeaseStore for MemoryStore {
         node: &NodeId,
         job: &JobId,
         epoch: u64,
-        account: Option<serde_json::Value>,
+        account: Option<crate::kind::SavedState>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock();
         let Some(e) = s.jobs.get_mut(job) else {

@@ -361,7 +361,7 @@ pub struct RunnerBeat {
     pub stats: Option<Stats>,
     /// The runner's saved state, stored so that a later run resumes from it, if it is to be
     /// saved with this beat.
-    pub account: Option<serde_json::Value>,
+    pub account: Option<crate::kind::SavedState>,
 }
 
 /// A node's own liveness report, sent with its runners' heartbeats.
@@ -398,7 +398,7 @@ pub struct RunEnd {
     /// Final stats.
     pub stats: Stats,
     /// The final paper account.
-    pub account: Option<serde_json::Value>,
+    pub account: Option<crate::kind::SavedState>,
 }
 
 /// A command addressed to one worker node.
@@ -568,7 +568,7 @@ pub trait LeaseStore: Send + Sync {
         node: &NodeId,
         job: &JobId,
         epoch: u64,
-        account: Option<serde_json::Value>,
+        account: Option<crate::kind::SavedState>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Live nodes, newest heartbeat first.

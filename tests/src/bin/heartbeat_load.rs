@@ -1,11 +1,14 @@
 //! Benchmark: Redis round trips and bytes per heartbeat interval for one worker node holding
 //! 1,000 runners, and the cost of its heartbeat script in Redis.
 //!
-//! `cargo run --release -p runfleet-tests --bin heartbeat-load [RUNNERS] [SECONDS]`
+//! `cargo run --release -p runfleet-tests --bin heartbeat-load [RUNNERS] [SECONDS] [busy|idle]`
 //!
 //! It starts a private redis-server, an orchestrator and one worker node (the real binaries),
-//! starts RUNNERS runners (20 enterprise users of 50), stops the orchestrator so that the node
-//! is Redis' only client, then measures for SECONDS and prints the figures.
+//! starts RUNNERS runners (enterprise users of 50 each), stops the orchestrator so that the
+//! node is Redis' only client, then measures for SECONDS and prints the figures, the node's
+//! memory per running runner among them. `busy` runners (the default) scalp, trading on most
+//! ticks; `idle` ones run an sma-cross of 100 and 500 candles, which holds nothing for its first
+//! 500 ticks: a running runner waiting for its signal, the common case of a real fleet.
 //!
 //! Nothing is attached to Redis while it measures: `MONITOR` feeds every command, those run by
 //! scripts included, to the monitoring client and inflated the script's cost about tenfold. The
@@ -17,7 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use runfleet_tests::{Fleet, PrivateRedis, eventually, free_port};
+use runfleet_tests::{
+    Fleet, PrivateRedis, eventually, free_port, idle_start_request, rss_bytes, start_request,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -142,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let runners: usize = args.next().map_or(Ok(1_000), |a| a.parse())?;
     let seconds: u64 = args.next().map_or(Ok(10), |a| a.parse())?;
+    let idle = match args.next().as_deref() {
+        None | Some("busy") => false,
+        Some("idle") => true,
+        Some(other) => anyhow::bail!("the runners are `busy` or `idle`, not {other:?}"),
+    };
     let interval_ms = 1_000u64;
 
     let redis = PrivateRedis::start().await;
@@ -156,7 +166,19 @@ async fn main() -> anyhow::Result<()> {
     let traffic = Arc::new(Mutex::new(Traffic::default()));
     let proxy = counting_proxy(redis.port, traffic.clone()).await?;
     fleet.set("RUNFLEET__REDIS__URL", format!("redis://127.0.0.1:{proxy}"));
-    let _node = fleet.worker("worker", runners);
+    let node = fleet.worker("worker", runners);
+    eventually(Duration::from_secs(30), "the node registered", || {
+        let api = api.clone();
+        async move {
+            let (_, nodes) = api.get("/v1/nodes").await;
+            nodes["nodes"]
+                .as_array()
+                .is_some_and(|n| n.len() == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    let idle_rss = rss_bytes(node.pid())?;
 
     let users = runners.div_ceil(50);
     let started = Instant::now();
@@ -168,7 +190,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
         for s in 0..50.min(runners - u * 50) {
-            let (code, body) = api.start_runner(&user, &format!("s{s}")).await;
+            let request = if idle {
+                idle_start_request(&user, &format!("s{s}"))
+            } else {
+                start_request(&user, &format!("s{s}"))
+            };
+            let (code, body) = api.post("/v1/runners", &request).await;
             anyhow::ensure!(code == 202, "start refused: {body}");
         }
     }
@@ -226,6 +253,12 @@ async fn main() -> anyhow::Result<()> {
         "Redis CPU per heartbeat interval: {:.2} ms ({:.3} ms per minute per runner)",
         cpu_ms / intervals,
         cpu_ms / (elapsed_ms / 60_000.0) / runners as f64
+    );
+    println!(
+        "worker-node memory per running runner: {:.1} KiB (RSS {:.1} MiB idle, {:.1} MiB with {runners} running)",
+        (rss_bytes(node.pid())? - idle_rss) / runners as f64 / 1_024.0,
+        idle_rss / 1_048_576.0,
+        rss_bytes(node.pid())? / 1_048_576.0,
     );
     let stats = redis_info(redis.port, "commandstats").await?;
     if let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_evalsha")) {
