@@ -491,7 +491,14 @@ async fn a_silent_runner_is_swept_restarted_with_backoff_then_failed<S: FleetSto
         let epoch = claim_for(&s, &format!("s{round}"), &a.id, 40).await;
         epochs.push(epoch);
         sleep_ms(60).await;
-        let report = sweep(&s).await;
+        // A guard of 60 ms, not the helper's 10: the check below must see it held, on a loaded
+        // machine too, and the next round sweeps over 100 ms later.
+        sleep_ms(15).await;
+        let report = s
+            .sweep(Duration::from_millis(60), 100)
+            .await
+            .unwrap()
+            .expect("the guard was free");
         assert_eq!(
             report,
             SweepReport {
@@ -841,8 +848,10 @@ async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
         .await
         .unwrap();
     claim_one(&s, "n1", &c.id).await;
-    sleep_ms(30).await;
-    let again = s.unconfirmed(Duration::from_millis(20), 10).await.unwrap();
+    // A bound of 200 ms: the second look below, right after the first, must fall inside the
+    // re-armed bound even on a loaded machine.
+    sleep_ms(250).await;
+    let again = s.unconfirmed(Duration::from_millis(200), 10).await.unwrap();
     if s.queues_inline() {
         assert!(again.is_empty());
         return;
@@ -853,7 +862,7 @@ async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
         "confirmed and claimed jobs are not"
     );
     assert!(
-        s.unconfirmed(Duration::from_millis(20), 10)
+        s.unconfirmed(Duration::from_millis(200), 10)
             .await
             .unwrap()
             .is_empty(),
