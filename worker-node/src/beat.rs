@@ -68,8 +68,15 @@ fn holding(p: &Position) -> impl Hash + '_ {
     )
 }
 
+/// The digest of the positions' [`holding`]s, hashed as a slice of them would be (its length,
+/// then each), without collecting them: it runs for every runner on every beat.
 fn holdings(positions: &[Position]) -> u64 {
-    digest(&positions.iter().map(holding).collect::<Vec<_>>())
+    let mut h = DefaultHasher::new();
+    positions.len().hash(&mut h);
+    for p in positions {
+        holding(p).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The beat of runner `job` (epoch `epoch`) whose report is now `report`, given what the store

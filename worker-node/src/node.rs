@@ -18,6 +18,7 @@
 //! renewal hanging on a silently dropped link cannot keep a runner trading.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -434,8 +435,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// and reported at once as a crash, which the store's restart policy decides. The runner is
     /// fenced when `deadline` passes (heartbeats push it forward).
     ///
-    /// Its future lives as long as the runner, one per running runner, so the store calls that
-    /// record the end (large futures, run once) are boxed: they take memory only when they run.
+    /// Its future lives as long as the runner, one per running runner: the store calls that
+    /// record the end ([`Self::finish`], [`Self::hand_back`]) box their own futures, so that
+    /// they take memory only while they run.
     async fn supervise(&self, owner: NodeId, lease: Lease, deadline: LeaseDeadline) {
         let inner = &self.inner;
         let spec = Arc::new(lease.spec);
@@ -448,7 +450,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 "credentials could not be opened on the worker node (credentials key mismatch?)"
                     .into(),
             );
-            Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
+            self.finish(&owner, &job, lease.epoch, end).await;
             return;
         }
         let report = ReportSink::new(inner.kinds.before_start(&spec));
@@ -508,7 +510,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 // neither restarted nor counted against the strategy's breaker.
                 warn!(node = %self.id(), job = %job, error = %reason, "runner cannot start; failing the job");
                 let end = failed_end(format!("runner cannot start: {reason}"));
-                Box::pin(self.finish(&owner, &job, lease.epoch, end)).await;
+                self.finish(&owner, &job, lease.epoch, end).await;
                 return;
             }
             Some(Ok(o)) => Some(o),
@@ -524,12 +526,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 let error = outcome.flatten_error.clone();
                 metrics::counter!(observability::FLATTENS_TOTAL)
                     .increment(outcome.flattened.unwrap_or(0).into());
-                Box::pin(self.finish(
+                self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
-                ))
+                )
                 .await;
             }
             Some(StopCause::Fenced) => {
@@ -539,7 +541,8 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             }
             Some(StopCause::Shutdown) => {
                 let outcome = outcome.expect("matched Some");
-                Box::pin(self.hand_back(&owner, &job, lease.epoch, outcome.report)).await;
+                self.hand_back(&owner, &job, lease.epoch, outcome.report)
+                    .await;
             }
             None => {
                 let reason = match runner.last_error() {
@@ -553,12 +556,12 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
                 // The last report the runner published is what it leaves behind.
                 let last = last_report.take();
-                Box::pin(self.finish(
+                self.finish(
                     &owner,
                     &job,
                     lease.epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, last),
-                ))
+                )
                 .await;
             }
         }
@@ -566,7 +569,19 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     /// Records the end of a run, retrying while the store is unreachable (bounded by a lease:
     /// past that the lease has expired and the orchestrators own the job's fate).
-    async fn finish(&self, owner: &NodeId, job: &JobId, epoch: u64, end: RunEnd) {
+    ///
+    /// Boxed: it is awaited inside [`Self::supervise`], whose future every running runner keeps.
+    fn finish<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        job: &'a JobId,
+        epoch: u64,
+        end: RunEnd,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.finish_now(owner, job, epoch, end))
+    }
+
+    async fn finish_now(&self, owner: &NodeId, job: &JobId, epoch: u64, end: RunEnd) {
         let inner = &self.inner;
         let give_up = tokio::time::Instant::now() + inner.config.lease;
         let mut backoff = backoff();
@@ -591,7 +606,19 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 
     /// Hands a job back at shutdown: queued again in the store (with its saved state), and
     /// dispatched to the queue.
-    async fn hand_back(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
+    ///
+    /// Boxed, as [`Self::finish`] is.
+    fn hand_back<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        job: &'a JobId,
+        epoch: u64,
+        last: Report,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.hand_back_now(owner, job, epoch, last))
+    }
+
+    async fn hand_back_now(&self, owner: &NodeId, job: &JobId, epoch: u64, last: Report) {
         let inner = &self.inner;
         match Dispatcher::new(&inner.store, &inner.queue)
             .hand_back(owner, job, epoch, last.state)
