@@ -9,12 +9,14 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod openapi;
+pub mod overview;
 pub mod rate_limit;
 pub mod request_id;
 pub mod responses;
 pub mod seed;
 pub mod state;
 pub mod sweeper;
+pub mod ui;
 
 use std::time::Duration;
 
@@ -61,7 +63,12 @@ pub fn routes<S: FleetStore, Q: JobQueue + Clone>(http: &HttpSettings) -> Routes
         Route::new("/healthz", get(api::healthz::<S, Q>)),
         Route::new("/openapi.json", get(openapi::serve)),
         Route::new("/metrics", get(api::metrics::<S, Q>)),
-        Route::new("/v1/runners", post(api::start::<S, Q>)),
+        Route::new(
+            "/v1/runners",
+            post(api::start::<S, Q>).get(overview::list::<S, Q>),
+        ),
+        Route::new("/v1/me", get(overview::me::<S, Q>)),
+        Route::new("/v1/fleet/history", get(overview::history::<S, Q>)),
         Route::new(
             "/v1/runners/batch",
             post(api::start_batch::<S, Q>)
@@ -112,6 +119,7 @@ pub fn app<S: FleetStore, Q: JobQueue + Clone>(state: AppState<S, Q>) -> Router 
     api.into_iter()
         .fold(Router::new(), |r, route| r.route(route.path, route.methods))
         .merge(seed)
+        .merge(ui::routes())
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -211,6 +211,9 @@ pub(crate) use schema_named;
     crate::api::stop_compat,
     crate::api::status_compat,
     crate::audit::trail,
+    crate::overview::me,
+    crate::overview::list,
+    crate::overview::history,
 ))]
 struct Operations;
 

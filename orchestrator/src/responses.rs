@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet_shared::ids::{JobId, UserId};
 use runfleet_shared::job::{JobRecord, JobStatus, Position, Stats};
-use runfleet_shared::store::{AdminEntry, ApiKeyInfo, NodeInfo, RunnerEvent};
+use runfleet_shared::store::{AdminEntry, ApiKeyInfo, FleetSample, NodeInfo, RunnerEvent};
 use runfleet_shared::tier::Tier;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -512,4 +512,44 @@ mod tests {
         );
         let _: Value = serde_json::from_str(&text).unwrap();
     }
+}
+
+/// `GET /v1/me`: who the key acts as.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    /// Always true.
+    pub success: Succeeded,
+    /// `admin` (the admin key) or `user` (a user's API key).
+    #[schema(example = "user")]
+    pub role: &'static str,
+    /// The user a user key acts for; absent for the admin key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The key's public id (`admin` for the admin key).
+    pub key_id: String,
+}
+
+/// `GET /v1/runners`: runners matching the filters, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerList<'a> {
+    /// Always true.
+    pub success: Succeeded,
+    /// The runners.
+    pub workers: Vec<RunnerView<'a>>,
+    /// Whether more runners matched than `limit` allowed.
+    pub truncated: bool,
+}
+
+/// `GET /v1/fleet/history`: the fleet's load over the kept window, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetHistory {
+    /// Always true.
+    pub success: Succeeded,
+    /// How often a sample is taken (ms, `sweep.history_every_ms`).
+    pub every_ms: u64,
+    /// The samples, oldest first.
+    pub samples: Vec<FleetSample>,
 }

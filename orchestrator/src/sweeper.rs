@@ -65,6 +65,12 @@ async fn sweep_once<S: FleetStore, Q: JobQueue>(
             "crash sweep: runners went silent"
         );
     }
+    store
+        .sample_history(
+            Duration::from_millis(settings.history_every_ms),
+            settings.history_keep,
+        )
+        .await?;
     let dispatcher = Dispatcher::new(store, queue);
     let due = dispatcher.restart_due(settings.batch).await?;
     if !due.is_empty() {

@@ -256,6 +256,11 @@ pub struct SweepSettings {
     /// long is published again by the sweep: its orchestrator died between admission and
     /// publish, or the publish failed. Duplicates are dropped at claim.
     pub requeue_after_ms: u64,
+    /// How often the fleet's load is sampled for `GET /v1/fleet/history` (the dashboard's
+    /// overview): at the first sweep tick of any orchestrator after this long.
+    pub history_every_ms: u64,
+    /// How many samples are kept (360 every 10 s: the last hour).
+    pub history_keep: u32,
 }
 
 impl Default for SweepSettings {
@@ -264,6 +269,8 @@ impl Default for SweepSettings {
             interval_ms: 5_000,
             batch: 1_000,
             requeue_after_ms: 10_000,
+            history_every_ms: 10_000,
+            history_keep: 360,
         }
     }
 }
@@ -732,6 +739,12 @@ impl Settings {
         }
         if self.sweep.interval_ms == 0 || self.sweep.batch == 0 {
             return invalid("sweep.interval_ms", "interval and batch must be at least 1");
+        }
+        if self.sweep.history_every_ms == 0 || self.sweep.history_keep == 0 {
+            return invalid(
+                "sweep.history_every_ms",
+                "interval and kept samples must be at least 1",
+            );
         }
         if self.restart.base_delay_ms > self.restart.max_delay_ms {
             return invalid(

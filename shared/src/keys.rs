@@ -187,6 +187,18 @@ impl Keys {
         self.key(&["failed"])
     }
 
+    /// List of [`crate::store::FleetSample`]s, newest first (`at,queued,running,active,
+    /// restarting,nodes_alive,node_capacity`), capped at `sweep.history_keep`.
+    pub fn history(&self) -> String {
+        self.key(&["history"])
+    }
+
+    /// Set for `sweep.history_every_ms` when a sample is taken: one sample per interval,
+    /// whichever orchestrator comes first.
+    pub fn history_guard(&self) -> String {
+        self.key(&["history", "guard"])
+    }
+
     /// Capped stream of admin actions (tier changes, keys issued and revoked, stops of other
     /// users' runners): the admin audit trail, `GET /v1/audit`. Not the `audit` stream of
     /// accepted fencing writes that `testing.audit` turns on.

@@ -311,8 +311,10 @@ async fn heartbeats_and_ends_are_fenced_by_epoch<S: FleetStore>(s: S) {
     );
     let nodes = s.nodes().await.unwrap();
     assert!(
-        nodes.iter().any(|n| n.node_id.as_str() == "n1"),
-        "{nodes:?}"
+        nodes
+            .iter()
+            .any(|n| n.node_id.as_str() == "n1" && n.last_heartbeat_at.is_some()),
+        "a live node is listed with its last heartbeat: {nodes:?}"
     );
 }
 
@@ -1280,6 +1282,42 @@ async fn a_batch_of_admissions_decides_each_on_its_own_in_order<S: FleetStore>(s
     assert!(s.admit_many(&[]).await.unwrap().is_empty());
 }
 
+/// The fleet's load is sampled at most once per interval whichever process asks, the samples
+/// are kept capped and read oldest first, and the runners holding a slot list newest first.
+async fn the_load_is_sampled_once_per_interval_and_the_active_runners_listed<S: FleetStore>(s: S) {
+    let every = Duration::from_millis(400);
+    let a = spec("hist-a");
+    s.admit(&a).await.unwrap();
+    assert!(s.sample_history(every, 2).await.unwrap());
+    assert!(
+        !s.sample_history(every, 2).await.unwrap(),
+        "a second sample within the interval is not taken"
+    );
+    sleep_ms(5).await;
+    let b = spec("hist-b");
+    s.admit(&b).await.unwrap();
+    for _ in 0..2 {
+        sleep_ms(450).await;
+        assert!(s.sample_history(every, 2).await.unwrap());
+    }
+    let h = s.history().await.unwrap();
+    assert_eq!(h.len(), 2, "only the newest samples are kept: {h:?}");
+    assert!(h[0].at < h[1].at, "oldest first: {h:?}");
+    assert_eq!((h[1].queued, h[1].active, h[1].running), (2, 2, 0));
+    let listed: Vec<JobId> = s
+        .active_jobs(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.job_id)
+        .collect();
+    assert_eq!(listed, vec![b.id.clone(), a.id.clone()], "newest first");
+    assert_eq!(s.active_jobs(1).await.unwrap()[0].job_id, b.id);
+    s.request_stop(&b.id, StopMode::Hold).await.unwrap();
+    let listed = s.active_jobs(10).await.unwrap();
+    assert_eq!(listed.len(), 1, "an ended runner holds no slot");
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -1309,7 +1347,8 @@ macro_rules! store_conformance {
                 a_lapsed_node_cannot_revive_its_lease,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order,
-                a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again);
+                a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again,
+                the_load_is_sampled_once_per_interval_and_the_active_runners_listed);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(

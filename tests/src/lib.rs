@@ -213,6 +213,11 @@ pub fn log_dir(name: &str) -> PathBuf {
     target_dir().join("fleet-logs").join(name)
 }
 
+/// Where browser tests put their screenshots (`target/<profile>/browser/<name>`).
+pub fn screenshot_dir(name: &str) -> PathBuf {
+    target_dir().join("browser").join(name)
+}
+
 /// One fleet: its key prefix, shared settings, and the processes spawned for it.
 #[derive(Debug)]
 pub struct Fleet {

@@ -61,6 +61,8 @@ local K = {
   events = P .. ':events',
   -- Fleet-wide counters (hash): breaker_openings.
   counters = P .. ':counters',
+  -- Fleet load samples (newest first) and the guard that spaces them.
+  history = P .. ':history', history_guard = P .. ':history:guard',
   job_events = function(id) return P .. ':job:' .. E(id) .. ':events' end,
 }
 

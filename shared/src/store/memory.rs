@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    EventId, FAILED_WINDOW_MS, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore,
-    NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
-    SweepReport, Sweeper,
+    EventId, FAILED_WINDOW_MS, FleetCounts, FleetGauges, FleetPolicy, FleetSample, JobStore,
+    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
+    Subscriptions, SweepReport, Sweeper,
 };
 use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
@@ -84,6 +84,9 @@ struct State {
     last_event: (u64, u64),
     /// The admin audit trail, oldest first, and how many entries were ever appended.
     admin_trail: (VecDeque<AdminEntry>, u64),
+    /// Fleet load samples, oldest first, and when the next may be taken (`history`,
+    /// `history:guard`).
+    history: (VecDeque<FleetSample>, u64),
 }
 
 /// In-process fleet state. Cloning shares it.
@@ -331,6 +334,23 @@ impl State {
             }),
             active: self.active.values().map(HashSet::len).sum::<usize>() as u64,
             restarting: self.delayed.len() as u64,
+        }
+    }
+
+    /// The fleet's gauges at `now` (the gauges script).
+    fn gauges(&mut self, now: u64) -> FleetGauges {
+        self.trim_failed(now);
+        let live = || self.nodes.values().filter(|(_, expires)| *expires > now);
+        FleetGauges {
+            counts: self.counts(),
+            failed_last_hour: self.failed_at.len() as u64,
+            nodes_alive: live().count() as u64,
+            node_capacity: live().map(|(n, _)| u64::from(n.capacity)).sum(),
+            node_runners: live().map(|(n, _)| u64::from(n.runners)).sum(),
+            // The in-memory queue is not the store's to see.
+            ready: None,
+            processing: None,
+            breaker_openings: self.breaker_openings,
         }
     }
 
@@ -593,20 +613,39 @@ impl JobStore for MemoryStore {
 
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
         let now = self.now();
+        Ok(self.lock().gauges(now))
+    }
+
+    async fn sample_history(&self, every: Duration, keep: u32) -> Result<bool, StoreError> {
+        let now = self.now();
         let mut s = self.lock();
-        s.trim_failed(now);
-        let live = || s.nodes.values().filter(|(_, expires)| *expires > now);
-        Ok(FleetGauges {
-            counts: s.counts(),
-            failed_last_hour: s.failed_at.len() as u64,
-            nodes_alive: live().count() as u64,
-            node_capacity: live().map(|(n, _)| u64::from(n.capacity)).sum(),
-            node_runners: live().map(|(n, _)| u64::from(n.runners)).sum(),
-            // The in-memory queue is not the store's to see.
-            ready: None,
-            processing: None,
-            breaker_openings: s.breaker_openings,
-        })
+        if s.history.1 > now {
+            return Ok(false);
+        }
+        let sample = FleetSample::of(now, &s.gauges(now));
+        let (samples, next) = &mut s.history;
+        *next = now + every.as_millis().max(1) as u64;
+        samples.push_back(sample);
+        while samples.len() > keep.max(1) as usize {
+            samples.pop_front();
+        }
+        Ok(true)
+    }
+
+    async fn history(&self) -> Result<Vec<FleetSample>, StoreError> {
+        Ok(self.lock().history.0.iter().copied().collect())
+    }
+
+    async fn active_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let s = self.lock();
+        let mut ids: Vec<&JobId> = s.active.values().flatten().collect();
+        // Newest first, as the Redis store sorts them (ids are `job-<UUIDv7>`).
+        ids.sort_unstable_by(|a, b| b.as_str().cmp(a.as_str()));
+        Ok(ids
+            .into_iter()
+            .take(limit)
+            .filter_map(|id| s.jobs.get(id).map(|e| State::record(&s.node_beats, e)))
+            .collect())
     }
 
     async fn job(&self, job: &JobId) -> Result<Option<JobRecord>, StoreError> {
@@ -823,7 +862,13 @@ impl LeaseStore for MemoryStore {
             .collect();
         // Newest heartbeat first: with one lease length for all, the latest expiry.
         live.sort_by_key(|(_, expires)| std::cmp::Reverse(*expires));
-        Ok(live.into_iter().map(|(n, _)| n.clone()).collect())
+        Ok(live
+            .into_iter()
+            .map(|(n, _)| NodeInfo {
+                last_heartbeat_at: s.node_beats.get(&n.node_id).copied(),
+                ..n.clone()
+            })
+            .collect())
     }
 }
 

@@ -259,6 +259,45 @@ impl FleetGauges {
     }
 }
 
+/// One sample of the fleet's load, taken every `sweep.history_every_ms` by whichever
+/// orchestrator sweeps first and kept `sweep.history_keep` samples long: the dashboard's
+/// fleet overview over the last hour (`GET /v1/fleet/history`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct FleetSample {
+    /// When (ms, store clock).
+    pub at: u64,
+    /// Jobs waiting in the queue.
+    pub queued: u64,
+    /// Runners holding a live lease.
+    pub running: u64,
+    /// Jobs holding a slot.
+    pub active: u64,
+    /// Crashed jobs waiting for their restart.
+    pub restarting: u64,
+    /// Live worker nodes.
+    pub nodes_alive: u64,
+    /// Their runner slots.
+    pub node_capacity: u64,
+}
+
+impl FleetSample {
+    /// The sample of `gauges` taken at `at`.
+    pub fn of(at: u64, gauges: &FleetGauges) -> Self {
+        let c = gauges.counts;
+        FleetSample {
+            at,
+            queued: c.queued,
+            running: c.running,
+            active: c.active,
+            restarting: c.restarting,
+            nodes_alive: gauges.nodes_alive,
+            node_capacity: gauges.node_capacity,
+        }
+    }
+}
+
 /// One step of a runner's life, as recorded in the event stream by the same atomic step that
 /// made the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +512,24 @@ pub trait JobStore: Send + Sync {
 
     /// Fleet-wide gauges (`/metrics`, the status of `system`), in one round trip.
     fn fleet_gauges(&self) -> impl Future<Output = Result<FleetGauges, StoreError>> + Send;
+
+    /// Takes a [`FleetSample`] unless one was taken within `every` (fleet-wide: whichever
+    /// orchestrator comes first), keeping the newest `keep`; true when this call took it.
+    fn sample_history(
+        &self,
+        every: Duration,
+        keep: u32,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The kept [`FleetSample`]s, oldest first.
+    fn history(&self) -> impl Future<Output = Result<Vec<FleetSample>, StoreError>> + Send;
+
+    /// Up to `limit` of the jobs holding a slot fleet-wide (queued, running, restarting),
+    /// newest first: the admin's fleet-wide runner list (ended runners are listed per user).
+    fn active_jobs(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send;
 
     /// Fleet-wide counts: the counts of [`JobStore::fleet_gauges`].
     fn fleet_counts(&self) -> impl Future<Output = Result<FleetCounts, StoreError>> + Send {

@@ -9,8 +9,9 @@ use ::redis::{Script, ScriptInvocation, Value};
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
-    EventId, FleetCounts, FleetGauges, FleetPolicy, JobStore, LeaseStore, NodeCommand, NodeInfo,
-    RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
+    EventId, FleetCounts, FleetGauges, FleetPolicy, FleetSample, JobStore, LeaseStore, NodeCommand,
+    NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport,
+    Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -219,6 +220,81 @@ impl RedisStore {
         Err(StoreError::Contended("a crashed run's record"))
     }
 
+    /// The gauges script: the fleet's gauges and, given `(every, keep)`, a load sample taken
+    /// unless one was within `every` (true when this call took it).
+    async fn gauges(
+        &self,
+        sample: Option<(Duration, u32)>,
+    ) -> Result<(FleetGauges, bool), StoreError> {
+        let mut call = self.invoke(&GAUGES);
+        if let Some((every, keep)) = sample {
+            call.arg(every.as_millis().max(1) as u64).arg(keep.max(1));
+        }
+        let v: Vec<i64> = call.invoke_async(&mut *self.conn().await?).await?;
+        let [
+            queued,
+            running,
+            active,
+            restarting,
+            failed,
+            alive,
+            capacity,
+            runners,
+            ready,
+            processing,
+            breaker_openings,
+            sampled,
+        ] = v[..]
+        else {
+            return Err(StoreError::data("the gauges script answered an odd shape"));
+        };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let queue_side = |n: i64| u64::try_from(n).ok();
+        let gauges = FleetGauges {
+            counts: FleetCounts {
+                queued: count(queued),
+                running: count(running),
+                active: count(active),
+                restarting: count(restarting),
+            },
+            failed_last_hour: count(failed),
+            nodes_alive: count(alive),
+            node_capacity: count(capacity),
+            node_runners: count(runners),
+            ready: queue_side(ready),
+            processing: queue_side(processing),
+            breaker_openings: count(breaker_openings),
+        };
+        Ok((gauges, sampled == 1))
+    }
+
+    /// The records of `ids` in one round trip (plus one for their nodes' last heartbeats), in
+    /// that order, and the ids whose record is gone (expired past its retention).
+    async fn records<'a>(
+        &self,
+        conn: &mut crate::redis_pool::CommandConnection,
+        ids: &'a [String],
+    ) -> Result<(Vec<JobRecord>, Vec<&'a str>), StoreError> {
+        if ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.job(&JobId::new(id.as_str())));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut **conn).await?;
+        let mut records = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for (id, h) in ids.iter().zip(&hashes) {
+            match record_from_hash(id, h) {
+                Some(r) => records.push(r),
+                None => gone.push(id.as_str()),
+            }
+        }
+        self.with_node_beats(conn, &mut records).await?;
+        Ok((records, gone))
+    }
+
     /// Sets the last heartbeat of each running record to its node's last heartbeat (a runner's
     /// lease is its node's, and heartbeats write only the reports that changed), in one
     /// round trip.
@@ -415,6 +491,21 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_str(raw).map_err(|e| StoreError::data(format!("job field '{field}': {e}")))
 }
 
+/// A history entry (`at,queued,running,active,restarting,nodes_alive,node_capacity`).
+fn parse_sample(entry: &str) -> Option<FleetSample> {
+    let mut n = entry.split(',').map(|f| f.parse::<u64>().ok());
+    let mut next = || n.next().flatten();
+    Some(FleetSample {
+        at: next()?,
+        queued: next()?,
+        running: next()?,
+        active: next()?,
+        restarting: next()?,
+        nodes_alive: next()?,
+        node_capacity: next()?,
+    })
+}
+
 /// Builds a [`JobRecord`] from a job hash (`HGETALL`). `None` for a missing hash.
 ///
 /// A record whose stored data cannot be read (a spec that is not a job spec, written by some
@@ -540,43 +631,38 @@ impl JobStore for RedisStore {
     }
 
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
-        let v: Vec<i64> = self
-            .invoke(&GAUGES)
-            .invoke_async(&mut *self.conn().await?)
+        Ok(self.gauges(None).await?.0)
+    }
+
+    async fn sample_history(&self, every: Duration, keep: u32) -> Result<bool, StoreError> {
+        Ok(self.gauges(Some((every, keep))).await?.1)
+    }
+
+    async fn history(&self) -> Result<Vec<FleetSample>, StoreError> {
+        let raw: Vec<String> = ::redis::cmd("LRANGE")
+            .arg(self.keys.history())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
             .await?;
-        let [
-            queued,
-            running,
-            active,
-            restarting,
-            failed,
-            alive,
-            capacity,
-            runners,
-            ready,
-            processing,
-            breaker_openings,
-        ] = v[..]
-        else {
-            return Err(StoreError::data("the gauges script answered an odd shape"));
-        };
-        let count = |n: i64| u64::try_from(n).unwrap_or(0);
-        let queue_side = |n: i64| u64::try_from(n).ok();
-        Ok(FleetGauges {
-            counts: FleetCounts {
-                queued: count(queued),
-                running: count(running),
-                active: count(active),
-                restarting: count(restarting),
-            },
-            failed_last_hour: count(failed),
-            nodes_alive: count(alive),
-            node_capacity: count(capacity),
-            node_runners: count(runners),
-            ready: queue_side(ready),
-            processing: queue_side(processing),
-            breaker_openings: count(breaker_openings),
-        })
+        // Newest first in Redis; an odd entry (written by something else) is skipped.
+        Ok(raw.iter().rev().filter_map(|e| parse_sample(e)).collect())
+    }
+
+    async fn active_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        // Job ids are `job-<UUIDv7>`: sorted as text, they are sorted by creation.
+        let ids: Vec<String> = ::redis::cmd("SORT")
+            .arg(self.keys.active())
+            .arg("ALPHA")
+            .arg("DESC")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut *conn)
+            .await?;
+        let (records, _) = self.records(&mut conn, &ids).await?;
+        Ok(records)
     }
 
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
@@ -730,22 +816,7 @@ impl JobStore for RedisStore {
             .arg(-1)
             .query_async(&mut *conn)
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = ::redis::pipe();
-        for id in &ids {
-            pipe.hgetall(self.keys.job(&JobId::new(id.as_str())));
-        }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut *conn).await?;
-        let mut records = Vec::with_capacity(ids.len());
-        let mut gone = Vec::new();
-        for (id, h) in ids.iter().zip(&hashes) {
-            match record_from_hash(id, h) {
-                Some(r) => records.push(r),
-                None => gone.push(id.as_str()),
-            }
-        }
+        let (records, gone) = self.records(&mut conn, &ids).await?;
         if !gone.is_empty() {
             // Records past their retention expired; drop them from the index too.
             let _: i64 = ::redis::cmd("ZREM")
@@ -754,7 +825,6 @@ impl JobStore for RedisStore {
                 .query_async(&mut *conn)
                 .await?;
         }
-        self.with_node_beats(&mut conn, &mut records).await?;
         Ok(records)
     }
 }

@@ -1,0 +1,101 @@
+//! Issue 12's dashboard in a real browser: Debian's chromium, driven by playwright-core
+//! (tests/browser/dashboard.mjs), against a real fleet (one orchestrator, two worker nodes, the
+//! test Redis). A user signs in with their key, sees their runner start and turn running
+//! without a reload, opens its page, stops it with flatten and sees the final stats; a second
+//! user sees none of it; the admin sees both nodes. Screenshots go to
+//! target/<profile>/browser/dashboard/ (every page's on a failure).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use runfleet_tests::{ADMIN_KEY, Fleet, eventually, screenshot_dir, start_request};
+use serde_json::json;
+
+/// What the browser test needs, or a clear refusal naming how to get it (scripts/test installs
+/// all of it).
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    assert!(
+        chromium.exists(),
+        "the dashboard test needs chromium at {} (Debian: apt-get install chromium; scripts/test installs it)",
+        chromium.display()
+    );
+    assert!(
+        Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the dashboard test needs Node.js (node) to drive the browser"
+    );
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "the dashboard test needs playwright-core: npm ci --prefix {} (scripts/test runs it)",
+        dir.display()
+    );
+    (dir, chromium)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_follows_and_stops_a_runner_in_the_browser_and_others_see_nothing() {
+    let (dir, chromium) = browser_tools();
+    let mut fleet = Fleet::new("dashboard");
+    fleet.set("RUNFLEET__SWEEP__HISTORY_EVERY_MS", "1000");
+    fleet.cleanup().await;
+    let (_o, api) = fleet.orchestrator("orchestrator").await;
+    let _n1 = fleet.worker("worker-1", 4);
+    let _n2 = fleet.worker("worker-2", 4);
+    let admin = api.with_key(Some(ADMIN_KEY));
+    admin.grant("alice", "pro").await;
+    admin.grant("carol", "pro").await;
+    let (alice, bob) = (api.user_key("alice").await, api.user_key("bob").await);
+    // Several runners on both nodes for the admin's overview.
+    for strategy in ["c1", "c2", "c3", "c4", "c5"] {
+        let (code, body) = admin.start_runner("carol", strategy).await;
+        assert_eq!(code, 202, "{body}");
+    }
+    eventually(
+        Duration::from_secs(20),
+        "carol's 5 runners running",
+        || async {
+            (admin.status("carol").await["queueStats"]["runningWorkers"] == 5).then_some(())
+        },
+    )
+    .await;
+
+    let mut start = start_request("alice", "dash");
+    start["config"]["name"] = json!("Alice's scalper");
+    start["config"]["parameters"] = json!({"timeframe": "1s", "rsiPeriod": 5});
+    let shots = screenshot_dir("dashboard");
+    let run = tokio::task::spawn_blocking({
+        let (dir, shots) = (dir.clone(), shots.clone());
+        let base = api.base.clone();
+        move || {
+            Command::new("node")
+                .arg(dir.join("dashboard.mjs"))
+                .env("BASE", base)
+                .env("ADMIN_KEY", ADMIN_KEY)
+                .env("ALICE_KEY", alice)
+                .env("BOB_KEY", bob)
+                .env("START_BODY", start.to_string())
+                .env("SHOTS", shots)
+                .env("CHROMIUM", chromium)
+                .output()
+                .expect("node runs")
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser test finishes within 4 minutes")
+        .expect("the browser test's task");
+    let said = String::from_utf8_lossy(&out.stdout);
+    println!("{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && said.contains("all checks passed"),
+        "the browser test failed (screenshots in {}):\n{said}",
+        shots.display()
+    );
+    fleet.cleanup().await;
+}
