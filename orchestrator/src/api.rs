@@ -734,7 +734,7 @@ pub struct RunnerQuery {
 
 /// The job, if the caller may see it: 404 when there is none (or `named` is not its owner),
 /// 403 when it is another user's.
-async fn owned_job<S: FleetStore, Q: JobQueue + Clone>(
+pub(crate) async fn owned_job<S: FleetStore, Q: JobQueue + Clone>(
     app: &AppState<S, Q>,
     caller: &Caller,
     job: &JobId,

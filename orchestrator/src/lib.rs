@@ -76,6 +76,7 @@ pub fn routes<S: FleetStore, Q: JobQueue + Clone>(http: &HttpSettings) -> Routes
         ),
         Route::new("/v1/runners/{job_id}", get(api::runner::<S, Q>)),
         Route::new("/v1/runners/{job_id}/stop", post(api::stop::<S, Q>)),
+        Route::new("/v1/runners/{job_id}/pnl", get(overview::pnl::<S, Q>)),
         Route::new(
             "/v1/runners/{job_id}/events",
             get(api::runner_events::<S, Q>),

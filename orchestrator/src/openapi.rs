@@ -214,6 +214,7 @@ pub(crate) use schema_named;
     crate::overview::me,
     crate::overview::list,
     crate::overview::history,
+    crate::overview::pnl,
 ))]
 struct Operations;
 

@@ -3,15 +3,18 @@
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
+use runfleet_shared::ids::JobId;
 use runfleet_shared::job::{JobRecord, JobStatus};
 use runfleet_shared::queue::JobQueue;
 use runfleet_shared::store::FleetStore;
 use serde::Deserialize;
 
+use crate::api::{job_id, owned_job};
 use crate::auth::{AdminOnly, Caller};
 use crate::error::ApiError;
+use crate::extract::Path;
 use crate::openapi::named;
-use crate::responses::{Answer, FleetHistory, Me, RunnerList, RunnerView, Succeeded};
+use crate::responses::{Answer, FleetHistory, Me, RunnerList, RunnerPnl, RunnerView, Succeeded};
 use crate::state::AppState;
 
 /// `GET /v1/me`: the role of the key used and, for a user key, its user.
@@ -170,6 +173,37 @@ pub async fn history<S: FleetStore, Q: JobQueue + Clone>(
         success: Succeeded,
         every_ms: app.settings.sweep.history_every_ms,
         samples: app.store.history().await?,
+    }))
+}
+
+/// `GET /v1/runners/{jobId}/pnl`: the runner's PnL over time (owner or admin).
+#[utoipa::path(
+    get,
+    path = "/v1/runners/{jobId}/pnl",
+    operation_id = "getRunnerPnl",
+    tag = "runners",
+    summary = "The runner's PnL over time, oldest first.",
+    description = "Needs the owner's key or the admin key. A point (`at`, `totalPnL`: closed trades net of fees, in `stats.currency`) for each heartbeat whose stats changed and one at the end of the run; the newest 2000 are kept, and they expire with the runner's event history. Open positions' unrealized PnL is in the runner's positions.",
+    params(("jobId" = JobId, Path, description = "The runner (`job-…`).")),
+    responses(
+        (status = 200, description = "The PnL history.", body = RunnerPnl, content_type = "application/json"),
+        (status = 400, response = named::BadRequest),
+        (status = 404, response = named::NotFound),
+        named::KeyedRefusals,
+    )
+)]
+pub async fn pnl<S: FleetStore, Q: JobQueue + Clone>(
+    State(app): State<AppState<S, Q>>,
+    caller: Caller,
+    Path(raw_job): Path<String>,
+) -> Result<Answer<RunnerPnl>, ApiError> {
+    let record = owned_job(&app, &caller, &job_id(&raw_job)?, None).await?;
+    let points = app.store.pnl_history(&record.job_id).await?;
+    Ok(Answer::ok(RunnerPnl {
+        success: Succeeded,
+        job_id: record.job_id,
+        currency: record.stats.currency,
+        points,
     }))
 }
 

@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use runfleet_shared::ids::{JobId, UserId};
 use runfleet_shared::job::{JobRecord, JobStatus, Position, Stats};
-use runfleet_shared::store::{AdminEntry, ApiKeyInfo, FleetSample, NodeInfo, RunnerEvent};
+use runfleet_shared::store::{
+    AdminEntry, ApiKeyInfo, FleetSample, NodeInfo, PnlPoint, RunnerEvent,
+};
 use runfleet_shared::tier::Tier;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -552,4 +554,18 @@ pub struct FleetHistory {
     pub every_ms: u64,
     /// The samples, oldest first.
     pub samples: Vec<FleetSample>,
+}
+
+/// `GET /v1/runners/{jobId}/pnl`: the runner's PnL over time.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerPnl {
+    /// Always true.
+    pub success: Succeeded,
+    /// The runner.
+    pub job_id: JobId,
+    /// The currency of the points (`stats.currency`).
+    pub currency: String,
+    /// The points, oldest first.
+    pub points: Vec<PnlPoint>,
 }

@@ -370,8 +370,6 @@ function runner(job) {
   const chart = h('div');
   const history = h('ol', { class: 'events', 'aria-label': 'Runner history' });
   const result = h('div', { role: 'status', 'aria-live': 'polite' });
-  const seriesSlot = `runfleet.pnl.${job}`;
-  const series = JSON.parse(sessionStorage.getItem(seriesSlot) || '[]');
   const stopForm = h('form', { class: 'inline', onsubmit: stop },
     h('fieldset', {}, h('legend', {}, 'Stop this runner'),
       h('label', {}, h('input', { type: 'radio', name: 'mode', value: 'flatten', checked: true }),
@@ -380,7 +378,7 @@ function runner(job) {
       h('button', { type: 'submit', class: 'danger', id: 'stop' }, 'Stop')));
   show(h('p', {}, h('a', { href: '#/runners' }, '← Runners')), head,
     h('section', { class: 'panel', 'aria-labelledby': 'pnl-t' },
-      h('h2', { id: 'pnl-t' }, 'PnL over time (realized + unrealized)'), chart),
+      h('h2', { id: 'pnl-t' }, 'PnL over time'), chart),
     body,
     h('section', { class: 'panel', 'aria-labelledby': 'hist-t' }, h('h2', { id: 'hist-t' }, 'History'), history),
     h('section', { class: 'panel' }, stopForm, result));
@@ -406,15 +404,13 @@ function runner(job) {
   const view = {
     async refresh() {
       try {
-        const [{ body: r }, { body: ev }] = await Promise.all([api(path), api(`${path}/events`)]);
+        const [{ body: r }, { body: ev }, { body: pnl }] = await Promise.all([
+          api(path), api(`${path}/events`), api(`${path}/pnl`)]);
         const w = r.worker, s = r.stats;
+        // Closed trades over time from the fleet, then now with the open positions' PnL.
         const unrealized = r.positions.reduce((a, p) => a + Number(p.unrealizedPnL || 0), 0);
-        const at = w.lastHeartbeatAt || w.endedAt;
-        if (at && (!series.length || series[series.length - 1][0] < at)) {
-          series.push([at, Number(s.totalPnL) + unrealized]);
-          if (series.length > 720) series.shift();
-          sessionStorage.setItem(seriesSlot, JSON.stringify(series));
-        }
+        const series = pnl.points.map((p) => [p.at, Number(p.totalPnL)]);
+        if (w.status === 'running') series.push([Date.now(), Number(s.totalPnL) + unrealized]);
         head.replaceChildren(h('h1', {}, `${w.config.name} `, badge(w.status)),
           h('dl', { class: 'kv' },
             h('dt', {}, 'runner'), h('dd', { class: 'mono' }, w.jobId),
@@ -446,10 +442,11 @@ function runner(job) {
               h('dt', {}, 'fees'), h('dd', {}, money(s.fees, s.currency, false)),
               h('dt', {}, 'max drawdown'), h('dd', {}, money(s.maxDrawdown, s.currency, false)),
               h('dt', {}, 'profit factor'), h('dd', {}, s.profitFactor ?? '—'))));
-        chart.replaceChildren(series.length < 2
-          ? h('p', { class: 'note' }, 'Points are added at each heartbeat while this page is open.')
-          : lineChart([{ name: `PnL (${s.currency})`, color: '#1f5fbf', points: series }],
-            { from: series[0][0], to: series[series.length - 1][0], label: 'PnL over time' }));
+        chart.replaceChildren(series.length === 0
+          ? h('p', { class: 'note' }, 'No PnL reported yet: points come with the heartbeats.')
+          : lineChart([{ name: `PnL, closed trades net of fees (${pnl.currency}); the last point includes open positions`,
+            color: '#1f5fbf', points: series }],
+          { from: series[0][0], to: Math.max(series[series.length - 1][0], series[0][0] + 1000), label: 'PnL over time' }));
         history.replaceChildren(...eventItems(ev.events.slice().reverse()));
         stopForm.hidden = ['stopped', 'failed'].includes(w.status);
       } catch (e) {

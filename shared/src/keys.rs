@@ -176,6 +176,11 @@ impl Keys {
         self.key(&["job", job.as_str(), "events"])
     }
 
+    /// List of one job's PnL points (`<ms>,<totalPnL>`, oldest first): its PnL history.
+    pub fn job_pnl(&self, job: &JobId) -> String {
+        self.key(&["job", job.as_str(), "pnl"])
+    }
+
     /// Hash of fleet-wide counters (`breaker_openings`), for `/metrics`.
     pub fn counters(&self) -> String {
         self.key(&["counters"])

@@ -1318,6 +1318,53 @@ async fn the_load_is_sampled_once_per_interval_and_the_active_runners_listed<S: 
     assert_eq!(listed.len(), 1, "an ended runner holds no slot");
 }
 
+/// A runner's PnL history gets a point for each accepted report with stats and one at the end
+/// of its run; a refused (stale) report adds none, and a report without stats neither.
+async fn a_runners_pnl_history_follows_its_accepted_stats<S: FleetStore>(s: S) {
+    let a = spec("pnl-user");
+    s.admit(&a).await.unwrap();
+    let epoch = claim_one(&s, "n1", &a.id).await;
+    let stats = |pnl: &str| Stats {
+        total_pnl: pnl.parse().unwrap(),
+        ..Default::default()
+    };
+    let beat = |epoch, stats: Option<Stats>| RunnerBeat {
+        job_id: a.id.clone(),
+        epoch,
+        positions: None,
+        stats,
+        account: None,
+    };
+    for (epoch, st) in [
+        (epoch, Some(stats("-1.25"))),
+        (epoch, None),
+        (epoch + 7, Some(stats("99"))),
+        (epoch, Some(stats("0.00000072"))),
+    ] {
+        s.renew(&node("n1"), &[beat(epoch, st)], LEASE)
+            .await
+            .unwrap();
+        sleep_ms(2).await;
+    }
+    let end = RunEnd {
+        stats: stats("3.5"),
+        ..end(JobStatus::Stopped)
+    };
+    assert!(
+        s.finish(&NodeId::new("n1"), &a.id, epoch, end)
+            .await
+            .unwrap()
+    );
+    let points = s.pnl_history(&a.id).await.unwrap();
+    let pnl: Vec<String> = points.iter().map(|p| p.total_pnl.to_string()).collect();
+    assert_eq!(pnl, ["-1.25", "0.00000072", "3.5"], "{points:?}");
+    assert!(
+        points.windows(2).all(|w| w[0].at <= w[1].at),
+        "oldest first"
+    );
+    assert!(s.pnl_history(&JobId::generate()).await.unwrap().is_empty());
+}
+
 macro_rules! store_conformance {
     ($($module:ident => $backend:ident),*) => {$(
         mod $module {
@@ -1348,7 +1395,8 @@ macro_rules! store_conformance {
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order,
                 a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again,
-                the_load_is_sampled_once_per_interval_and_the_active_runners_listed);
+                the_load_is_sampled_once_per_interval_and_the_active_runners_listed,
+                a_runners_pnl_history_follows_its_accepted_stats);
         }
     )*};
     (@tests $backend:ident: $($test:ident),*) => {$(

@@ -64,6 +64,7 @@ local K = {
   -- Fleet load samples (newest first) and the guard that spaces them.
   history = P .. ':history', history_guard = P .. ':history:guard',
   job_events = function(id) return P .. ':job:' .. E(id) .. ':events' end,
+  job_pnl = function(id) return P .. ':job:' .. E(id) .. ':pnl' end,
 }
 
 -- The window of the failed_last_hour gauge.
@@ -103,6 +104,19 @@ local function event(id, kind, reason, epoch, node, user)
   redis.call('RPUSH', hk, cjson.encode(e))
   redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)
   redis.call('PEXPIRE', hk, C.events_age)
+end
+
+-- A job's PnL history keeps at most this many points (its newest); it expires like its events.
+local PNL_MAX = 2000
+
+-- Appends the run's total PnL, read from its stats JSON, to its PnL history (store::PnlPoint).
+local function pnl_point(id, stats)
+  local pnl = string.match(stats, '"totalPnL":"(%-?[%d%.]+)"')
+  if not pnl then return end
+  local k = K.job_pnl(id)
+  redis.call('RPUSH', k, NOW .. ',' .. pnl)
+  redis.call('LTRIM', k, -PNL_MAX, -1)
+  redis.call('PEXPIRE', k, C.events_age)
 end
 
 -- When node `node`'s lease ends (ms), or nil if it has none. A runner's lease is its node's:

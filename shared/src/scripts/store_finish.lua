@@ -22,6 +22,7 @@ if status == 'crashed' then
 end
 audit('finish', id, epoch, node)
 redis.call('HSET', jk, 'positions', A(7), 'stats', A(8))
+pnl_point(id, A(8))
 if A(9) ~= '' then redis.call('HSET', jk, 'account', A(9)) end
 redis.call('SREM', K.node_jobs(node), id)
 if decision then

@@ -28,6 +28,7 @@ for a = 5, NARGS, 5 do
       end
     end
     redis.call('HSET', jk, unpack(fields))
+    if A(a + 3) ~= '' then pnl_point(id, A(a + 3)) end
     audit('renew', id, epoch, node)
   else
     if cur[2] then

@@ -11,12 +11,12 @@ use tokio::sync::Notify;
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
     EventId, FAILED_WINDOW_MS, FleetCounts, FleetGauges, FleetPolicy, FleetSample, JobStore,
-    LeaseStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
-    Subscriptions, SweepReport, Sweeper,
+    LeaseStore, NodeCommand, NodeInfo, PNL_POINTS_MAX, PnlPoint, RunEnd, RunnerBeat, RunnerEvent,
+    StopRequest, StoreError, Subscriptions, SweepReport, Sweeper,
 };
 use crate::config::EventSettings;
 use crate::ids::{JobId, NodeId, StrategyId, UserId};
-use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
+use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Stats, StopMode};
 use crate::policy::{
     self, Breaker, BreakerAdmission, BreakerState, FailureKind, FailureSnapshot, Outcome,
     RestartCount, TrialProgress,
@@ -80,6 +80,8 @@ struct State {
     events_trimmed: EventId,
     /// Each job's own events (its `events` list).
     job_events: HashMap<JobId, VecDeque<RunnerEvent>>,
+    /// Each job's PnL history (its `pnl` list).
+    job_pnl: HashMap<JobId, VecDeque<PnlPoint>>,
     /// The last event id's (ms, sequence), so ids increase as stream ids do.
     last_event: (u64, u64),
     /// The admin audit trail, oldest first, and how many entries were ever appended.
@@ -183,8 +185,24 @@ impl State {
             h.back()
                 .is_some_and(|last| last.at.saturating_add(max_age) > now)
         });
+        self.job_pnl.retain(|_, h| {
+            h.back()
+                .is_some_and(|last| last.at.saturating_add(max_age) > now)
+        });
         self.commands.retain(|_, list| list.until > now);
         self.user_jobs.retain(|_, list| !list.is_empty());
+    }
+
+    /// Appends the run's total PnL to its PnL history (mirrors `pnl_point` in lib.lua).
+    fn pnl_point(&mut self, now: u64, job: &JobId, stats: &Stats) {
+        let history = self.job_pnl.entry(job.clone()).or_default();
+        history.push_back(PnlPoint {
+            at: now,
+            total_pnl: stats.total_pnl,
+        });
+        if history.len() > PNL_POINTS_MAX {
+            history.pop_front();
+        }
     }
 
     /// Appends a lifecycle event of `job` (mirrors `event` in lib.lua): epoch and node are the
@@ -662,6 +680,15 @@ impl JobStore for MemoryStore {
         Ok(s.jobs.get(job).map(|e| e.spec.clone()))
     }
 
+    async fn pnl_history(&self, job: &JobId) -> Result<Vec<PnlPoint>, StoreError> {
+        Ok(self
+            .lock()
+            .job_pnl
+            .get(job)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
     async fn user_jobs(&self, user: &UserId) -> Result<Vec<JobRecord>, StoreError> {
         let (now, retention) = (self.now(), self.retention_ms());
         let mut s = self.lock();
@@ -777,6 +804,9 @@ impl LeaseStore for MemoryStore {
                     if b.account.is_some() {
                         e.account = b.account.clone();
                     }
+                    if let Some(stats) = &b.stats {
+                        s.pnl_point(now, &b.job_id, stats);
+                    }
                 }
                 Some(_) => {
                     let why = format!("heartbeat of epoch {} refused", b.epoch);
@@ -810,6 +840,8 @@ impl LeaseStore for MemoryStore {
         if end.account.is_some() {
             e.account = end.account;
         }
+        let stats = e.record.stats.clone();
+        s.pnl_point(now, job, &stats);
         if end.status == JobStatus::Crashed {
             let reason = end.error.unwrap_or_else(|| "runner failed".into());
             s.after_failure(&self.policy, job, FailureKind::Crash, |_| reason, now);

@@ -298,6 +298,23 @@ impl FleetSample {
     }
 }
 
+/// One point of a runner's PnL history: its total closed-trade PnL (net of fees) when a report
+/// with changed stats was accepted, and at the end of its run (`GET /v1/runners/{jobId}/pnl`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PnlPoint {
+    /// When (ms, store clock).
+    pub at: u64,
+    /// The run's `stats.totalPnL` then, in `stats.currency`.
+    #[serde(rename = "totalPnL", with = "crate::job::decimal")]
+    #[cfg_attr(feature = "openapi", schema(value_type = crate::openapi::Money))]
+    pub total_pnl: rust_decimal::Decimal,
+}
+
+/// A runner's PnL history keeps at most this many points, its newest (`PNL_MAX` in lib.lua).
+pub const PNL_POINTS_MAX: usize = 2000;
+
 /// One step of a runner's life, as recorded in the event stream by the same atomic step that
 /// made the change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -572,6 +589,12 @@ pub trait JobStore: Send + Sync {
         &self,
         after: &EventId,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A job's PnL history, oldest first ([`PnlPoint`]); it expires like its event history.
+    fn pnl_history(
+        &self,
+        job: &JobId,
+    ) -> impl Future<Output = Result<Vec<PnlPoint>, StoreError>> + Send;
 
     /// A user's jobs, oldest first (finished ones until their retention passes).
     fn user_jobs(

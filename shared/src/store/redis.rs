@@ -10,8 +10,8 @@ use ::redis::{Script, ScriptInvocation, Value};
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
     EventId, FleetCounts, FleetGauges, FleetPolicy, FleetSample, JobStore, LeaseStore, NodeCommand,
-    NodeInfo, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions, SweepReport,
-    Sweeper,
+    NodeInfo, PnlPoint, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
+    SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -805,6 +805,25 @@ impl JobStore for RedisStore {
             .query_async(&mut *self.conn().await?)
             .await?;
         raw.map(|r| parse("spec", Some(&r))).transpose()
+    }
+
+    async fn pnl_history(&self, job: &JobId) -> Result<Vec<PnlPoint>, StoreError> {
+        let raw: Vec<String> = ::redis::cmd("LRANGE")
+            .arg(self.keys.job_pnl(job))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|p| {
+                let (at, pnl) = p.split_once(',')?;
+                Some(PnlPoint {
+                    at: at.parse().ok()?,
+                    total_pnl: pnl.parse().ok()?,
+                })
+            })
+            .collect())
     }
 
     async fn user_jobs(&self, user: &UserId) -> Result<Vec<JobRecord>, StoreError> {
