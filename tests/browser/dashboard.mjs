@@ -89,6 +89,9 @@ try {
 
   await row.getByRole('link', { name: job }).click();
   await alice.getByRole('heading', { name: /running/ }).waitFor();
+  const title = await alice.getByRole('heading', { level: 1 }).textContent();
+  check(title.includes('<img src=x') && await alice.evaluate(() => window.pwned === undefined)
+    && await alice.locator('main img').count() === 0, `a hostile runner name is shown as text (${title})`);
   await alice.locator('#stats').waitFor();
   // Positions and stats come with the heartbeats; the PnL chart fills in as they do.
   await alice.locator('figure.chart svg').waitFor();
@@ -128,6 +131,15 @@ try {
   await admin.locator('tr[data-job]').first().waitFor();
   await admin.screenshot({ path: `${SHOTS}/dashboard-runners.png`, fullPage: true });
   await alice.screenshot({ path: `${SHOTS}/dashboard-runner.png`, fullPage: true });
+
+  // A key revoked while signed in: the next call is refused and the page signs out.
+  const bobKeyId = (await api(keys.bob, '/v1/me')).body.keyId;
+  const revoked = await fetch(`${BASE}/v1/users/bob/keys/${bobKeyId}`,
+    { method: 'DELETE', headers: { authorization: `Bearer ${keys.admin}` } });
+  check(revoked.status === 200, 'the admin revokes bob\'s key');
+  await bob.goto(`${BASE}/ui#/runners`);
+  await bob.getByRole('heading', { name: 'Sign in' }).waitFor();
+  check(await bob.evaluate(() => sessionStorage.length === 0), 'a revoked key signs the page out and is forgotten');
 
   const leaked = requests.filter((u) => Object.values(keys).some((k) => u.includes(k)));
   check(leaked.length === 0, 'no key ever appears in a URL the pages asked for');

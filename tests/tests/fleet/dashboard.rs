@@ -66,7 +66,8 @@ async fn a_user_follows_and_stops_a_runner_in_the_browser_and_others_see_nothing
     .await;
 
     let mut start = start_request("alice", "dash");
-    start["config"]["name"] = json!("Alice's scalper");
+    // A hostile name: the page must show it as text, never run it.
+    start["config"]["name"] = json!("Alice's <img src=x onerror=\"window.pwned=1\"> scalper");
     start["config"]["parameters"] = json!({"timeframe": "1s", "rsiPeriod": 5});
     let shots = screenshot_dir("dashboard");
     let run = tokio::task::spawn_blocking({
