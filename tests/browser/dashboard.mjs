@@ -7,6 +7,9 @@
 
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 const env = (name) => {
   const v = process.env[name];
@@ -42,13 +45,13 @@ const browser = await chromium.launch({
 const pages = {};
 const requests = [];
 
-async function signedIn(who) {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 900 } });
+async function signedIn(who, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 900 }, ...options });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on('request', (r) => requests.push(r.url()));
   page.on('pageerror', (e) => console.log(`page error (${who}): ${e.message}`));
-  pages[who] = page;
+  pages[options.name || who] = page;
   await page.goto(`${BASE}/ui`);
   // By keyboard only: the key field has the focus, Enter signs in.
   await page.waitForFunction(() => document.activeElement && document.activeElement.id === 'key');
@@ -131,6 +134,21 @@ try {
   await admin.locator('tr[data-job]').first().waitFor();
   await admin.screenshot({ path: `${SHOTS}/dashboard-runners.png`, fullPage: true });
   await alice.screenshot({ path: `${SHOTS}/dashboard-runner.png`, fullPage: true });
+
+  // Accessibility: axe-core's WCAG 2 A/AA rules on every view; a serious or critical finding
+  // fails. (axe is injected, so this context lets scripts past the page's CSP.)
+  const audit = await signedIn('admin', { bypassCSP: true, name: 'axe' });
+  for (const [view, ready] of [['#/overview', 'tr[data-node]'], ['#/runners', 'tr[data-job]'],
+    [`#/runner/${job}`, '#stats'], ['#/entitlements', '#e-user']]) {
+    await audit.goto(`${BASE}/ui${view}`);
+    await audit.locator(ready).first().waitFor();
+    await audit.addScriptTag({ path: AXE });
+    const found = await audit.evaluate(async () => (await window.axe.run(document,
+      { runOnly: ['wcag2a', 'wcag2aa'] })).violations
+      .filter((v) => ['serious', 'critical'].includes(v.impact))
+      .map((v) => `${v.id}: ${v.help} (${v.nodes.length}× e.g. ${v.nodes[0].target})`));
+    check(found.length === 0, `no serious accessibility finding on ${view}${found.length ? ': ' + found.join('; ') : ''}`);
+  }
 
   // A key revoked while signed in: the next call is refused and the page signs out.
   const bobKeyId = (await api(keys.bob, '/v1/me')).body.keyId;
