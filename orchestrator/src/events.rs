@@ -17,7 +17,7 @@
 //! than buffered without bound; it reconnects with its `Last-Event-ID` and resumes from the
 //! store. Streams end when the orchestrator shuts down, so they do not hold its graceful stop.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,19 +61,48 @@ struct Hub {
     tailing: tokio::sync::Mutex<bool>,
     /// Cancelled when the HTTP server stops; replaced, so a restarted server streams again.
     closing: std::sync::Mutex<CancellationToken>,
+    /// Streams open per user key id, and how many one key may hold.
+    per_key: std::sync::Mutex<HashMap<String, usize>>,
+    max_per_key: usize,
 }
 
 impl EventHub {
-    /// A hub whose clients may lag `buffer` events behind before they are dropped.
-    pub fn new(buffer: usize) -> Self {
+    /// A hub whose clients may lag `buffer` events behind before they are dropped, and of
+    /// which one user key may hold `max_per_key` streams at once.
+    pub fn new(buffer: usize, max_per_key: usize) -> Self {
         let (tx, _) = broadcast::channel(buffer.max(1));
         Self {
             inner: Arc::new(Hub {
                 tx,
                 tailing: tokio::sync::Mutex::new(false),
                 closing: std::sync::Mutex::new(CancellationToken::new()),
+                per_key: std::sync::Mutex::new(HashMap::new()),
+                max_per_key,
             }),
         }
+    }
+
+    /// Counts a new stream of `caller`, refused with 429 when its key holds
+    /// `events.max_streams_per_key` already (the admin key is not limited); the stream holds
+    /// the returned guard until it ends.
+    fn connect(&self, caller: &Caller) -> Result<Connected, ApiError> {
+        let key = match caller {
+            Caller::Admin => None,
+            Caller::User { key_id, .. } => {
+                let mut open = self.inner.per_key.lock().unwrap_or_else(|p| p.into_inner());
+                let n = open.entry(key_id.clone()).or_default();
+                if *n >= self.inner.max_per_key {
+                    return Err(ApiError::RateLimited {
+                        class: "stream",
+                        retry_after_ms: 1_000,
+                    });
+                }
+                *n += 1;
+                Some((self.inner.clone(), key_id.clone()))
+            }
+        };
+        metrics::gauge!(observability::EVENT_CLIENTS).increment(1.0);
+        Ok(Connected { key })
     }
 
     /// Ends every open stream (the server is stopping); later streams are unaffected.
@@ -246,19 +275,25 @@ impl<S: FleetStore> Follow<S> {
     }
 }
 
-/// Counts a connected client in `runfleet_event_clients` while it lives.
-struct Connected;
-
-impl Connected {
-    fn new() -> Self {
-        metrics::gauge!(observability::EVENT_CLIENTS).increment(1.0);
-        Connected
-    }
+/// Counts a connected client in `runfleet_event_clients`, and in its key's open streams, while it
+/// lives.
+struct Connected {
+    /// The user key's count to give back, none for the admin key.
+    key: Option<(Arc<Hub>, String)>,
 }
 
 impl Drop for Connected {
     fn drop(&mut self) {
         metrics::gauge!(observability::EVENT_CLIENTS).decrement(1.0);
+        if let Some((hub, key)) = self.key.take() {
+            let mut open = hub.per_key.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
     }
 }
 
@@ -269,11 +304,12 @@ impl Drop for Connected {
     operation_id = "streamEvents",
     tag = "runners",
     summary = "Lifecycle events, live, as Server-Sent Events.",
-    description = "A `text/event-stream`: each SSE event carries the event's stream id as `id` and a `RunnerEvent` as JSON `data`; a comment every 15 s keeps idle connections open. A user key receives its own runners' events only; the admin key all. A client that falls `events.live_buffer` events behind is disconnected; it resumes with `Last-Event-ID` and loses nothing. Streams end when the orchestrator shuts down.",
+    description = "A `text/event-stream`: each SSE event carries the event's stream id as `id` and a `RunnerEvent` as JSON `data`; a comment every 15 s keeps idle connections open. A user key receives its own runners' events only; the admin key all. A client that falls `events.live_buffer` events behind is disconnected; it resumes with `Last-Event-ID` and loses nothing. Streams end when the orchestrator shuts down. A user key holds at most `events.max_streams_per_key` streams open on one orchestrator; one more is a 429 with Retry-After.",
     params(("userId" = Option<String>, Query, description = "Only this user's runners: any user with the admin key; a user key may name only its own user (403 otherwise)."), ("jobId" = Option<String>, Query, description = "Only this runner's events."), ("lastEventId" = Option<String>, Query, description = "Resume after this event id (`<ms>-<seq>`) on a first connect; the `Last-Event-ID` header wins when both are sent.", pattern = "^[0-9]+-[0-9]+$"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`<ms>-<seq>`): every event after it still kept, then live, without gap or duplicate. Browsers' EventSource sends it when reconnecting.", pattern = "^[0-9]+-[0-9]+$")),
     responses(
         (status = 200, description = "The event stream (it stays open).", body = String, content_type = "text/event-stream"),
         (status = 400, response = named::BadRequest),
+        (status = 429, response = named::RateLimited),
         named::KeyedRefusals,
     )
 )]
@@ -312,6 +348,7 @@ pub async fn stream<S: FleetStore, Q: JobQueue + Clone>(
         })
         .transpose()?;
 
+    let connected = app.events.connect(&caller)?;
     let live = app.events.subscribe(&app.store).await?;
     // Events after the resume point that the stream's caps trimmed are lost: say so first.
     let gap = match after {
@@ -335,7 +372,6 @@ pub async fn stream<S: FleetStore, Q: JobQueue + Clone>(
         backlog: VecDeque::new(),
     };
     let closing = app.events.closing();
-    let connected = Connected::new();
     let events =
         futures::stream::unfold((follow, connected), |(mut follow, connected)| async move {
             let event = follow.next().await?;

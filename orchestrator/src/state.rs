@@ -36,7 +36,10 @@ impl<S, Q> AppState<S, Q> {
         settings: Arc<Settings>,
         kinds: Kinds,
     ) -> Self {
-        let events = EventHub::new(settings.events.live_buffer);
+        let events = EventHub::new(
+            settings.events.live_buffer,
+            settings.events.max_streams_per_key,
+        );
         Self {
             store,
             queue,

@@ -1508,6 +1508,33 @@ async fn a_batch_is_refused_whole_when_empty_too_large_or_over_the_keys_rate() {
 }
 
 #[tokio::test]
+async fn a_user_key_holds_at_most_its_share_of_event_streams() {
+    let app = test_app(|s| s.events.max_streams_per_key = 2);
+    let key = user_key(&app.router, "alice").await;
+    let (a, b) = (
+        open_events(&app.router, &key, None).await,
+        open_events(&app.router, &key, None).await,
+    );
+    let third = call(&app.router, "GET", "/v1/events", None, Some(&key)).await;
+    assert_eq!(
+        third.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        third.body
+    );
+    assert_eq!(third.body["error"]["code"], "rate_limited");
+    assert!(third.retry_after.is_some(), "with a Retry-After");
+    // Another user, and the admin, are not held by alice's streams.
+    let bob = user_key(&app.router, "bob").await;
+    let _bob = open_events(&app.router, &bob, None).await;
+    let _admin = open_events(&app.router, ADMIN, None).await;
+    // A stream that ends gives its place back.
+    drop(a);
+    let _c = open_events(&app.router, &key, None).await;
+    drop(b);
+}
+
+#[tokio::test]
 async fn resuming_from_before_what_the_stream_kept_starts_with_a_gap_event() {
     let t = test_app(|s| {
         s.events.max_len = 3;

@@ -89,6 +89,10 @@ pub struct EventSettings {
     /// Events a live client (`GET /v1/events`) may fall behind before it is dropped; it then
     /// resumes with `Last-Event-ID`. Bounds each orchestrator's buffer.
     pub live_buffer: usize,
+    /// Event streams one user key may hold open on one orchestrator at once; one more is
+    /// refused with 429 until one closes (the admin key is not limited). Bounds what a leaked or
+    /// buggy client can hold of an orchestrator's connections and buffers.
+    pub max_streams_per_key: usize,
 }
 
 impl Default for EventSettings {
@@ -97,6 +101,7 @@ impl Default for EventSettings {
             max_len: 100_000,
             max_age_ms: 7 * 24 * 3_600_000,
             live_buffer: 1024,
+            max_streams_per_key: 16,
         }
     }
 }
@@ -776,6 +781,9 @@ impl Settings {
         }
         if !(1..=1_000_000).contains(&self.events.live_buffer) {
             return invalid("events.live_buffer", "must be from 1 to 1000000");
+        }
+        if !(1..=10_000).contains(&self.events.max_streams_per_key) {
+            return invalid("events.max_streams_per_key", "must be from 1 to 10000");
         }
         if self.breaker.failures == 0 {
             return invalid("breaker.failures", "must be at least 1");
