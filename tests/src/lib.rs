@@ -480,10 +480,22 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// An HTTP client builder. reqwest's TLS takes the process' rustls provider (the workspace
+/// builds it without one of its own): ring, installed here before any client is built.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// `GET url` with a plain client (no key).
+pub async fn http_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    http_builder().build()?.get(url).send().await
+}
+
 impl Api {
     /// A client for `base`.
     pub fn new(base: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -700,7 +712,7 @@ impl Api {
     /// every event from then on reaches it.
     pub async fn follow_events(&self, query: &str, last_event_id: Option<&str>) -> EventClient {
         // No overall timeout: the stream stays open for the whole test.
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("http client");
