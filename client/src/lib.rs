@@ -32,8 +32,10 @@ use serde::de::DeserializeOwned;
 pub use error::ClientError;
 pub use events::{EventFilter, EventStream, StreamEvent};
 pub use runfleet_shared::api;
-pub use runfleet_shared::ids::{JobId, UserId};
-pub use runfleet_shared::job::{StartRunnerRequest, StopMode};
+pub use runfleet_shared::ids::{self, JobId, UserId};
+pub use runfleet_shared::job::{
+    Credentials, JobRecord, JobStatus, Position, StartRunnerRequest, StopMode, StrategyConfig,
+};
 pub use runfleet_shared::store::{NodeInfo, RunnerEvent};
 pub use runfleet_shared::tier::Tier;
 
