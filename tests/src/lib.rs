@@ -64,6 +64,8 @@ pub fn binary(name: &str) -> PathBuf {
             "runfleet-orchestrator",
             "-p",
             "runfleet-worker-node",
+            "-p",
+            "runfleet-cli",
         ]);
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
