@@ -98,13 +98,15 @@ impl App {
         n as f64 / RATE_WINDOW_S as f64
     }
 
-    /// Starts in each second of the last [`STARTS_WINDOW_S`], oldest first.
-    pub fn starts_by_second(&self) -> Vec<u64> {
-        let mut buckets = vec![0; STARTS_WINDOW_S as usize];
+    /// Starts in each of the last `seconds` seconds (at most [`STARTS_WINDOW_S`]), oldest
+    /// first.
+    pub fn starts_by_second(&self, seconds: u64) -> Vec<u64> {
+        let seconds = seconds.min(STARTS_WINDOW_S);
+        let mut buckets = vec![0; seconds as usize];
         for &at in &self.starts {
             let age = self.now_ms.saturating_sub(at) / 1000;
-            if age < STARTS_WINDOW_S {
-                buckets[(STARTS_WINDOW_S - 1 - age) as usize] += 1;
+            if age < seconds {
+                buckets[(seconds - 1 - age) as usize] += 1;
             }
         }
         buckets
@@ -194,22 +196,31 @@ fn draw_depth(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let data: Vec<u64> = app.depth.iter().copied().collect();
     let widget = Sparkline::default()
         .block(titled(format!("Queue depth: {now} (max {max})")))
-        .data(&data)
+        .data(newest(&data, area))
         .style(Style::default().fg(Color::Yellow));
     frame.render_widget(widget, area);
 }
 
 fn draw_starts(frame: &mut Frame<'_>, area: Rect, app: &App) {
-    let data = app.starts_by_second();
+    // One bar per second, as many seconds as the box holds (a minute at most).
+    let data = app.starts_by_second(u64::from(area.width.saturating_sub(2)));
     let widget = Sparkline::default()
         .block(titled(format!(
-            "Starts/s: {:.1} (last {RATE_WINDOW_S} s), {} in {STARTS_WINDOW_S} s",
+            "Starts/s: {:.1} (last {RATE_WINDOW_S} s), {} in {} s",
             app.starts_per_second(),
-            app.starts.len()
+            data.iter().sum::<u64>(),
+            data.len()
         )))
         .data(&data)
         .style(Style::default().fg(Color::Green));
     frame.render_widget(widget, area);
+}
+
+/// The newest samples of `data` that fit inside `area`'s borders: a sparkline draws from the
+/// left and drops what does not fit, which would be the newest.
+fn newest(data: &[u64], area: Rect) -> &[u64] {
+    let width = usize::from(area.width.saturating_sub(2));
+    &data[data.len().saturating_sub(width)..]
 }
 
 fn draw_runners(frame: &mut Frame<'_>, area: Rect, app: &App) {
@@ -463,12 +474,25 @@ mod tests {
         assert!(text.find("node-a").unwrap() < text.find("node-b").unwrap());
         assert!(text.find("job-2").unwrap() < text.find("job-0").unwrap());
         assert_eq!(text.lines().count(), 32);
+        // The starts of the last seconds are drawn: the right box's sparkline is not blank.
+        let bars: String = text
+            .lines()
+            .skip(2)
+            .take(5)
+            .filter_map(|l| l.split_once("││").map(|(_, right)| right.to_owned()))
+            .collect();
+        assert!(bars.contains('█'), "{text}");
     }
 
     #[test]
     fn starts_age_out_of_their_window() {
         let mut app = app();
-        assert_eq!(app.starts_by_second().iter().sum::<u64>(), 3);
+        assert_eq!(app.starts_by_second(60).iter().sum::<u64>(), 3);
+        assert_eq!(
+            app.starts_by_second(4),
+            [1, 0, 0, 1],
+            "97.0 s and 99.5 s, at 100 s"
+        );
         app.tick(99_000 + STARTS_WINDOW_S * 1000);
         assert_eq!(app.starts.len(), 1, "only the newest is within a minute");
         assert_eq!(app.starts_per_second(), 0.0);

@@ -254,7 +254,7 @@ async fn cli_starts_watches_and_stops_a_runner() {
         "runfleet top",
         "Queue depth: 0",
         "Starts/s:",
-        "3 in 60 s",
+        "3 in 48 s",
         "Runners by status",
         "running",
         "holding slots",
