@@ -659,6 +659,14 @@ impl Api {
         }
     }
 
+    /// The typed client of this orchestrator, with the same key. It does not retry: a test
+    /// sees every answer as the server gave it.
+    pub fn client(&self) -> runfleet_client::Client {
+        runfleet_client::Client::new(&self.base, self.key.as_deref())
+            .expect("client")
+            .with_retry(runfleet_client::RetryPolicy::none())
+    }
+
     /// Starts a scalping runner on BTC-PERPETUAL for `user`; returns the reply.
     pub async fn start_runner(&self, user: &str, strategy: &str) -> Reply {
         self.post("/v1/runners", &start_request(user, strategy))
@@ -688,6 +696,11 @@ pub fn start_request(user: &str, strategy: &str) -> Value {
             "instruments": ["BTC-PERPETUAL", "ETH-PERPETUAL"]
         }
     })
+}
+
+/// [`start_request`] as the typed request the client sends.
+pub fn start_spec(user: &str, strategy: &str) -> runfleet_client::StartRunnerRequest {
+    serde_json::from_value(start_request(user, strategy)).expect("a start request")
 }
 
 /// [`start_request`] for a runner that holds nothing for its first 500 ticks: an sma-cross of
