@@ -734,3 +734,45 @@ fn config(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> anyhow::Error {
+        let body = format!(r#"{{"success":false,"error":{{"code":"c{status}","message":"m"}}}}"#);
+        ClientError::Api {
+            status,
+            error: Box::new(serde_json::from_str::<ErrorBody>(&body).unwrap().error),
+            retry_after: None,
+        }
+        .into()
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        assert_eq!(exit_code(&api(403)), 3, "runner_limit_reached, forbidden");
+        assert_eq!(exit_code(&api(400)), 3);
+        assert_eq!(exit_code(&api(429)), 3);
+        assert_eq!(exit_code(&api(404)), 4);
+        assert_eq!(exit_code(&api(401)), 5);
+        assert_eq!(exit_code(&api(408)), 6);
+        assert_eq!(exit_code(&api(503)), 6);
+        assert_eq!(exit_code(&api(500)), 6);
+        assert_eq!(exit_code(&Usage("x".into()).into()), 2);
+        let failed = Failed {
+            code: 6,
+            message: "m".into(),
+        };
+        assert_eq!(exit_code(&failed.into()), 6);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        // A usage error wrapped in context keeps its code.
+        let wrapped = anyhow::Error::from(Usage("x".into())).context("while starting");
+        assert_eq!(exit_code(&wrapped), 2);
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -85,7 +85,13 @@ impl Follow {
             }
             let Some(open) = self.open.as_mut() else {
                 match connect(&self.client, &self.filter, self.last_id.as_deref()).await {
-                    Ok(sse) => self.open = Some(sse),
+                    // Connected: the failures in a row end here (a balancer that cuts idle
+                    // streams every few minutes must not use them up), while the backoff goes
+                    // on growing until an event shows the stream works.
+                    Ok(sse) => {
+                        self.open = Some(sse);
+                        self.failures = 0;
+                    }
                     Err(e) => {
                         if let Some(e) = self.failed(e).await {
                             return Some(Err(e));
@@ -96,7 +102,6 @@ impl Follow {
             };
             match open.next().await {
                 Some(Ok(ev)) => {
-                    self.failures = 0;
                     self.backoff = None;
                     if let Some(item) = self.read(ev) {
                         return Some(item);

@@ -154,6 +154,23 @@ async fn refusals_are_decoded_and_not_retried() {
 }
 
 #[tokio::test]
+async fn a_slow_answer_is_a_timeout() {
+    let app = Router::new().route(
+        "/healthz",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            json(StatusCode::OK, HEALTHY)
+        }),
+    );
+    let url = serve(app).await;
+    let client = Client::new(&url, None)
+        .unwrap()
+        .with_timeout(Duration::from_millis(200));
+    let e = client.health().await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { .. }), "{e:?}");
+}
+
+#[tokio::test]
 async fn nothing_listening_is_unreachable() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
