@@ -51,7 +51,7 @@ struct Global {
     #[arg(long, global = true, env = "RUNFLEET_KEY", hide_env_values = true)]
     key: Option<String>,
     /// The config file (default: runfleet/config.toml in the user's config directory).
-    #[arg(long, global = true, env = "RUNFLEET_CONFIG")]
+    #[arg(long, global = true, env = "RUNFLEET_CLI_CONFIG")]
     config: Option<PathBuf>,
     /// Print the API's answers as JSON (one document; one per line for followed events).
     #[arg(long, global = true)]

@@ -1,8 +1,9 @@
 //! Where the CLI finds its server and key: `--url`/`--key`, then `RUNFLEET_URL`/`RUNFLEET_KEY`
 //! (clap reads both), then the config file, then the default URL. The config file is TOML in
 //! the user's config directory (`$XDG_CONFIG_HOME/runfleet/config.toml` on Linux), or the one
-//! `--config`/`RUNFLEET_CONFIG` names. Since it may hold a key it is written readable by its
-//! owner only (0600).
+//! `--config`/`RUNFLEET_CLI_CONFIG` names (not `RUNFLEET_CONFIG`: the orchestrator and the
+//! worker node read that one for their own config file). Since it may hold a key it is written
+//! readable by its owner only (0600).
 
 use std::path::{Path, PathBuf};
 

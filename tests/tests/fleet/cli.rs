@@ -55,7 +55,7 @@ impl Fleet {
         let mut cmd = tokio::process::Command::new(binary("runfleet"));
         cmd.args(args)
             .env("RUNFLEET_URL", &self.url)
-            .env("RUNFLEET_CONFIG", &self.config)
+            .env("RUNFLEET_CLI_CONFIG", &self.config)
             .env_remove("RUNFLEET_KEY")
             .stdin(if input.is_some() {
                 Stdio::piped()
@@ -208,7 +208,7 @@ async fn cli_starts_watches_and_stops_a_runner() {
         cmd.args(["events", &job, "--follow", "--limit", "2", "--json"])
             .env("RUNFLEET_URL", &fleet.url)
             .env("RUNFLEET_KEY", ADMIN_KEY)
-            .env("RUNFLEET_CONFIG", &fleet.config)
+            .env("RUNFLEET_CLI_CONFIG", &fleet.config)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd.spawn().expect("spawn events --follow")
@@ -405,7 +405,7 @@ async fn cli_reads_its_config_file_and_generates_completions() {
         .args(["--config", config.to_str().unwrap(), "nodes", "--json"])
         .env_remove("RUNFLEET_URL")
         .env_remove("RUNFLEET_KEY")
-        .env_remove("RUNFLEET_CONFIG")
+        .env_remove("RUNFLEET_CLI_CONFIG")
         .output()
         .await
         .expect("runfleet");
