@@ -523,23 +523,22 @@ impl Api {
 
     /// Gives `user` `tier` for a day through the admin API.
     pub async fn grant(&self, user: &str, tier: &str) {
-        let (code, body) = self
-            .put_admin(
-                &format!("/v1/users/{user}/entitlement"),
-                &serde_json::json!({"tier": tier, "days": 1}),
-            )
-            .await;
-        assert_eq!(code, 200, "granting {tier} to {user}: {body}");
+        let tier: runfleet_client::Tier = tier.parse().expect("a tier");
+        self.with_key(Some(ADMIN_KEY))
+            .client()
+            .set_entitlement(&runfleet_client::UserId::new(user), tier, 1)
+            .await
+            .unwrap_or_else(|e| panic!("granting {tier:?} to {user}: {e}"));
     }
 
     /// Issues a user API key through the admin API.
     pub async fn user_key(&self, user: &str) -> String {
-        let admin = self.with_key(Some(ADMIN_KEY));
-        let (code, body) = admin
-            .post(&format!("/v1/users/{user}/keys"), &serde_json::json!({}))
-            .await;
-        assert_eq!(code, 201, "issuing a key for {user}: {body}");
-        body["apiKey"].as_str().expect("apiKey").to_owned()
+        self.with_key(Some(ADMIN_KEY))
+            .client()
+            .issue_key(&runfleet_client::UserId::new(user))
+            .await
+            .unwrap_or_else(|e| panic!("issuing a key for {user}: {e}"))
+            .api_key
     }
 
     /// `req` with this client's key, if it has one.
