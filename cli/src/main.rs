@@ -569,7 +569,7 @@ async fn stop(
             spinner.finish_and_clear();
             out.print(&s, || {
                 format!(
-                    "{job} {}: {}\n{} positions flattened, {} open, PnL {}",
+                    "{job} {}: {}\npositions flattened: {}, still open: {}, PnL {}",
                     s.status.as_str(),
                     s.message,
                     s.flattened_positions,
@@ -582,7 +582,7 @@ async fn stop(
             spinner.finish_and_clear();
             out.print(&f, || {
                 format!(
-                    "{job} {} but NOT flat: {}\n{} positions flattened, still open:\n{}",
+                    "{job} {} but NOT flat: {}\npositions flattened: {}, still open:\n{}",
                     f.status.as_str(),
                     f.error.message.as_deref().unwrap_or("FLATTEN_FAILED"),
                     f.flattened_positions,
