@@ -365,7 +365,18 @@ async fn event_loop(
             }
         }
     });
+    // The status reads do not retry: a refresh that fails shows its error and the next one
+    // comes at the next tick, so the screen never waits on a 503's retries. The event stream
+    // keeps the client's reconnections.
+    let reads = client
+        .clone()
+        .with_retry(runfleet_client::RetryPolicy {
+            retries: 0,
+            ..runfleet_client::RetryPolicy::default()
+        })
+        .with_timeout(interval.max(Duration::from_secs(2)));
     let mut app = App::new(client.base_url());
+    app.refresh(&reads, offset).await;
     let mut stream = client
         .events(EventFilter {
             last_event_id: Some(format!(
@@ -379,7 +390,7 @@ async fn event_loop(
     loop {
         terminal.draw(|f| draw(f, &app))?;
         tokio::select! {
-            _ = tick.tick() => app.refresh(client, offset).await,
+            _ = tick.tick() => app.refresh(&reads, offset).await,
             Some(item) = stream.next() => match item {
                 Ok(StreamEvent::Runner(e)) => app.on_event(e),
                 Ok(StreamEvent::Gap(_)) => {}
