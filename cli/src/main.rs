@@ -308,25 +308,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     let config_path = settings::path(g.config.as_deref());
-    match cli.command {
-        Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "runfleet",
-                &mut std::io::stdout(),
-            );
-            return Ok(());
-        }
-        Command::Config(c) => return config(c, config_path, g.url, g.key),
-        _ => {}
-    }
-    let file = settings::load(config_path.as_deref()).map_err(|e| Usage(format!("{e:#}")))?;
-    let resolved = settings::resolve(g.url, g.key, file);
-    let client = Client::new(&resolved.url, resolved.key.as_deref())?;
     let out = Out { json: g.json };
+    // The server and key, for the commands that call it.
+    let connect = || -> anyhow::Result<Client> {
+        let file = settings::load(config_path.as_deref()).map_err(|e| Usage(format!("{e:#}")))?;
+        let resolved = settings::resolve(g.url.clone(), g.key.clone(), file);
+        Ok(Client::new(&resolved.url, resolved.key.as_deref())?)
+    };
     match cli.command {
-        Command::Start(args) => start(&client, out, args).await,
+        Command::Start(args) => start(&connect()?, out, args).await,
         Command::Stop {
             job,
             hold,
@@ -337,27 +327,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 StopMode::Flatten
             };
-            stop(&client, out, JobId::new(job), mode, wait_secs).await
+            stop(&connect()?, out, JobId::new(job), mode, wait_secs).await
         }
         Command::Status { user: Some(user) } => {
-            let answer = client.user_runners(&UserId::new(user)).await?;
+            let answer = connect()?.user_runners(&UserId::new(user)).await?;
             out.print(&answer, || show::user_runners(&answer))
         }
         Command::Status { user: None } => {
-            let answer = client.fleet_status().await?;
+            let answer = connect()?.fleet_status().await?;
             out.print(&answer, || show::fleet(&answer))
         }
         Command::Runner { job } => {
-            let answer = client.runner(&JobId::new(job)).await?;
+            let answer = connect()?.runner(&JobId::new(job)).await?;
             out.print(&answer, || show::runner(answer.view.record()))
         }
-        Command::Events(args) => events(&client, out, args).await,
+        Command::Events(args) => events(&connect()?, out, args).await,
         Command::Nodes => {
-            let answer = client.nodes().await?;
+            let answer = connect()?.nodes().await?;
             out.print(&answer, || show::nodes(&answer))
         }
         Command::Entitlement(EntitlementCommand::Get { user }) => {
-            let e = client.entitlement(&UserId::new(user)).await?;
+            let e = connect()?.entitlement(&UserId::new(user)).await?;
             out.print(&e, || {
                 format!(
                     "user {}: tier {}, {} of {} runners in use{}{}",
@@ -374,34 +364,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Entitlement(EntitlementCommand::Set { user, tier, days }) => {
-            let g = client
+            let granted = connect()?
                 .set_entitlement(&UserId::new(user), tier, days)
                 .await?;
-            out.print(&g, || show::granted(&g))
+            out.print(&granted, || show::granted(&granted))
         }
         Command::Keys(KeysCommand::Issue { user }) => {
-            let k = client.issue_key(&UserId::new(user)).await?;
+            let k = connect()?.issue_key(&UserId::new(user)).await?;
             out.print(&k, || show::issued(&k))
         }
         Command::Keys(KeysCommand::List { user }) => {
-            let k = client.keys(&UserId::new(user)).await?;
+            let k = connect()?.keys(&UserId::new(user)).await?;
             out.print(&k, || show::keys(&k))
         }
         Command::Keys(KeysCommand::Revoke { user, key_id }) => {
-            let done = client.revoke_key(&UserId::new(user), &key_id).await?;
+            let done = connect()?.revoke_key(&UserId::new(user), &key_id).await?;
             out.print(&done, || format!("key {key_id} revoked"))
         }
         Command::Top { once, interval_ms } => {
             let interval = Duration::from_millis(interval_ms.max(100));
             if once {
-                let state = top::App::read_once(&client).await?;
+                let state = top::App::read_once(&connect()?).await?;
                 print!("{}", top::render_text(&state, 100, 32));
                 Ok(())
             } else {
-                top::run(client, interval).await
+                top::run(connect()?, interval).await
             }
         }
-        Command::Completions { .. } | Command::Config(_) => unreachable!("handled above"),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "runfleet",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Config(c) => config(c, config_path.clone(), g.url.clone(), g.key.clone()),
     }
 }
 
