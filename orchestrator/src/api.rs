@@ -655,7 +655,7 @@ pub async fn status<S: FleetStore, Q: JobQueue + Clone>(
     let count = |s: JobStatus| jobs.iter().filter(|j| j.status == s).count();
     Ok(Answer::ok(UserRunners {
         success: Succeeded,
-        user_id: &user,
+        user_id: user.clone(),
         workers: jobs.iter().map(RunnerView::of).collect(),
         queue_stats: UserCounts {
             queued_jobs: count(JobStatus::Queued),
@@ -676,7 +676,7 @@ async fn fleet_status<S: FleetStore, Q: JobQueue + Clone>(
     let counts = g.counts;
     Ok(Answer::ok(FleetStatus {
         success: Succeeded,
-        user_id: SYSTEM_USER,
+        user_id: SYSTEM_USER.into(),
         workers: [],
         queue_stats: FleetCounts {
             queued_jobs: counts.queued,

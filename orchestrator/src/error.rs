@@ -6,58 +6,13 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+pub use runfleet_shared::api::{ErrorBody, ErrorDetail};
 use runfleet_shared::observability;
 use runfleet_shared::queue::QueueError;
 use runfleet_shared::redis_pool::RedisError;
 use runfleet_shared::store::StoreError;
-use serde::Serialize;
 
 use crate::responses::{Answer, Refused};
-
-/// The body of every refusal: `{"success": false, "error": {...}}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Always false.
-    pub success: Refused,
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The `error` of an [`ErrorBody`]: a stable machine code and a human message, and what the
-/// refusal has to add.
-// The fields a refusal leaves out are absent, never null: `nullable = false`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetail {
-    /// The stable machine code ([`ApiError::code`]): invalid_request, unauthorized, forbidden,
-    /// runner_limit_reached, not_found, no_route, method_not_allowed, payload_too_large,
-    /// unsupported_media_type, queue_full, rate_limited, circuit_open, fleet_full,
-    /// store_unavailable, queue_unavailable, internal_error.
-    pub code: &'static str,
-    /// What is wrong, for people.
-    pub message: String,
-    /// `invalid_request`: the JSON path of the refused field (`config.parameters.rsiPeriod`,
-    /// `body` for malformed JSON).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub field: Option<String>,
-    /// `runner_limit_reached`: the tier in force.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub tier: Option<String>,
-    /// `runner_limit_reached`: its limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub max_workers: Option<u32>,
-    /// `runner_limit_reached`: the slots held.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    pub current_workers: Option<u32>,
-    /// Refusals worth retrying: when (also the `Retry-After` header).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, minimum = 1)]
-    pub retry_after_seconds: Option<u64>,
-}
 
 /// Why a request was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +174,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, ErrorDetail) {
         let (status, code) = self.status_and_code();
         let mut error = ErrorDetail {
-            code,
+            code: code.into(),
             message: self.to_string(),
             field: None,
             tier: None,

@@ -41,7 +41,7 @@ pub async fn me<S: FleetStore, Q: JobQueue + Clone>(
     };
     Answer::ok(Me {
         success: Succeeded,
-        role,
+        role: role.into(),
         user_id,
         key_id,
     })

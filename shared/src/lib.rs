@@ -6,6 +6,7 @@
 //!
 //! The orchestrator and worker-node binaries are thin layers over this crate.
 
+pub mod api;
 pub mod backend;
 pub mod backoff;
 pub mod config;

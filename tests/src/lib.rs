@@ -64,6 +64,8 @@ pub fn binary(name: &str) -> PathBuf {
             "runfleet-orchestrator",
             "-p",
             "runfleet-worker-node",
+            "-p",
+            "runfleet-cli",
         ]);
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
@@ -485,10 +487,22 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// An HTTP client builder. reqwest's TLS takes the process' rustls provider (the workspace
+/// builds it without one of its own): ring, installed here before any client is built.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// `GET url` with a plain client (no key).
+pub async fn http_get(url: &str) -> reqwest::Result<reqwest::Response> {
+    http_builder().build()?.get(url).send().await
+}
+
 impl Api {
     /// A client for `base`.
     pub fn new(base: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -514,23 +528,22 @@ impl Api {
 
     /// Gives `user` `tier` for a day through the admin API.
     pub async fn grant(&self, user: &str, tier: &str) {
-        let (code, body) = self
-            .put_admin(
-                &format!("/v1/users/{user}/entitlement"),
-                &serde_json::json!({"tier": tier, "days": 1}),
-            )
-            .await;
-        assert_eq!(code, 200, "granting {tier} to {user}: {body}");
+        let tier: runfleet_client::Tier = tier.parse().expect("a tier");
+        self.with_key(Some(ADMIN_KEY))
+            .client()
+            .set_entitlement(&runfleet_client::UserId::new(user), tier, 1)
+            .await
+            .unwrap_or_else(|e| panic!("granting {tier:?} to {user}: {e}"));
     }
 
     /// Issues a user API key through the admin API.
     pub async fn user_key(&self, user: &str) -> String {
-        let admin = self.with_key(Some(ADMIN_KEY));
-        let (code, body) = admin
-            .post(&format!("/v1/users/{user}/keys"), &serde_json::json!({}))
-            .await;
-        assert_eq!(code, 201, "issuing a key for {user}: {body}");
-        body["apiKey"].as_str().expect("apiKey").to_owned()
+        self.with_key(Some(ADMIN_KEY))
+            .client()
+            .issue_key(&runfleet_client::UserId::new(user))
+            .await
+            .unwrap_or_else(|e| panic!("issuing a key for {user}: {e}"))
+            .api_key
     }
 
     /// `req` with this client's key, if it has one.
@@ -650,6 +663,14 @@ impl Api {
         }
     }
 
+    /// The typed client of this orchestrator, with the same key. It does not retry: a test
+    /// sees every answer as the server gave it.
+    pub fn client(&self) -> runfleet_client::Client {
+        runfleet_client::Client::new(&self.base, self.key.as_deref())
+            .expect("client")
+            .with_retry(runfleet_client::RetryPolicy::none())
+    }
+
     /// Starts a scalping runner on BTC-PERPETUAL for `user`; returns the reply.
     pub async fn start_runner(&self, user: &str, strategy: &str) -> Reply {
         self.post("/v1/runners", &start_request(user, strategy))
@@ -681,6 +702,11 @@ pub fn start_request(user: &str, strategy: &str) -> Value {
     })
 }
 
+/// [`start_request`] as the typed request the client sends.
+pub fn start_spec(user: &str, strategy: &str) -> runfleet_client::StartRunnerRequest {
+    serde_json::from_value(start_request(user, strategy)).expect("a start request")
+}
+
 /// [`start_request`] for a runner that holds nothing for its first 500 ticks: an sma-cross of
 /// 100 and 500 candles, waiting for its signal (an idle runner, for the benchmarks).
 pub fn idle_start_request(user: &str, strategy: &str) -> Value {
@@ -705,7 +731,7 @@ impl Api {
     /// every event from then on reaches it.
     pub async fn follow_events(&self, query: &str, last_event_id: Option<&str>) -> EventClient {
         // No overall timeout: the stream stays open for the whole test.
-        let http = reqwest::Client::builder()
+        let http = http_builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
             .expect("http client");

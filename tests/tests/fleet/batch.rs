@@ -5,24 +5,21 @@
 
 use std::time::Duration;
 
-use runfleet_tests::{Api, Fleet, eventually, start_request};
+use runfleet_client::api::BatchItem;
+use runfleet_tests::{Api, Fleet, eventually, start_request, start_spec};
 use serde_json::{Value, json};
 
 use crate::rabbitmq::{amqp_url, broker_queue};
 
 /// The fleet-wide counts the admin sees: (slots held, running).
 async fn load(api: &Api) -> (u64, u64) {
-    let s = api.status("system").await;
-    let q = &s["queueStats"];
-    (
-        q["totalWorkers"].as_u64().unwrap_or(0),
-        q["runningWorkers"].as_u64().unwrap_or(0),
-    )
-}
-
-async fn batch(api: &Api, runners: Vec<Value>) -> (u16, Value) {
-    api.post("/v1/runners/batch", &json!({ "runners": runners }))
+    let q = api
+        .client()
+        .fleet_status()
         .await
+        .expect("fleet status")
+        .queue_stats;
+    (q.total_workers, q.running_workers)
 }
 
 /// 20 free users, two runners each, in one batch: one of each pair is admitted (the tier
@@ -47,20 +44,28 @@ async fn batch_scenario(mut fleet: Fleet, rabbit: bool) {
     let (_steady, api) = fleet.orchestrator("orchestrator").await;
     let _worker = fleet.worker("worker", 400);
 
-    let runners: Vec<Value> = (0..40)
-        .map(|i| start_request(&format!("free{}", i / 2), "s1"))
+    let runners: Vec<_> = (0..40)
+        .map(|i| start_spec(&format!("free{}", i / 2), "s1"))
         .collect();
-    let (code, body) = batch(&api, runners).await;
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(
-        (body["accepted"].as_u64(), body["refused"].as_u64()),
-        (Some(20), Some(20))
-    );
-    for (i, r) in body["results"].as_array().unwrap().iter().enumerate() {
-        let want = if i % 2 == 0 { 202 } else { 403 };
-        assert_eq!(r["httpStatus"], want, "{r}");
-        if want == 403 {
-            assert_eq!(r["error"]["code"], "runner_limit_reached", "{r}");
+    let answer = api
+        .client()
+        .start_batch(&runners)
+        .await
+        .expect("the batch answered");
+    assert_eq!((answer.accepted, answer.refused), (20, 20));
+    for (i, r) in answer.results.iter().enumerate() {
+        match r {
+            BatchItem::Accepted {
+                index, http_status, ..
+            } => assert_eq!((i % 2, *index, *http_status), (0, i, 202), "{r:?}"),
+            BatchItem::Refused {
+                answer,
+                index,
+                http_status,
+            } => {
+                assert_eq!((i % 2, *index, *http_status), (1, i, 403), "{r:?}");
+                assert_eq!(answer.error.code, "runner_limit_reached", "{r:?}");
+            }
         }
     }
     eventually(

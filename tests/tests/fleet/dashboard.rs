@@ -100,3 +100,113 @@ async fn a_user_follows_and_stops_a_runner_in_the_browser_and_others_see_nothing
     );
     fleet.cleanup().await;
 }
+
+/// What the faces read beyond the seed's calls, through `runfleet-client` on a real fleet: who a
+/// key is, runner lists filtered across users (and never across tenants), a runner's PnL
+/// history growing with its trades, and the fleet's load history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_faces_read_runner_lists_pnl_and_load_history_through_the_client() {
+    use runfleet_client::{JobId, JobStatus, RunnerFilter, UserId};
+
+    let mut fleet = Fleet::new("faces");
+    fleet.set("RUNFLEET__SWEEP__HISTORY_EVERY_MS", "300");
+    fleet.cleanup().await;
+    let (_o, api) = fleet.orchestrator("orchestrator").await;
+    let _n = fleet.worker("worker", 4);
+    let admin = api.with_key(Some(ADMIN_KEY));
+    admin.grant("alice", "basic").await;
+    let alice_key = api.user_key("alice").await;
+    let alice = api.with_key(Some(&alice_key)).client();
+    let admin_client = admin.client();
+
+    let me = alice.me().await.unwrap();
+    assert_eq!(
+        (me.role.as_ref(), me.user_id.as_ref().map(UserId::as_str)),
+        ("user", Some("alice"))
+    );
+    assert_eq!(admin_client.me().await.unwrap().role, "admin");
+
+    let mut busy = start_request("alice", "fast");
+    busy["config"]["parameters"] = json!({"timeframe": "1s", "rsiPeriod": 5});
+    let (code, body) = admin.post("/v1/runners", &busy).await;
+    assert_eq!(code, 202, "{body}");
+    let job = JobId::new(body["jobId"].as_str().unwrap());
+    let (code, body) = admin.start_runner("alice", "slow").await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = admin.start_runner("bob", "b1").await;
+    assert_eq!(code, 202, "{body}");
+
+    // Alice lists only her own runners; naming bob is refused, and filters narrow.
+    let own = |filter: RunnerFilter| {
+        let alice = alice.clone();
+        async move { alice.runners(&filter).await }
+    };
+    let mine = own(RunnerFilter::default()).await.unwrap();
+    assert_eq!(mine.workers.len(), 2);
+    assert!(
+        mine.workers
+            .iter()
+            .all(|w| w.record().user_id.as_str() == "alice")
+    );
+    let refused = own(RunnerFilter {
+        user: Some(UserId::new("bob")),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(refused.status(), Some(403), "{refused}");
+    let fast = own(RunnerFilter {
+        strategy_id: Some("fast".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(fast.workers.len(), 1);
+    // The admin sees all three fleet-wide, and filters by user and status.
+    eventually(Duration::from_secs(20), "3 runners running", || async {
+        let all = admin_client.runners(&RunnerFilter::default()).await.ok()?;
+        let running = all
+            .workers
+            .iter()
+            .filter(|w| w.record().status == JobStatus::Running)
+            .count();
+        (running == 3).then_some(())
+    })
+    .await;
+    let bobs = admin_client
+        .runners(&RunnerFilter {
+            user: Some(UserId::new("bob")),
+            status: Some(JobStatus::Running),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bobs.workers.len(), 1);
+    assert_eq!(bobs.workers[0].record().user_id.as_str(), "bob");
+
+    // The busy runner's PnL history grows with its trades, oldest first, read by its owner.
+    let points = eventually(Duration::from_secs(30), "PnL points", || async {
+        let pnl = alice.runner_pnl(&job).await.ok()?;
+        (pnl.points.len() >= 2).then_some(pnl.points)
+    })
+    .await;
+    assert!(points.windows(2).all(|w| w[0].at <= w[1].at));
+    let bob_key = api.user_key("bob").await;
+    let bob = api.with_key(Some(&bob_key)).client();
+    assert_eq!(
+        bob.runner_pnl(&job).await.unwrap_err().status(),
+        Some(403),
+        "another user cannot read it"
+    );
+
+    // The load history has samples with the runners counted; a user key may not read it.
+    let history = eventually(Duration::from_secs(10), "load samples", || async {
+        let h = admin_client.fleet_history().await.ok()?;
+        h.samples.iter().any(|s| s.running == 3).then_some(h)
+    })
+    .await;
+    assert_eq!(history.every_ms, 300);
+    assert!(history.samples.windows(2).all(|w| w[0].at < w[1].at));
+    assert_eq!(alice.fleet_history().await.unwrap_err().status(), Some(403));
+    fleet.cleanup().await;
+}

@@ -92,7 +92,7 @@ async fn scrape(api: &Api) -> Metrics {
 }
 
 async fn scrape_node(base: &str) -> Metrics {
-    let text = reqwest::get(format!("{base}/metrics"))
+    let text = runfleet_tests::http_get(&format!("{base}/metrics"))
         .await
         .expect("node /metrics")
         .text()
@@ -244,7 +244,9 @@ async fn metrics_of_two_orchestrators_and_a_node_match_redis_while_runners_start
     assert!(node.observations("runfleet_heartbeat_bytes") > 0.0);
     assert!(node.observations("runfleet_node_claim_batch_jobs") >= 1.0);
     assert!(node.observations("runfleet_start_to_running_seconds") >= 1.0);
-    let health = reqwest::get(format!("{node_url}/healthz")).await.unwrap();
+    let health = runfleet_tests::http_get(&format!("{node_url}/healthz"))
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 
     // The doomed node dies with its 4 runners: their leases expire, the sweep crashes them and
@@ -313,7 +315,7 @@ async fn metrics_of_two_orchestrators_and_a_node_match_redis_while_runners_start
     );
     println!(
         "--- /metrics of the watched node ---\n{}",
-        reqwest::get(format!("{node_url}/metrics"))
+        runfleet_tests::http_get(&format!("{node_url}/metrics"))
             .await
             .unwrap()
             .text()

@@ -5,14 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runfleet_tests::{Api, Fleet, eventually};
-use serde_json::{Value, json};
+use runfleet_client::api::RunnerView;
+use runfleet_client::{JobId, JobStatus, StopMode, StopOutcome, Tier, UserId};
+use runfleet_tests::{Api, Fleet, eventually, start_spec};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
-
-fn workers(status: &Value) -> Vec<Value> {
-    status["workers"].as_array().cloned().unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_started_on_one_orchestrator_are_seen_and_stopped_through_another() {
@@ -32,73 +29,78 @@ async fn runners_started_on_one_orchestrator_are_seen_and_stopped_through_anothe
 }
 
 /// The scenario on a running fleet of two orchestrators (`api_a`, `api_b`) and two nodes of
-/// capacity 3 (also run over TLS with ACL users, tls.rs).
+/// capacity 3 (also run over TLS with ACL users, tls.rs). It drives the API through
+/// `runfleet-client`, so what it reads is the server's own answer types.
 pub async fn scenario(api_a: &Api, api_b: &Api) {
+    let (a, b) = (api_a.client(), api_b.client());
     // Two runners per user needs more than the free tier's one.
     for user in USERS {
-        let (code, body) = api_a
-            .put_admin(
-                &format!("/v1/users/{user}/entitlement"),
-                &json!({"tier": "basic", "days": 30}),
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
+        let granted = a
+            .set_entitlement(&UserId::new(user), Tier::Basic, 30)
+            .await
+            .expect("entitlement granted");
+        assert_eq!(granted.max_workers, 3);
     }
-    let mut jobs: HashMap<String, &str> = HashMap::new();
+    let mut jobs: HashSet<JobId> = HashSet::new();
     for user in USERS {
         for strategy in ["s1", "s2"] {
-            let (code, body) = api_a.start_runner(user, strategy).await;
-            assert_eq!(code, 202, "{body}");
-            assert_eq!(body["success"], true);
-            jobs.insert(body["jobId"].as_str().unwrap().to_owned(), user);
+            let accepted = a
+                .start(&start_spec(user, strategy))
+                .await
+                .expect("start accepted");
+            jobs.insert(accepted.job_id);
         }
     }
     assert_eq!(jobs.len(), 6);
 
-    // Through B: all six running, over both nodes, with heartbeats landing.
-    let first = eventually(Duration::from_secs(20), "all 6 runners running", || async {
+    let all_runners = || async {
         let mut all = Vec::new();
         for user in USERS {
-            let s = api_b.status(user).await;
-            if s["queueStats"]["runningWorkers"] != 2 {
-                return None;
-            }
-            all.extend(workers(&s));
+            let s = b.user_runners(&UserId::new(user)).await.expect("status");
+            all.push((s.queue_stats, s.workers));
         }
-        Some(all)
-    })
-    .await;
-    let nodes: HashSet<&str> = first
+        all
+    };
+
+    // Through B: all six running, over both nodes, with heartbeats landing.
+    let first: Vec<RunnerView<'static>> =
+        eventually(Duration::from_secs(20), "all 6 runners running", || async {
+            let all = all_runners().await;
+            all.iter()
+                .all(|(counts, _)| counts.running_workers == 2)
+                .then(|| all.into_iter().flat_map(|(_, w)| w).collect())
+        })
+        .await;
+    let nodes: HashSet<_> = first
         .iter()
-        .filter_map(|w| w["worker"]["nodeId"].as_str())
+        .filter_map(|w| w.record().node_id.clone())
         .collect();
     assert_eq!(nodes.len(), 2, "runners spread over both nodes: {nodes:?}");
 
     // Positions and stats move: every runner's heartbeat advances, and trading happens.
-    let before: HashMap<String, u64> = first
+    let before: HashMap<JobId, u64> = first
         .iter()
         .map(|w| {
-            (
-                w["worker"]["jobId"].as_str().unwrap().to_owned(),
-                w["worker"]["lastHeartbeatAt"].as_u64().unwrap_or(0),
-            )
+            let r = w.record();
+            (r.job_id.clone(), r.last_heartbeat_at.unwrap_or(0))
         })
         .collect();
-    let moved = eventually(
+    let moved: Vec<RunnerView<'static>> = eventually(
         Duration::from_secs(20),
         "heartbeats advance and trades happen",
         || async {
-            let mut all = Vec::new();
-            for user in USERS {
-                all.extend(workers(&api_b.status(user).await));
-            }
+            let all: Vec<RunnerView<'static>> = all_runners()
+                .await
+                .into_iter()
+                .flat_map(|(_, w)| w)
+                .collect();
             let advanced = all.iter().all(|w| {
-                let id = w["worker"]["jobId"].as_str().unwrap();
-                w["worker"]["lastHeartbeatAt"].as_u64().unwrap_or(0) > before[id]
+                let r = w.record();
+                r.last_heartbeat_at.unwrap_or(0) > before[&r.job_id]
             });
             let traded = all
                 .iter()
-                .filter(|w| w["stats"]["totalTrades"].as_u64().unwrap_or(0) > 0)
+                .filter(|w| w.record().stats.total_trades > 0)
                 .count();
             (advanced && traded == all.len()).then_some(all)
         },
@@ -107,37 +109,34 @@ pub async fn scenario(api_a: &Api, api_b: &Api) {
     assert_eq!(moved.len(), 6);
     let with_positions = moved
         .iter()
-        .filter(|w| !w["positions"].as_array().unwrap().is_empty())
+        .filter(|w| !w.record().positions.is_empty())
         .count();
     println!("runners with open positions before stop: {with_positions}/6");
 
     // Stop all through B, flattening.
     let mut flattened_total = 0;
-    for (job, user) in &jobs {
-        let (code, body) = api_b
-            .post(
-                &format!("/v1/runners/{job}/stop"),
-                &json!({"userId": user, "flattenPositions": true}),
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
-        assert_eq!(body["status"], "stopped", "{body}");
-        assert_eq!(
-            body["positions"],
-            json!([]),
-            "flatten leaves nothing open: {body}"
+    for job in &jobs {
+        let outcome = b.stop(job, StopMode::Flatten).await.expect("stop");
+        let StopOutcome::Stopped(stopped) = outcome else {
+            panic!("{job} stopped within the server's wait: {outcome:?}")
+        };
+        assert_eq!(stopped.status, JobStatus::Stopped, "{stopped:?}");
+        assert!(
+            stopped.positions.is_empty(),
+            "flatten leaves nothing open: {stopped:?}"
         );
-        flattened_total += body["flattenedPositions"].as_u64().unwrap();
+        flattened_total += stopped.flattened_positions;
     }
     println!("positions flattened at stop: {flattened_total}");
 
     for user in USERS {
-        let s = api_a.status(user).await;
-        for w in workers(&s) {
-            assert_eq!(w["worker"]["status"], "stopped", "{w}");
+        let user = UserId::new(user);
+        let s = a.user_runners(&user).await.expect("status");
+        for w in &s.workers {
+            assert_eq!(w.record().status, JobStatus::Stopped, "{w:?}");
         }
-        assert_eq!(s["queueStats"]["runningWorkers"], 0);
-        let (_, ent) = api_a.get(&format!("/v1/users/{user}/entitlement")).await;
-        assert_eq!(ent["currentWorkers"], 0, "slots freed: {ent}");
+        assert_eq!(s.queue_stats.running_workers, 0);
+        let ent = a.entitlement(&user).await.expect("entitlement");
+        assert_eq!(ent.current_workers, 0, "slots freed: {ent:?}");
     }
 }
