@@ -111,6 +111,8 @@ async function signIn(key) {
   $('signout').hidden = false;
   for (const a of document.querySelectorAll('#nav [data-admin]')) a.hidden = !isAdmin();
   $('who').textContent = isAdmin() ? 'admin' : `user ${body.userId}`;
+  // The stream starts with the last minute's events, so the latest events are not empty.
+  state.lastEventId = `${Date.now() - 60_000}-0`;
   follow();
   if (!location.hash || (!isAdmin() && location.hash === '#/overview')) {
     location.hash = isAdmin() ? '#/overview' : '#/runners';
@@ -307,7 +309,7 @@ function overview() {
 }
 
 function eventItems(events) {
-  if (events.length === 0) return [h('li', { class: 'note' }, 'No event since this page opened.')];
+  if (events.length === 0) return [h('li', { class: 'note' }, 'No event in the last minute.')];
   return events.map((e) => h('li', {},
     h('time', { datetime: new Date(e.at).toISOString() }, when(e.at)), ' ',
     badge(e.type), ' ', h('a', { href: `#/runner/${encodeURIComponent(e.job)}`, class: 'mono' }, e.job),
