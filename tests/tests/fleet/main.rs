@@ -3,6 +3,7 @@
 mod admin_audit;
 mod any_client;
 mod batch;
+mod external;
 mod integrity;
 mod observability;
 mod partition;
