@@ -87,6 +87,10 @@ class Strategy:
         """Called with each fill on the account (a dict of decimal strings) before the next
         candle."""
 
+    def on_account(self, positions):
+        """Called with every position on the account (dicts of decimal strings: instrument,
+        size, entryPrice, realizedPnl) when fills changed them, before the next candle."""
+
     def save_state(self):
         """JSON-serialisable state saved with the account; ``None`` saves nothing new."""
         return None
@@ -131,5 +135,7 @@ def run(strategy, stdin=None, stdout=None):
             _send(out, answer)
         elif kind == "fill":
             strategy.on_fill(msg["fill"])
+        elif kind == "account":
+            strategy.on_account(msg["positions"])
         elif kind == "stop":
             return

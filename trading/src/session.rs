@@ -264,6 +264,7 @@ impl<B: Broker> Session<B> {
                     position: self.size(bar.instrument.name),
                     order_size: self.risk.max_position(bar.instrument),
                 };
+                self.strategy.on_positions(&self.positions);
                 match self.strategy.on_candle(&ctx, &candle).await {
                     Ok(orders) => {
                         for order in orders {

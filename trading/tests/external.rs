@@ -378,6 +378,23 @@ async fn orders_past_the_risk_limit_are_clipped_as_a_built_in_strategys_are() {
 }
 
 #[tokio::test]
+async fn fills_and_account_updates_reach_the_strategy_before_its_next_candle() {
+    let state = behave("observe", 6).await;
+    let seen = &state["strategy"];
+    let fills = seen["fills"].as_array().unwrap();
+    let accounts = seen["accounts"].as_array().unwrap();
+    assert!(fills.len() >= 2, "{seen}");
+    assert_eq!(fills[0]["side"], "buy");
+    assert_eq!(fills[0]["positionAfter"], "10000");
+    assert_eq!(fills[1]["side"], "sell");
+    assert_eq!(fills[1]["positionAfter"], "0");
+    // One account update per candle after fills, showing the position the fill left.
+    assert_eq!(accounts.len(), fills.len(), "{seen}");
+    assert_eq!(accounts[0][0]["instrument"], "EUR-USD");
+    assert_eq!(accounts[0][0]["size"], "10000");
+}
+
+#[tokio::test]
 async fn the_strategy_sees_no_environment_and_no_credentials() {
     // The test process has an environment (PATH, HOME, cargo's variables): the node's would
     // hold its secrets. None of it reaches the child.

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use tokio::time::{Instant, timeout_at};
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{Fill, OrderRequest, OrderSide};
+use crate::broker::{BrokerPosition, Fill, OrderRequest, OrderSide};
 use crate::catalog::{Instrument, timeframe_ms};
 use crate::feed::Candle;
 use crate::strategy::Context;
@@ -164,6 +164,8 @@ pub struct ExternalStrategy {
     child: Option<StrategyProcess>,
     /// Fills to tell it of before the next candle.
     fills: Vec<Fill>,
+    /// The positions after those fills, to send with them.
+    positions: Option<Vec<BrokerPosition>>,
 }
 
 impl ExternalStrategy {
@@ -186,6 +188,7 @@ impl ExternalStrategy {
             state: Value::Null,
             child: None,
             fills: Vec::new(),
+            positions: None,
         }
     }
 
@@ -249,6 +252,14 @@ impl ExternalStrategy {
         self.fills.push(fill.clone());
     }
 
+    /// The account's positions as of now: sent (as `account`) before the next candle when fills
+    /// changed them since the last one.
+    pub fn on_positions(&mut self, positions: &[BrokerPosition]) {
+        if !self.fills.is_empty() {
+            self.positions = Some(positions.to_vec());
+        }
+    }
+
     /// Sends a completed candle and reads its answer. `Err`: the strategy crashed (the child is
     /// killed by then).
     pub async fn decide(
@@ -278,6 +289,13 @@ impl ExternalStrategy {
         for fill in std::mem::take(&mut self.fills) {
             let line =
                 serde_json::to_vec(&ToChild::Fill { fill: &fill }).map_err(|e| e.to_string())?;
+            send(child, &line, deadline).await?;
+        }
+        if let Some(positions) = self.positions.take() {
+            let msg = ToChild::Account {
+                positions: positions.iter().map(Into::into).collect(),
+            };
+            let line = serde_json::to_vec(&msg).map_err(|e| e.to_string())?;
             send(child, &line, deadline).await?;
         }
         let msg = ToChild::Candle {

@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::broker::{Fill, OrderSide};
+use crate::broker::{BrokerPosition, Fill, OrderSide};
 use crate::catalog::{ContractKind, Instrument};
 use crate::feed::Candle;
 
@@ -90,11 +90,42 @@ pub enum ToChild<'a> {
         /// The fill.
         fill: &'a Fill,
     },
+    /// The account's positions after fills changed them (before the next candle).
+    Account {
+        /// Every position on the account, as the broker reports them (a closed one may be
+        /// absent or of size 0).
+        positions: Vec<PositionView<'a>>,
+    },
     /// The runner is stopping: no more messages follow; exit.
     Stop {
         /// `requested`, `fenced`, `shutdown`.
         reason: &'a str,
     },
+}
+
+/// A position as `account` describes it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PositionView<'a> {
+    /// Instrument name.
+    pub instrument: &'a str,
+    /// Signed size (negative short).
+    pub size: Decimal,
+    /// Average entry price.
+    pub entry_price: Decimal,
+    /// PnL realized by partial closes, before fees.
+    pub realized_pnl: Decimal,
+}
+
+impl<'a> From<&'a BrokerPosition> for PositionView<'a> {
+    fn from(p: &'a BrokerPosition) -> Self {
+        Self {
+            instrument: &p.instrument,
+            size: p.size,
+            entry_price: p.entry_price,
+            realized_pnl: p.realized_pnl,
+        }
+    }
 }
 
 /// A message the strategy sends.

@@ -30,7 +30,7 @@ pub use params::{Param, Params};
 pub use scalping::Scalping;
 pub use sma_cross::SmaCross;
 
-use crate::broker::{Fill, OrderRequest};
+use crate::broker::{BrokerPosition, Fill, OrderRequest};
 use crate::catalog::Instrument;
 use crate::external::{ExternalStrategies, ExternalStrategy};
 use crate::feed::Candle;
@@ -200,6 +200,14 @@ impl RunningStrategy {
     pub fn on_fill(&mut self, fill: &Fill) {
         if let Self::External(s) = self {
             s.on_fill(fill);
+        }
+    }
+
+    /// The account's positions before a candle (an external strategy is sent them when fills
+    /// changed them).
+    pub fn on_positions(&mut self, positions: &[BrokerPosition]) {
+        if let Self::External(s) = self {
+            s.on_positions(positions);
         }
     }
 

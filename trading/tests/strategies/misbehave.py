@@ -11,6 +11,8 @@ memory           allocates 1 GiB on the first candle
 cpu              spins the CPU on the first candle
 oversize         buys 1000 times the order size on every candle
 env              saves its whole environment as its state, then behaves
+observe          alternates target positions +orderSize and 0, saving what fill and
+                 account messages it was sent as its state
 """
 
 import json
@@ -30,6 +32,7 @@ if mode == "crash-at-start":
     sys.exit(3)
 
 candles = 0
+seen = {"fills": [], "accounts": []}
 for line in sys.stdin:
     msg = json.loads(line)
     if msg["type"] == "hello":
@@ -56,13 +59,22 @@ for line in sys.stdin:
             while True:
                 pass
         orders = []
+        if mode == "observe":
+            goal = msg["orderSize"] if candles % 2 == 1 else "0"
+            orders = [{"kind": "target", "position": goal}]
         if mode == "oversize":
             amount = str(int(msg["orderSize"]) * 1000)
             orders = [{"kind": "market", "side": "buy", "amount": amount}]
         state = {"env": dict(os.environ), "candles": candles} if mode == "env" else None
+        if mode == "observe":
+            state = seen
         answer = {"type": "orders", "orders": orders}
         if state is not None:
             answer["state"] = state
         send(answer)
+    elif msg["type"] == "fill":
+        seen["fills"].append(msg["fill"])
+    elif msg["type"] == "account":
+        seen["accounts"].append(msg["positions"])
     elif msg["type"] == "stop":
         break
