@@ -411,6 +411,36 @@ async fn the_strategy_sees_no_environment_and_no_credentials() {
     );
 }
 
+/// The node executable's path (needed by the Node.js example's test: fails without it).
+fn node() -> String {
+    let out = std::process::Command::new("node")
+        .args(["-e", "console.log(process.execPath)"])
+        .output()
+        .expect("this test needs Node.js (`node`) on PATH (apt-get install nodejs)");
+    assert!(out.status.success(), "node does not run: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn the_node_example_speaks_the_same_protocol() {
+    let mut entry = ExternalStrategySettings::new("node-momentum", node());
+    entry.args = vec![repo("sdk/node/momentum.js")];
+    // V8 reserves gigabytes of address space up front: RLIMIT_AS must leave room for it.
+    entry.memory_limit_mb = 16_384;
+    entry.start_deadline_ms = 10_000;
+    let ext = externals(vec![entry]);
+    let spec = spec(
+        "job-node",
+        config("node-momentum", json!({"lookback": 10, "timeframe": "1h"})),
+    );
+    let (session, steps) = play_external(&spec, &ext).await;
+    assert_eq!(steps.len(), 5_000);
+    let stats = session.report().stats;
+    println!("node momentum on EUR-USD 1h: {stats:?}");
+    assert!(stats.total_trades > 10, "it traded: {stats:?}");
+    assert_eq!(session.events().refused, 0, "targets stay within the limit");
+}
+
 #[test]
 fn external_types_validate_against_their_schema_and_name_the_field() {
     let mut entry = python_entry("py-sma-cross", "sdk/python/examples/sma_cross.py", &[]);

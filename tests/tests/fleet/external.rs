@@ -269,6 +269,13 @@ async fn a_strategy_breaking_the_protocol_fails_by_the_policy_and_its_node_goes_
         error.contains("protocol error") && error.contains("circuit breaker is open"),
         "{error}"
     );
+    // Its stderr is in the node's logs, with its job id.
+    let logs = node.output();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("misbehave: mode garbage") && l.contains(bad.as_str())),
+        "the child's stderr in the node's logs with the job id"
+    );
     // The node and its other runner are untouched: still running, still trading.
     assert!(
         node.wait_exit(Duration::from_millis(10)).await.is_none(),

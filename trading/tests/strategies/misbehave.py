@@ -27,6 +27,9 @@ def send(msg):
     sys.stdout.flush()
 
 
+sys.stderr.write("misbehave: mode %s\n" % mode)
+sys.stderr.flush()
+
 if mode == "crash-at-start":
     sys.stderr.write("failing at start on purpose\n")
     sys.exit(3)
