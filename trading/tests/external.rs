@@ -24,15 +24,32 @@ use runfleet_trading::runner as trading;
 use runfleet_trading::session::Session;
 use serde_json::{Value, json};
 
-/// The python3 interpreter's real path (the child's environment is empty, so a shim that
-/// needs one would not do).
-fn python() -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
+/// The real path of an interpreter, as it prints it with `args`; fails naming what to install
+/// when it is missing. (The child's environment is empty, so a shim that needs one, like
+/// pyenv's, would not do: the path is the interpreter's own.)
+fn interpreter(program: &str, args: &[&str], install: &str) -> String {
+    let out = std::process::Command::new(program)
+        .args(args)
         .output()
-        .expect("these tests need python3 on PATH (apt-get install python3)");
-    assert!(out.status.success(), "python3 does not run: {out:?}");
+        .unwrap_or_else(|e| panic!("this test needs {program} on PATH ({install}): {e}"));
+    assert!(out.status.success(), "{program} does not run: {out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn python() -> String {
+    interpreter(
+        "python3",
+        &["-c", "import sys; print(sys.executable)"],
+        "apt-get install python3",
+    )
+}
+
+fn node() -> String {
+    interpreter(
+        "node",
+        &["-e", "console.log(process.execPath)"],
+        "apt-get install nodejs",
+    )
 }
 
 fn repo(path: &str) -> String {
@@ -409,16 +426,6 @@ async fn the_strategy_sees_no_environment_and_no_credentials() {
         !state.to_string().contains("secret"),
         "the job's apiSecret never reaches it"
     );
-}
-
-/// The node executable's path (needed by the Node.js example's test: fails without it).
-fn node() -> String {
-    let out = std::process::Command::new("node")
-        .args(["-e", "console.log(process.execPath)"])
-        .output()
-        .expect("this test needs Node.js (`node`) on PATH (apt-get install nodejs)");
-    assert!(out.status.success(), "node does not run: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[tokio::test]
