@@ -18,6 +18,7 @@ use crate::feed::{self, MarketFeed, ReplayCache};
 use crate::paper::{FillModel, PaperBroker};
 use crate::risk::RiskLimits;
 use crate::session::Session;
+use crate::strategy::RunningStrategy;
 use crate::{stats, strategy};
 
 /// Rounds of cancel, close and confirm a flatten stop makes before it reports FLATTEN_FAILED.
@@ -99,6 +100,9 @@ pub async fn start_with(
     }
     let strategy =
         strategy::build_running(spec, externals, &instruments).map_err(|e| e.to_string())?;
+    if let RunningStrategy::External(s) = &strategy {
+        s.check_command()?;
+    }
     let risk = RiskLimits::from_config(spec.config.risk_management.as_ref());
     let model = FillModel::from_settings(market);
     let resume = resume.filter(|v| !v.is_null());

@@ -185,6 +185,63 @@ async fn python_scalping_trades_exactly_as_the_built_in_one() {
     .await;
 }
 
+#[tokio::test]
+async fn a_resumed_python_strategy_continues_from_its_saved_state_exactly() {
+    let params = json!({"fastPeriod": 10, "slowPeriod": 30, "timeframe": "1h"});
+    let (builtin, _) = play(
+        &spec("job-whole", config("sma-cross", params.clone())),
+        &market(),
+    )
+    .await
+    .unwrap();
+    let mut entry = python_entry("py-sma-cross", "sdk/python/examples/sma_cross.py", &[]);
+    entry.parameters = sma_schema();
+    let ext = externals(vec![entry]);
+    let spec = spec("job-resumed", config("py-sma-cross", params));
+    // The first half, then the saved state as the node stores it (the feed's place included).
+    let (mut first, mut feed) =
+        trading::start_with(&spec, &market(), &ext, None, &ReplayCache::default())
+            .await
+            .unwrap();
+    first.start_strategy().await.unwrap();
+    for _ in 0..2_500 {
+        let bars = feed.next_bars().unwrap();
+        first.step(&bars).await;
+    }
+    let saved = first.report_with(Some(feed.state())).state.unwrap();
+    first.stop_strategy("shutdown", Duration::ZERO).await;
+    let saved = saved.parse().unwrap();
+    assert!(
+        saved["strategy"]["tracks"]["EUR-USD"]["closes"]
+            .as_array()
+            .is_some_and(|c| c.len() == 30),
+        "the child's own state is in the checkpoint: {}",
+        saved["strategy"]
+    );
+    // A new child, whose hello carries that state, plays the rest.
+    let (mut second, mut feed) = trading::start_with(
+        &spec,
+        &market(),
+        &ext,
+        Some(&saved),
+        &ReplayCache::default(),
+    )
+    .await
+    .unwrap();
+    second.start_strategy().await.unwrap();
+    while let Some(bars) = feed.next_bars() {
+        second.step(&bars).await;
+        assert_eq!(second.crashed(), None);
+    }
+    second.stop_strategy("requested", Duration::ZERO).await;
+    assert_eq!(second.events().ticks, 5_000);
+    assert_eq!(
+        second.report().stats,
+        builtin.report().stats,
+        "stopped and resumed halfway, it ends exactly where the uninterrupted built-in one does"
+    );
+}
+
 /// A marker in the child's argv, unique to a test, to find its processes in /proc.
 fn marker(test: &str) -> String {
     format!("--runfleet-test-marker={test}-{}", std::process::id())
@@ -499,6 +556,24 @@ fn external_types_validate_against_their_schema_and_name_the_field() {
         field(json!({"fastPeriod": 5, "slowPeriod": 20, "timeframe": "7m"})),
         "config.parameters.timeframe"
     );
+}
+
+#[tokio::test]
+async fn a_program_that_is_not_there_is_a_configuration_failure_not_a_crash() {
+    let entry = ExternalStrategySettings::new("gone", "/nonexistent/strategy");
+    let kind = TradingKind::new(market(), ValidationOptions::default())
+        .with_externals(externals(vec![entry]));
+    let (_tx, stop) = StopSignal::channel(LeaseDeadline::unarmed());
+    let e = kind
+        .run(RunStart {
+            spec: Arc::new(spec("job-gone", config("gone", json!({})))),
+            resume: None,
+            stop,
+            report: ReportSink::default(),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.contains("not an executable file"), "{e}");
 }
 
 #[test]

@@ -207,6 +207,12 @@ impl ExternalStrategy {
         self.state = state.clone();
     }
 
+    /// Checks that its program can be run (exists and is executable): a missing one is a
+    /// configuration failure of the node, not a crash to restart.
+    pub fn check_command(&self) -> Result<(), String> {
+        process::resolve(&self.def.settings.command).map(|_| ())
+    }
+
     /// The child's pid, while it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().and_then(StrategyProcess::pid)

@@ -37,11 +37,16 @@ pub struct StrategyProcess {
     max_line: usize,
 }
 
-/// `command` as an absolute path: as given when it names a path, else found in the node's
-/// `PATH` (the child's environment is empty, so it cannot be searched there).
-fn resolve(command: &str) -> Result<PathBuf, String> {
+/// `command` as a path to an executable file: as given when it names a path, else found in the
+/// node's `PATH` (the child's environment is empty, so it cannot be searched there).
+pub fn resolve(command: &str) -> Result<PathBuf, String> {
     if command.contains('/') {
-        return Ok(PathBuf::from(command));
+        let path = PathBuf::from(command);
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(format!("command {command:?} is not an executable file"))
+        };
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
