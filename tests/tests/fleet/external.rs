@@ -131,6 +131,28 @@ async fn python_sma_cross_through_the_api_ends_with_the_built_in_stats() {
     for user in ["rust-user", "python-user"] {
         api.grant(user, "basic").await;
     }
+    // Validated against the registered schema before anything is written, the field named.
+    let (code, refused) = api
+        .post(
+            "/v1/runners",
+            &request(
+                "python-user",
+                "bad",
+                "py-sma-cross",
+                json!({"fastPeriod": 0, "slowPeriod": 30}),
+                json!(["EUR-USD"]),
+            ),
+        )
+        .await;
+    assert_eq!(code, 400, "{refused}");
+    assert_eq!(
+        refused["error"]["field"], "config.parameters.fastPeriod",
+        "{refused}"
+    );
+    assert!(
+        workers(&api.status("python-user").await).is_empty(),
+        "nothing written"
+    );
     let params = json!({"fastPeriod": 10, "slowPeriod": 30, "timeframe": "1h"});
     let builtin = start(
         &api,
