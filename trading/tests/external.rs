@@ -383,12 +383,22 @@ async fn spinning_the_cpu_past_its_limit_is_killed_by_the_kernel() {
 
 /// Runs a well-behaved mode over the first candles of the replay and stops it (hold).
 async fn behave(mode: &str, max_ticks: u64) -> Value {
+    behave_with(mode, max_ticks, |_| {}).await
+}
+
+/// [`behave`], the registration changed by `tweak`.
+async fn behave_with(
+    mode: &str,
+    max_ticks: u64,
+    tweak: impl FnOnce(&mut ExternalStrategySettings),
+) -> Value {
     let tag = marker(mode);
-    let entry = python_entry(
+    let mut entry = python_entry(
         "misbehave",
         "trading/tests/strategies/misbehave.py",
         &[mode, &tag],
     );
+    tweak(&mut entry);
     let kind = TradingKind::new(market(), ValidationOptions::default())
         .with_externals(externals(vec![entry]));
     let (tx, stop) = StopSignal::channel(LeaseDeadline::unarmed());
@@ -503,6 +513,35 @@ async fn the_node_example_speaks_the_same_protocol() {
     println!("node momentum on EUR-USD 1h: {stats:?}");
     assert!(stats.total_trades > 10, "it traded: {stats:?}");
     assert_eq!(session.events().refused, 0, "targets stay within the limit");
+}
+
+#[tokio::test]
+async fn the_strategy_runs_as_the_registered_user_in_its_workdir() {
+    let euid = std::fs::metadata("/proc/self").unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&euid),
+        0,
+        "this test runs the child as nobody, which needs root (CI runs as root)"
+    );
+    // An interpreter the user nobody can run (a pyenv one under /root cannot).
+    let system_python = "/usr/bin/python3";
+    assert!(
+        std::path::Path::new(system_python).exists(),
+        "this test needs {system_python} (apt-get install python3)"
+    );
+    let state = behave_with("env", 3, |e| {
+        e.command = system_python.into();
+        e.uid = Some(65_534);
+        e.gid = Some(65_534);
+        e.workdir = Some("/tmp".into());
+    })
+    .await;
+    let seen = &state["strategy"];
+    assert_eq!(
+        (seen["uid"].as_u64(), seen["gid"].as_u64()),
+        (Some(65_534), Some(65_534))
+    );
+    assert_eq!(seen["cwd"], "/tmp");
 }
 
 #[test]

@@ -68,7 +68,10 @@ for line in sys.stdin:
         if mode == "oversize":
             amount = str(int(msg["orderSize"]) * 1000)
             orders = [{"kind": "market", "side": "buy", "amount": amount}]
-        state = {"env": dict(os.environ), "candles": candles} if mode == "env" else None
+        state = None
+        if mode == "env":
+            state = {"env": dict(os.environ), "candles": candles, "uid": os.getuid(),
+                     "gid": os.getgid(), "cwd": os.getcwd()}
         if mode == "observe":
             state = seen
         answer = {"type": "orders", "orders": orders}
