@@ -194,7 +194,9 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// Limits set in the child between fork and exec: address space, CPU time (SIGXCPU at the
 /// soft limit, SIGKILL a second later should it be caught), and SIGKILL when the node's
 /// thread that spawned it dies (a kill -9 of the node included; tokio's worker threads live as
-/// long as the node's runtime). A parent already gone before the call fails the spawn.
+/// long as the node's runtime). A parent already gone before the call fails the spawn. The
+/// standard library runs this after it has switched to `uid`/`gid`: the kernel clears the
+/// death signal on a change of credentials, so it must be set after, as it is.
 fn limit_child(memory_bytes: u64, cpu_seconds: u64) -> std::io::Result<()> {
     use nix::sys::resource::{Resource, setrlimit};
     setrlimit(Resource::RLIMIT_AS, memory_bytes, memory_bytes)?;
