@@ -23,14 +23,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 # ca-certificates: for TLS connections out of the container (rediss://, amqps://, HTTPS).
+# python3: the interpreter of external strategies written in Python (docs/strategy-protocol.md),
+# with the SDK and its examples under /opt/runfleet/sdk (register e.g. command =
+# "/usr/bin/python3", args = ["/opt/runfleet/sdk/python/examples/sma_cross.py"]).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates python3 \
     && rm -rf /var/lib/apt/lists/*
 # A fixed, numeric non-root user: orchestrators may run with runAsNonRoot-style checks, which
 # need a number, and files on mounted volumes keep a predictable owner.
 RUN groupadd --system --gid 10001 runfleet \
     && useradd --system --uid 10001 --gid runfleet --no-create-home --shell /usr/sbin/nologin runfleet
 COPY --from=builder /out/runfleet-orchestrator /out/runfleet-worker-node /usr/local/bin/
+COPY sdk /opt/runfleet/sdk
 USER 10001:10001
 # The built-in default, 127.0.0.1:8080, cannot be reached from outside the container.
 ENV RUNFLEET__HTTP__BIND=0.0.0.0:8080

@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(&settings.telemetry);
     observability::prometheus();
     let cipher = settings.credential_cipher()?;
-    let kinds = runfleet_trading::kinds(&settings).install();
+    let kinds = runfleet_trading::kinds(&settings)?.install();
     let settings = Arc::new(settings);
     let orchestrator = Orchestrator {
         cipher,

@@ -14,6 +14,7 @@
 
 use std::sync::LazyLock;
 
+use runfleet_shared::kind::Kinds;
 use runfleet_shared::openapi::NOT_BLANK;
 use runfleet_trading::catalog;
 use runfleet_trading::strategy::{self, Param, StrategyKind};
@@ -329,10 +330,16 @@ fn strategy_names() -> Vec<&'static str> {
 fn catalog_schemas() -> Map<String, Value> {
     let mut out = Map::new();
     let names = strategy_names();
+    let external = registered_types();
+    let all: Vec<&str> = names
+        .iter()
+        .copied()
+        .chain(external.iter().map(|(n, _)| *n))
+        .collect();
     out.insert(
         "StrategyType".into(),
-        json!({"type": "string", "enum": names,
-            "description": "The built-in strategy a runner runs (`config.type`)."}),
+        json!({"type": "string", "enum": all,
+            "description": "The strategy a runner runs (`config.type`): a built-in one, or an external one the operator registered."}),
     );
     out.insert(
         "Instrument".into(),
@@ -349,13 +356,26 @@ fn catalog_schemas() -> Map<String, Value> {
     );
     let mut variants = Vec::new();
     let mut mapping = Map::new();
-    for name in names {
-        let kind = strategy::strategy(name).expect("a registered strategy");
+    let mut add = |name: &str, variant: Value| {
         let schema_name = format!("{}Config", camel(name));
         let reference = format!("#/components/schemas/{schema_name}");
         variants.push(json!({"$ref": reference}));
         mapping.insert(name.into(), json!(reference));
-        out.insert(schema_name, strategy_config(kind));
+        out.insert(schema_name, variant);
+    };
+    for name in &names {
+        let kind = strategy::strategy(name).expect("a registered strategy");
+        add(name, strategy_config(kind));
+    }
+    for (name, parameters) in &external {
+        let description = format!(
+            "`{name}`: an external strategy the operator registered (a program run as a child \
+             process, docs/strategy-protocol.md); its parameters as the registration's JSON Schema states."
+        );
+        add(
+            name,
+            config_variant(name, &description, parameters.clone(), true),
+        );
     }
     out.insert(
         "StrategyConfig".into(),
@@ -425,34 +445,77 @@ fn strategy_config(kind: &StrategyKind) -> Value {
     let mut parameters = json!({"type": "object",
         "description": "Parameters of this strategy type; an absent one takes its default.",
         "properties": props, "additionalProperties": false});
-    // Absent or empty instruments are the strategy's default ones (`validate::apply_defaults`),
-    // when it has any.
-    let defaults = !kind.default_instruments.is_empty();
-    let mut required = vec!["name", "type"];
-    if !defaults {
-        required.push("instruments");
-    }
     if required_params.is_empty() {
         parameters["default"] = json!({});
     } else {
         parameters["required"] = json!(required_params);
+    }
+    // Absent or empty instruments are the strategy's default ones (`validate::apply_defaults`),
+    // when it has any.
+    let defaults = !kind.default_instruments.is_empty();
+    config_variant(
+        kind.name,
+        &strategy_description(kind.name),
+        parameters,
+        defaults,
+    )
+}
+
+/// The `StrategyConfig` variant of `config.type` `name`, whose `parameters` are `parameters`
+/// (required when that schema requires any), with the fields every strategy shares.
+/// `default_instruments`: an absent or empty `instruments` takes the strategy's defaults.
+fn config_variant(
+    name: &str,
+    description: &str,
+    parameters: Value,
+    default_instruments: bool,
+) -> Value {
+    let mut required = vec!["name", "type"];
+    if !default_instruments {
+        required.push("instruments");
+    }
+    if parameters
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| !r.is_empty())
+    {
         required.push("parameters");
     }
     json!({
         "type": "object",
-        "description": strategy_description(kind.name),
+        "description": description,
         "required": required,
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NOT_BLANK,
                 "description": "Display name: 1 to 128 characters, not all blank."},
-            "type": {"type": "string", "enum": [kind.name]},
+            "type": {"type": "string", "enum": [name]},
             "parameters": parameters,
             "riskManagement": {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/RiskManagement"}]},
-            "instruments": {"type": "array", "minItems": if defaults { 0 } else { 1 },
+            "instruments": {"type": "array", "minItems": if default_instruments { 0 } else { 1 },
                 "maxItems": 10, "uniqueItems": true,
                 "items": {"$ref": "#/components/schemas/Instrument"},
                 "description": "1 to 10 instruments, each once; absent or empty, the strategy's default ones."},
         },
         "additionalProperties": false,
     })
+}
+
+/// The `config.type` values the process' runner kinds admit beyond the built-in strategies
+/// (the external strategies the settings register), each with its parameters' JSON Schema as
+/// registered. Empty until a `main` installed the kinds ([`Kinds::install`]).
+fn registered_types() -> Vec<(&'static str, Value)> {
+    let Some(kinds) = Kinds::installed() else {
+        return Vec::new();
+    };
+    let built_in = strategy_names();
+    let mut out = Vec::new();
+    for kind in kinds.iter() {
+        let schemas = kind.parameter_schema();
+        for name in kind.config_types() {
+            if let Some(schema) = schemas.get(name).filter(|_| !built_in.contains(&name)) {
+                out.push((name, schema.clone()));
+            }
+        }
+    }
+    out
 }

@@ -34,7 +34,7 @@ fn test_app(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         MemoryStore::new(FleetPolicy::from_settings(&settings)),
         MemoryQueue::new(),
     );
-    let kinds = runfleet_trading::kinds(&settings);
+    let kinds = runfleet_trading::kinds(&settings).unwrap();
     let state = AppState::new(
         store.clone(),
         queue.clone(),
@@ -755,7 +755,7 @@ async fn an_unreachable_redis_is_a_503_with_retry_after() {
     let keys = Keys::new("unreachable");
     let mut settings = Settings::default();
     settings.security.admin_key = Some(ADMIN.into());
-    let kinds = runfleet_trading::kinds(&settings);
+    let kinds = runfleet_trading::kinds(&settings).unwrap();
     let state = AppState::new(
         RedisStore::new(pools.clone(), keys.clone(), FleetPolicy::default()),
         RedisQueue::new(pools, keys, "jobs"),

@@ -41,7 +41,7 @@ fn router() -> Router {
         MemoryQueue::new(),
         CredentialCipher::ephemeral(),
         Arc::new(settings),
-        runfleet_trading::kinds(&Settings::default()),
+        runfleet_trading::kinds(&Settings::default()).unwrap(),
     );
     app(state)
 }

@@ -75,6 +75,158 @@ pub struct Settings {
     pub admin_audit: AdminAuditSettings,
     /// Per-key request rate limits.
     pub rate_limits: RateLimitSettings,
+    /// Strategies the operator registers as programs run by the trading kind, one child
+    /// process per runner (docs/strategy-protocol.md). Orchestrators and worker nodes must
+    /// read the same list.
+    pub external_strategies: Vec<ExternalStrategySettings>,
+}
+
+/// One external strategy: a program the operator registers, which users start by its `type`
+/// exactly like a built-in strategy. Users never send commands or code: only this entry says
+/// what runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalStrategySettings {
+    /// The `config.type` that selects it: 1 to 64 of `a-z`, `0-9`, `-`, `_`, not a built-in
+    /// strategy's.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The program, run directly (no shell): an absolute path or a name looked up in `PATH`
+    /// of the worker node.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// A JSON Schema of `config.parameters` (an object schema). Start requests are validated
+    /// against it before anything is written.
+    #[serde(default = "ExternalStrategySettings::any_object")]
+    pub parameters: serde_json::Value,
+    /// What it trades when a start request names no instrument.
+    #[serde(default)]
+    pub default_instruments: Vec<String>,
+    /// Candle length when `config.parameters.timeframe` is not given (`1m`).
+    #[serde(default = "ExternalStrategySettings::default_timeframe")]
+    pub timeframe: String,
+    /// Address-space limit of the child (RLIMIT_AS), MiB.
+    #[serde(default = "ExternalStrategySettings::default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// CPU time limit of the child (RLIMIT_CPU), seconds over its whole life.
+    #[serde(default = "ExternalStrategySettings::default_cpu_seconds")]
+    pub cpu_seconds: u64,
+    /// How long the child has to answer `hello` with `ready`, ms (interpreters start slowly).
+    #[serde(default = "ExternalStrategySettings::default_start_deadline_ms")]
+    pub start_deadline_ms: u64,
+    /// How long the child has to answer each candle with its orders, ms.
+    #[serde(default = "ExternalStrategySettings::default_answer_deadline_ms")]
+    pub answer_deadline_ms: u64,
+    /// Longest line the child may write to stdout, bytes.
+    #[serde(default = "ExternalStrategySettings::default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Most messages the child may send in answer to one candle (its orders included).
+    #[serde(default = "ExternalStrategySettings::default_max_messages_per_candle")]
+    pub max_messages_per_candle: u32,
+    /// Bytes of the child's stderr copied into the runner's logs; the rest is read and
+    /// dropped.
+    #[serde(default = "ExternalStrategySettings::default_stderr_bytes")]
+    pub stderr_bytes: usize,
+    /// Working directory of the child (the node's own when absent).
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// User id the child runs as (the node's when absent; setting it needs the node to run as
+    /// root).
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Group id the child runs as.
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+impl ExternalStrategySettings {
+    /// An entry running `command` with the defaults.
+    pub fn new(kind: impl Into<String>, command: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            command: command.into(),
+            args: Vec::new(),
+            parameters: Self::any_object(),
+            default_instruments: Vec::new(),
+            timeframe: Self::default_timeframe(),
+            memory_limit_mb: Self::default_memory_limit_mb(),
+            cpu_seconds: Self::default_cpu_seconds(),
+            start_deadline_ms: Self::default_start_deadline_ms(),
+            answer_deadline_ms: Self::default_answer_deadline_ms(),
+            max_line_bytes: Self::default_max_line_bytes(),
+            max_messages_per_candle: Self::default_max_messages_per_candle(),
+            stderr_bytes: Self::default_stderr_bytes(),
+            workdir: None,
+            uid: None,
+            gid: None,
+        }
+    }
+
+    fn any_object() -> serde_json::Value {
+        serde_json::json!({"type": "object"})
+    }
+    fn default_timeframe() -> String {
+        "1m".into()
+    }
+    fn default_memory_limit_mb() -> u64 {
+        512
+    }
+    fn default_cpu_seconds() -> u64 {
+        3_600
+    }
+    fn default_start_deadline_ms() -> u64 {
+        10_000
+    }
+    fn default_answer_deadline_ms() -> u64 {
+        2_000
+    }
+    fn default_max_line_bytes() -> usize {
+        65_536
+    }
+    fn default_max_messages_per_candle() -> u32 {
+        64
+    }
+    fn default_stderr_bytes() -> usize {
+        65_536
+    }
+
+    /// Checks the entry's own values (whether its type clashes with a built-in strategy is
+    /// the trading kind's to say): the name, the command, the limits, and that `parameters`
+    /// is a valid JSON Schema of an object.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = (1..=64).contains(&self.kind.len())
+            && self
+                .kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err("type must be 1 to 64 of a-z, 0-9, '-', '_'".into());
+        }
+        if self.command.trim().is_empty() {
+            return Err("command must be set".into());
+        }
+        if self.memory_limit_mb < 16 || self.cpu_seconds == 0 {
+            return Err("memory_limit_mb must be at least 16 and cpu_seconds at least 1".into());
+        }
+        if self.answer_deadline_ms == 0 || self.start_deadline_ms == 0 {
+            return Err("answer_deadline_ms and start_deadline_ms must be at least 1".into());
+        }
+        if self.max_line_bytes < 256 || self.max_messages_per_candle == 0 {
+            return Err(
+                "max_line_bytes must be at least 256 and max_messages_per_candle at least 1".into(),
+            );
+        }
+        if self.parameters.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err("parameters must be a JSON Schema with \"type\": \"object\"".into());
+        }
+        jsonschema::meta::validate(&self.parameters)
+            .map_err(|e| format!("parameters is not a valid JSON Schema: {e}"))?;
+        jsonschema::validator_for(&self.parameters)
+            .map_err(|e| format!("parameters cannot be used as a JSON Schema: {e}"))?;
+        Ok(())
+    }
 }
 
 /// The fleet's runner lifecycle event stream (`<prefix>:events`) and each job's history.
@@ -803,6 +955,23 @@ impl Settings {
         }
         if self.market.slippage_bps.is_sign_negative() || self.market.slippage_bps > bps {
             return invalid("market.slippage_bps", "must be from 0 to 1000");
+        }
+        for (i, e) in self.external_strategies.iter().enumerate() {
+            if let Err(reason) = e.validate() {
+                return invalid(
+                    "external_strategies",
+                    &format!("[{i}] {:?}: {reason}", e.kind),
+                );
+            }
+            if self.external_strategies[..i]
+                .iter()
+                .any(|o| o.kind == e.kind)
+            {
+                return invalid(
+                    "external_strategies",
+                    &format!("[{i}] {:?}: type registered twice", e.kind),
+                );
+            }
         }
         Ok(())
     }

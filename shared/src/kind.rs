@@ -99,6 +99,32 @@ pub struct RunOutcome {
     pub flatten_error: Option<String>,
     /// Final report.
     pub report: Report,
+    /// `Some(reason)` when what the runner runs crashed (an external strategy's process broke
+    /// the protocol, a limit, or exited): the node records a crash, as for a panic, and the
+    /// restart policy and breaker decide what follows. `cause` is then `Shutdown` (positions
+    /// held). Never set for a fenced runner, which records nothing.
+    pub crashed: Option<String>,
+}
+
+impl RunOutcome {
+    /// A run that ended as `cause` says, with `report`.
+    pub fn stopped(cause: StopCause, report: Report) -> Self {
+        Self {
+            cause,
+            flattened: None,
+            flatten_error: None,
+            report,
+            crashed: None,
+        }
+    }
+
+    /// A run whose strategy crashed for `reason`, leaving `report`.
+    pub fn crashed(reason: String, report: Report) -> Self {
+        Self {
+            crashed: Some(reason),
+            ..Self::stopped(StopCause::Shutdown, report)
+        }
+    }
 }
 
 /// Where a runner publishes its [`Report`]: the node reads the latest at every heartbeat, and
@@ -402,12 +428,7 @@ mod tests {
         fn run(&self, mut start: RunStart) -> BoxFuture<'static, Result<RunOutcome, String>> {
             Box::pin(async move {
                 let cause = start.stop.stopped().await;
-                Ok(RunOutcome {
-                    cause,
-                    flattened: None,
-                    flatten_error: None,
-                    report: start.report.latest(),
-                })
+                Ok(RunOutcome::stopped(cause, start.report.latest()))
             })
         }
     }

@@ -4,6 +4,8 @@
 //! - [`catalog`]: instruments, brokers, timeframes;
 //! - [`strategy`]: the strategy abstraction and the registry of strategies, each one file with
 //!   its declared parameters and its implementation;
+//! - [`external`]: strategies the operator registers as programs, run one child process per
+//!   runner over a JSON-lines protocol (docs/strategy-protocol.md);
 //! - [`validate`]: a start request's `config` against both;
 //! - [`broker`]: the broker abstraction (market and limit orders, cancel, positions, close);
 //! - [`paper`]: the paper broker (slippage, fees) over the [`account`] (decimal money, linear
@@ -21,6 +23,7 @@
 pub mod account;
 pub mod broker;
 pub mod catalog;
+pub mod external;
 pub mod feed;
 pub mod paper;
 pub mod risk;
@@ -33,7 +36,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use runfleet_shared::config::{MarketSettings, Settings};
+use runfleet_shared::config::{ConfigError, MarketSettings, Settings};
 use runfleet_shared::job::{JobSpec, StartRunnerRequest, StrategyConfig};
 use runfleet_shared::kind::{Kinds, Report, RunOutcome, RunStart, RunnerKind};
 use runfleet_shared::validate::{FieldError, ValidationOptions};
@@ -41,6 +44,7 @@ use serde_json::Value;
 
 pub use strategy::{parameter_schema, strategy_names};
 
+use crate::external::ExternalStrategies;
 use crate::feed::ReplayCache;
 
 /// The trading runner kind: its market settings, the node's replay cache, and whether
@@ -50,6 +54,7 @@ pub struct TradingKind {
     market: Arc<MarketSettings>,
     replays: ReplayCache,
     options: ValidationOptions,
+    externals: ExternalStrategies,
 }
 
 impl TradingKind {
@@ -59,17 +64,39 @@ impl TradingKind {
             market: Arc::new(market),
             replays: ReplayCache::default(),
             options,
+            externals: ExternalStrategies::default(),
         }
     }
 
-    /// The kind as `settings` configure it (`market.*`, `testing.test_strategies`).
-    pub fn from_settings(settings: &Settings) -> Self {
-        Self::new(
+    /// The same kind, running `externals` too.
+    pub fn with_externals(mut self, externals: ExternalStrategies) -> Self {
+        self.externals = externals;
+        self
+    }
+
+    /// The kind as `settings` configure it (`market.*`, `testing.test_strategies`,
+    /// `external_strategies`). An external strategy whose type is a built-in one's, or whose
+    /// timeframe is unknown, is refused.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let externals =
+            ExternalStrategies::new(&settings.external_strategies).map_err(|reason| {
+                ConfigError::Invalid {
+                    key: "external_strategies",
+                    reason,
+                }
+            })?;
+        Ok(Self::new(
             settings.market.clone(),
             ValidationOptions {
                 allow_test_strategies: settings.testing.test_strategies,
             },
         )
+        .with_externals(externals))
+    }
+
+    /// The external strategies it runs.
+    pub fn externals(&self) -> &ExternalStrategies {
+        &self.externals
     }
 
     /// A kind used only to validate, with default market settings.
@@ -80,8 +107,8 @@ impl TradingKind {
 
 /// The runner kinds of a runfleet binary as `settings` configure them: trading, registered
 /// once in each `main`.
-pub fn kinds(settings: &Settings) -> Kinds {
-    Kinds::new().with(TradingKind::from_settings(settings))
+pub fn kinds(settings: &Settings) -> Result<Kinds, ConfigError> {
+    Ok(Kinds::new().with(TradingKind::from_settings(settings)?))
 }
 
 impl RunnerKind for TradingKind {
@@ -94,11 +121,12 @@ impl RunnerKind for TradingKind {
             .iter()
             .filter(|s| !s.test_only || self.options.allow_test_strategies)
             .map(|s| s.name)
+            .chain(self.externals.iter().map(|d| d.name))
             .collect()
     }
 
     fn runs(&self, config_type: &str) -> bool {
-        strategy::strategy(config_type).is_some()
+        strategy::strategy(config_type).is_some() || self.externals.get(config_type).is_some()
     }
 
     fn brokers(&self) -> &'static [&'static str] {
@@ -106,14 +134,26 @@ impl RunnerKind for TradingKind {
     }
 
     fn parameter_schema(&self) -> Value {
-        strategy::parameter_schema()
+        let mut schema = strategy::parameter_schema();
+        if let Some(map) = schema.as_object_mut() {
+            for d in self.externals.iter() {
+                map.insert(d.name.to_owned(), d.settings.parameters.clone());
+            }
+        }
+        schema
     }
 
     fn apply_defaults(&self, config: &mut StrategyConfig) {
-        validate::apply_defaults(config);
+        match self.externals.get(&config.kind) {
+            Some(def) => validate::apply_external_defaults(def, config),
+            None => validate::apply_defaults(config),
+        }
     }
 
     fn validate(&self, req: &StartRunnerRequest) -> Result<(), FieldError> {
+        if let Some(def) = self.externals.get(&req.config.kind) {
+            return validate::check_external_config(def, req);
+        }
         match strategy::strategy(&req.config.kind) {
             Some(kind) => validate::check_config(kind, req),
             None => Err(FieldError::new(
@@ -131,11 +171,16 @@ impl RunnerKind for TradingKind {
     }
 
     fn run(&self, start: RunStart) -> BoxFuture<'static, Result<RunOutcome, String>> {
-        let (market, replays) = (self.market.clone(), self.replays.clone());
+        let (market, replays, externals) = (
+            self.market.clone(),
+            self.replays.clone(),
+            self.externals.clone(),
+        );
         Box::pin(async move {
             runner::run(
                 start.spec,
                 &market,
+                &externals,
                 &replays,
                 start.resume,
                 start.report,

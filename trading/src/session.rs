@@ -26,7 +26,7 @@ use super::broker::{Broker, BrokerError, BrokerPosition, Fill, OrderRequest, Pla
 use super::feed::{Bar, CandleBuilder};
 use super::risk::{Decision, Exit, RiskLimits};
 use super::stats::Ledger;
-use super::strategy::{Context, Strategy};
+use super::strategy::{Context, RunningStrategy};
 use runfleet_shared::kind::{Report, SavedState};
 
 /// Version of the saved state ([`Report::state`]).
@@ -65,7 +65,7 @@ pub struct Flatten {
 #[derive(Debug)]
 pub struct Session<B> {
     broker: B,
-    strategy: Box<dyn Strategy>,
+    strategy: RunningStrategy,
     risk: RiskLimits,
     ledger: Ledger,
     instruments: Vec<&'static Instrument>,
@@ -75,16 +75,19 @@ pub struct Session<B> {
     events: Events,
     /// Fills booked since the current step (or flatten) began.
     fills: Vec<Fill>,
+    /// Why the strategy crashed, once it has: it is not called again.
+    crashed: Option<String>,
 }
 
 impl<B: Broker> Session<B> {
     /// A fresh session.
     pub fn new(
         broker: B,
-        strategy: Box<dyn Strategy>,
+        strategy: impl Into<RunningStrategy>,
         risk: RiskLimits,
         instruments: Vec<&'static Instrument>,
     ) -> Self {
+        let strategy = strategy.into();
         let tf = strategy.timeframe_ms();
         Self {
             broker,
@@ -99,6 +102,7 @@ impl<B: Broker> Session<B> {
             positions: Vec::new(),
             events: Events::default(),
             fills: Vec::new(),
+            crashed: None,
             instruments,
         }
     }
@@ -108,7 +112,7 @@ impl<B: Broker> Session<B> {
     /// positions before anything else happens.
     pub async fn resume(
         broker: B,
-        strategy: Box<dyn Strategy>,
+        strategy: impl Into<RunningStrategy>,
         risk: RiskLimits,
         instruments: Vec<&'static Instrument>,
         saved: &Value,
@@ -176,6 +180,31 @@ impl<B: Broker> Session<B> {
         self.strategy.timeframe_ms()
     }
 
+    /// Starts the strategy (an external one's process). `Err`: it crashed starting.
+    pub async fn start_strategy(&mut self) -> Result<(), String> {
+        let started = self.strategy.start().await;
+        if let Err(e) = &started {
+            self.crashed = Some(e.clone());
+        }
+        started
+    }
+
+    /// Ends the strategy (see [`RunningStrategy::stop`]).
+    pub async fn stop_strategy(&mut self, reason: &str, grace: Duration) {
+        self.strategy.stop(reason, grace).await;
+    }
+
+    /// Why the strategy crashed, once it has: the session no longer calls it, and the runner
+    /// reports the crash.
+    pub fn crashed(&self) -> Option<&str> {
+        self.crashed.as_deref()
+    }
+
+    /// The strategy (its process id, for tests and tools).
+    pub fn strategy(&self) -> &RunningStrategy {
+        &self.strategy
+    }
+
     /// The positions as of the last step.
     pub fn positions(&self) -> &[BrokerPosition] {
         &self.positions
@@ -195,6 +224,7 @@ impl<B: Broker> Session<B> {
 
     fn book(&mut self, fill: &Fill) {
         self.fills.push(fill.clone());
+        self.strategy.on_fill(fill);
         match catalog::instrument(&fill.instrument) {
             Some(i) => {
                 if let Some(t) = self.ledger.record(i, fill) {
@@ -226,13 +256,22 @@ impl<B: Broker> Session<B> {
                 continue;
             };
             for candle in builder.push(bar.candle) {
+                if self.crashed.is_some() {
+                    break;
+                }
                 let ctx = Context {
                     instrument: bar.instrument,
                     position: self.size(bar.instrument.name),
                     order_size: self.risk.max_position(bar.instrument),
                 };
-                for order in self.strategy.on_candle(&ctx, &candle) {
-                    self.submit(order).await;
+                self.strategy.on_positions(&self.positions);
+                match self.strategy.on_candle(&ctx, &candle).await {
+                    Ok(orders) => {
+                        for order in orders {
+                            self.submit(order).await;
+                        }
+                    }
+                    Err(e) => self.crashed = Some(e),
                 }
             }
         }

@@ -10,6 +10,8 @@ use runfleet_shared::validate::{FieldError, ValidationOptions, refuse};
 use rust_decimal::Decimal;
 
 use crate::catalog::{INSTRUMENTS, instrument};
+use crate::external::ExternalDefinition;
+use crate::strategy::params::TIMEFRAME;
 use crate::strategy::{StrategyKind, strategy};
 
 /// Fills in what a start request may leave out, so that the stored job says exactly what runs:
@@ -35,6 +37,30 @@ pub fn apply_defaults(config: &mut StrategyConfig) {
     }
 }
 
+/// [`apply_defaults`] for an external strategy: its registered default instruments and the
+/// defaults its parameter schema declares.
+pub fn apply_external_defaults(def: &ExternalDefinition, config: &mut StrategyConfig) {
+    if config.instruments.is_empty() {
+        config.instruments = def.settings.default_instruments.clone();
+    }
+    def.apply_defaults(&mut config.parameters);
+}
+
+/// Checks `config` of a request whose `config.type` selects the external strategy `def`: its
+/// parameters against the registered JSON Schema, a `timeframe` parameter against the
+/// catalog's, then the instruments and risk settings as for a built-in strategy.
+pub fn check_external_config(
+    def: &ExternalDefinition,
+    req: &StartRunnerRequest,
+) -> Result<(), FieldError> {
+    let c = &req.config;
+    def.check_parameters(&c.parameters)?;
+    if let Some(tf) = c.parameters.get("timeframe") {
+        TIMEFRAME.check(tf)?;
+    }
+    check_market(req)
+}
+
 /// Checks `config` of a request whose `config.type` selects `kind`.
 pub fn check_config(kind: &StrategyKind, req: &StartRunnerRequest) -> Result<(), FieldError> {
     let c = &req.config;
@@ -53,6 +79,12 @@ pub fn check_config(kind: &StrategyKind, req: &StartRunnerRequest) -> Result<(),
         p.check_present(&c.parameters)?;
     }
     (kind.check)(&kind.params(&c.parameters))?;
+    check_market(req)
+}
+
+/// The instruments and risk settings of `config`, whatever the strategy.
+fn check_market(req: &StartRunnerRequest) -> Result<(), FieldError> {
+    let c = &req.config;
     if c.instruments.is_empty() || c.instruments.len() > 10 {
         return refuse("config.instruments", "must list 1 to 10 instruments");
     }

@@ -464,7 +464,7 @@ async fn flatten_that_cannot_confirm_flat_reports_flatten_failed() {
     let (perp, eur) = (inst("BTC-PERPETUAL"), inst("EUR-USD"));
     let mut s = Session::new(
         broker,
-        Box::new(Script::default()),
+        Box::new(Script::default()) as Box<dyn runfleet_trading::strategy::Strategy>,
         no_sl_tp(dec!(1000)),
         vec![perp, eur],
     );

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{csv_file, eurusd_csv, play, replay_market, spec};
+use common::{csv_file, eurusd_config, eurusd_market, play, replay_market, spec};
 use runfleet_shared::config::MarketSettings;
 use runfleet_shared::job::Stats;
 use runfleet_trading::feed::ReplayCache;
@@ -15,22 +15,12 @@ use runfleet_trading::runner as trading;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
-/// The EUR-USD file with the default fill model.
 fn market() -> MarketSettings {
-    let defaults = MarketSettings::default();
-    MarketSettings {
-        fee_bps: defaults.fee_bps,
-        slippage_bps: defaults.slippage_bps,
-        ..replay_market(&eurusd_csv(), 0, 0)
-    }
+    eurusd_market()
 }
 
 fn config(kind: &str, parameters: Value) -> Value {
-    json!({
-        "name": format!("EUR-USD {kind}"), "type": kind, "parameters": parameters,
-        "riskManagement": {"maxPositionSize": 10000, "stopLossPercent": 0.5, "takeProfitPercent": 1},
-        "instruments": ["EUR-USD"]
-    })
+    eurusd_config(kind, parameters)
 }
 
 /// Replays the whole file, flattens at the end; returns the stats, the tick count and the

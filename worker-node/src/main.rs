@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let cipher = settings.credential_cipher()?;
     let deadline = Duration::from_millis(settings.shutdown.deadline_ms);
     let config = NodeConfig::from_settings(&settings, settings.node.capacity);
-    let kinds = runfleet_trading::kinds(&settings).install();
+    let kinds = runfleet_trading::kinds(&settings)?.install();
     if settings.queue.backend == QueueBackend::Memory {
         anyhow::bail!(
             "queue.backend = memory is the embedded mode, where the orchestrator runs the workers \

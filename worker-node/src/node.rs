@@ -513,6 +513,21 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 self.finish(&owner, &job, lease.epoch, end).await;
                 return;
             }
+            Some(Ok(o)) if o.crashed.is_some() => {
+                // What the runner ran crashed without a panic (an external strategy's
+                // process): a crash like a panic, left to the restart policy and breaker.
+                let reason = o.crashed.unwrap_or_default();
+                warn!(node = %self.id(), job = %job, error = %reason, "strategy crashed; reporting the crash");
+                metrics::counter!(observability::STRATEGY_ERRORS_TOTAL).increment(1);
+                self.finish(
+                    &owner,
+                    &job,
+                    lease.epoch,
+                    end_of(JobStatus::Crashed, Some(reason), None, o.report),
+                )
+                .await;
+                return;
+            }
             Some(Ok(o)) => Some(o),
             None => None,
         };

@@ -5,6 +5,7 @@ mod any_client;
 mod batch;
 mod cli;
 mod dashboard;
+mod external;
 mod integrity;
 mod observability;
 mod partition;

@@ -30,8 +30,9 @@ pub use params::{Param, Params};
 pub use scalping::Scalping;
 pub use sma_cross::SmaCross;
 
-use crate::broker::OrderRequest;
+use crate::broker::{BrokerPosition, Fill, OrderRequest};
 use crate::catalog::Instrument;
+use crate::external::{ExternalStrategies, ExternalStrategy};
 use crate::feed::Candle;
 
 /// Every strategy, in the order the API lists them: one line per strategy.
@@ -122,9 +123,126 @@ pub trait Strategy: Send + fmt::Debug {
 #[error("strategy type {0:?} is not built in")]
 pub struct UnknownStrategy(pub String);
 
-/// The strategy a (validated) spec selects.
+/// The built-in strategy a (validated) spec selects.
 pub fn build(spec: &JobSpec) -> Result<Box<dyn Strategy>, UnknownStrategy> {
     let config = &spec.config;
     let kind = strategy(&config.kind).ok_or_else(|| UnknownStrategy(config.kind.clone()))?;
     Ok((kind.build)(&kind.params(&config.parameters)))
+}
+
+/// The strategy a (validated) spec selects, built in or one of `externals` (not started: see
+/// [`RunningStrategy::start`]), trading `instruments`.
+pub fn build_running(
+    spec: &JobSpec,
+    externals: &ExternalStrategies,
+    instruments: &[&'static Instrument],
+) -> Result<RunningStrategy, UnknownStrategy> {
+    if let Some(def) = externals.get(&spec.config.kind) {
+        return Ok(RunningStrategy::External(Box::new(ExternalStrategy::new(
+            def.clone(),
+            spec.id.as_str(),
+            &spec.config.parameters,
+            instruments.to_vec(),
+        ))));
+    }
+    build(spec).map(RunningStrategy::BuiltIn)
+}
+
+/// The strategy a session drives. The seam is an enum rather than an async trait: a built-in
+/// strategy is called in place, synchronously, as it always was (no future boxed per candle),
+/// and only an external one awaits its child's answer.
+#[derive(Debug)]
+pub enum RunningStrategy {
+    /// A built-in strategy.
+    BuiltIn(Box<dyn Strategy>),
+    /// A program run as a child process.
+    External(Box<ExternalStrategy>),
+}
+
+impl From<Box<dyn Strategy>> for RunningStrategy {
+    fn from(s: Box<dyn Strategy>) -> Self {
+        Self::BuiltIn(s)
+    }
+}
+
+impl RunningStrategy {
+    /// Length of the candles it trades on, ms.
+    pub fn timeframe_ms(&self) -> i64 {
+        match self {
+            Self::BuiltIn(s) => s.timeframe_ms(),
+            Self::External(s) => s.timeframe_ms(),
+        }
+    }
+
+    /// Starts it (an external one's process, with its saved state); a built-in one has
+    /// nothing to start. `Err`: it crashed starting.
+    pub async fn start(&mut self) -> Result<(), String> {
+        match self {
+            Self::BuiltIn(_) => Ok(()),
+            Self::External(s) => s.start().await,
+        }
+    }
+
+    /// Reacts to a completed candle with orders to place. `Err`: the strategy crashed (an
+    /// external one broke the protocol, a limit, or exited); it must not be called again.
+    pub async fn on_candle(
+        &mut self,
+        ctx: &Context,
+        candle: &Candle,
+    ) -> Result<Vec<OrderRequest>, String> {
+        match self {
+            Self::BuiltIn(s) => Ok(s.on_candle(ctx, candle)),
+            Self::External(s) => s.decide(ctx, candle).await,
+        }
+    }
+
+    /// A fill on the account (an external strategy is told of it before its next candle).
+    pub fn on_fill(&mut self, fill: &Fill) {
+        if let Self::External(s) = self {
+            s.on_fill(fill);
+        }
+    }
+
+    /// The account's positions before a candle (an external strategy is sent them when fills
+    /// changed them).
+    pub fn on_positions(&mut self, positions: &[BrokerPosition]) {
+        if let Self::External(s) = self {
+            s.on_positions(positions);
+        }
+    }
+
+    /// Its state, to resume it elsewhere.
+    pub fn state(&self) -> Value {
+        match self {
+            Self::BuiltIn(s) => s.state(),
+            Self::External(s) => s.state(),
+        }
+    }
+
+    /// Takes back a state saved by [`RunningStrategy::state`].
+    pub fn restore(&mut self, state: &Value) -> Result<(), String> {
+        match self {
+            Self::BuiltIn(s) => s.restore(state),
+            Self::External(s) => {
+                s.restore(state);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends it: an external one is sent `stop` and given `grace` to exit, then killed with its
+    /// whole process group (`grace` zero: killed at once).
+    pub async fn stop(&mut self, reason: &str, grace: std::time::Duration) {
+        if let Self::External(s) = self {
+            s.stop(reason, grace).await;
+        }
+    }
+
+    /// The external strategy's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            Self::BuiltIn(_) => None,
+            Self::External(s) => s.pid(),
+        }
+    }
 }

@@ -145,6 +145,26 @@ pub fn replay_market(file: &str, fee_bps: i64, slippage_bps: i64) -> MarketSetti
     }
 }
 
+/// The EUR-USD file of the tests with the default fill model (fee 5 bps, slippage 1 bp).
+pub fn eurusd_market() -> MarketSettings {
+    let defaults = MarketSettings::default();
+    MarketSettings {
+        fee_bps: defaults.fee_bps,
+        slippage_bps: defaults.slippage_bps,
+        ..replay_market(&eurusd_csv(), 0, 0)
+    }
+}
+
+/// A `config` of strategy type `kind` trading EUR-USD with `parameters`, positions up to
+/// 10,000 EUR, stop-loss 0.5 %, take-profit 1 %.
+pub fn eurusd_config(kind: &str, parameters: Value) -> Value {
+    serde_json::json!({
+        "name": format!("EUR-USD {kind}"), "type": kind, "parameters": parameters,
+        "riskManagement": {"maxPositionSize": 10000, "stopLossPercent": 0.5, "takeProfitPercent": 1},
+        "instruments": ["EUR-USD"]
+    })
+}
+
 /// Writes `text` to a file of the system's temporary directory named after `name` (unique
 /// per test) and this process, and returns its path.
 pub fn csv_file(name: &str, text: &str) -> String {
