@@ -671,17 +671,35 @@ impl Api {
             .with_retry(runfleet_client::RetryPolicy::none())
     }
 
-    /// Starts a scalping runner on BTC-PERPETUAL for `user`; returns the reply.
+    /// Starts a scalping runner on BTC-PERPETUAL for `user` through the typed client (the
+    /// request is [`start_spec`], the answer read into the shared types); returns the reply as
+    /// the server's JSON, for the tests' own checks.
     pub async fn start_runner(&self, user: &str, strategy: &str) -> Reply {
-        self.post("/v1/runners", &start_request(user, strategy))
-            .await
+        match self.client().start(&start_spec(user, strategy)).await {
+            Ok(accepted) => (202, serde_json::to_value(accepted).expect("an answer")),
+            Err(e) => refusal(e),
+        }
     }
 
-    /// The user's status.
+    /// The user's status, read through the typed client (into the shared types), as JSON.
     pub async fn status(&self, user: &str) -> Value {
-        let (code, body) = self.get(&format!("/v1/users/{user}/runners")).await;
-        assert_eq!(code, 200, "status of {user}: {body}");
-        body
+        let runners = self
+            .client()
+            .user_runners(&runfleet_client::UserId::new(user))
+            .await
+            .unwrap_or_else(|e| panic!("status of {user}: {e}"));
+        serde_json::to_value(runners).expect("an answer")
+    }
+}
+
+/// A refusal the typed client read, as the `(status, body)` the server sent.
+fn refusal(e: runfleet_client::ClientError) -> Reply {
+    match (e.status(), e.detail()) {
+        (Some(status), Some(detail)) => (
+            status,
+            serde_json::json!({"success": false, "error": detail}),
+        ),
+        _ => panic!("the request failed: {e}"),
     }
 }
 
