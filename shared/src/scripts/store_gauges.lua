@@ -2,10 +2,12 @@
 -- trip and read-only: every orchestrator asked reports the same values. Mirrors
 -- MemoryStore::fleet_gauges. Returns {queued, running, holding a slot, restarting, failed within
 -- the hour, nodes alive, their capacity, their runners, ready jobs, processing jobs, breakers
--- opened ever, whether a history sample was taken (0/1)}; ready and processing are -1 when the
--- queue lives outside Redis (C.ready is '').
--- With A(1) (ms) and A(2) (count) it also takes a fleet load sample unless one was taken within
--- A(1) ms, keeping the newest A(2) (MemoryStore::sample_history): the only write it makes.
+-- opened ever}; ready and processing are -1 when the queue lives outside Redis (C.ready is '').
+-- With A(1) (ms) and A(2) (count) it takes a fleet load sample instead, unless one was taken
+-- within A(1) ms (then it returns false at once, reading nothing), keeping the newest A(2)
+-- (MemoryStore::sample_history): the only write it makes.
+local sample = NARGS >= 2
+if sample and not redis.call('SET', K.history_guard, '1', 'NX', 'PX', A(1)) then return false end
 local alive, capacity, runners = 0, 0, 0
 local nodes = redis.call('ZRANGE', K.nodes, 0, -1)
 for _, n in ipairs(nodes) do
@@ -37,13 +39,11 @@ for _, n in ipairs(redis.call('ZRANGE', K.node_leases, 0, -1)) do
 end
 local queued, active, restarting = redis.call('SCARD', K.queued), redis.call('SCARD', K.active),
   redis.call('ZCARD', K.delayed)
-local sampled = 0
-if NARGS >= 2 and redis.call('SET', K.history_guard, '1', 'NX', 'PX', A(1)) then
+if sample then
   redis.call('LPUSH', K.history, table.concat({ NOW, queued, running, active, restarting, alive,
     capacity }, ','))
   redis.call('LTRIM', K.history, 0, tonumber(A(2)) - 1)
-  sampled = 1
 end
 return { queued, running, active, restarting,
   redis.call('ZCOUNT', K.failed, NOW - HOUR_MS, '+inf'), alive, capacity, runners, ready, processing,
-  tonumber(redis.call('HGET', K.counters, 'breaker_openings')) or 0, sampled }
+  tonumber(redis.call('HGET', K.counters, 'breaker_openings')) or 0 }

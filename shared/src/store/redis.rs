@@ -220,17 +220,18 @@ impl RedisStore {
         Err(StoreError::Contended("a crashed run's record"))
     }
 
-    /// The gauges script: the fleet's gauges and, given `(every, keep)`, a load sample taken
-    /// unless one was within `every` (true when this call took it).
-    async fn gauges(
-        &self,
-        sample: Option<(Duration, u32)>,
-    ) -> Result<(FleetGauges, bool), StoreError> {
-        let mut call = self.invoke(&GAUGES);
-        if let Some((every, keep)) = sample {
-            call.arg(every.as_millis().max(1) as u64).arg(keep.max(1));
-        }
-        let v: Vec<i64> = call.invoke_async(&mut *self.conn().await?).await?;
+    /// Every entry of the list at `key`, head first.
+    async fn whole_list(&self, key: String) -> Result<Vec<String>, StoreError> {
+        Ok(::redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
+            .await?)
+    }
+
+    /// The gauges script's answer read into [`FleetGauges`].
+    fn gauges(v: &[i64]) -> Result<FleetGauges, StoreError> {
         let [
             queued,
             running,
@@ -243,14 +244,13 @@ impl RedisStore {
             ready,
             processing,
             breaker_openings,
-            sampled,
         ] = v[..]
         else {
             return Err(StoreError::data("the gauges script answered an odd shape"));
         };
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let queue_side = |n: i64| u64::try_from(n).ok();
-        let gauges = FleetGauges {
+        Ok(FleetGauges {
             counts: FleetCounts {
                 queued: count(queued),
                 running: count(running),
@@ -264,8 +264,7 @@ impl RedisStore {
             ready: queue_side(ready),
             processing: queue_side(processing),
             breaker_openings: count(breaker_openings),
-        };
-        Ok((gauges, sampled == 1))
+        })
     }
 
     /// The records of `ids` in one round trip (plus one for their nodes' last heartbeats), in
@@ -631,20 +630,26 @@ impl JobStore for RedisStore {
     }
 
     async fn fleet_gauges(&self) -> Result<FleetGauges, StoreError> {
-        Ok(self.gauges(None).await?.0)
+        let v: Vec<i64> = self
+            .invoke(&GAUGES)
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Self::gauges(&v)
     }
 
     async fn sample_history(&self, every: Duration, keep: u32) -> Result<bool, StoreError> {
-        Ok(self.gauges(Some((every, keep))).await?.1)
+        // Nil (the script's false) when a sample was taken within `every`.
+        let taken: Option<Vec<i64>> = self
+            .invoke(&GAUGES)
+            .arg(every.as_millis().max(1) as u64)
+            .arg(keep.max(1))
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok(taken.is_some())
     }
 
     async fn history(&self) -> Result<Vec<FleetSample>, StoreError> {
-        let raw: Vec<String> = ::redis::cmd("LRANGE")
-            .arg(self.keys.history())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut *self.conn().await?)
-            .await?;
+        let raw: Vec<String> = self.whole_list(self.keys.history()).await?;
         // Newest first in Redis; an odd entry (written by something else) is skipped.
         Ok(raw.iter().rev().filter_map(|e| parse_sample(e)).collect())
     }
@@ -666,12 +671,7 @@ impl JobStore for RedisStore {
     }
 
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
-        let raw: Vec<String> = ::redis::cmd("LRANGE")
-            .arg(self.keys.job_events(job))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut *self.conn().await?)
-            .await?;
+        let raw: Vec<String> = self.whole_list(self.keys.job_events(job)).await?;
         // Lua's cjson writes the epoch as a string; one odd entry is skipped, not fatal.
         Ok(raw
             .iter()
@@ -808,12 +808,7 @@ impl JobStore for RedisStore {
     }
 
     async fn pnl_history(&self, job: &JobId) -> Result<Vec<PnlPoint>, StoreError> {
-        let raw: Vec<String> = ::redis::cmd("LRANGE")
-            .arg(self.keys.job_pnl(job))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut *self.conn().await?)
-            .await?;
+        let raw: Vec<String> = self.whole_list(self.keys.job_pnl(job)).await?;
         Ok(raw
             .iter()
             .filter_map(|p| {
