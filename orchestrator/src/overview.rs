@@ -183,7 +183,7 @@ pub async fn history<S: FleetStore, Q: JobQueue + Clone>(
     operation_id = "getRunnerPnl",
     tag = "runners",
     summary = "The runner's PnL over time, oldest first.",
-    description = "Needs the owner's key or the admin key. A point (`at`, `totalPnL`: closed trades net of fees, in `stats.currency`) for each heartbeat whose stats changed and one at the end of the run; the newest 2000 are kept, and they expire with the runner's event history. Open positions' unrealized PnL is in the runner's positions.",
+    description = "Needs the owner's key or the admin key. A point (`at`, `totalPnL`: closed trades net of fees, in `stats.currency`) each time a heartbeat or the end of the run brought a total different from the last point; the newest 2000 are kept, and they expire with the runner's event history. Open positions' unrealized PnL is in the runner's positions.",
     params(("jobId" = JobId, Path, description = "The runner (`job-…`).")),
     responses(
         (status = 200, description = "The PnL history.", body = RunnerPnl, content_type = "application/json"),

@@ -1340,6 +1340,8 @@ async fn a_runners_pnl_history_follows_its_accepted_stats<S: FleetStore>(s: S) {
         (epoch, None),
         (epoch + 7, Some(stats("99"))),
         (epoch, Some(stats("0.00000072"))),
+        // Delivered twice, or stats whose total did not move (fees): no new point.
+        (epoch, Some(stats("0.00000072"))),
     ] {
         s.renew(&node("n1"), &[beat(epoch, st)], LEASE)
             .await

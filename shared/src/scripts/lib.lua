@@ -109,11 +109,15 @@ end
 -- A job's PnL history keeps at most this many points (its newest); it expires like its events.
 local PNL_MAX = 2000
 
--- Appends the run's total PnL, read from its stats JSON, to its PnL history (store::PnlPoint).
+-- Appends the run's total PnL, read from its stats JSON, to its PnL history (store::PnlPoint),
+-- unless it equals the last point: stats change with every fill's fees while the total PnL
+-- changes only when a trade closes, and a heartbeat delivered twice adds nothing.
 local function pnl_point(id, stats)
   local pnl = string.match(stats, '"totalPnL":"(%-?[%d%.]+)"')
   if not pnl then return end
   local k = K.job_pnl(id)
+  local last = redis.call('LINDEX', k, -1)
+  if last and string.match(last, ',(.*)$') == pnl then return end
   redis.call('RPUSH', k, NOW .. ',' .. pnl)
   redis.call('LTRIM', k, -PNL_MAX, -1)
   redis.call('PEXPIRE', k, C.events_age)

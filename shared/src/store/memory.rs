@@ -196,6 +196,12 @@ impl State {
     /// Appends the run's total PnL to its PnL history (mirrors `pnl_point` in lib.lua).
     fn pnl_point(&mut self, now: u64, job: &JobId, stats: &Stats) {
         let history = self.job_pnl.entry(job.clone()).or_default();
+        if history
+            .back()
+            .is_some_and(|p| p.total_pnl == stats.total_pnl)
+        {
+            return;
+        }
         history.push_back(PnlPoint {
             at: now,
             total_pnl: stats.total_pnl,
