@@ -47,10 +47,6 @@ struct Cli {
     /// Bulk calls per repetition (default 10, quick 2).
     #[arg(long)]
     bulk_batches: Option<usize>,
-    /// How runfleet's bulk row starts a batch: pipelined admission scripts, or the
-    /// `POST /v1/runners/batch` endpoint once it exists.
-    #[arg(long, value_enum, default_value_t = BulkVia::Script)]
-    bulk_via: BulkVia,
     /// Pick-up samples, one start at a time (default 200, quick 20).
     #[arg(long)]
     pickup_samples: Option<usize>,
@@ -82,15 +78,6 @@ struct Cli {
     node: String,
 }
 
-/// How runfleet's bulk row starts a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BulkVia {
-    /// One pipeline of admission scripts per batch, from a plain Redis client.
-    Script,
-    /// One `POST /v1/runners/batch` per batch (issue 15's bulk start).
-    HttpBatch,
-}
-
 /// What the runners held running do (`--runners`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Runners {
@@ -118,8 +105,6 @@ pub struct Sizes {
     pub bulk_batch: usize,
     /// Bulk calls per repetition.
     pub bulk_batches: usize,
-    /// How runfleet's bulk row starts a batch.
-    pub bulk_via: BulkVia,
     /// Pick-up samples.
     pub pickup_samples: usize,
     /// Runners held running.
@@ -149,7 +134,6 @@ impl Cli {
             starts: pick(self.starts, 10_000, 500),
             bulk_batch: self.bulk_batch.max(1),
             bulk_batches: pick(self.bulk_batches, 10, 2),
-            bulk_via: self.bulk_via,
             pickup_samples: pick(self.pickup_samples, 200, 20),
             running: pick(self.running, 5_000, 200).max(1),
             nodes: self.nodes.max(1),

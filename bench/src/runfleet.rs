@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
-use redis::aio::MultiplexedConnection;
 use runfleet_shared::config::Settings;
 use runfleet_shared::crypto::CredentialCipher;
 use runfleet_shared::ids::JobId;
 use runfleet_shared::job::{JobSpec, StartRunnerRequest};
 use runfleet_shared::keys::Keys;
 use runfleet_shared::redis_pool::RedisPools;
-use runfleet_shared::store::{FleetPolicy, RedisStore, SCRIPT_PRELUDE};
+use runfleet_shared::store::{FleetPolicy, JobStore, RedisStore};
 use runfleet_tests::{
     ADMIN_KEY, Api, Process, free_port, idle_start_request, rss_bytes, start_request,
 };
@@ -23,7 +22,7 @@ use serde_json::json;
 
 use crate::redis_server::BenchRedis;
 use crate::report::{Row, Sample, quantile};
-use crate::{BulkVia, Runners, Sizes};
+use crate::{Runners, Sizes};
 
 /// The fleet's key prefix on the private Redis.
 const PREFIX: &str = "bench";
@@ -88,18 +87,18 @@ fn now_ms() -> f64 {
         * 1_000.0
 }
 
-/// Calls the admission script (`lib.lua` + `store_admit.lua`) the way any Redis client may
-/// (docs/redis-schema.md): `EVALSHA <sha> 0 <14 context arguments> <job> <user> <strategy> <spec>`.
+/// Admits starts through runfleet's store the way the orchestrator does, without HTTP: the
+/// admission script (a Redis Function; store_admit.lua) per start, or the batch admission script
+/// (store_admit_many.lua, 64 starts per call, pipelined) per bulk.
 struct Admitter {
-    sha: String,
-    context: Vec<String>,
+    store: RedisStore,
     cipher: CredentialCipher,
 }
 
-/// One admission's arguments after the context.
+/// One admission: the job spec the orchestrator would make.
 struct Admission {
     id: JobId,
-    args: [String; 4],
+    spec: JobSpec,
 }
 
 impl Admitter {
@@ -110,20 +109,8 @@ impl Admitter {
         let ready = keys.ready(QUEUE);
         let store =
             RedisStore::new(pools, keys, FleetPolicy::from_settings(&settings)).queuing_into(ready);
-        let text = format!(
-            "{}\n{}",
-            SCRIPT_PRELUDE,
-            include_str!("../../shared/src/scripts/store_admit.lua")
-        );
-        let mut c = redis.conn().await?;
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(text)
-            .query_async(&mut c)
-            .await?;
         Ok(Self {
-            sha,
-            context: store.context_args().to_vec(),
+            store,
             cipher: CredentialCipher::from_base64(CREDENTIALS_KEY)?,
         })
     }
@@ -139,46 +126,31 @@ impl Admitter {
             serde_json::from_value(request(&format!("user-{}", i % clients), &format!("s{i}")))?;
         runfleet_trading::validate::apply_defaults(&mut req.config);
         let spec = JobSpec::sealed(JobId::generate(), req, &self.cipher)?;
-        let id = spec.id.clone();
         Ok(Admission {
-            args: [
-                id.as_str().to_owned(),
-                spec.user_id.as_str().to_owned(),
-                spec.strategy_id.as_str().to_owned(),
-                serde_json::to_string(&spec)?,
-            ],
-            id,
+            id: spec.id.clone(),
+            spec,
         })
     }
 
-    fn command(&self, a: &Admission) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(0).arg(&self.context).arg(&a.args);
-        cmd
+    /// Admits one start (one script call, one round trip).
+    async fn admit(&self, a: &Admission) -> anyhow::Result<()> {
+        ensure_admitted(self.store.admit(&a.spec).await?)
     }
 
-    /// Admits every one of `batch` in one pipeline (one round trip).
-    async fn admit_pipelined(
-        &self,
-        c: &mut MultiplexedConnection,
-        batch: &[Admission],
-    ) -> anyhow::Result<()> {
-        let mut pipe = redis::pipe();
-        for a in batch {
-            pipe.add_command(self.command(a));
-        }
-        let replies: Vec<Vec<redis::Value>> = pipe.query_async(c).await?;
-        for r in replies {
-            ensure_admitted(&r)?;
+    /// Admits every one of `batch` in one round trip.
+    async fn admit_pipelined(&self, batch: &[Admission]) -> anyhow::Result<()> {
+        let specs: Vec<JobSpec> = batch.iter().map(|a| a.spec.clone()).collect();
+        for admission in self.store.admit_many(&specs).await? {
+            ensure_admitted(admission)?;
         }
         Ok(())
     }
 }
 
-fn ensure_admitted(reply: &[redis::Value]) -> anyhow::Result<()> {
-    match reply.first() {
-        Some(redis::Value::Int(1)) => Ok(()),
-        _ => bail!("the admission script refused a start: {reply:?}"),
+fn ensure_admitted(admission: runfleet_shared::store::Admission) -> anyhow::Result<()> {
+    match admission {
+        runfleet_shared::store::Admission::Admitted { .. } => Ok(()),
+        other => bail!("the admission script refused a start: {other:?}"),
     }
 }
 
@@ -209,20 +181,16 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         .collect::<anyhow::Result<_>>()?;
     let batch = Arc::new(batch);
     let admitter = Arc::new(admitter);
-    let conn = redis.conn().await?;
     let next = Arc::new(AtomicUsize::new(0));
     let t = Instant::now();
     let tasks: Vec<_> = (0..sizes.clients)
         .map(|_| {
-            let (batch, admitter, next, mut conn) =
-                (batch.clone(), admitter.clone(), next.clone(), conn.clone());
+            let (batch, admitter, next) = (batch.clone(), admitter.clone(), next.clone());
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(a) = batch.get(i) else { break };
-                    let reply: Vec<redis::Value> =
-                        admitter.command(a).query_async(&mut conn).await?;
-                    ensure_admitted(&reply)?;
+                    admitter.admit(a).await?;
                 }
                 anyhow::Ok(())
             })
@@ -246,18 +214,30 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
                 .collect()
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut c = redis.conn().await?;
     let t = Instant::now();
-    for (b, batch) in batches.iter().enumerate() {
-        match sizes.bulk_via {
-            BulkVia::Script => admitter.admit_pipelined(&mut c, batch).await?,
-            BulkVia::HttpBatch => http_batch(&api, b, sizes).await?,
-        }
+    for batch in &batches {
+        admitter.admit_pipelined(batch).await?;
     }
     sample.insert(Row::BulkStarts, total as f64 / t.elapsed().as_secs_f64());
 
+    // Bulk starts through the batch endpoint: the same number of runners, each batch one
+    // request (its JSON made before the clock starts).
+    redis.flush().await?;
+    let bodies: Vec<serde_json::Value> = (0..sizes.bulk_batches)
+        .map(|b| batch_body(b, sizes))
+        .collect();
+    let t = Instant::now();
+    for body in &bodies {
+        http_batch(&api, body).await?;
+    }
+    sample.insert(
+        Row::BatchHttpStarts,
+        total as f64 / t.elapsed().as_secs_f64(),
+    );
+
     // Pick-up latency, one start at a time, with one idle node waiting.
     redis.flush().await?;
+    let mut c = redis.conn().await?;
     let capacity = sizes.pickup_samples + crate::WARMUP + 1;
     let pickup_node = node(&logs, "pickup-node", &url, capacity);
     wait_for_nodes(&api, 1).await?;
@@ -301,7 +281,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         let batch: Vec<Admission> = (chunk_start..sizes.running.min(chunk_start + 1_000))
             .map(|i| admitter.admission(i, sizes.clients, sizes.runners))
             .collect::<anyhow::Result<_>>()?;
-        admitter.admit_pipelined(&mut c, &batch).await?;
+        admitter.admit_pipelined(&batch).await?;
         ids.extend(batch.into_iter().map(|a| keys.job(&a.id)));
     }
     let per_node = sizes.running.div_ceil(sizes.nodes);
@@ -437,19 +417,28 @@ async fn http_starts(api: &Api, sizes: &Sizes) -> anyhow::Result<f64> {
 
 /// The hook for the bulk start endpoint (issue 15): batch `b` as one `POST /v1/runners/batch`.
 /// The body's shape is the one the issue proposes; adjust it here when the endpoint lands.
-async fn http_batch(api: &Api, b: usize, sizes: &Sizes) -> anyhow::Result<()> {
+/// The body of bulk call `b`: `bulk_batch` start requests.
+fn batch_body(b: usize, sizes: &Sizes) -> serde_json::Value {
     let runners: Vec<_> = (0..sizes.bulk_batch)
         .map(|k| {
             let i = b * sizes.bulk_batch + k;
             start_request(&format!("user-{}", i % sizes.clients), &format!("s{i}"))
         })
         .collect();
-    let (code, reply) = api
-        .try_post("/v1/runners/batch", &json!({ "runners": runners }))
-        .await?;
+    json!({ "runners": runners })
+}
+
+/// One `POST /v1/runners/batch`; every runner in it must be accepted.
+async fn http_batch(api: &Api, body: &serde_json::Value) -> anyhow::Result<()> {
+    let (code, reply) = api.try_post("/v1/runners/batch", body).await?;
     ensure!(
-        (200..300).contains(&code),
+        code == 200,
         "POST /v1/runners/batch answered {code}: {reply}"
+    );
+    let accepted = reply["accepted"].as_u64();
+    ensure!(
+        accepted == reply["results"].as_array().map(|r| r.len() as u64),
+        "POST /v1/runners/batch refused some runners: {reply}"
     );
     Ok(())
 }

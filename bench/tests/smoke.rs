@@ -34,7 +34,8 @@ fn a_quick_runfleet_run_prints_every_row() {
     for label in [
         "`POST /v1/runners` vs `queue.add`",
         "the admission script from a plain Redis client",
-        "pipelined admissions vs `addBulk`",
+        "admissions in one round trip from a plain client vs `addBulk`",
+        "runners per `POST /v1/runners/batch` vs `addBulk`",
         "Redis CPU per start",
         "p50",
         "p99",
@@ -54,5 +55,5 @@ fn a_quick_runfleet_run_prints_every_row() {
             "no runfleet figure in {row:?}"
         );
     }
-    assert_eq!(rows.len(), 11, "{stdout}");
+    assert_eq!(rows.len(), 12, "{stdout}");
 }

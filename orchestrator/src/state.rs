@@ -10,9 +10,15 @@ use runfleet_shared::kind::Kinds;
 use crate::events::EventHub;
 
 /// What every handler shares: the store, the queue, the credentials cipher, the settings and
-/// the runner kinds start requests are validated against.
+/// the runner kinds start requests are validated against. Behind one `Arc`: axum clones the
+/// state for every request that reads it, and a clone is then one reference count, not a copy
+/// of the store's connection settings, the queue's and the cipher's key schedule.
 #[derive(Debug)]
-pub struct AppState<S, Q> {
+pub struct AppState<S, Q>(Arc<Shared<S, Q>>);
+
+/// The state itself (read through [`AppState`]).
+#[derive(Debug)]
+pub struct Shared<S, Q> {
     /// Shared fleet state.
     pub store: S,
     /// The job queue.
@@ -40,26 +46,26 @@ impl<S, Q> AppState<S, Q> {
             settings.events.live_buffer,
             settings.events.max_streams_per_key,
         );
-        Self {
+        Self(Arc::new(Shared {
             store,
             queue,
             cipher,
             settings,
             events,
             kinds,
-        }
+        }))
     }
 }
 
-impl<S: Clone, Q: Clone> Clone for AppState<S, Q> {
+impl<S, Q> Clone for AppState<S, Q> {
     fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            queue: self.queue.clone(),
-            cipher: self.cipher.clone(),
-            settings: self.settings.clone(),
-            events: self.events.clone(),
-            kinds: self.kinds.clone(),
-        }
+        Self(self.0.clone())
+    }
+}
+
+impl<S, Q> std::ops::Deref for AppState<S, Q> {
+    type Target = Shared<S, Q>;
+    fn deref(&self) -> &Shared<S, Q> {
+        &self.0
     }
 }

@@ -61,6 +61,29 @@ impl Harness for Redis {
     }
 }
 
+/// The Redis store on a server without Redis Functions: every script runs with EVAL.
+struct RedisEval(RedisStore, support::PrivateServer);
+impl RedisEval {
+    async fn new() -> Self {
+        let server = support::PrivateServer::without_functions().await;
+        let pools = support::redis_pools_at(&server.url).await;
+        RedisEval(
+            RedisStore::new(pools, support::unique_keys(), policy()),
+            server,
+        )
+    }
+}
+impl Harness for RedisEval {
+    type Store = RedisStore;
+    fn store(&self) -> RedisStore {
+        self.0.clone()
+    }
+    async fn teardown(self) {
+        // Killed, with its data.
+        drop(self.1);
+    }
+}
+
 const LEASE: Duration = Duration::from_secs(30);
 
 /// Fast timings, so the suite runs in real time on a real Redis (whose clock cannot be paused).
@@ -1280,6 +1303,25 @@ async fn a_batch_of_admissions_decides_each_on_its_own_in_order<S: FleetStore>(s
         "a refused one left nothing"
     );
     assert!(s.admit_many(&[]).await.unwrap().is_empty());
+
+    // Larger than one script call (the Redis store sends 64 per call): 50 free users, three
+    // starts each, interleaved so that a user's starts fall in different calls.
+    let big: Vec<JobSpec> = (0..150).map(|i| spec(&format!("big-{}", i % 50))).collect();
+    let got = s.admit_many(&big).await.unwrap();
+    assert_eq!(got.len(), 150);
+    for (i, a) in got.iter().enumerate() {
+        if i < 50 {
+            assert!(
+                matches!(a, Admission::Admitted { current: 1, .. }),
+                "{i}: {a:?}"
+            );
+        } else {
+            assert!(
+                matches!(a, Admission::LimitReached { current: 1, .. }),
+                "{i}: {a:?}"
+            );
+        }
+    }
 }
 
 /// The fleet's load is sampled at most once per interval whichever process asks, the samples
@@ -1411,7 +1453,64 @@ macro_rules! store_conformance {
     )*};
 }
 
-store_conformance!(memory => Memory, redis => Redis);
+store_conformance!(memory => Memory, redis => Redis, redis_eval => RedisEval);
+
+/// The store's scripts are a Redis Function library, loaded by the first call that finds it
+/// missing: after the server lost it (a restart without persistence, `FUNCTION FLUSH`), a
+/// pipelined batch loads it again and runs every admission exactly once.
+#[tokio::test]
+async fn the_store_loads_its_functions_again_after_the_server_lost_them() {
+    use runfleet_shared::store::{JobStore, Subscriptions};
+    let server = support::PrivateServer::start(&[]).await;
+    let pools = support::redis_pools_at(&server.url).await;
+    let store = RedisStore::new(pools.clone(), support::unique_keys(), policy());
+    let mut c = pools.commands.get().await.unwrap();
+    let libraries = |c: &mut runfleet_shared::redis_pool::CommandConnection| {
+        let mut c = c.clone();
+        async move {
+            let list: ::redis::Value = ::redis::cmd("FUNCTION")
+                .arg("LIST")
+                .query_async(&mut *c)
+                .await
+                .unwrap();
+            format!("{list:?}").matches("library_name").count()
+        }
+    };
+    assert_eq!(libraries(&mut c).await, 0);
+    assert!(matches!(
+        store.admit(&spec("fl-a")).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    assert_eq!(libraries(&mut c).await, 1, "the first call loaded it");
+    let _: () = ::redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    let batch = [spec("fl-b"), spec("fl-c"), spec("fl-b")];
+    let got = store.admit_many(&batch).await.unwrap();
+    assert!(
+        matches!(got[0], Admission::Admitted { current: 1, .. }),
+        "{got:?}"
+    );
+    assert!(
+        matches!(got[1], Admission::Admitted { current: 1, .. }),
+        "{got:?}"
+    );
+    assert!(
+        matches!(got[2], Admission::LimitReached { current: 1, .. }),
+        "{got:?}"
+    );
+    assert_eq!(libraries(&mut c).await, 1);
+    for (user, n) in [("fl-a", 1), ("fl-b", 1), ("fl-c", 1)] {
+        assert_eq!(
+            store.active_count(&UserId::new(user)).await.unwrap(),
+            n,
+            "{user}"
+        );
+    }
+    assert!(store.job(&batch[2].id).await.unwrap().is_none());
+}
 
 /// The key names the Lua prelude builds are the key schema's, for plain ids and for ids that
 /// contain the separator and the escape character.

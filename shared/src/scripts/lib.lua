@@ -1,6 +1,7 @@
--- Prelude of every store script (prepended when the script is loaded; see store/redis.rs).
--- ARGV[1..14] are the context below; a script's own arguments start at ARGV[15] (A(1)).
--- ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
+-- Prelude of every store script (see store/redis.rs): the head of each EVAL script, or the
+-- body of the Redis Function library that registers every script as a function.
+-- ARGV[1..14] (a function's args[1..14]) are the context below; a script's own arguments
+-- start at ARGV[15] (A(1)). ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
 -- table in docs/redis-schema.md pairs each position with its field): prefix, tier_free,
 -- tier_basic, tier_pro, tier_enterprise, breaker_window_ms, retention_s, audit, max_runners,
 -- max_queued, retry_after_ms, ready_list, events_max_len, events_max_age_ms.
@@ -10,71 +11,102 @@
 -- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
 -- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
 -- supported.
-local P = ARGV[1]
-local C = {
-  limits = { free = tonumber(ARGV[2]), basic = tonumber(ARGV[3]), pro = tonumber(ARGV[4]),
-    enterprise = tonumber(ARGV[5]) },
-  -- How long a closed breaker's counted failures matter (the hash expires after).
-  breaker_window = tonumber(ARGV[6]),
-  retention = tonumber(ARGV[7]), audit = ARGV[8] == '1',
-  max_runners = tonumber(ARGV[9]), max_queued = tonumber(ARGV[10]),
-  retry_after = tonumber(ARGV[11]),
-  -- The Redis-list queue's ready list, when jobs are queued by the scripts themselves (in the
-  -- same atomic step that makes them queued); '' when the queue lives elsewhere (RabbitMQ).
-  ready = ARGV[12],
-  -- The event stream's caps: entries (approximate) and age in ms.
-  events_max = tonumber(ARGV[13]), events_age = tonumber(ARGV[14]),
-}
+-- The context of the call being run, set by begin() below at the start of every call: the key
+-- prefix P, the settings C, the key names K, the call's own arguments (A(i), NARGS) and Redis'
+-- clock NOW. They are locals of the prelude, not globals, so that the same text serves as a
+-- Redis Function library (loaded once; each function calls begin with its arguments) and as
+-- the head of an EVAL script (its last line calls begin with ARGV).
+local P, C, K, ARGS, NARGS, NOW
 local CTX = 14
-local function A(i) return ARGV[CTX + i] end
-local NARGS = #ARGV - CTX
+local function A(i) return ARGS[CTX + i] end
 
 -- One key part, escaped like keys::escape: '%', ':', '{', '}' never appear in a part, so key
 -- names are injective whatever separators the ids contain.
 local ESC = { ['%'] = '%25', [':'] = '%3A', ['{'] = '%7B', ['}'] = '%7D' }
-local function E(s) return (string.gsub(s, '[%%:{}]', ESC)) end
+local function E(s)
+  if not string.find(s, '[%%:{}]') then return s end
+  return (string.gsub(s, '[%%:{}]', ESC))
+end
 
-local K = {
-  job = function(id) return P .. ':job:' .. E(id) end,
-  user_jobs = function(u) return P .. ':user:' .. E(u) .. ':jobs' end,
-  user_active = function(u) return P .. ':user:' .. E(u) .. ':active' end,
-  subscription = function(u) return P .. ':user:' .. E(u) .. ':subscription' end,
-  breaker = function(u, s) return P .. ':breaker:' .. E(u) .. ':' .. E(s) end,
-  node = function(n) return P .. ':node:' .. E(n) end,
-  node_jobs = function(n) return P .. ':node:' .. E(n) .. ':jobs' end,
-  commands = function(n) return P .. ':node:' .. E(n) .. ':commands' end,
-  -- Set (with an expiry) when the sweep took a lapsed node's runners: that node id may never
-  -- claim or renew again (a node that fences itself comes back under a new id).
-  node_fenced = function(n) return P .. ':node:' .. E(n) .. ':fenced' end,
-  -- Nodes by the end of their lease (ms): a runner's lease is its node's.
-  node_leases = P .. ':node_leases', delayed = P .. ':delayed', nodes = P .. ':nodes',
-  audit = P .. ':audit', sweep_guard = P .. ':sweep:guard',
-  -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
-  active = P .. ':active', queued = P .. ':queued',
-  -- Queued jobs whose publish to an outside queue is not confirmed yet, by when.
-  pending = P .. ':pending',
-  -- Jobs failed within the last hour, by when (the failed_last_hour gauge).
-  failed = P .. ':failed',
-  apikey = function(id) return P .. ':apikey:' .. E(id) end,
-  user_keys = function(u) return P .. ':user:' .. E(u) .. ':keys' end,
-  -- The fleet's lifecycle event stream, and each job's own history of those events.
-  events = P .. ':events',
-  -- Fleet-wide counters (hash): breaker_openings.
-  counters = P .. ':counters',
-  -- Fleet load samples (newest first) and the guard that spaces them.
-  history = P .. ':history', history_guard = P .. ':history:guard',
-  job_events = function(id) return P .. ':job:' .. E(id) .. ':events' end,
-  job_pnl = function(id) return P .. ':job:' .. E(id) .. ':pnl' end,
-}
+-- The key names under prefix `p`.
+local function keys_under(p)
+  return {
+    job = function(id) return p .. ':job:' .. E(id) end,
+    user_jobs = function(u) return p .. ':user:' .. E(u) .. ':jobs' end,
+    user_active = function(u) return p .. ':user:' .. E(u) .. ':active' end,
+    subscription = function(u) return p .. ':user:' .. E(u) .. ':subscription' end,
+    breaker = function(u, s) return p .. ':breaker:' .. E(u) .. ':' .. E(s) end,
+    node = function(n) return p .. ':node:' .. E(n) end,
+    node_jobs = function(n) return p .. ':node:' .. E(n) .. ':jobs' end,
+    commands = function(n) return p .. ':node:' .. E(n) .. ':commands' end,
+    -- Set (with an expiry) when the sweep took a lapsed node's runners: that node id may never
+    -- claim or renew again (a node that fences itself comes back under a new id).
+    node_fenced = function(n) return p .. ':node:' .. E(n) .. ':fenced' end,
+    -- Nodes by the end of their lease (ms): a runner's lease is its node's.
+    node_leases = p .. ':node_leases', delayed = p .. ':delayed', nodes = p .. ':nodes',
+    audit = p .. ':audit', sweep_guard = p .. ':sweep:guard',
+    -- Every job holding a slot, and every job waiting in the queue: fleet-wide backpressure.
+    active = p .. ':active', queued = p .. ':queued',
+    -- Queued jobs whose publish to an outside queue is not confirmed yet, by when.
+    pending = p .. ':pending',
+    -- Jobs failed within the last hour, by when (the failed_last_hour gauge).
+    failed = p .. ':failed',
+    apikey = function(id) return p .. ':apikey:' .. E(id) end,
+    user_keys = function(u) return p .. ':user:' .. E(u) .. ':keys' end,
+    -- The fleet's lifecycle event stream, and each job's own history of those events.
+    events = p .. ':events',
+    -- Fleet-wide counters (hash): breaker_openings.
+    counters = p .. ':counters',
+    -- Fleet load samples (newest first) and the guard that spaces them.
+    history = p .. ':history', history_guard = p .. ':history:guard',
+    job_events = function(id) return p .. ':job:' .. E(id) .. ':events' end,
+    job_pnl = function(id) return p .. ':job:' .. E(id) .. ':pnl' end,
+  }
+end
 
--- The window of the failed_last_hour gauge.
-local HOUR_MS = 3600000
+-- The settings of context `a` (ARGV[2..14]).
+local function settings_of(a)
+  return {
+    limits = { free = tonumber(a[2]), basic = tonumber(a[3]), pro = tonumber(a[4]),
+      enterprise = tonumber(a[5]) },
+    -- How long a closed breaker's counted failures matter (the hash expires after).
+    breaker_window = tonumber(a[6]),
+    retention = tonumber(a[7]), audit = a[8] == '1',
+    max_runners = tonumber(a[9]), max_queued = tonumber(a[10]),
+    retry_after = tonumber(a[11]),
+    -- The Redis-list queue's ready list, when jobs are queued by the scripts themselves (in the
+    -- same atomic step that makes them queued); '' when the queue lives elsewhere (RabbitMQ).
+    ready = a[12],
+    -- The event stream's caps: entries (approximate) and age in ms.
+    events_max = tonumber(a[13]), events_age = tonumber(a[14]),
+  }
+end
 
-local NOW
-do
+-- The context C and K were last made from: a Function library keeps them between calls and
+-- makes them again only when a call brings another context (another prefix or settings).
+local LAST = {}
+
+-- Sets the context of a call with arguments `args` (the 14 context arguments first).
+local function begin(args)
+  ARGS, NARGS = args, #args - CTX
+  local same = true
+  for i = 1, CTX do
+    if args[i] ~= LAST[i] then
+      same = false
+      break
+    end
+  end
+  if not same then
+    P, C, K = args[1], settings_of(args), keys_under(args[1])
+    LAST = {}
+    for i = 1, CTX do LAST[i] = args[i] end
+  end
   local t = redis.call('TIME')
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- The window of the failed_last_hour gauge.
+local HOUR_MS = 3600000
 
 -- Appends an accepted write to the audit stream (testing.audit).
 local function audit(op, id, epoch, node)
@@ -88,9 +120,17 @@ end
 local JOB_EVENTS_MAX = 1000
 
 -- Appends a lifecycle event of job `id` to the fleet's event stream (capped by length here,
--- and by age once per sweep) and to the job's own history (so reading one job's history costs
--- what its own events cost). User, epoch and node default to the job's current ones; a caller
--- that knows all three (the hot paths: admission, claim) saves reading them.
+-- and by age once per sweep) and returns its stream id.
+local function stream_event(id, kind, reason, epoch, node, user)
+  return redis.call('XADD', K.events, 'MAXLEN', '~', C.events_max, '*', 'job', id, 'user', user,
+    'type', kind, 'epoch', tostring(epoch), 'node', node, 'reason', reason or '', 'at', NOW)
+end
+
+-- Appends a lifecycle event of job `id` to the fleet's event stream and to the job's own
+-- history (so reading one job's history costs what its own events cost). User, epoch and node
+-- default to the job's current ones; a caller that knows all three (the claim) saves reading
+-- them. (The admission's event is the one exception: its history entry is read from the job's
+-- record, see store_admit.lua.)
 local function event(id, kind, reason, epoch, node, user)
   if not (epoch and node and user) then
     local j = redis.call('HMGET', K.job(id), 'user', 'epoch', 'node')
@@ -98,8 +138,7 @@ local function event(id, kind, reason, epoch, node, user)
   end
   local e = { job = id, user = user, type = kind, epoch = tostring(epoch), node = node,
     reason = reason or '', at = NOW }
-  e.id = redis.call('XADD', K.events, 'MAXLEN', '~', C.events_max, '*', 'job', e.job, 'user', e.user,
-    'type', kind, 'epoch', e.epoch, 'node', e.node, 'reason', e.reason, 'at', NOW)
+  e.id = stream_event(id, kind, e.reason, e.epoch, node, user)
   local hk = K.job_events(id)
   redis.call('RPUSH', hk, cjson.encode(e))
   redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)
@@ -297,3 +336,143 @@ local function apply_failure(d, user, strategy)
   event(id, 'restart_scheduled', 'restart at ' .. o.at)
   return 'restart'
 end
+
+-- Admit a job: the spec must be a job spec of the documented shape for this id, user and
+-- strategy; the user's strategy breaker must allow it and the tier in force (Redis clock) must
+-- have a free slot; then record it as queued, take the slot and queue it, all in one step so
+-- that concurrent starts from many orchestrators cannot exceed a limit, and no crash can leave
+-- an admitted job that no queue holds.
+-- The strategy's breaker is decided by the store (policy::Breaker::admission), never here: when
+-- the breaker is not closed and no decision made on it as it is now came with the call, the
+-- script answers its snapshot and writes nothing; the store decides and calls again (or refuses).
+-- A start under a closed breaker, the common case, is one call.
+-- `id`, `user`, `strategy` id, `raw` spec JSON, `decision` '' or the breaker decision
+-- JSON {expect, after, closed}: the breaker it was made on, the breaker to write if the job is
+-- admitted, the trial that passed if this start closes the breaker; `checked` '1' when the caller
+-- made the spec from runfleet's typed JobSpec (runfleet's own store), whose type guarantees
+-- the shape checked below: the checks are then skipped. Any other client leaves it out.
+-- Returns {code, tier, limit, current, retry_after_ms | reason | snapshot}: code 1 admitted, 0
+-- limit reached, -1 duplicate id, 3 fleet full, 4 queue full, 5 the breaker needs a decision (the fifth element is its snapshot JSON
+-- {now, breaker, trial_status, trial_started}), -2 invalid (the fifth element names what is
+-- wrong). Nothing is written unless the code is 1.
+local function admit(id, user, strategy, raw, decision, checked)
+  -- The shape of docs/job-spec.schema.json: what a worker needs to run the job (what the Rust
+  -- JobSpec reads), and ids that are the ones the keys are built from. Checked before anything is
+  -- read or written, so a refused spec leaves no trace. Skipped when `checked` is '1' (above).
+  local function invalid(why) return { -2, '', 0, 0, why } end
+  -- The reply refusing an invalid start, or nil.
+  local function refusal()
+    local ID = '^[%w._:@-]+$'
+    for name, v in pairs({ jobId = id, userId = user, strategyId = strategy }) do
+      if #v == 0 or #v > 128 or not string.find(v, ID) then
+        return invalid(name .. ': must be 1 to 128 of letters, digits and . _ : @ -')
+      end
+    end
+    if user == 'system' then return invalid('userId: system is reserved for fleet-wide status') end
+    local ok, spec = pcall(cjson.decode, raw)
+    if not ok then return invalid('spec: not valid JSON (' .. tostring(spec) .. ')') end
+    -- cjson decodes [] and {} to the same empty table; the text's first character tells them apart.
+    if type(spec) ~= 'table' or not string.find(raw, '^[ \t\r\n]*{') then
+      return invalid('spec: must be a JSON object')
+    end
+    -- A decoded JSON object: a table with no array items (an empty array still passes here, since
+    -- cjson cannot tell it from {}).
+    local function is_object(v) return type(v) == 'table' and v[1] == nil end
+    local function is_strings(v)
+      if type(v) ~= 'table' then return false end
+      local n = 0
+      for _, item in pairs(v) do
+        if type(item) ~= 'string' then return false end
+        n = n + 1
+      end
+      return n == #v
+    end
+    if spec.id ~= id then return invalid('spec.id: must equal the job id') end
+    if spec.userId ~= user then return invalid('spec.userId: must equal the user') end
+    if spec.strategyId ~= strategy then return invalid('spec.strategyId: must equal the strategy id') end
+    if type(spec.brokerId) ~= 'string' then return invalid('spec.brokerId: must be a string') end
+    local cfg = spec.config
+    if not is_object(cfg) then return invalid('spec.config: must be an object') end
+    local CONFIG = { name = true, type = true, parameters = true, riskManagement = true, instruments = true }
+    for k in pairs(cfg) do
+      if not CONFIG[k] then return invalid('spec.config.' .. tostring(k) .. ': unknown field') end
+    end
+    if type(cfg.name) ~= 'string' then return invalid('spec.config.name: must be a string') end
+    if type(cfg.type) ~= 'string' then return invalid('spec.config.type: must be a string') end
+    if cfg.parameters ~= nil and not is_object(cfg.parameters) then
+      return invalid('spec.config.parameters: must be an object')
+    end
+    if cfg.instruments ~= nil and not is_strings(cfg.instruments) then
+      return invalid('spec.config.instruments: must be an array of strings')
+    end
+    local risk = cfg.riskManagement
+    if risk ~= nil and risk ~= cjson.null then
+      if not is_object(risk) then return invalid('spec.config.riskManagement: must be an object or null') end
+      local RISK = { maxPositionSize = true, stopLossPercent = true, takeProfitPercent = true }
+      for k in pairs(risk) do
+        if not RISK[k] then return invalid('spec.config.riskManagement.' .. tostring(k) .. ': unknown field') end
+      end
+      for k in pairs(RISK) do
+        if type(risk[k]) ~= 'number' then
+          return invalid('spec.config.riskManagement.' .. k .. ': must be a number')
+        end
+      end
+    end
+    local cred = spec.credentials
+    if not is_object(cred) or (cred.nonce == nil and cred.ciphertext == nil) then
+      return invalid('spec.credentials: must be sealed credentials {nonce, ciphertext}, never the '
+        .. 'plain apiKey and apiSecret (docs/redis-schema.md says how to seal them)')
+    end
+    if type(cred.nonce) ~= 'string' or #cred.nonce ~= 16 or not string.find(cred.nonce, '^[%w+/]+$') then
+      return invalid('spec.credentials.nonce: must be the 12-byte nonce in base64 (16 characters)')
+    end
+    local ct = cred.ciphertext
+    if type(ct) ~= 'string' or #ct < 24 or #ct % 4 ~= 0 or not string.find(ct, '^[%w+/]+=?=?$') then
+      return invalid('spec.credentials.ciphertext: must be the ciphertext and its 16-byte tag in '
+        .. 'base64 with padding')
+    end
+  end
+  if checked ~= '1' then
+    local refused = refusal()
+    if refused then return refused end
+  end
+
+  local tier, limit = tier_of(user)
+  local current = redis.call('SCARD', K.user_active(user))
+  local breaker = breaker_fields(user, strategy)
+  local decided = (decision or '') ~= '' and cjson.decode(decision)
+  if decided and not breaker_is(user, strategy, decided.expect) then decided = false end
+  if breaker.state ~= '' and not decided then
+    local t = breaker.trial ~= '' and redis.call('HMGET', K.job(breaker.trial), 'status', 'started') or {}
+    return { 5, tier, limit, current, cjson.encode({ now = NOW, breaker = breaker,
+      trial_status = t[1] or nil, trial_started = tonumber(t[2]) }) }
+  end
+  if current >= limit then return { 0, tier, limit, current, 0 } end
+  if redis.call('SCARD', K.active) >= C.max_runners then return { 3, tier, limit, current, C.retry_after } end
+  if redis.call('SCARD', K.queued) >= C.max_queued then return { 4, tier, limit, current, C.retry_after } end
+  local jk = K.job(id)
+  if redis.call('EXISTS', jk) == 1 then return { -1, tier, limit, current, 0 } end
+  -- The admission's event: in the fleet's stream; the job's own history reads it from the
+  -- record (admitted_event, tier, created), which saves the history list's writes (a JSON
+  -- encoding and three commands) on the hottest path.
+  local ev = stream_event(id, 'admitted', 'tier ' .. tier, 0, '', user)
+  redis.call('HSET', jk, 'spec', raw, 'user', user, 'strategy', strategy, 'status', 'queued',
+    'epoch', 0, 'restarts', 0, 'created', NOW, 'tier', tier, 'admitted_event', ev)
+  redis.call('SADD', K.user_active(user), id)
+  redis.call('SADD', K.active, id)
+  redis.call('SADD', K.queued, id)
+  redis.call('ZADD', K.user_jobs(user), NOW, id)
+  if decided then
+    write_breaker(user, strategy, decided.after)
+    if decided.closed then
+      event(decided.closed, 'breaker_closed', 'the trial run of strategy ' .. strategy .. ' passed', nil,
+        nil, user)
+    end
+  end
+  to_queue(id)
+  return { 1, tier, limit, current + 1, 0 }
+end
+
+-- EVAL: this call's context. (The Function library is this text without this last line; each
+-- function calls begin with its own arguments.)
+begin(ARGV)

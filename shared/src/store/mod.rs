@@ -10,6 +10,7 @@
 
 mod memory;
 mod redis;
+mod scripts;
 
 use std::future::Future;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, ScriptContext};
+pub use self::scripts::{eval_source, library_source};
 use crate::config::{BreakerSettings, EventSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};

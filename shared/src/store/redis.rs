@@ -2,10 +2,10 @@
 //! from `src/scripts/` (see docs/redis-schema.md for the layout).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{Script, ScriptInvocation, Value};
+use ::redis::Value;
 
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
@@ -23,32 +23,10 @@ use crate::policy::{
 use crate::redis_pool::{RedisPools, block_seconds};
 use crate::tier::{Subscription, Tier};
 
-/// A store script: the shared prelude (`lib.lua`: key names, context, clock, policy) followed
-/// by the script's own body.
-macro_rules! script {
-    ($name:ident, $file:literal) => {
-        static $name: LazyLock<Script> = LazyLock::new(|| {
-            Script::new(&format!(
-                "{}\n{}",
-                super::SCRIPT_PRELUDE,
-                include_str!(concat!("../scripts/", $file))
-            ))
-        });
-    };
-}
-script!(ADMIT, "store_admit.lua");
-script!(CLAIM, "store_claim.lua");
-script!(RENEW, "store_renew.lua");
-script!(FINISH, "store_finish.lua");
-script!(HAND_BACK, "store_hand_back.lua");
-script!(STOP, "store_stop.lua");
-script!(SWEEP, "store_sweep.lua");
-script!(FAIL_LOST, "store_fail_lost.lua");
-script!(GAUGES, "store_gauges.lua");
-script!(PROMOTE, "store_promote.lua");
-script!(RECONCILE, "store_reconcile.lua");
-script!(ADD_KEY, "store_add_key.lua");
-script!(REVOKE_KEY, "store_revoke_key.lua");
+use super::scripts::{
+    ADD_KEY, ADMIT, ADMIT_MANY, CLAIM, Call, FAIL_LOST, FINISH, GAUGES, HAND_BACK, PROMOTE,
+    RECONCILE, RENEW, REVOKE_KEY, STOP, SWEEP, ScriptMode, StoreScript, invoke_all,
+};
 
 /// Fleet state in Redis. Cloning shares the pools.
 #[derive(Debug, Clone)]
@@ -60,6 +38,8 @@ pub struct RedisStore {
     ready_list: Option<String>,
     /// The prelude's context and its arguments, made once: every script call sends them.
     context: Arc<(ScriptContext, [String; ScriptContext::LEN])>,
+    /// Functions or EVAL, as the server allows (shared by clones).
+    mode: Arc<ScriptMode>,
 }
 
 fn context(
@@ -83,6 +63,7 @@ impl RedisStore {
             policy,
             ready_list: None,
             context,
+            mode: Arc::default(),
         }
     }
 
@@ -116,28 +97,20 @@ impl RedisStore {
         self.context.1.clone()
     }
 
-    /// An invocation of `script` with the prelude's context arguments.
-    fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
+    /// A call of `script` with the prelude's context arguments.
+    fn invoke(&self, script: &'static StoreScript) -> Call<'_> {
+        let mut call = Call::new(script, &self.mode);
         for arg in self.context.1.iter() {
-            inv.arg(arg);
+            call.arg(arg);
         }
-        inv
+        call
     }
 
     /// The admission script's call for `spec`, with the breaker decision made on its last
     /// answer, if any.
-    fn admit_invocation(
-        &self,
-        spec: &JobSpec,
-        breaker: Option<&BreakerChange>,
-    ) -> ScriptInvocation<'static> {
+    fn admit_invocation(&self, spec: &JobSpec, breaker: Option<&BreakerChange>) -> Call<'_> {
         let mut inv = self.invoke(&ADMIT);
-        inv.arg(spec.id.as_str())
-            .arg(spec.user_id.as_str())
-            .arg(spec.strategy_id.as_str())
-            .arg(json(spec))
-            .arg(breaker.map(json).unwrap_or_default());
+        admit_args(&mut inv, spec, breaker);
         inv
     }
 
@@ -332,7 +305,7 @@ impl RedisStore {
         epoch: u64,
         end: &RunEnd,
         decision: &str,
-    ) -> ScriptInvocation<'static> {
+    ) -> Call<'_> {
         let mut inv = self.invoke(&FINISH);
         inv.arg(job.as_str())
             .arg(epoch)
@@ -589,21 +562,29 @@ impl JobStore for RedisStore {
     }
 
     async fn admit_many(&self, specs: &[JobSpec]) -> Result<Vec<Admission>, StoreError> {
-        if specs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let invocations: Vec<ScriptInvocation<'_>> = specs
-            .iter()
-            .map(|s| self.admit_invocation(s, None))
+        // One round trip: a pipeline of calls of ADMIT_CHUNK admissions each. Each admission
+        // is decided on its own, atomically, in order; a chunk's call is short enough not to
+        // hold Redis (other clients wait while a script runs).
+        let calls: Vec<Call<'_>> = specs
+            .chunks(ADMIT_CHUNK)
+            .map(|chunk| {
+                let mut call = self.invoke(&ADMIT_MANY);
+                for spec in chunk {
+                    admit_args(&mut call, spec, None);
+                }
+                call
+            })
             .collect();
-        // One round trip: the script is loaded first (a no-op when it is), then each admission
-        // runs as its own script call, so each is atomic on its own and others interleave.
-        let mut pipe = ::redis::pipe();
-        pipe.load_script(&ADMIT).ignore();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
+        let replies: Vec<Vec<AdmitReply>> =
+            invoke_all(&self.mode, &calls, &mut *self.conn().await?).await?;
+        let replies: Vec<AdmitReply> = replies.into_iter().flatten().collect();
+        if replies.len() != specs.len() {
+            return Err(StoreError::data(format!(
+                "{} admissions answered for {} sent",
+                replies.len(),
+                specs.len()
+            )));
         }
-        let replies: Vec<AdmitReply> = pipe.query_async(&mut *self.conn().await?).await?;
         // Starts under a breaker that is not closed (rare) are decided one by one.
         let mut admissions = Vec::with_capacity(specs.len());
         for (reply, spec) in replies.into_iter().zip(specs) {
@@ -671,17 +652,40 @@ impl JobStore for RedisStore {
     }
 
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
-        let raw: Vec<String> = self.whole_list(self.keys.job_events(job)).await?;
+        // The admission's event is read from the job's record (store_admit.lua writes no
+        // history entry for it), every later one from the job's history list.
+        type Admitted = (Option<String>, Option<String>, Option<String>, Option<u64>);
+        let ((user, admitted, tier, created), raw): (Admitted, Vec<String>) = ::redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.job(job))
+            .arg(&["user", "admitted_event", "tier", "created"])
+            .cmd("LRANGE")
+            .arg(self.keys.job_events(job))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        let first = match (user, admitted, tier, created) {
+            (Some(user), Some(id), Some(tier), Some(at)) => Some(RunnerEvent {
+                id,
+                job: job.clone(),
+                user: UserId::new(user),
+                kind: "admitted".into(),
+                epoch: 0,
+                node: String::new(),
+                reason: format!("tier {tier}"),
+                at,
+            }),
+            _ => None,
+        };
         // Lua's cjson writes the epoch as a string; one odd entry is skipped, not fatal.
-        Ok(raw
-            .iter()
-            .filter_map(|e| {
-                let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
-                let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
-                v["epoch"] = epoch.unwrap_or(0).into();
-                serde_json::from_value(v).ok()
-            })
-            .collect())
+        let later = raw.iter().filter_map(|e| {
+            let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
+            let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
+            v["epoch"] = epoch.unwrap_or(0).into();
+            serde_json::from_value(v).ok()
+        });
+        Ok(first.into_iter().chain(later).collect())
     }
 
     async fn events_after(
@@ -1253,6 +1257,21 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
     }
 }
 
+/// How many admissions one call of the batch admission script makes at most: about 2 ms of
+/// Redis time on a 2-core machine, so that a batch never holds Redis long (docs/benchmarks.md).
+const ADMIT_CHUNK: usize = 64;
+
+/// One admission's arguments (store_admit.lua's, and each group of store_admit_many.lua's).
+fn admit_args(call: &mut Call<'_>, spec: &JobSpec, breaker: Option<&BreakerChange>) {
+    call.arg(spec.id.as_str())
+        .arg(spec.user_id.as_str())
+        .arg(spec.strategy_id.as_str())
+        .arg(json(spec))
+        .arg(breaker.map(json).unwrap_or_default())
+        // The spec is the typed JobSpec's: the script need not check its shape.
+        .arg("1");
+}
+
 /// The time part of a stream entry id (`<ms>-<seq>`): when Redis appended it.
 fn stream_id_ms(id: &str) -> Result<u64, StoreError> {
     id.split('-')
@@ -1298,12 +1317,8 @@ impl Sweeper for RedisStore {
             inv.arg(json(&d));
             decisions.push(inv);
         }
-        let mut pipe = ::redis::pipe();
-        pipe.load_script(&FAIL_LOST).ignore();
-        for inv in &decisions {
-            pipe.invoke_script(inv);
-        }
-        let outcomes: Vec<String> = pipe.query_async(&mut *self.conn().await?).await?;
+        let outcomes: Vec<String> =
+            invoke_all(&self.mode, &decisions, &mut *self.conn().await?).await?;
         for outcome in outcomes {
             match outcome.as_str() {
                 "restart" => report.restarting += 1,

@@ -19,8 +19,13 @@ pub fn redis_url() -> String {
 /// Pools on the test Redis, after checking it answers. Panics with a clear message if not:
 /// these tests must never pass by skipping.
 pub async fn redis_pools() -> RedisPools {
+    redis_pools_at(&redis_url()).await
+}
+
+/// Pools on the Redis at `url`, after checking it answers (as [`redis_pools`]).
+pub async fn redis_pools_at(url: &str) -> RedisPools {
     let settings = RedisSettings {
-        url: redis_url(),
+        url: url.to_owned(),
         ..RedisSettings::default()
     };
     let pools = RedisPools::new(&settings).expect("redis pool settings");
@@ -120,4 +125,76 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A private `redis-server` of one test, killed (with its data) when dropped.
+pub struct PrivateServer {
+    child: std::process::Child,
+    /// Its URL.
+    pub url: String,
+}
+
+impl PrivateServer {
+    /// One without Redis Functions (`FCALL` and `FUNCTION` renamed away), as Redis 6.2 and
+    /// some compatible services are: the store must run its scripts with EVAL there.
+    pub async fn without_functions() -> Self {
+        Self::start(&[
+            "--rename-command",
+            "FCALL",
+            "",
+            "--rename-command",
+            "FUNCTION",
+            "",
+        ])
+        .await
+    }
+
+    /// Starts one on a free loopback port with `extra` arguments, and waits until it answers.
+    /// Panics with a clear message when `redis-server` is not installed: these tests never pass
+    /// by skipping.
+    // The child is killed and waited for in `Drop`, which the lint cannot see.
+    #[allow(clippy::zombie_processes)]
+    pub async fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("this test starts its own redis-server and could not ({e}): install Redis")
+            });
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).expect("a redis URL");
+        for _ in 0..200 {
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            {
+                return Self { child, url };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the private redis-server on port {port} did not answer within 5 s");
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
