@@ -572,7 +572,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 epoch: lease.epoch,
                 deadline,
                 report,
-                sent: Mutex::default(),
+                sent: Mutex::new(Sent::started(Instant::now(), &last_report.latest())),
                 stop,
             },
         );
