@@ -86,8 +86,9 @@ async function pickup() {
   const worker = new Worker(
     queueName,
     async (job) => {
-      // Date.now() is whole milliseconds, like the `started` field runfleet's claim writes.
-      waiting.get(job.id)?.(Date.now());
+      // The same µs-resolution wall clock as the start's: runfleet's side reads its end the
+      // same way (the bench's clock when it sees the claim's event).
+      waiting.get(job.id)?.(now());
     },
     { connection, concurrency: 1 },
   );

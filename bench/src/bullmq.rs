@@ -13,6 +13,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use crate::Sizes;
 use crate::redis_server::BenchRedis;
 use crate::report::{Row, Sample, quantile};
+use crate::slowlog::{self, Slow};
 
 /// BullMQ's default lock renewal interval: `lockDuration` (30 s) / 2.
 const LOCK_RENEW_MS: u64 = 15_000;
@@ -87,8 +88,13 @@ async fn event(lines: &mut Lines<BufReader<ChildStdout>>, name: &str) -> anyhow:
 }
 
 /// One repetition of every BullMQ phase.
-pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Result<Sample> {
+pub async fn run(
+    redis: &BenchRedis,
+    sizes: &Sizes,
+    node: &str,
+) -> anyhow::Result<(Sample, Vec<Slow>)> {
     let mut sample = Sample::new();
+    let mut slow = slowlog::take(redis, "before").await?;
 
     redis.flush().await?;
     let before = redis.probe().await?;
@@ -108,6 +114,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
         cost.cpu_ms * 1_000.0 / sizes.starts as f64,
     );
     eprintln!("  BullMQ: {adds_per_s:.0} queue.add/s");
+    slow.extend(slowlog::take(redis, "queue.add").await?);
 
     redis.flush().await?;
     let total = sizes.bulk_batch * sizes.bulk_batches;
@@ -122,6 +129,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
     sample.insert(Row::BulkStarts, bulk_per_s);
     // The same `addBulk` figure faces runfleet's batch endpoint.
     sample.insert(Row::BatchHttpStarts, bulk_per_s);
+    slow.extend(slowlog::take(redis, "addBulk").await?);
 
     redis.flush().await?;
     let pickup = phase(
@@ -140,6 +148,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
         .collect();
     sample.insert(Row::PickupP50, quantile(&latencies, 0.5));
     sample.insert(Row::PickupP99, quantile(&latencies, 0.99));
+    slow.extend(slowlog::take(redis, "pick-up").await?);
 
     redis.flush().await?;
     phase(
@@ -149,6 +158,9 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
         &[("total", sizes.running), ("batch", sizes.bulk_batch)],
     )
     .await?;
+    slow.extend(slowlog::take(redis, "queueing the drain").await?);
+    // From the worker process' spawn (its start-up is idle for Redis) to every job active.
+    let stalls = redis.watch_stalls().await?;
     let mut child: Child = command(node, redis, "steady", &[("jobs", sizes.running)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -157,11 +169,14 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let running = event(&mut lines, "running").await?;
     sample.insert(Row::Drain, number(&running, "drain_ms")?);
+    sample.insert(Row::DrainStall, stalls.stop().await?);
+    slow.extend(slowlog::take(redis, "drain").await?);
     eprintln!("  BullMQ: {} jobs active", sizes.running);
     let (cpu, bytes, stall) = crate::steady(redis, sizes, LOCK_RENEW_MS).await?;
     sample.insert(Row::SteadyCpu, cpu);
     sample.insert(Row::BytesPerBeat, bytes);
     sample.insert(Row::Stall, stall);
+    slow.extend(slowlog::take(redis, "steady").await?);
     stdin.write_all(b"memory\n").await?;
     let memory = event(&mut lines, "memory").await?;
     let grown = number(&memory, "rss_running")? - number(&memory, "rss_baseline")?;
@@ -171,5 +186,5 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, node: &str) -> anyhow::Resul
     let status = child.wait().await?;
     ensure!(status.success(), "bench.mjs steady exited {status}");
     redis.flush().await?;
-    Ok(sample)
+    Ok((sample, slow))
 }

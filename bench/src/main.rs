@@ -14,6 +14,7 @@ mod bullmq;
 mod redis_server;
 mod report;
 mod runfleet;
+mod slowlog;
 
 use std::time::Duration;
 
@@ -177,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         bullmq::check_installed(&cli.node)?;
     }
     let redis = BenchRedis::start().await?;
+    slowlog::enable(&redis).await?;
     let logs = runfleet_tests::log_dir(&format!("bench-{}", std::process::id()));
     eprintln!(
         "runfleet-bench: {sizes:?}, {repetitions} repetition(s), private Redis on port {}, \
@@ -185,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
         logs.display()
     );
     let (mut runfleet, mut bullmq): (Vec<Sample>, Vec<Sample>) = (Vec::new(), Vec::new());
+    let (mut runfleet_slow, mut bullmq_slow) = (Vec::new(), Vec::new());
     for rep in 0..repetitions {
         // Alternate which system goes first, so neither always runs on a warmer machine.
         let mut order = systems.clone();
@@ -196,12 +199,26 @@ async fn main() -> anyhow::Result<()> {
             match system {
                 System::Runfleet => {
                     let logs = logs.join(format!("rep-{rep}"));
-                    runfleet.push(runfleet::run(&redis, &sizes, logs).await?);
+                    let (sample, slow) = runfleet::run(&redis, &sizes, logs).await?;
+                    runfleet.push(sample);
+                    runfleet_slow.extend(slow);
                 }
-                System::Bullmq => bullmq.push(bullmq::run(&redis, &sizes, &cli.node).await?),
+                System::Bullmq => {
+                    let (sample, slow) = bullmq::run(&redis, &sizes, &cli.node).await?;
+                    bullmq.push(sample);
+                    bullmq_slow.extend(slow);
+                }
             }
         }
     }
     println!("{}", report::table(&sizes, &runfleet, &bullmq));
+    // What held Redis, from its SLOWLOG: the commands behind a stall in the table.
+    println!("Redis SLOWLOG, every repetition (docs/benchmarks.md):\n");
+    if systems.contains(&System::Runfleet) {
+        println!("{}", slowlog::report("runfleet", &runfleet_slow));
+    }
+    if systems.contains(&System::Bullmq) {
+        println!("{}", slowlog::report("BullMQ", &bullmq_slow));
+    }
     Ok(())
 }

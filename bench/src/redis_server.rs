@@ -93,20 +93,49 @@ impl BenchRedis {
 
     /// The longest round trip of back-to-back `PING`s on one connection for `window`, in ms.
     pub async fn longest_stall(&self, window: Duration) -> anyhow::Result<f64> {
+        let watch = self.watch_stalls().await?;
+        tokio::time::sleep(window).await;
+        watch.stop().await
+    }
+
+    /// Back-to-back `PING`s on a connection of their own until [`StallWatch::stop`]: the
+    /// longest stall of a phase that ends when something happens (the drain).
+    pub async fn watch_stalls(&self) -> anyhow::Result<StallWatch> {
         let mut c = self.conn().await?;
-        let end = Instant::now() + window;
-        let mut longest = Duration::ZERO;
-        let mut pings = 0u64;
-        while Instant::now() < end {
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut c).await?;
-            longest = longest.max(t.elapsed());
-            pings += 1;
-        }
-        if pings == 0 {
-            bail!("no PING answered within {window:?}");
-        }
-        Ok(longest.as_secs_f64() * 1_000.0)
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut longest = Duration::ZERO;
+            let mut pings = 0u64;
+            loop {
+                let t = Instant::now();
+                let _: String = redis::cmd("PING").query_async(&mut c).await?;
+                longest = longest.max(t.elapsed());
+                pings += 1;
+                if stopped.try_recv().is_ok() {
+                    break;
+                }
+            }
+            if pings == 0 {
+                bail!("no PING answered");
+            }
+            Ok(longest.as_secs_f64() * 1_000.0)
+        });
+        Ok(StallWatch { stop, task })
+    }
+}
+
+/// A running `PING` loop ([`BenchRedis::watch_stalls`]).
+#[derive(Debug)]
+pub struct StallWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<f64>>,
+}
+
+impl StallWatch {
+    /// Ends the loop; the longest round trip it saw, in ms.
+    pub async fn stop(self) -> anyhow::Result<f64> {
+        let _ = self.stop.send(());
+        self.task.await?
     }
 }
 

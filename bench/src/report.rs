@@ -27,13 +27,15 @@ pub enum Row {
     BytesPerBeat,
     /// The longest `PING` round trip with every runner / job running (ms).
     Stall,
+    /// The longest `PING` round trip during the drain (ms).
+    DrainStall,
     /// Worker memory per running runner / active job (KiB).
     MemoryPerRunner,
 }
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 12] = [
+    pub const ALL: [Row; 13] = [
         Row::HttpStarts,
         Row::ScriptStarts,
         Row::BulkStarts,
@@ -45,6 +47,7 @@ impl Row {
         Row::SteadyCpu,
         Row::BytesPerBeat,
         Row::Stall,
+        Row::DrainStall,
         Row::MemoryPerRunner,
     ];
 
@@ -84,6 +87,10 @@ impl Row {
                 "bytes sent to Redis per runner per heartbeat vs per job per lock renewal".into()
             }
             Row::Stall => format!("longest Redis stall (PING, ms) with {} running", s.running),
+            Row::DrainStall => format!(
+                "longest Redis stall (PING, ms) while {} queued drain",
+                s.running
+            ),
             Row::MemoryPerRunner => {
                 "worker memory per running runner vs per active job (KiB)".into()
             }

@@ -20,8 +20,11 @@ use runfleet_tests::{
 };
 use serde_json::json;
 
+use redis::aio::MultiplexedConnection;
+
 use crate::redis_server::BenchRedis;
 use crate::report::{Row, Sample, quantile};
+use crate::slowlog::{self, Slow};
 use crate::{Runners, Sizes};
 
 /// The fleet's key prefix on the private Redis.
@@ -155,8 +158,13 @@ fn ensure_admitted(admission: runfleet_shared::store::Admission) -> anyhow::Resu
 }
 
 /// One repetition of every runfleet phase.
-pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Result<Sample> {
+pub async fn run(
+    redis: &BenchRedis,
+    sizes: &Sizes,
+    logs: PathBuf,
+) -> anyhow::Result<(Sample, Vec<Slow>)> {
     let mut sample = Sample::new();
+    let mut slow = slowlog::take(redis, "before").await?;
     let url = redis.url();
     redis.flush().await?;
     let (_orchestrator, api) = orchestrator(&logs, &url).await?;
@@ -172,6 +180,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         cost.cpu_ms * 1_000.0 / sizes.starts as f64,
     );
     eprintln!("  runfleet: {} HTTP starts in {secs:.2} s", sizes.starts);
+    slow.extend(slowlog::take(redis, "HTTP starts").await?);
 
     // The admission script from a plain client: one multiplexed connection, like ioredis in
     // BullMQ's Queue, with `clients` calls in flight.
@@ -203,6 +212,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         Row::ScriptStarts,
         sizes.starts as f64 / t.elapsed().as_secs_f64(),
     );
+    slow.extend(slowlog::take(redis, "script starts").await?);
 
     // Bulk starts.
     redis.flush().await?;
@@ -219,6 +229,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         admitter.admit_pipelined(batch).await?;
     }
     sample.insert(Row::BulkStarts, total as f64 / t.elapsed().as_secs_f64());
+    slow.extend(slowlog::take(redis, "bulk starts").await?);
 
     // Bulk starts through the batch endpoint: the same number of runners, each batch one
     // request (its JSON made before the clock starts).
@@ -234,6 +245,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         Row::BatchHttpStarts,
         total as f64 / t.elapsed().as_secs_f64(),
     );
+    slow.extend(slowlog::take(redis, "batch endpoint").await?);
 
     // Pick-up latency, one start at a time, with one idle node waiting.
     redis.flush().await?;
@@ -244,6 +256,11 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_bytes(pickup_node.pid())?;
     let keys = Keys::new(PREFIX);
+    // Running is seen by a blocking read of the fleet's event stream: the claim script adds the
+    // job's `claimed` event in the step that marks it running, and the read wakes then (the
+    // job hash's `started` is whole ms, too coarse for sub-ms pick-ups).
+    let mut events = redis.conn().await?;
+    let mut last_event = "0-0".to_owned();
     let mut latencies = Vec::new();
     for i in 0..crate::WARMUP + sizes.pickup_samples {
         let t0 = now_ms();
@@ -254,25 +271,16 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
             )
             .await;
         ensure!(code == 202, "start refused: {code} {body}");
-        let id = JobId::new(body["jobId"].as_str().context("jobId")?);
-        let started = loop {
-            let s: Option<f64> = redis::cmd("HGET")
-                .arg(keys.job(&id))
-                .arg("started")
-                .query_async(&mut c)
-                .await?;
-            if let Some(s) = s {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let id = body["jobId"].as_str().context("jobId")?.to_owned();
+        let running = claimed_event(&mut events, &keys.events(), &mut last_event, &id).await?;
         if i >= crate::WARMUP {
-            latencies.push(started - t0);
+            latencies.push(running - t0);
         }
     }
     drop(pickup_node);
     sample.insert(Row::PickupP50, quantile(&latencies, 0.5));
     sample.insert(Row::PickupP99, quantile(&latencies, 0.99));
+    slow.extend(slowlog::take(redis, "pick-up").await?);
 
     // Drain: `running` jobs queued, then the nodes started.
     redis.flush().await?;
@@ -285,6 +293,8 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         ids.extend(batch.into_iter().map(|a| keys.job(&a.id)));
     }
     let per_node = sizes.running.div_ceil(sizes.nodes);
+    slow.extend(slowlog::take(redis, "queueing the drain").await?);
+    let stalls = redis.watch_stalls().await?;
     let t0 = now_ms();
     let nodes: Vec<Process> = (0..sizes.nodes)
         .map(|n| node(&logs, &format!("node-{n}"), &url, per_node))
@@ -324,6 +334,8 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
         logs.display()
     );
     sample.insert(Row::Drain, all_running - t0);
+    sample.insert(Row::DrainStall, stalls.stop().await?);
+    slow.extend(slowlog::take(redis, "drain").await?);
     eprintln!(
         "  runfleet: {} runners running on {} node(s)",
         sizes.running, sizes.nodes
@@ -334,6 +346,7 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     sample.insert(Row::SteadyCpu, cpu);
     sample.insert(Row::BytesPerBeat, bytes);
     sample.insert(Row::Stall, stall);
+    slow.extend(slowlog::take(redis, "steady").await?);
     let mut grown = 0.0;
     for n in &nodes {
         grown += rss_bytes(n.pid())? - idle_rss;
@@ -341,7 +354,83 @@ pub async fn run(redis: &BenchRedis, sizes: &Sizes, logs: PathBuf) -> anyhow::Re
     sample.insert(Row::MemoryPerRunner, grown / sizes.running as f64 / 1_024.0);
     drop(nodes);
     redis.flush().await?;
-    Ok(sample)
+    Ok((sample, slow))
+}
+
+/// Blocks on the fleet's event stream `stream` from `last` (moved on past what was read) until
+/// job `id`'s `claimed` event; the wall clock (ms, µs resolution) when it was read.
+async fn claimed_event(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    last: &mut String,
+    id: &str,
+) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        ensure!(
+            Instant::now() < deadline,
+            "job {id} was not claimed within 30 s"
+        );
+        let reply: redis::Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(1_000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(last.as_str())
+            .query_async(c)
+            .await?;
+        let seen = now_ms();
+        let mut claimed = false;
+        for (entry_id, fields) in stream_entries(&reply) {
+            *last = entry_id;
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1).cloned())
+                    .unwrap_or_default()
+            };
+            claimed |= field("job") == id && field("type") == "claimed";
+        }
+        if claimed {
+            return Ok(seen);
+        }
+    }
+}
+
+/// The entries of an `XREAD` reply of one stream (RESP2 or RESP3): id and flat field list.
+fn stream_entries(reply: &redis::Value) -> Vec<(String, Vec<String>)> {
+    use redis::Value;
+    let text = |v: &Value| redis::from_redis_value::<String>(v.clone()).unwrap_or_default();
+    // RESP2: [[name, entries]]; RESP3: {name: entries}.
+    let per_stream: Vec<&Value> = match reply {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) => pair.get(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    per_stream
+        .into_iter()
+        .filter_map(|entries| match entries {
+            Value::Array(e) => Some(e),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|entry| match entry {
+            Value::Array(pair) if pair.len() == 2 => match &pair[1] {
+                Value::Array(fields) => Some((text(&pair[0]), fields.iter().map(text).collect())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 async fn orchestrator(logs: &std::path::Path, url: &str) -> anyhow::Result<(Process, Api)> {

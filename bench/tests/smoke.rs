@@ -42,7 +42,8 @@ fn a_quick_runfleet_run_prints_every_row() {
         "drain 20 queued",
         "per minute per 1,000 running runners",
         "per runner per heartbeat",
-        "longest Redis stall",
+        "longest Redis stall (PING, ms) with",
+        "while 20 queued drain",
         "worker memory per running runner",
     ] {
         let row = rows
@@ -55,5 +56,9 @@ fn a_quick_runfleet_run_prints_every_row() {
             "no runfleet figure in {row:?}"
         );
     }
-    assert_eq!(rows.len(), 12, "{stdout}");
+    assert_eq!(rows.len(), 13, "{stdout}");
+    assert!(
+        stdout.contains("Redis SLOWLOG"),
+        "no slow-log report in:\n{stdout}"
+    );
 }

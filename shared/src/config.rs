@@ -688,7 +688,10 @@ pub struct HeartbeatSettings {
     /// Silence after which a runner counts as crashed (its lease expires).
     pub lease_ms: u64,
     /// Longest a runner's saved state goes unsaved while its holdings do not change (it is
-    /// saved with every fill, at hand-back and at the end). 0: with every heartbeat.
+    /// saved with every fill, at hand-back and at the end). 0: with every heartbeat. It bounds
+    /// how far back a run resumed after a crash starts (it replays the feed from there), never
+    /// what it held: 5 min, since an idle runner's checkpoints were most of an idle fleet's
+    /// Redis work (docs/benchmarks.md).
     pub checkpoint_ms: u64,
 }
 
@@ -697,7 +700,7 @@ impl Default for HeartbeatSettings {
         Self {
             interval_ms: 5_000,
             lease_ms: 30_000,
-            checkpoint_ms: 30_000,
+            checkpoint_ms: 300_000,
         }
     }
 }

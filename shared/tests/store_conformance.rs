@@ -1811,3 +1811,131 @@ async fn trimmed_events_redis() {
     .await;
     support::cleanup(&pools, &keys).await;
 }
+
+/// The Redis store that queues jobs itself takes them from its ready list and claims them in one
+/// step: oldest first, at most `max`, a stopped or already-running id dropped (a duplicate
+/// push), nothing taken by a fenced node, the fair share of two claiming nodes; the queue's
+/// processing list and the ack are not involved. Without a queue of its own it takes nothing.
+#[tokio::test]
+async fn a_claim_from_the_stores_own_queue_takes_and_records_in_one_step() {
+    use runfleet_shared::store::{CommandBus, JobStore, LeaseStore};
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    let ready = keys.ready("jobs");
+    let plain = RedisStore::new(pools.clone(), keys.clone(), policy());
+    assert_eq!(
+        plain
+            .claim_queued(&NodeId::new("n1"), 5, LEASE)
+            .await
+            .unwrap(),
+        None,
+        "a store that queues nothing itself has no queue to take from"
+    );
+    let s = plain.queuing_into(ready.clone());
+    let mem = MemoryStore::new(policy());
+    assert_eq!(
+        mem.claim_queued(&NodeId::new("n1"), 5, LEASE)
+            .await
+            .unwrap(),
+        None
+    );
+    let mut conn = pools.commands.get().await.unwrap();
+    async fn llen(pools: &runfleet_shared::redis_pool::RedisPools, key: String) -> u64 {
+        let mut c = pools.commands.get().await.unwrap();
+        ::redis::cmd("LLEN")
+            .arg(key)
+            .query_async(&mut *c)
+            .await
+            .unwrap()
+    }
+
+    let specs: Vec<JobSpec> = (0..5).map(|i| spec(&format!("taker{i}"))).collect();
+    for sp in &specs {
+        s.admit(sp).await.unwrap();
+    }
+    let n1 = NodeId::new("n1");
+    let taken = s.claim_queued(&n1, 2, LEASE).await.unwrap().unwrap();
+    assert!(!taken.capped, "one claiming node: its share is all");
+    let ids: Vec<JobId> = taken
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            ClaimOutcome::Claimed(l) => l.spec.id.clone(),
+            other => panic!("expected claims, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [specs[0].id.clone(), specs[1].id.clone()],
+        "oldest first"
+    );
+    for id in &ids {
+        let rec = s.job(id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.status, rec.epoch, rec.node_id),
+            (JobStatus::Running, 1, Some(n1.clone()))
+        );
+    }
+    assert_eq!(llen(&pools, ready.clone()).await, 3);
+    assert_eq!(
+        llen(&pools, keys.processing("jobs", &n1)).await,
+        0,
+        "nothing waits for an ack"
+    );
+
+    // A stopped job and a duplicate push of a running one are dropped, not run.
+    s.request_stop(&specs[2].id, StopMode::Hold).await.unwrap();
+    let () = ::redis::cmd("RPUSH")
+        .arg(&ready)
+        .arg(ids[0].as_str())
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    // A second node claims from this queue now: n1's share of the 4 waiting is 2.
+    let n2 = NodeId::new("n2");
+    let () = ::redis::cmd("SADD")
+        .arg(keys.claimers("jobs"))
+        .arg(n2.as_str())
+        .query_async(&mut *conn)
+        .await
+        .unwrap();
+    let taken = s.claim_queued(&n1, 10, LEASE).await.unwrap().unwrap();
+    assert!(taken.capped, "the share left jobs for n2");
+    assert_eq!(taken.outcomes.len(), 2, "{:?}", taken.outcomes);
+    assert!(
+        taken
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, ClaimOutcome::Dropped { .. })),
+        "{:?}",
+        taken.outcomes
+    );
+    let taken = s.claim_queued(&n2, 10, LEASE).await.unwrap().unwrap();
+    assert_eq!(taken.outcomes.len(), 1, "{:?}", taken.outcomes);
+    assert!(matches!(&taken.outcomes[0], ClaimOutcome::Claimed(l) if l.spec.id == specs[3].id));
+
+    // A node whose lease lapsed takes nothing: the job stays queued for another.
+    let late = NodeId::new("late");
+    let taken = s.claim_queued(&late, 1, Duration::from_millis(40)).await;
+    assert!(
+        matches!(&taken, Ok(Some(t)) if t.outcomes.len() == 1),
+        "{taken:?}"
+    );
+    s.admit(&spec("after")).await.unwrap();
+    sleep_ms(60).await;
+    assert!(matches!(
+        s.claim_queued(&late, 5, LEASE).await,
+        Err(StoreError::Fenced)
+    ));
+    assert_eq!(
+        llen(&pools, ready.clone()).await,
+        1,
+        "the fenced claim took nothing"
+    );
+    let taken = s.claim_queued(&n1, 5, LEASE).await.unwrap().unwrap();
+    assert_eq!(taken.outcomes.len(), 1);
+    let empty = s.claim_queued(&n1, 5, LEASE).await.unwrap().unwrap();
+    assert!(empty.outcomes.is_empty() && !empty.capped);
+    drop(conn);
+    support::cleanup(&pools, &keys).await;
+}

@@ -5,9 +5,9 @@
 //! they differ from the last accepted ones. The saved state (the runner's `account`, from which
 //! a later run resumes) changes with every tick of the feed, so it is sent when it changed and
 //! either the holdings changed (a fill: positions other than their marks, or stats) or
-//! `heartbeat.checkpoint_ms` passed since it was last saved; hand-backs and ends always carry
-//! it. A run resumed after a crash so starts from at most a checkpoint back, never from before
-//! its last fill.
+//! `heartbeat.checkpoint_ms` passed since it was last saved (or since the runner started);
+//! hand-backs and ends always carry it. A run resumed after a crash so starts from at most a
+//! checkpoint back, never from before its last fill.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
@@ -32,9 +32,28 @@ pub struct Sent {
     account: Option<u64>,
     /// When the saved state was last accepted.
     account_at: Option<Instant>,
+    /// The stats the runner started with, until the first accepted stats: what a fill before
+    /// the first beat is told from.
+    start_stats: Option<u64>,
 }
 
 impl Sent {
+    /// Nothing sent yet for a runner that started at `at`: its first checkpoint is due a
+    /// checkpoint after its start, not at its first beat. The store holds the state it started
+    /// from (none, or the one it resumed), which is what a resume within that time starts
+    /// from; and a node that just claimed thousands of runners does not send every one's whole
+    /// state in its next heartbeat.
+    /// `initial` is the report the runner starts with: a change of its holdings or stats is a
+    /// fill, saved at once as ever.
+    pub fn started(at: Instant, initial: &Report) -> Self {
+        Self {
+            account_at: Some(at),
+            holdings: Some(holdings(&initial.positions)),
+            start_stats: Some(digest(&initial.stats)),
+            ..Self::default()
+        }
+    }
+
     /// Records that the store accepted `beat`, sent at `at`.
     pub fn accepted(&mut self, beat: &RunnerBeat, at: Instant) {
         if let Some(p) = &beat.positions {
@@ -93,7 +112,13 @@ pub fn beat_of(
     let positions =
         changed(sent.positions, digest(&report.positions)).then(|| report.positions.clone());
     let stats = changed(sent.stats, digest(&report.stats)).then(|| report.stats.clone());
-    let holdings_changed = stats.is_some() || changed(sent.holdings, holdings(&report.positions));
+    // Before the first accepted stats, a fill is a change from the stats the runner started
+    // with (when known).
+    let stats_moved = match sent.stats {
+        Some(_) => stats.is_some(),
+        None => changed(sent.start_stats, digest(&report.stats)),
+    };
+    let holdings_changed = stats_moved || changed(sent.holdings, holdings(&report.positions));
     let due = sent
         .account_at
         .is_none_or(|at| now.saturating_duration_since(at) >= checkpoint);
@@ -174,6 +199,27 @@ mod tests {
         let due = send(&mut sent, &report(vec![], 0, 6), Instant::now()).unwrap();
         assert_eq!(due.account, Some(state(6)));
         assert!(due.positions.is_none() && due.stats.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_runners_first_checkpoint_is_due_a_checkpoint_after_its_start() {
+        let mut sent = Sent::started(Instant::now(), &report(vec![], 0, 0));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let first = send(&mut sent, &report(vec![], 0, 1), Instant::now()).unwrap();
+        assert!(first.positions.is_some() && first.stats.is_some());
+        assert!(first.account.is_none(), "not due yet: {first:?}");
+        for tick in 2..6 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(send(&mut sent, &report(vec![], 0, tick), Instant::now()).is_none());
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let due = send(&mut sent, &report(vec![], 0, 6), Instant::now()).unwrap();
+        assert_eq!(due.account, Some(state(6)));
+        // A fill is saved at once, whenever it comes.
+        let mut sent = Sent::started(Instant::now(), &report(vec![], 0, 0));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let filled = send(&mut sent, &report(vec![], 1, 1), Instant::now()).unwrap();
+        assert_eq!(filled.account, Some(state(1)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -33,7 +33,7 @@ use runfleet_shared::lifecycle::{
     ErrorKind, EventBus, LifecycleError, Runner, RunnerGroup, RunnerOptions, ServiceRunner, Ticker,
 };
 use runfleet_shared::observability;
-use runfleet_shared::queue::{Delivery, JobQueue};
+use runfleet_shared::queue::{Delivery, JobQueue, SHARE_PAUSE};
 use runfleet_shared::store::{
     ClaimOutcome, FleetStore, NodeCommand, NodeInfo, RunEnd, RunnerBeat, StoreError,
 };
@@ -300,6 +300,8 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     async fn claim_loop(self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let mut backoff = backoff();
+        // When the last claim from the store's own queue was capped by the node's fair share.
+        let mut capped_at: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             let first = tokio::select! {
                 permit = inner.slots.clone().acquire_owned() => match permit {
@@ -315,6 +317,33 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             // One id for the whole claim: the node may fence itself and take a new one while
             // the claim is in flight.
             let id = self.id();
+            // First from the queue the store fills itself (the Redis lists): taken and claimed
+            // in one atomic script, one round trip, nothing to acknowledge. Only when it has
+            // nothing does the node block on the queue below.
+            if let Some(at) = capped_at.take() {
+                // Capped by the fair share: the other nodes take theirs first.
+                tokio::time::sleep_until(at + SHARE_PAUSE).await;
+            }
+            match self.claim_queued(&id, &mut permits, &mut capped_at).await {
+                Ok(Some((leases, unrunnable, deadline))) => {
+                    backoff.reset();
+                    self.start_claimed(&id, leases, unrunnable, deadline, permits)
+                        .await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(StoreError::Fenced) => {
+                    // The node's lease lapsed: nothing of it may run on under this id.
+                    self.fence(Some(&id));
+                    continue;
+                }
+                Err(e) => {
+                    warn!(node = %id, error = %e, "claim failed; retrying");
+                    drop(permits);
+                    backoff.wait().await;
+                    continue;
+                }
+            }
             // A claim is never abandoned half-way: dropping it mid-flight could strand a job in
             // this node's processing list. It blocks at most `claim_wait` (plus the response
             // timeout on a dead link).
@@ -339,15 +368,8 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             match self.record_claims(&id, &deliveries, &shutdown).await {
                 Ok((leases, unrunnable, deadline)) => {
                     backoff.reset();
-                    for (job, epoch, reason) in unrunnable {
-                        warn!(node = %id, job = %job, reason, "claimed job cannot run; failing it");
-                        let end = failed_end(format!("the job cannot run: {reason}"));
-                        self.finish(&id, &job, epoch, end).await;
-                    }
-                    for lease in leases {
-                        let Some(permit) = permits.pop() else { break };
-                        self.spawn_runner(id.clone(), lease, deadline, permit);
-                    }
+                    self.start_claimed(&id, leases, unrunnable, deadline, permits)
+                        .await;
                 }
                 Err(e) => {
                     warn!(node = %id, error = %e, "recording claims failed; giving them back");
@@ -362,6 +384,85 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     backoff.wait().await;
                 }
             }
+        }
+    }
+
+    /// Takes and claims jobs from the queue the store fills itself, for up to `permits.len()`
+    /// runners: bounded claims one after the other (each one script, one round trip, so that
+    /// Redis serves everyone else between them), until the permits are used, the queue is
+    /// empty, the node's fair share capped a claim, or [`CLAIM_ROUND_MAX`] were claimed; only
+    /// then are the runners started, so that their start does not slow the claims of a burst.
+    /// `None` when the store has no queue of its own or nothing waits; the leases, the jobs
+    /// that cannot run and the leases' deadline otherwise. Unused permits are released.
+    async fn claim_queued(
+        &self,
+        id: &NodeId,
+        permits: &mut Vec<OwnedSemaphorePermit>,
+        capped_at: &mut Option<Instant>,
+    ) -> Result<Option<ClaimedRound>, StoreError> {
+        let inner = &self.inner;
+        let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
+        let mut deadline = None;
+        let mut claimed = 0;
+        while claimed < permits.len() && claimed < CLAIM_ROUND_MAX {
+            if let Some(at) = capped_at.take() {
+                // Capped by the fair share: the other nodes take theirs first.
+                tokio::time::sleep_until(at + SHARE_PAUSE).await;
+            }
+            let sent_at = Instant::now();
+            let want = permits.len() - claimed;
+            let taken = match inner.store.claim_queued(id, want, inner.config.lease).await {
+                Ok(Some(taken)) => taken,
+                Ok(None) => break,
+                // What was claimed before stays claimed and starts; the error comes next round.
+                Err(_) if deadline.is_some() => break,
+                Err(e) => return Err(e),
+            };
+            if taken.capped {
+                *capped_at = Some(Instant::now());
+            }
+            let n = taken.outcomes.len();
+            if n == 0 {
+                break;
+            }
+            metrics::histogram!(observability::NODE_CLAIM_BATCH_JOBS).record(n as f64);
+            // The first claim's: the earliest any of these leases may lapse.
+            deadline.get_or_insert(fence_at(sent_at, inner.config.lease));
+            let (l, u) = sort_claims(id, taken.outcomes);
+            claimed += l.len();
+            leases.extend(l);
+            unrunnable.extend(u);
+            if taken.capped {
+                break;
+            }
+        }
+        let Some(deadline) = deadline else {
+            // Nothing taken: every permit goes on to the blocking claim.
+            return Ok(None);
+        };
+        permits.truncate(leases.len());
+        Ok(Some((leases, unrunnable, deadline)))
+    }
+
+    /// Starts the runners of `leases` (claimed by node `id`, surely ours until `deadline`), one
+    /// permit each, and fails the jobs that can never run.
+    async fn start_claimed(
+        &self,
+        id: &NodeId,
+        leases: Vec<Lease>,
+        unrunnable: Vec<(JobId, u64, String)>,
+        deadline: Instant,
+        mut permits: Vec<OwnedSemaphorePermit>,
+    ) {
+        // The runners first: failing a job is a store call each, and they wait for none.
+        for lease in leases {
+            let Some(permit) = permits.pop() else { break };
+            self.spawn_runner(id.clone(), lease, deadline, permit);
+        }
+        for (job, epoch, reason) in unrunnable {
+            warn!(node = %id, job = %job, reason, "claimed job cannot run; failing it");
+            let end = failed_end(format!("the job cannot run: {reason}"));
+            self.finish(id, &job, epoch, end).await;
         }
     }
 
@@ -390,28 +491,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             // script if it is ever delivered again.
             warn!(node = %id, error = %e, "ack failed after claims were recorded");
         }
-        let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
-        for outcome in outcomes {
-            match outcome {
-                ClaimOutcome::Claimed(lease) => {
-                    // Only a first claim measures admission to running; a restart's wait is
-                    // its restart delay.
-                    if lease.epoch == 1 {
-                        metrics::histogram!(observability::START_TO_RUNNING_SECONDS)
-                            .record(lease.since_created_ms as f64 / 1000.0);
-                    }
-                    leases.push(*lease);
-                }
-                ClaimOutcome::Dropped { job_id, reason } => {
-                    debug!(node = %id, job = %job_id, reason, "claimed job dropped");
-                }
-                ClaimOutcome::Unrunnable {
-                    job_id,
-                    epoch,
-                    reason,
-                } => unrunnable.push((job_id, epoch, reason)),
-            }
-        }
+        let (leases, unrunnable) = sort_claims(id, outcomes);
         Ok((leases, unrunnable, fence_at(sent_at, inner.config.lease)))
     }
 
@@ -492,7 +572,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 epoch: lease.epoch,
                 deadline,
                 report,
-                sent: Mutex::default(),
+                sent: Mutex::new(Sent::started(Instant::now(), &last_report.latest())),
                 stop,
             },
         );
@@ -823,6 +903,46 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             });
         }
     }
+}
+
+/// Jobs a node claims from the store's queue at most before it starts their runners (in
+/// bounded claims of up to 64 each): a burst is claimed quickly, without waiting for runners to
+/// start between two claims, and the first runners wait for at most this many claims.
+const CLAIM_ROUND_MAX: usize = 1_024;
+
+/// What a round of claims gave: the leases to run, the jobs that can never run, and when the
+/// leases stop being surely the node's.
+type ClaimedRound = (Vec<Lease>, Vec<(JobId, u64, String)>, Instant);
+
+/// The leases to run and the jobs that can never run, of node `id`'s claim `outcomes`; dropped
+/// jobs are forgotten.
+fn sort_claims(
+    id: &NodeId,
+    outcomes: Vec<ClaimOutcome>,
+) -> (Vec<Lease>, Vec<(JobId, u64, String)>) {
+    let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            ClaimOutcome::Claimed(lease) => {
+                // Only a first claim measures admission to running; a restart's wait is its
+                // restart delay.
+                if lease.epoch == 1 {
+                    metrics::histogram!(observability::START_TO_RUNNING_SECONDS)
+                        .record(lease.since_created_ms as f64 / 1000.0);
+                }
+                leases.push(*lease);
+            }
+            ClaimOutcome::Dropped { job_id, reason } => {
+                debug!(node = %id, job = %job_id, reason, "claimed job dropped");
+            }
+            ClaimOutcome::Unrunnable {
+                job_id,
+                epoch,
+                reason,
+            } => unrunnable.push((job_id, epoch, reason)),
+        }
+    }
+    (leases, unrunnable)
 }
 
 /// The end of a run that failed for good: no restart, no breaker count.

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use self::memory::MemoryQueue;
 #[cfg(feature = "rabbitmq")]
 pub use self::rabbitmq::RabbitMqQueue;
-pub use self::redis::RedisQueue;
+pub use self::redis::{RedisQueue, SHARE_PAUSE};
 use crate::ids::{JobId, NodeId};
 use crate::redis_pool::RedisError;
 

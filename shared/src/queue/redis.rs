@@ -2,8 +2,12 @@
 //!
 //! A claim first runs [`queue_claim.lua`](../scripts/queue_claim.lua), which moves up to `max`
 //! ids in one round trip. Only when that finds nothing does the node block, with `BLMOVE` on a
-//! connection of its own (Lua cannot block); a job that arrives wakes it, and the rest of the
-//! batch is taken with the script again.
+//! connection of its own (Lua cannot block); a job that arrives wakes it and is returned alone,
+//! so that the caller starts it at once and claims again for the rest.
+//!
+//! A worker node whose store fills this queue itself (the Redis backend) takes from the ready
+//! list through the store's claim script instead ([`crate::store::LeaseStore::claim_queued`]:
+//! taken and claimed in one step, no processing list), and comes here only to block.
 //!
 //! Spreading a burst: the script gives a node at most its fair share of what waits (waiting ÷
 //! claiming nodes). A node whose claim that share capped waits [`SHARE_PAUSE`] before its next
@@ -29,7 +33,7 @@ static RECOVER: LazyLock<Script> =
 
 /// Job ids one claim script moves at most: bounds how long it holds Redis (a node with more
 /// free slots claims again at once, without the share pause).
-pub const CLAIM_BATCH_MAX: usize = 256;
+pub const CLAIM_BATCH_MAX: usize = 64;
 
 /// How long a node whose claim was capped by its fair share waits before it claims again.
 pub const SHARE_PAUSE: Duration = Duration::from_millis(50);
@@ -140,14 +144,11 @@ impl JobQueue for RedisQueue {
                 .query_async(&mut *conn)
                 .await?
         };
-        let Some(first) = first else {
-            return Ok(Vec::new());
-        };
-        let mut out = vec![Delivery::untagged(JobId::new(first))];
-        if max > 1 {
-            out.extend(self.claim_now(node, max - 1).await?);
-        }
-        Ok(out)
+        // The one that woke the node, alone: the caller records it at once (a pick-up waits for
+        // nothing more) and claims again for whatever else arrived.
+        Ok(first
+            .map(|id| vec![Delivery::untagged(JobId::new(id))])
+            .unwrap_or_default())
     }
 
     async fn ack(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {

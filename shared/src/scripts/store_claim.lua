@@ -5,15 +5,38 @@
 -- queue's `pending` entry waited for. A node whose lease lapsed, or that a sweep fenced,
 -- claims nothing: every job is answered 'fenced' and stays where it is.
 -- Returns per job {id, 'claimed', epoch, spec, account, ms since its admission} or {id, reason}.
+--
+-- Taking from the ready list (A(3) = '', which no job id is; A(4) how many at most): when the
+-- scripts queue jobs themselves (C.ready), the claim takes the ids from the ready list's tail
+-- (oldest) in the same step that records them, so a claimed job is never between the queue
+-- and the store, and no processing list nor ack is needed. A node takes at most its fair
+-- share of what waits, as queue_claim.lua gives it (the waiting ids divided by the nodes that
+-- claim from this queue). Returns {capped, rows...}: capped is 1 when the share left ids
+-- waiting for the other nodes, -1 (and no rows) when the node is fenced.
 local node, lease = A(1), tonumber(A(2))
+local take = NARGS >= 4 and A(3) == ''
+local ids = {}
 local out = {}
 if not node_may_hold(node) then
+  if take then return { -1 } end
   for i = 3, NARGS do out[#out + 1] = { A(i), 'fenced' } end
   return out
 end
-if NARGS >= 3 then extend_node_lease(node, lease) end
-for i = 3, NARGS do
-  local id = A(i)
+if take then
+  -- '<prefix>:queue:<name>:ready' -> '<prefix>:queue:<name>:' (keys::Keys::claimers).
+  local claimers = string.sub(C.ready, 1, -6) .. 'claimers'
+  redis.call('SADD', claimers, node)
+  local waiting = redis.call('LLEN', C.ready)
+  local share = math.ceil(waiting / math.max(redis.call('SCARD', claimers), 1))
+  local max = tonumber(A(4))
+  out[1] = (share < max and share < waiting) and 1 or 0
+  local n = math.min(max, share)
+  if n > 0 then ids = redis.call('RPOP', C.ready, n) or {} end
+else
+  for i = 3, NARGS do ids[#ids + 1] = A(i) end
+end
+if #ids > 0 then extend_node_lease(node, lease) end
+for _, id in ipairs(ids) do
   local jk = K.job(id)
   local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created', 'user')
   local status = cur[1]

@@ -203,6 +203,16 @@ pub enum ClaimOutcome {
     },
 }
 
+/// What [`LeaseStore::claim_queued`] took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedClaims {
+    /// One per job taken from the queue, oldest first.
+    pub outcomes: Vec<ClaimOutcome>,
+    /// Whether the node's fair share, not `max`, limited the claim and left jobs waiting for
+    /// the other nodes: the node should pause before it claims again.
+    pub capped: bool,
+}
+
 /// Fleet-wide counts, the same whichever orchestrator reads them (the status of `system`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -617,6 +627,23 @@ pub trait LeaseStore: Send + Sync {
         jobs: &[JobId],
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<ClaimOutcome>, StoreError>> + Send;
+
+    /// Takes up to `max` jobs from the queue this store fills itself (the Redis list its
+    /// scripts push admitted jobs onto) and records `node`'s claim of each, in one atomic step
+    /// and one round trip: no job is ever between the queue and the store, so nothing needs
+    /// acknowledging. The node takes at most its fair share of what waits (see
+    /// [`crate::queue::RedisQueue`]). `None` when this store does not fill a queue itself: the
+    /// node claims from its [`JobQueue`](crate::queue::JobQueue) and then calls
+    /// [`claim`](Self::claim). [`StoreError::Fenced`] as for `claim`, taking nothing.
+    fn claim_queued(
+        &self,
+        node: &NodeId,
+        max: usize,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Option<QueuedClaims>, StoreError>> + Send {
+        let _ = (node, max, lease);
+        async { Ok(None) }
+    }
 
     /// Renews the node's lease, which is every one of its runners' lease, in one round trip,
     /// storing the reports in `beats`: only the runners whose report changed (`node.runners`

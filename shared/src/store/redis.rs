@@ -10,8 +10,8 @@ use ::redis::Value;
 use super::{
     AdminAction, AdminAudit, AdminEntry, Admission, ApiKeyInfo, ApiKeys, ClaimOutcome, CommandBus,
     EventId, FleetCounts, FleetGauges, FleetPolicy, FleetSample, JobStore, LeaseStore, NodeCommand,
-    NodeInfo, PnlPoint, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError, Subscriptions,
-    SweepReport, Sweeper,
+    NodeInfo, PnlPoint, QueuedClaims, RunEnd, RunnerBeat, RunnerEvent, StopRequest, StoreError,
+    Subscriptions, SweepReport, Sweeper,
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, StopMode};
@@ -872,53 +872,45 @@ impl LeaseStore for RedisStore {
         {
             return Err(StoreError::Fenced);
         }
-        rows.into_iter()
+        rows.into_iter().map(claim_outcome).collect()
+    }
+
+    async fn claim_queued(
+        &self,
+        node: &NodeId,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Option<QueuedClaims>, StoreError> {
+        if self.ready_list.is_none() || max == 0 {
+            return Ok(None);
+        }
+        let mut inv = self.invoke(&CLAIM);
+        inv.arg(node.as_str())
+            .arg(lease.as_millis() as u64)
+            .arg("")
+            .arg(max.min(CLAIM_QUEUED_MAX));
+        let mut reply: Vec<Value> = inv.invoke_async(&mut *self.conn().await?).await?;
+        if reply.is_empty() {
+            return Err(StoreError::data("claim reply"));
+        }
+        let capped: i64 = ::redis::from_redis_value(reply.remove(0))
+            .map_err(|e| StoreError::data(format!("claim reply: {e}")))?;
+        if capped < 0 {
+            return Err(StoreError::Fenced);
+        }
+        let outcomes = reply
+            .into_iter()
             .map(|row| {
-                let id = row
-                    .first()
-                    .and_then(text)
-                    .ok_or_else(|| StoreError::data("claim row"))?;
-                let what = row.get(1).and_then(text).unwrap_or_default();
-                if what != "claimed" {
-                    return Ok(ClaimOutcome::Dropped {
-                        job_id: JobId::new(id),
-                        reason: what,
-                    });
-                }
-                let epoch = row
-                    .get(2)
-                    .and_then(text)
-                    .and_then(|e| e.parse().ok())
-                    .unwrap_or(0);
-                // One job's bad spec fails that job alone, never its batch-mates.
-                let spec: JobSpec = match parse("spec", row.get(3).and_then(text).as_ref()) {
-                    Ok(spec) => spec,
-                    Err(e) => {
-                        return Ok(ClaimOutcome::Unrunnable {
-                            job_id: JobId::new(id),
-                            epoch,
-                            reason: e.to_string(),
-                        });
-                    }
-                };
-                let account = row
-                    .get(4)
-                    .and_then(text)
-                    .filter(|a| !a.is_empty())
-                    .map(crate::kind::SavedState::from_text);
-                let since_created_ms = row
-                    .get(5)
-                    .and_then(text)
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(0);
-                Ok(ClaimOutcome::Claimed(Box::new(Lease {
-                    spec,
-                    epoch,
-                    account,
-                    since_created_ms,
-                })))
+                claim_outcome(
+                    ::redis::from_redis_value(row)
+                        .map_err(|e| StoreError::data(format!("claim row: {e}")))?,
+                )
             })
-            .collect()
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(QueuedClaims {
+            outcomes,
+            capped: capped == 1,
+        }))
     }
 
     async fn renew(
@@ -1220,12 +1212,67 @@ impl AdminAudit for RedisStore {
     }
 }
 
+/// Jobs one claim from the ready list takes at most: bounds how long the script holds Redis
+/// (a node with more free slots claims again at once). The bench's SLOWLOG measured a claim
+/// of 256 at 8-11 ms with 5,000 runners starting on the same 2 cores (docs/benchmarks.md).
+const CLAIM_QUEUED_MAX: usize = 64;
+
+/// One row of the claim script's answer: {id, 'claimed', epoch, spec, account, ms since
+/// admission} or {id, reason}.
+fn claim_outcome(row: Vec<Value>) -> Result<ClaimOutcome, StoreError> {
+    let id = row
+        .first()
+        .and_then(text)
+        .ok_or_else(|| StoreError::data("claim row"))?;
+    let what = row.get(1).and_then(text).unwrap_or_default();
+    if what != "claimed" {
+        return Ok(ClaimOutcome::Dropped {
+            job_id: JobId::new(id),
+            reason: what,
+        });
+    }
+    let epoch = row
+        .get(2)
+        .and_then(text)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    // One job's bad spec fails that job alone, never its batch-mates.
+    let spec: JobSpec = match parse("spec", row.get(3).and_then(text).as_ref()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            return Ok(ClaimOutcome::Unrunnable {
+                job_id: JobId::new(id),
+                epoch,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let account = row
+        .get(4)
+        .and_then(text)
+        .filter(|a| !a.is_empty())
+        .map(crate::kind::SavedState::from_text);
+    let since_created_ms = row
+        .get(5)
+        .and_then(text)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    Ok(ClaimOutcome::Claimed(Box::new(Lease {
+        spec,
+        epoch,
+        account,
+        since_created_ms,
+    })))
+}
+
 /// Runners renewed per heartbeat script call at most (a heartbeat sends as many calls as it
 /// needs): bounds how long one call holds Redis. Measured with `heartbeat-load`: 500 runners
-/// whose beats each carried a saved state of about 700 bytes held Redis 8 ms per call.
-const RENEW_CHUNK: usize = 200;
+/// whose beats each carried a saved state of about 700 bytes held Redis 8 ms per call; the
+/// bench's SLOWLOG then showed chunks of 128 KiB of idle runners' checkpoints at 8-11 ms, and
+/// chunks of 100 new runners' first stats at up to 7.6 ms (a loaded 2-core machine).
+const RENEW_CHUNK: usize = 50;
 /// Report bytes per heartbeat script call at most (a chunk ends at the runner that passes it).
-const RENEW_CHUNK_BYTES: usize = 128 * 1024;
+const RENEW_CHUNK_BYTES: usize = 16 * 1024;
 
 /// What the admission script answers: code, tier, limit, current, detail.
 type AdmitReply = (i64, String, u32, u32, Value);
