@@ -1512,6 +1512,51 @@ async fn the_store_loads_its_functions_again_after_the_server_lost_them() {
     assert!(store.job(&batch[2].id).await.unwrap().is_none());
 }
 
+/// A Redis user that may call functions but not load them (an ACL without `FUNCTION`, as some
+/// managed services set): the store runs its scripts with EVAL instead, whether its first call
+/// is one admission or a pipelined batch.
+#[tokio::test]
+async fn a_store_that_may_not_load_functions_runs_its_scripts_with_eval() {
+    use runfleet_shared::store::{JobStore, Subscriptions};
+    let server = support::PrivateServer::start(&[]).await;
+    let pools = support::redis_pools_at(&server.url).await;
+    let mut c = pools.commands.get().await.unwrap();
+    let _: () = ::redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-function"])
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    let one = RedisStore::new(pools.clone(), support::unique_keys(), policy());
+    assert!(matches!(
+        one.admit(&spec("acl-a")).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    let many = RedisStore::new(pools.clone(), support::unique_keys(), policy());
+    let got = many
+        .admit_many(&[spec("acl-b"), spec("acl-b"), spec("acl-c")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(got[0], Admission::Admitted { current: 1, .. }),
+        "{got:?}"
+    );
+    assert!(
+        matches!(got[1], Admission::LimitReached { current: 1, .. }),
+        "{got:?}"
+    );
+    assert!(
+        matches!(got[2], Admission::Admitted { current: 1, .. }),
+        "{got:?}"
+    );
+    assert_eq!(many.active_count(&UserId::new("acl-b")).await.unwrap(), 1);
+    let stats: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    assert!(stats.contains("cmdstat_evalsha"), "{stats}");
+}
+
 /// The key names the Lua prelude builds are the key schema's, for plain ids and for ids that
 /// contain the separator and the escape character.
 #[tokio::test]

@@ -189,10 +189,11 @@ impl<'a> Call<'a> {
     ) -> RedisResult<T> {
         if !self.mode.eval() {
             match self.fcall().query_async(conn).await {
-                Err(e) if function_missing(&e) => {
-                    load_library(conn).await?;
-                    return self.fcall().query_async(conn).await;
-                }
+                Err(e) if function_missing(&e) => match load_library(conn).await {
+                    Ok(()) => return self.fcall().query_async(conn).await,
+                    Err(e) if no_functions(&e) => self.mode.use_eval(),
+                    Err(e) => return Err(e),
+                },
                 Err(e) if no_functions(&e) => self.mode.use_eval(),
                 done => return done,
             }
@@ -229,13 +230,24 @@ pub(crate) async fn invoke_all<T: FromRedisValue, C: ConnectionLike + Send>(
                 .filter(|&i| matches!(&results[i], Err(e) if function_missing(e)))
                 .collect();
             if !missing.is_empty() {
-                load_library(conn).await?;
-                let mut again = ::redis::pipe();
-                again.ignore_errors();
-                for &i in &missing {
-                    again.add_command(calls[i].fcall());
-                }
-                let redone: Vec<RedisResult<::redis::Value>> = again.query_async(conn).await?;
+                let again: Vec<&Call<'_>> = missing.iter().map(|&i| &calls[i]).collect();
+                let redone: Vec<RedisResult<::redis::Value>> = match load_library(conn).await {
+                    Ok(()) => {
+                        let mut pipe = ::redis::pipe();
+                        pipe.ignore_errors();
+                        for c in &again {
+                            pipe.add_command(c.fcall());
+                        }
+                        pipe.query_async(conn).await?
+                    }
+                    // May not load it (an ACL without FUNCTION): EVAL from now on, for the
+                    // calls that did not run too.
+                    Err(e) if no_functions(&e) => {
+                        mode.use_eval();
+                        evalsha_all(&again, conn).await?
+                    }
+                    Err(e) => return Err(e),
+                };
                 for (i, r) in missing.into_iter().zip(redone) {
                     results[i] = r;
                 }
@@ -246,9 +258,23 @@ pub(crate) async fn invoke_all<T: FromRedisValue, C: ConnectionLike + Send>(
                 .collect();
         }
     }
+    let all: Vec<&Call<'_>> = calls.iter().collect();
+    let results = evalsha_all(&all, conn).await?;
+    results
+        .into_iter()
+        .map(|r| r.and_then(|v| T::from_redis_value(v).map_err(Into::into)))
+        .collect()
+}
+
+/// Runs `calls` (of one script) with EVALSHA in one pipeline, loading the script first.
+async fn evalsha_all<C: ConnectionLike + Send>(
+    calls: &[&Call<'_>],
+    conn: &mut C,
+) -> RedisResult<Vec<RedisResult<::redis::Value>>> {
     let mut pipe = ::redis::pipe();
+    pipe.ignore_errors();
     pipe.load_script(calls[0].script.eval()).ignore();
-    let invocations: Vec<_> = calls.iter().map(Call::evalsha).collect();
+    let invocations: Vec<_> = calls.iter().map(|c| c.evalsha()).collect();
     for inv in &invocations {
         pipe.invoke_script(inv);
     }
@@ -275,10 +301,12 @@ fn function_missing(e: &RedisError) -> bool {
     e.detail().is_some_and(|d| d.contains("Function not found"))
 }
 
-/// The server has no Redis Functions at all (before Redis 7, some compatible services).
+/// The server has no Redis Functions (before Redis 7, some compatible services), or this
+/// client may not use them (an ACL without `FCALL` or `FUNCTION`).
 fn no_functions(e: &RedisError) -> bool {
-    e.detail()
-        .is_some_and(|d| d.contains("unknown command") && d.to_ascii_lowercase().contains("fcall"))
+    let text = e.to_string().to_ascii_lowercase();
+    (text.contains("unknown command") || text.contains("noperm"))
+        && (text.contains("fcall") || text.contains("function"))
 }
 
 /// The library's source (for tests and the docs).
