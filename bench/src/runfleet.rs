@@ -108,10 +108,12 @@ impl Admitter {
     async fn new(redis: &BenchRedis) -> anyhow::Result<Self> {
         let settings = settings(&redis.url());
         let pools = RedisPools::new(&settings.redis)?;
-        let keys = Keys::new(PREFIX);
-        let ready = keys.ready(QUEUE);
-        let store =
-            RedisStore::new(pools, keys, FleetPolicy::from_settings(&settings)).queuing_into(ready);
+        let store = RedisStore::new(
+            pools,
+            Keys::new(PREFIX),
+            FleetPolicy::from_settings(&settings),
+        )
+        .queuing_into(QUEUE);
         Ok(Self {
             store,
             cipher: CredentialCipher::from_base64(CREDENTIALS_KEY)?,

@@ -62,7 +62,7 @@ pub async fn run_on<P: OnBackend>(
 pub async fn open_redis(settings: &Settings) -> Result<(RedisStore, RedisQueue), RedisError> {
     let (store, pools) = open_store(settings).await?;
     let keys = store.keys().clone();
-    let store = store.queuing_into(keys.ready(&settings.queue.name));
+    let store = store.queuing_into(&settings.queue.name);
     Ok((
         store,
         RedisQueue::new(pools, keys, settings.queue.name.clone()),

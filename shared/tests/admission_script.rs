@@ -70,7 +70,7 @@ fn the_documented_context_arguments_are_what_the_store_sends() {
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let pools = RedisPools::new(&settings.redis).expect("pool settings");
     let store = RedisStore::new(pools, keys.clone(), FleetPolicy::from_settings(&settings))
-        .queuing_into(keys.ready(&settings.queue.name));
+        .queuing_into(&settings.queue.name);
     let (fields, args) = documented_context();
     assert_eq!(args, store.context_args().to_vec());
     // The fields are named as in the struct, in its order (its Debug output lists them so).

@@ -1876,7 +1876,7 @@ async fn a_claim_from_the_stores_own_queue_takes_and_records_in_one_step() {
         None,
         "a store that queues nothing itself has no queue to take from"
     );
-    let s = plain.queuing_into(ready.clone());
+    let s = plain.queuing_into("jobs");
     let mem = MemoryStore::new(policy());
     assert_eq!(
         mem.claim_queued(&NodeId::new("n1"), 5, LEASE)

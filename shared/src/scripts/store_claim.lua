@@ -6,7 +6,8 @@
 -- claims nothing: every job is answered 'fenced' and stays where it is.
 -- Returns per job {id, 'claimed', epoch, spec, account, ms since its admission} or {id, reason}.
 --
--- Taking from the ready list (A(3) = '', which no job id is; A(4) how many at most): when the
+-- Taking from the ready list (A(3) = '', which no job id is; A(4) how many at most; A(5) the
+-- queue's set of claiming nodes, keys::Keys::claimers): when the
 -- scripts queue jobs themselves (C.ready), the claim takes the ids from the ready list's tail
 -- (oldest) in the same step that records them, so a claimed job is never between the queue
 -- and the store, and no processing list nor ack is needed. A node takes at most its fair
@@ -14,7 +15,7 @@
 -- claim from this queue). Returns {capped, rows...}: capped is 1 when the share left ids
 -- waiting for the other nodes, -1 (and no rows) when the node is fenced.
 local node, lease = A(1), tonumber(A(2))
-local take = NARGS >= 4 and A(3) == ''
+local take = NARGS == 5 and A(3) == ''
 local ids = {}
 local out = {}
 if not node_may_hold(node) then
@@ -23,8 +24,7 @@ if not node_may_hold(node) then
   return out
 end
 if take then
-  -- '<prefix>:queue:<name>:ready' -> '<prefix>:queue:<name>:' (keys::Keys::claimers).
-  local claimers = string.sub(C.ready, 1, -6) .. 'claimers'
+  local claimers = A(5)
   redis.call('SADD', claimers, node)
   local waiting = redis.call('LLEN', C.ready)
   local share = math.ceil(waiting / math.max(redis.call('SCARD', claimers), 1))

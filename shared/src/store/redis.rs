@@ -34,8 +34,8 @@ pub struct RedisStore {
     pools: RedisPools,
     keys: Keys,
     policy: FleetPolicy,
-    /// The Redis-list queue's ready list, when the scripts queue jobs themselves.
-    ready_list: Option<String>,
+    /// The name of the Redis-list queue the scripts queue jobs onto themselves, if they do.
+    queue: Option<String>,
     /// The prelude's context and its arguments, made once: every script call sends them.
     context: Arc<(ScriptContext, [String; ScriptContext::LEN])>,
     /// Functions or EVAL, as the server allows (shared by clones).
@@ -61,18 +61,18 @@ impl RedisStore {
             pools,
             keys,
             policy,
-            ready_list: None,
+            queue: None,
             context,
             mode: Arc::default(),
         }
     }
 
-    /// The same store, pushing every job it makes queued onto the Redis list `ready` in the
-    /// same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
+    /// The same store, pushing every job it makes queued onto the ready list of the Redis-list
+    /// queue named `queue` in the same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
     /// and enqueue become one atomic step.
-    pub fn queuing_into(mut self, ready: String) -> Self {
-        self.context = context(&self.keys, &self.policy, Some(&ready));
-        self.ready_list = Some(ready);
+    pub fn queuing_into(mut self, queue: &str) -> Self {
+        self.context = context(&self.keys, &self.policy, Some(&self.keys.ready(queue)));
+        self.queue = Some(queue.to_owned());
         self
     }
 
@@ -594,7 +594,7 @@ impl JobStore for RedisStore {
     }
 
     fn queues_inline(&self) -> bool {
-        self.ready_list.is_some()
+        self.queue.is_some()
     }
 
     async fn confirm_enqueued(&self, jobs: &[JobId]) -> Result<(), StoreError> {
@@ -881,14 +881,15 @@ impl LeaseStore for RedisStore {
         max: usize,
         lease: Duration,
     ) -> Result<Option<QueuedClaims>, StoreError> {
-        if self.ready_list.is_none() || max == 0 {
+        let Some(queue) = self.queue.as_deref().filter(|_| max > 0) else {
             return Ok(None);
-        }
+        };
         let mut inv = self.invoke(&CLAIM);
         inv.arg(node.as_str())
             .arg(lease.as_millis() as u64)
             .arg("")
-            .arg(max.min(CLAIM_QUEUED_MAX));
+            .arg(max.min(CLAIM_QUEUED_MAX))
+            .arg(self.keys.claimers(queue));
         let mut reply: Vec<Value> = inv.invoke_async(&mut *self.conn().await?).await?;
         if reply.is_empty() {
             return Err(StoreError::data("claim reply"));

@@ -33,6 +33,7 @@ pub(crate) struct StoreScript {
     name: &'static str,
     body: &'static str,
     eval: OnceLock<Script>,
+    function: OnceLock<String>,
 }
 
 impl StoreScript {
@@ -41,6 +42,7 @@ impl StoreScript {
             name,
             body,
             eval: OnceLock::new(),
+            function: OnceLock::new(),
         }
     }
 
@@ -51,8 +53,9 @@ impl StoreScript {
     }
 
     /// The function's name in the library.
-    fn function(&self) -> String {
-        format!("{}_{}", LIBRARY.functions, self.name)
+    fn function(&self) -> &str {
+        self.function
+            .get_or_init(|| format!("{}_{}", LIBRARY.functions, self.name))
     }
 }
 
@@ -182,29 +185,18 @@ impl<'a> Call<'a> {
     }
 
     /// Runs the call: FCALL, loading the library first if the server has not got it, or EVAL
-    /// on a server without functions.
+    /// on a server without functions (see [`run`]).
     pub(crate) async fn invoke_async<T: FromRedisValue, C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
     ) -> RedisResult<T> {
-        if !self.mode.eval() {
-            match self.fcall().query_async(conn).await {
-                Err(e) if function_missing(&e) => match load_library(conn).await {
-                    Ok(()) => return self.fcall().query_async(conn).await,
-                    Err(e) if no_functions(&e) => self.mode.use_eval(),
-                    Err(e) => return Err(e),
-                },
-                Err(e) if no_functions(&e) => self.mode.use_eval(),
-                done => return done,
-            }
-        }
-        self.evalsha().invoke_async(conn).await
+        let reply = run(self.mode, &[self], conn).await?.pop();
+        T::from_redis_value(reply.unwrap_or(Ok(::redis::Value::Nil))?).map_err(Into::into)
     }
 }
 
 /// Runs `calls` in one round trip (one pipeline), each its own atomic script call, and answers
-/// each one's result in order. Calls that found no function (the library was not loaded yet)
-/// are made again, once, after loading it; a call that ran is never made twice.
+/// each one's result in order (see [`run`]).
 pub(crate) async fn invoke_all<T: FromRedisValue, C: ConnectionLike + Send>(
     mode: &ScriptMode,
     calls: &[Call<'_>],
@@ -213,64 +205,80 @@ pub(crate) async fn invoke_all<T: FromRedisValue, C: ConnectionLike + Send>(
     if calls.is_empty() {
         return Ok(Vec::new());
     }
-    if !mode.eval() {
-        let mut pipe = ::redis::pipe();
-        pipe.ignore_errors();
-        for c in calls {
-            pipe.add_command(c.fcall());
-        }
-        let mut results: Vec<RedisResult<::redis::Value>> = pipe.query_async(conn).await?;
-        if results
-            .iter()
-            .any(|r| matches!(r, Err(e) if no_functions(e)))
-        {
-            mode.use_eval();
-        } else {
-            let missing: Vec<usize> = (0..results.len())
-                .filter(|&i| matches!(&results[i], Err(e) if function_missing(e)))
-                .collect();
-            if !missing.is_empty() {
-                let again: Vec<&Call<'_>> = missing.iter().map(|&i| &calls[i]).collect();
-                let redone: Vec<RedisResult<::redis::Value>> = match load_library(conn).await {
-                    Ok(()) => {
-                        let mut pipe = ::redis::pipe();
-                        pipe.ignore_errors();
-                        for c in &again {
-                            pipe.add_command(c.fcall());
-                        }
-                        pipe.query_async(conn).await?
-                    }
-                    // May not load it (an ACL without FUNCTION): EVAL from now on, for the
-                    // calls that did not run too.
-                    Err(e) if no_functions(&e) => {
-                        mode.use_eval();
-                        evalsha_all(&again, conn).await?
-                    }
-                    Err(e) => return Err(e),
-                };
-                for (i, r) in missing.into_iter().zip(redone) {
-                    results[i] = r;
-                }
-            }
-            return results
-                .into_iter()
-                .map(|r| r.and_then(|v| T::from_redis_value(v).map_err(Into::into)))
-                .collect();
-        }
-    }
-    let all: Vec<&Call<'_>> = calls.iter().collect();
-    let results = evalsha_all(&all, conn).await?;
-    results
+    let calls: Vec<&Call<'_>> = calls.iter().collect();
+    run(mode, &calls, conn)
+        .await?
         .into_iter()
         .map(|r| r.and_then(|v| T::from_redis_value(v).map_err(Into::into)))
         .collect()
 }
 
-/// Runs `calls` (of one script) with EVALSHA in one pipeline, loading the script first.
+/// Runs `calls` (at least one) as functions, in one round trip, and answers each one's reply.
+/// The calls that found no function (the library is not loaded: a new Redis, a restart
+/// without persistence, a flush) are made again, once, after loading it; those that found no
+/// functions at all (a Redis without them, or an ACL that forbids them) are made again with
+/// EVAL, and the store uses EVAL from then on. A call that ran is never made twice.
+async fn run<C: ConnectionLike + Send>(
+    mode: &ScriptMode,
+    calls: &[&Call<'_>],
+    conn: &mut C,
+) -> RedisResult<Vec<RedisResult<::redis::Value>>> {
+    if mode.eval() {
+        return evalsha_all(calls, conn).await;
+    }
+    let mut results = fcall_all(calls, conn).await?;
+    let redo: Vec<usize> = (0..results.len())
+        .filter(|&i| matches!(&results[i], Err(e) if function_missing(e) || no_functions(e)))
+        .collect();
+    if redo.is_empty() {
+        return Ok(results);
+    }
+    let functions = !results
+        .iter()
+        .any(|r| matches!(r, Err(e) if no_functions(e)))
+        && match load_library(conn).await {
+            Ok(()) => true,
+            Err(e) if no_functions(&e) => false,
+            Err(e) => return Err(e),
+        };
+    let again: Vec<&Call<'_>> = redo.iter().map(|&i| calls[i]).collect();
+    let redone = if functions {
+        fcall_all(&again, conn).await?
+    } else {
+        mode.use_eval();
+        evalsha_all(&again, conn).await?
+    };
+    for (i, r) in redo.into_iter().zip(redone) {
+        results[i] = r;
+    }
+    Ok(results)
+}
+
+/// Runs `calls` with FCALL in one round trip: one command, or a pipeline.
+async fn fcall_all<C: ConnectionLike + Send>(
+    calls: &[&Call<'_>],
+    conn: &mut C,
+) -> RedisResult<Vec<RedisResult<::redis::Value>>> {
+    if let [call] = calls {
+        return Ok(vec![call.fcall().query_async(conn).await]);
+    }
+    let mut pipe = ::redis::pipe();
+    pipe.ignore_errors();
+    for c in calls {
+        pipe.add_command(c.fcall());
+    }
+    pipe.query_async(conn).await
+}
+
+/// Runs `calls` (of one script) with EVALSHA in one round trip: one call (which loads the
+/// script only if the server answers NOSCRIPT), or a pipeline that loads it first.
 async fn evalsha_all<C: ConnectionLike + Send>(
     calls: &[&Call<'_>],
     conn: &mut C,
 ) -> RedisResult<Vec<RedisResult<::redis::Value>>> {
+    if let [call] = calls {
+        return Ok(vec![call.evalsha().invoke_async(conn).await]);
+    }
     let mut pipe = ::redis::pipe();
     pipe.ignore_errors();
     pipe.load_script(calls[0].script.eval()).ignore();
