@@ -88,7 +88,7 @@ async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), Red
         }
         Err(e) => tracing::warn!(error = %e, "redis is not reachable yet; retrying until it is"),
     }
-    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let keys = Keys::of(&settings.redis);
     let store = RedisStore::new(pools.clone(), keys, FleetPolicy::from_settings(settings));
     Ok((store, pools))
 }

@@ -447,8 +447,12 @@ pub struct TestingSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// Connection URL: `redis://` or, over TLS, `rediss://`; an ACL user and password go in it
-    /// (`rediss://user:password@host:port`).
+    /// (`rediss://user:password@host:port`). With `cluster`, one or more of the cluster's nodes,
+    /// comma-separated (the client learns the others from them).
     pub url: String,
+    /// The Redis is a Redis Cluster (or a compatible service): every key of the fleet carries
+    /// one hash tag, so that each atomic step touches one slot (docs/architecture.md).
+    pub cluster: bool,
     /// `rediss://` only: a PEM file of the CA certificates that sign the server's certificate.
     /// Unset: the system's trusted roots. The server's name is always verified against the
     /// URL's host, unless the URL ends in `#insecure`.
@@ -476,6 +480,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -581,8 +586,12 @@ impl RabbitMqSettings {
     }
 }
 
-/// A URL as it may be printed: any password replaced by `<set>`.
+/// A URL (or a comma-separated list of them, as `redis.url` of a cluster) as it may be
+/// printed: any password replaced by `<set>`.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -598,6 +607,7 @@ impl std::fmt::Debug for RedisSettings {
         // The URL may carry an ACL user's password.
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
+            .field("cluster", &self.cluster)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
@@ -891,8 +901,22 @@ impl Settings {
         if self.redis.pool_size == 0 || self.redis.blocking_pool_size == 0 {
             return invalid("redis.pool_size", "pools need at least one connection");
         }
-        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
-            return invalid("redis.key_prefix", "must be non-empty and without spaces");
+        if self.redis.key_prefix.is_empty()
+            || self
+                .redis
+                .key_prefix
+                .contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return invalid(
+                "redis.key_prefix",
+                "must be non-empty, without spaces, '{' or '}' (hash tags are runfleet's)",
+            );
+        }
+        if !self.redis.cluster && self.redis.url.contains(',') {
+            return invalid(
+                "redis.url",
+                "several URLs are the seed nodes of a Redis Cluster: set redis.cluster = true",
+            );
         }
         if self.queue.name.is_empty() {
             return invalid("queue.name", "must be non-empty");

@@ -10,6 +10,10 @@
 //! `x:s` and user `eve:x` with strategy `s` have different breakers). Ids without those
 //! characters appear unchanged. `lib.lua` escapes the same way (a test checks they agree), and
 //! no part can open a Redis Cluster hash tag.
+//!
+//! On a Redis Cluster ([`Keys::clustered`]) the prefix ends in the hash tag `{<prefix>}`, so
+//! every key of the fleet hashes to one slot: each script touches keys of one slot, as a
+//! cluster requires, and the fleet moves between masters as one piece when its slot does.
 
 use std::borrow::Cow;
 
@@ -47,9 +51,36 @@ impl Keys {
         }
     }
 
-    /// The prefix every key starts with.
+    /// The key names `settings` give: under `key_prefix`, with its hash tag on a cluster.
+    pub fn of(settings: &crate::config::RedisSettings) -> Self {
+        if settings.cluster {
+            Self::clustered(&settings.key_prefix)
+        } else {
+            Self::new(settings.key_prefix.clone())
+        }
+    }
+
+    /// Key names for a fleet on a Redis Cluster: every key starts with `<prefix>:{<prefix>}`,
+    /// whose hash tag puts them all in one slot (the prefix holds no `{` or `}`: the settings
+    /// refuse them).
+    pub fn clustered(prefix: &str) -> Self {
+        Self {
+            prefix: format!("{prefix}:{{{prefix}}}"),
+        }
+    }
+
+    /// The prefix every key starts with (with its hash tag on a cluster).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Two names of keys that never exist, in the fleet's slot, that every store script call
+    /// declares as its keys. A cluster routes the call by them to the master of the fleet's
+    /// slot; and while that slot moves between masters (resharding), a call that declares
+    /// several keys of which some are missing is refused with TRYAGAIN on both sides (the
+    /// client retries), so no script ever runs with part of the fleet's keys moved away.
+    pub fn route(&self) -> [String; 2] {
+        [self.key(&["route", "a"]), self.key(&["route", "b"])]
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -226,6 +257,14 @@ mod tests {
             k.processing("jobs", &NodeId::new("n1")),
             "t1:queue:jobs:processing:n1"
         );
+    }
+
+    #[test]
+    fn a_clustered_fleets_keys_share_one_hash_tag() {
+        let k = Keys::clustered("rf");
+        assert_eq!(k.job(&JobId::new("j:1")), "rf:{rf}:job:j%3A1");
+        assert_eq!(k.ready("jobs"), "rf:{rf}:queue:jobs:ready");
+        assert_eq!(k.route(), ["rf:{rf}:route:a", "rf:{rf}:route:b"]);
     }
 
     #[test]

@@ -24,6 +24,13 @@
 //! opens a fresh connection (a timed-out call alone does not make a multiplexed connection
 //! reconnect; the kernel's abort does).
 //!
+//! With `redis.cluster`, the same two roles run on a Redis Cluster: short commands and scripts on
+//! one shared cluster connection (redis-rs' `cluster-async`: multiplexed per node, it follows
+//! MOVED and ASK, retries TRYAGAIN and a failed-over node with a short jittered backoff, and
+//! learns the new topology), blocking pops on deadpool-redis' cluster pool. A cluster call is
+//! bounded as a whole (retries included) by the response timeout, so a call into a failover
+//! fails within it and the caller answers 503 rather than hanging.
+//!
 //! `rediss://` URLs connect over TLS with rustls (the same TLS stack as the RabbitMQ client),
 //! trusting `redis.tls_ca_file` or the system's roots and verifying the server's name, with an
 //! optional client certificate for mutual TLS.
@@ -31,8 +38,13 @@
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture,
+    TlsCertificates, Value,
+};
 
 use crate::config::RedisSettings;
 
@@ -106,17 +118,38 @@ impl From<deadpool_redis::PoolError> for RedisError {
     }
 }
 
-/// Where to connect: the URL, and for `rediss://` the CA, client certificate and key files.
-fn connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
+/// Where to connect: `url` (one of `redis.url`'s), and for `rediss://` the CA, client
+/// certificate and key files.
+fn connection_info(
+    settings: &RedisSettings,
+    url: &str,
+) -> Result<redis::ConnectionInfo, RedisError> {
+    let info = match tls_certificates(settings, url)? {
+        None => url.into_connection_info()?,
+        Some(certs) => redis::Client::build_with_tls(url, certs)
+            .map_err(|e| RedisError::Tls(e.to_string()))?
+            .get_connection_info()
+            .clone(),
+    };
+    Ok(info.set_tcp_settings(tcp_settings(settings)))
+}
+
+/// Sockets get `TCP_USER_TIMEOUT` = the response timeout (see the module docs).
+fn tcp_settings(settings: &RedisSettings) -> redis::io::tcp::TcpSettings {
     let tcp = redis::io::tcp::TcpSettings::default();
     #[cfg(target_os = "linux")]
     let tcp = tcp.set_user_timeout(Duration::from_millis(settings.response_timeout_ms));
-    Ok(tls_connection_info(settings)?.set_tcp_settings(tcp))
+    tcp
 }
 
-fn tls_connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo, RedisError> {
-    if !settings.url.starts_with("rediss://") {
-        return Ok(settings.url.as_str().into_connection_info()?);
+/// For a `rediss://` URL, the CA to trust (none: the system's roots) and the client
+/// certificate; `None` for plaintext.
+fn tls_certificates(
+    settings: &RedisSettings,
+    url: &str,
+) -> Result<Option<TlsCertificates>, RedisError> {
+    if !url.starts_with("rediss://") {
+        return Ok(None);
     }
     let read = |path: &str, what: &str| {
         std::fs::read(path).map_err(|e| RedisError::Tls(format!("cannot read {what} {path}: {e}")))
@@ -133,86 +166,236 @@ fn tls_connection_info(settings: &RedisSettings) -> Result<redis::ConnectionInfo
         }),
         _ => None,
     };
-    let client = redis::Client::build_with_tls(
-        settings.url.as_str(),
-        TlsCertificates {
-            client_tls,
-            root_cert,
-        },
-    )
-    .map_err(|e| RedisError::Tls(e.to_string()))?;
-    Ok(client.get_connection_info().clone())
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// `redis.url`'s URLs: one, or a cluster's seed nodes (comma-separated).
+fn urls(settings: &RedisSettings) -> impl Iterator<Item = &str> {
+    settings
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
 }
 
 /// Shared multiplexed connections for short commands and scripts (see the module docs).
 #[derive(Clone)]
-pub struct Commands {
-    /// Made on first use (a manager needs the runtime it will run on).
-    managers: std::sync::Arc<[std::sync::OnceLock<ConnectionManager>]>,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+pub struct Commands(Shared);
+
+#[derive(Clone)]
+enum Shared {
+    /// One Redis: `redis.pool_size` connection managers, picked round-robin.
+    Single {
+        /// Made on first use (a manager needs the runtime it will run on).
+        managers: std::sync::Arc<[std::sync::OnceLock<ConnectionManager>]>,
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    },
+    /// A Redis Cluster: one cluster connection (itself multiplexed per node), opened on first
+    /// use and again by the next call after opening failed (no node reachable yet).
+    Cluster {
+        client: ClusterClient,
+        conn: std::sync::Arc<tokio::sync::OnceCell<ClusterConnection>>,
+    },
 }
 
 impl Commands {
-    fn new(
+    fn single(
         info: &redis::ConnectionInfo,
         config: ConnectionManagerConfig,
         count: usize,
     ) -> Result<Self, RedisError> {
-        Ok(Self {
+        Ok(Self(Shared::Single {
             managers: (0..count.max(1))
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
             client: redis::Client::open(info.clone())?,
             config,
             next: Default::default(),
-        })
+        }))
     }
 
     /// A connection to send commands on: a handle on one of the shared multiplexed
-    /// connections (it opens on first use, and again after it broke). Never waits.
+    /// connections (it opens on first use, and again after it broke). Never waits, except on a
+    /// cluster for the first connection (bounded by the connect timeout).
     pub async fn get(&self) -> Result<CommandConnection, RedisError> {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.managers.len();
-        if let Some(m) = self.managers[i].get() {
-            return Ok(CommandConnection(m.clone()));
+        match &self.0 {
+            Shared::Single {
+                managers,
+                client,
+                config,
+                next,
+            } => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % managers.len();
+                if let Some(m) = managers[i].get() {
+                    return Ok(CommandConnection(Conn::Single(m.clone())));
+                }
+                let made = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+                Ok(CommandConnection(Conn::Single(
+                    managers[i].get_or_init(|| made).clone(),
+                )))
+            }
+            Shared::Cluster { client, conn } => {
+                let c = conn
+                    .get_or_try_init(|| client.get_async_connection())
+                    .await?;
+                Ok(CommandConnection(Conn::Cluster(c.clone())))
+            }
         }
-        let made =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
-        Ok(CommandConnection(
-            self.managers[i].get_or_init(|| made).clone(),
-        ))
     }
 }
 
 impl std::fmt::Debug for Commands {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Commands")
-            .field("connections", &self.managers.len())
-            .finish()
+        match &self.0 {
+            Shared::Single { managers, .. } => f
+                .debug_struct("Commands")
+                .field("connections", &managers.len())
+                .finish(),
+            Shared::Cluster { .. } => f.debug_struct("Commands").field("cluster", &true).finish(),
+        }
     }
 }
 
 /// A handle on a shared multiplexed connection (cheap to get, to clone and to drop).
 #[derive(Clone)]
-pub struct CommandConnection(ConnectionManager);
+pub struct CommandConnection(Conn);
+
+/// The connection under a [`CommandConnection`]: one Redis' or a cluster's.
+#[derive(Clone)]
+pub enum Conn {
+    /// A connection manager of one Redis.
+    Single(ConnectionManager),
+    /// The cluster connection (routes each command by its key's slot).
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 impl std::fmt::Debug for CommandConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CommandConnection")
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl std::fmt::Debug for BlockingConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockingConnection::Single(_) => "BlockingConnection::Single",
+            BlockingConnection::Cluster(..) => "BlockingConnection::Cluster",
+        })
     }
 }
 
 impl std::ops::Deref for CommandConnection {
-    type Target = ConnectionManager;
-    fn deref(&self) -> &ConnectionManager {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         &self.0
     }
 }
 
 impl std::ops::DerefMut for CommandConnection {
-    fn deref_mut(&mut self) -> &mut ConnectionManager {
+    fn deref_mut(&mut self) -> &mut Conn {
         &mut self.0
+    }
+}
+
+/// The pool of connections for blocking pops.
+#[derive(Clone)]
+enum Blocking {
+    Single(Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+/// A connection of the blocking pool, its response bounded for one pop
+/// ([`RedisPools::blocking`]).
+pub enum BlockingConnection {
+    /// One Redis' (the bound is the connection's response timeout).
+    Single(deadpool_redis::Connection),
+    /// A cluster's (the bound wraps each request: the cluster pool's client has none).
+    Cluster(deadpool_redis::cluster::Connection, Duration),
+}
+
+fn bounded<'a, T: Send + 'a>(within: Duration, request: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        tokio::time::timeout(within, request)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "redis cluster: no answer within the blocking pop's timeout",
+                )
+                .into())
+            })
+    })
+}
+
+impl ConnectionLike for BlockingConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            BlockingConnection::Single(c) => c.req_packed_command(cmd),
+            BlockingConnection::Cluster(c, within) => bounded(*within, c.req_packed_command(cmd)),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            BlockingConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            BlockingConnection::Cluster(c, within) => {
+                bounded(*within, c.req_packed_commands(cmd, offset, count))
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            BlockingConnection::Single(c) => c.get_db(),
+            BlockingConnection::Cluster(c, _) => c.get_db(),
+        }
     }
 }
 
@@ -221,51 +404,97 @@ impl std::ops::DerefMut for CommandConnection {
 pub struct RedisPools {
     /// Short commands and scripts.
     pub commands: Commands,
-    /// Blocking pops only.
-    pub blocking: Pool,
+    /// Blocking pops only ([`RedisPools::blocking`]).
+    blocking: Blocking,
     /// The response timeout of short commands.
     response_timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisPools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let blocking = match &self.blocking {
+            Blocking::Single(p) => p.status(),
+            Blocking::Cluster(p) => p.status(),
+        };
         f.debug_struct("RedisPools")
             .field("commands", &self.commands)
-            .field("blocking", &self.blocking.status())
+            .field("blocking", &blocking)
             .finish()
     }
 }
 
+/// How a cluster call retries a redirection it cannot follow at once (TRYAGAIN while a slot
+/// moves, a node that failed and is being replaced): from 10 ms, doubling, at most 500 ms
+/// apart, with jitter; the whole call stays within the response timeout.
+const CLUSTER_RETRIES: u32 = 12;
+const CLUSTER_RETRY_MIN_MS: u64 = 10;
+const CLUSTER_RETRY_MAX_MS: u64 = 500;
+
 impl RedisPools {
     /// Builds both pools. Connections open lazily, so this succeeds while Redis is down.
     pub fn new(settings: &RedisSettings) -> Result<Self, RedisError> {
-        let connect = Some(Duration::from_millis(settings.connect_timeout_ms));
+        let connect = Duration::from_millis(settings.connect_timeout_ms);
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+        let wait = Some(Duration::from_millis(settings.wait_timeout_ms));
+        let infos = urls(settings)
+            .map(|u| connection_info(settings, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(info) = infos.first().cloned() else {
+            return Err(RedisError::Pool("redis.url names no server".into()));
+        };
+        if settings.cluster {
+            let mut builder = ClusterClientBuilder::new(infos.clone())
+                .connection_timeout(connect)
+                .response_timeout(response_timeout)
+                .overall_response_timeout(Some(response_timeout))
+                .retries(CLUSTER_RETRIES)
+                .min_retry_wait(CLUSTER_RETRY_MIN_MS)
+                .max_retry_wait(CLUSTER_RETRY_MAX_MS)
+                .retry_wait_formula(CLUSTER_RETRY_MIN_MS, 2)
+                .tcp_settings(tcp_settings(settings));
+            if let Some(certs) = tls_certificates(settings, &settings.url)? {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build()?;
+            let manager = deadpool_redis::cluster::Manager::new(infos, false)?;
+            let blocking = deadpool_redis::cluster::Pool::builder(manager)
+                .max_size(settings.blocking_pool_size)
+                .wait_timeout(wait)
+                .create_timeout(Some(connect))
+                .recycle_timeout(Some(connect))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(|e| RedisError::Pool(e.to_string()))?;
+            return Ok(Self {
+                commands: Commands(Shared::Cluster {
+                    client,
+                    conn: Default::default(),
+                }),
+                blocking: Blocking::Cluster(blocking),
+                response_timeout,
+            });
+        }
         // Reconnects are the callers' to retry (each call fails fast and says so): one attempt.
         let short = ConnectionManagerConfig::new()
-            .set_connection_timeout(connect)
+            .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(0);
         // The longest a pop may need; each pop sets its own (`blocking_timeout`) before it runs.
         let long = AsyncConnectionConfig::new()
-            .set_connection_timeout(connect)
+            .set_connection_timeout(Some(connect))
             .set_response_timeout(Some(MAX_BLOCK + response_timeout));
-        let wait = Some(Duration::from_millis(settings.wait_timeout_ms));
-        let info = connection_info(settings)?;
-        let build = |config, size| -> Result<Pool, RedisError> {
-            let manager = Manager::new_with_config(info.clone(), config)?;
-            Pool::builder(manager)
-                .max_size(size)
-                .wait_timeout(wait)
-                .create_timeout(connect)
-                .recycle_timeout(connect)
-                .runtime(Runtime::Tokio1)
-                .build()
-                .map_err(|e| RedisError::Pool(e.to_string()))
-        };
+        let manager = Manager::new_with_config(info.clone(), long)?;
+        let blocking = Pool::builder(manager)
+            .max_size(settings.blocking_pool_size)
+            .wait_timeout(wait)
+            .create_timeout(Some(connect))
+            .recycle_timeout(Some(connect))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| RedisError::Pool(e.to_string()))?;
         Ok(Self {
-            commands: Commands::new(&info, short, settings.pool_size)?,
-            blocking: build(long, settings.blocking_pool_size)?,
+            commands: Commands::single(&info, short, settings.pool_size)?,
+            blocking: Blocking::Single(blocking),
             response_timeout,
         })
     }
@@ -275,6 +504,20 @@ impl RedisPools {
     /// fails that long after it was sent, not [`MAX_BLOCK`] later.
     pub fn blocking_timeout(&self, wait: Duration) -> Duration {
         Duration::from_secs_f64(block_seconds(wait)) + self.response_timeout
+    }
+
+    /// A connection of the blocking pool for one pop that blocks up to `wait`, its answer
+    /// bounded by [`RedisPools::blocking_timeout`].
+    pub async fn blocking(&self, wait: Duration) -> Result<BlockingConnection, RedisError> {
+        let within = self.blocking_timeout(wait);
+        Ok(match &self.blocking {
+            Blocking::Single(p) => {
+                let mut c = p.get().await?;
+                c.set_response_timeout(within);
+                BlockingConnection::Single(c)
+            }
+            Blocking::Cluster(p) => BlockingConnection::Cluster(p.get().await?, within),
+        })
     }
 
     /// Checks that Redis answers and is configured so that leases cannot be evicted.

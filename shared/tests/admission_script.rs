@@ -67,7 +67,7 @@ fn documented_context() -> (Vec<String>, Vec<String>) {
 #[test]
 fn the_documented_context_arguments_are_what_the_store_sends() {
     let settings = Settings::default();
-    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let keys = Keys::of(&settings.redis);
     let pools = RedisPools::new(&settings.redis).expect("pool settings");
     let store = RedisStore::new(pools, keys.clone(), FleetPolicy::from_settings(&settings))
         .queuing_into(&settings.queue.name);

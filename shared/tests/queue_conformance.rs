@@ -62,13 +62,32 @@ struct Redis {
 
 impl Redis {
     async fn new() -> Self {
-        let pools = support::redis_pools().await;
-        let keys = support::unique_keys();
+        Self::on(support::redis_pools().await, support::unique_keys())
+    }
+
+    fn on(
+        pools: runfleet_shared::redis_pool::RedisPools,
+        keys: runfleet_shared::keys::Keys,
+    ) -> Self {
         Redis {
             queue: RedisQueue::new(pools.clone(), keys.clone(), "jobs"),
             pools,
             keys,
         }
+    }
+}
+
+/// The Redis-list queue on the test Redis Cluster, under a hash tag of its own.
+struct RedisCluster;
+impl RedisCluster {
+    // The suite's macro builds each backend with `<Backend>::new()`; this one is the Redis
+    // harness on other pools.
+    #[allow(clippy::new_ret_no_self)]
+    async fn new() -> Redis {
+        Redis::on(
+            support::cluster_pools().await,
+            support::unique_cluster_keys(),
+        )
     }
 }
 
@@ -326,6 +345,6 @@ macro_rules! conformance_for {
     )*};
 }
 
-conformance_for!(memory => Memory, redis => Redis);
+conformance_for!(memory => Memory, redis => Redis, redis_cluster => RedisCluster);
 #[cfg(feature = "rabbitmq")]
 conformance_for!(rabbitmq => RabbitMq);

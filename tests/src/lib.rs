@@ -17,6 +17,14 @@ pub fn redis_url() -> String {
     std::env::var("RUNFLEET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The test Redis Cluster's seed nodes: `RUNFLEET_TEST_CLUSTER_URL` (comma-separated), or the
+/// one `scripts/test` starts (`scripts/redis-cluster start 7101 target/redis-cluster`).
+pub fn cluster_url() -> String {
+    std::env::var("RUNFLEET_TEST_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103".into()
+    })
+}
+
 /// A Redis connection, or a panic saying clearly that the test needs a real Redis.
 pub async fn redis() -> redis::aio::MultiplexedConnection {
     redis_at(&redis_url()).await
@@ -269,6 +277,63 @@ impl Fleet {
         Self { prefix, env, logs }
     }
 
+    /// A fleet on the test Redis Cluster (`RUNFLEET_TEST_CLUSTER_URL`, or the one
+    /// `scripts/test` starts on 7101-7106), otherwise as [`Fleet::new`].
+    pub fn new_on_cluster(name: &str) -> Self {
+        Self::on_cluster(name, &cluster_url())
+    }
+
+    /// The same, on the Redis Cluster whose seed nodes are `urls` (comma-separated).
+    pub fn on_cluster(name: &str, urls: &str) -> Self {
+        let mut fleet = Self::on(name, urls);
+        fleet.set("RUNFLEET__REDIS__CLUSTER", "true");
+        fleet
+    }
+
+    /// Whether this fleet runs on a Redis Cluster.
+    pub fn clustered(&self) -> bool {
+        self.env
+            .get("RUNFLEET__REDIS__CLUSTER")
+            .is_some_and(|v| v == "true")
+    }
+
+    /// The fleet's Redis settings, as its processes read them.
+    pub fn redis_settings(&self) -> runfleet_shared::config::RedisSettings {
+        runfleet_shared::config::RedisSettings {
+            url: self.redis_url().to_owned(),
+            cluster: self.clustered(),
+            key_prefix: self.prefix.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The fleet's key names (with their hash tag on a cluster).
+    pub fn keys(&self) -> runfleet_shared::keys::Keys {
+        runfleet_shared::keys::Keys::of(&self.redis_settings())
+    }
+
+    /// A connection to this fleet's Redis, one server's or a cluster's (commands are routed by
+    /// key). Panics with a clear message when it cannot be reached.
+    pub async fn conn(&self) -> runfleet_shared::redis_pool::Conn {
+        let settings = self.redis_settings();
+        let pools =
+            runfleet_shared::redis_pool::RedisPools::new(&settings).expect("redis settings");
+        let attempt = async {
+            let mut c = pools.commands.get().await?;
+            let _: String = redis::cmd("PING").query_async(&mut *c).await?;
+            Ok::<_, runfleet_shared::redis_pool::RedisError>(c)
+        };
+        match attempt.await {
+            Ok(c) => (*c).clone(),
+            Err(e) => panic!(
+                "whole-fleet tests need a real Redis{} at {} and could not reach it ({e}). Run \
+                 `scripts/test`, which starts them.",
+                if settings.cluster { " Cluster" } else { "" },
+                settings.url
+            ),
+        }
+    }
+
     /// Overrides a setting for processes spawned from now on.
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
         self.env.insert(key.to_owned(), value.into());
@@ -398,9 +463,9 @@ impl Fleet {
 
     /// Every accepted write recorded in the audit stream, in the order Redis accepted them.
     pub async fn audit(&self) -> Vec<AuditEntry> {
-        let mut r = self.redis().await;
+        let mut r = self.conn().await;
         let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{}:audit", self.prefix))
+            .arg(format!("{}:audit", self.keys().prefix()))
             .arg("-")
             .arg("+")
             .query_async(&mut r)
@@ -428,9 +493,9 @@ impl Fleet {
 
     /// Deletes every key of this fleet.
     pub async fn cleanup(&self) {
-        let mut r = self.redis().await;
+        let mut r = self.conn().await;
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
+            .arg(format!("{}:*", self.keys().prefix()))
             .query_async(&mut r)
             .await
             .unwrap_or_default();
@@ -441,14 +506,15 @@ impl Fleet {
 
     /// Total length of the ready list and every processing list of the fleet's queue.
     pub async fn queue_lengths(&self) -> (u64, u64) {
-        let mut r = self.redis().await;
+        let mut r = self.conn().await;
+        let keys = self.keys();
         let ready: u64 = redis::cmd("LLEN")
-            .arg(format!("{}:queue:jobs:ready", self.prefix))
+            .arg(keys.ready("jobs"))
             .query_async(&mut r)
             .await
             .unwrap();
         let lists: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:queue:jobs:processing:*", self.prefix))
+            .arg(format!("{}:queue:jobs:processing:*", keys.prefix()))
             .query_async(&mut r)
             .await
             .unwrap();
@@ -1394,4 +1460,140 @@ pub fn log_events(output: &str, message: &str) -> Vec<Value> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["message"] == message)
         .collect()
+}
+
+/// A Redis Cluster of its own (3 masters, 3 replicas on loopback), for tests that kill or move
+/// its nodes; started and stopped with `scripts/redis-cluster`, like the shared one.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    /// The first of its six ports.
+    pub base: u16,
+    dir: PathBuf,
+}
+
+fn cluster_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster")
+}
+
+fn run_cluster_script(args: &[&str]) -> String {
+    let out = Command::new(cluster_script())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/redis-cluster: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/redis-cluster {args:?} failed (this test starts its own Redis Cluster and needs \
+         redis-server and redis-cli): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl PrivateCluster {
+    /// Starts one on six free consecutive ports (and their bus ports, +10000).
+    pub fn start(name: &str) -> Self {
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        // Bases in 20000..29990 (bus ports up to 39995), from a point that differs by process.
+        let offset = (std::process::id() % 997) as u16 * 10;
+        let base = (0..999u16)
+            .map(|i| 20000 + (offset + i * 10) % 9990)
+            .find(|&b| (b..b + 6).all(|p| free(p) && free(p + 10000)))
+            .expect("six free consecutive loopback ports");
+        let dir = log_dir(&format!("cluster-{name}-{}", std::process::id()));
+        run_cluster_script(&["start", &base.to_string(), &dir.to_string_lossy()]);
+        Self { base, dir }
+    }
+
+    /// Its seed nodes, as `redis.url` takes them.
+    pub fn urls(&self) -> String {
+        (self.base..self.base + 3)
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ports of its nodes.
+    pub fn ports(&self) -> std::ops::Range<u16> {
+        self.base..self.base + 6
+    }
+
+    /// The port of the master that serves `key`'s slot now (as any live node says), if one does.
+    pub fn master_of(&self, key: &str) -> Option<u16> {
+        for port in self.ports() {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+                continue;
+            };
+            let Ok(slot) = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query::<u16>(&mut c)
+            else {
+                continue;
+            };
+            let Ok(shards) = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query::<Vec<redis::Value>>(&mut c)
+            else {
+                continue;
+            };
+            for range in shards {
+                let redis::Value::Array(items) = range else {
+                    continue;
+                };
+                let num = |v: &redis::Value| match v {
+                    redis::Value::Int(n) => Some(*n),
+                    _ => None,
+                };
+                let (Some(lo), Some(hi)) = (num(&items[0]), num(&items[1])) else {
+                    continue;
+                };
+                if let redis::Value::Array(master) = &items[2]
+                    && (lo..=hi).contains(&i64::from(slot))
+                {
+                    return num(&master[1]).map(|p| p as u16);
+                }
+            }
+        }
+        None
+    }
+
+    /// Kills the node on `port` with SIGKILL.
+    pub fn kill(&self, port: u16) {
+        let pid = std::fs::read_to_string(self.dir.join(port.to_string()).join("redis.pid"))
+            .expect("the node's pid file");
+        let ok = Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -9 of the node on {port}");
+    }
+
+    /// Starts the killed node on `port` again (it rejoins as a replica).
+    pub fn restart_node(&self, port: u16) {
+        run_cluster_script(&[
+            "restart-node",
+            &self.dir.to_string_lossy(),
+            &port.to_string(),
+        ]);
+    }
+
+    /// Whether every node answers, the cluster is ok and every master has its replica.
+    pub fn healthy(&self) -> bool {
+        Command::new(cluster_script())
+            .args(["status", &self.dir.to_string_lossy()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(cluster_script())
+            .args(["stop", &self.dir.to_string_lossy()])
+            .status();
+    }
 }

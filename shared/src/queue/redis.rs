@@ -133,15 +133,14 @@ impl JobQueue for RedisQueue {
             return Ok(got);
         }
         let first: Option<String> = {
-            let mut conn = self.pools.blocking.get().await?;
-            conn.set_response_timeout(self.pools.blocking_timeout(wait));
+            let mut conn = self.pools.blocking(wait).await?;
             ::redis::cmd("BLMOVE")
                 .arg(self.ready())
                 .arg(self.processing(node))
                 .arg("RIGHT")
                 .arg("LEFT")
                 .arg(block_seconds(wait))
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?
         };
         // The one that woke the node, alone: the caller records it at once (a pick-up waits for

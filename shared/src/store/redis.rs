@@ -40,6 +40,8 @@ pub struct RedisStore {
     context: Arc<(ScriptContext, [String; ScriptContext::LEN])>,
     /// Functions or EVAL, as the server allows (shared by clones).
     mode: Arc<ScriptMode>,
+    /// The keys every script call declares ([`Keys::route`]).
+    route: Arc<[String; 2]>,
 }
 
 fn context(
@@ -59,6 +61,7 @@ impl RedisStore {
         let context = context(&keys, &policy, None);
         Self {
             pools,
+            route: Arc::new(keys.route()),
             keys,
             policy,
             queue: None,
@@ -99,7 +102,7 @@ impl RedisStore {
 
     /// A call of `script` with the prelude's context arguments.
     fn invoke(&self, script: &'static StoreScript) -> Call<'_> {
-        let mut call = Call::new(script, &self.mode);
+        let mut call = Call::new(script, &self.mode, &self.route[..]);
         for arg in self.context.1.iter() {
             call.arg(arg);
         }
@@ -704,8 +707,8 @@ impl JobStore for RedisStore {
             .arg(after.to_string());
         // A blocking read holds its connection until an event comes: the blocking pool's.
         let reply: Option<::redis::streams::StreamReadReply> = match wait {
-            Some(_) => {
-                cmd.query_async(&mut *self.pools.blocking.get().await?)
+            Some(wait) => {
+                cmd.query_async(&mut self.pools.blocking(wait).await?)
                     .await?
             }
             None => cmd.query_async(&mut *self.conn().await?).await?,
@@ -1071,12 +1074,11 @@ impl CommandBus for RedisStore {
         wait: Duration,
     ) -> Result<Option<NodeCommand>, StoreError> {
         let popped: Option<(String, String)> = {
-            let mut conn = self.pools.blocking.get().await?;
-            conn.set_response_timeout(self.pools.blocking_timeout(wait));
+            let mut conn = self.pools.blocking(wait).await?;
             ::redis::cmd("BLPOP")
                 .arg(self.keys.commands(node))
                 .arg(block_seconds(wait))
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?
         };
         popped

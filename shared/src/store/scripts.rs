@@ -149,14 +149,21 @@ impl ScriptMode {
 pub(crate) struct Call<'a> {
     script: &'static StoreScript,
     mode: &'a ScriptMode,
+    /// The keys the call declares ([`crate::keys::Keys::route`]): a cluster routes it by them.
+    keys: &'a [String],
     args: Vec<Vec<u8>>,
 }
 
 impl<'a> Call<'a> {
-    pub(crate) fn new(script: &'static StoreScript, mode: &'a ScriptMode) -> Self {
+    pub(crate) fn new(
+        script: &'static StoreScript,
+        mode: &'a ScriptMode,
+        keys: &'a [String],
+    ) -> Self {
         Self {
             script,
             mode,
+            keys,
             args: Vec::with_capacity(24),
         }
     }
@@ -169,7 +176,9 @@ impl<'a> Call<'a> {
 
     fn fcall(&self) -> Cmd {
         let mut cmd = ::redis::cmd("FCALL");
-        cmd.arg(self.script.function()).arg(0);
+        cmd.arg(self.script.function())
+            .arg(self.keys.len())
+            .arg(self.keys);
         for a in &self.args {
             cmd.arg(a.as_slice());
         }
@@ -178,6 +187,9 @@ impl<'a> Call<'a> {
 
     fn evalsha(&self) -> ::redis::ScriptInvocation<'static> {
         let mut inv = self.script.eval().prepare_invoke();
+        for k in self.keys {
+            inv.key(k);
+        }
         for a in &self.args {
             inv.arg(a.as_slice());
         }

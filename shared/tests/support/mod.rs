@@ -39,6 +39,39 @@ pub async fn redis_pools_at(url: &str) -> RedisPools {
     pools
 }
 
+/// The test Redis Cluster's seed nodes: `RUNFLEET_TEST_CLUSTER_URL` (comma-separated), or the
+/// one `scripts/test` starts (`scripts/redis-cluster start 7101 target/redis-cluster`).
+pub fn cluster_url() -> String {
+    std::env::var("RUNFLEET_TEST_CLUSTER_URL").unwrap_or_else(|_| {
+        "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103".into()
+    })
+}
+
+/// Pools on the test Redis Cluster, after checking it answers. Panics with a clear message if
+/// not: these tests must never pass by skipping.
+pub async fn cluster_pools() -> RedisPools {
+    let settings = RedisSettings {
+        url: cluster_url(),
+        cluster: true,
+        ..RedisSettings::default()
+    };
+    let pools = RedisPools::new(&settings).expect("redis cluster settings");
+    if let Err(e) = pools.check().await {
+        panic!(
+            "this test needs a real Redis Cluster at {} and could not reach it ({e}). Start one \
+             (`scripts/test` does: `scripts/redis-cluster start 7101 target/redis-cluster`), or \
+             point RUNFLEET_TEST_CLUSTER_URL at one.",
+            settings.url
+        );
+    }
+    pools
+}
+
+/// A clustered key prefix (one hash tag) no other test uses.
+pub fn unique_cluster_keys() -> Keys {
+    Keys::clustered(&format!("rftest-{}", uuid::Uuid::new_v4().simple()))
+}
+
 /// A key prefix no other test uses.
 pub fn unique_keys() -> Keys {
     Keys::new(format!("rftest-{}", uuid::Uuid::new_v4().simple()))

@@ -4,6 +4,7 @@ mod admin_audit;
 mod any_client;
 mod batch;
 mod cli;
+mod cluster;
 mod dashboard;
 mod external;
 mod integrity;

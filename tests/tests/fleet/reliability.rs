@@ -60,7 +60,12 @@ pub(crate) async fn start_runners(api: &Api, user: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_every_runner_runs_again_on_the_other_node() {
-    let fleet = Fleet::new("kill9");
+    kill_9_on(Fleet::new("kill9")).await;
+}
+
+/// A node of `fleet` killed with SIGKILL: its 3 runners run again on the other, none lost,
+/// never two live epochs of one runner at a time.
+pub(crate) async fn kill_9_on(fleet: Fleet) {
     fleet.cleanup().await;
     let (_orchestrator, api) = fleet.orchestrator("orchestrator").await;
     let mut doomed = fleet.worker("worker-doomed", 8);

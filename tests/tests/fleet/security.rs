@@ -10,13 +10,17 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_starts_through_two_orchestrators_never_exceed_a_limit() {
-    let fleet = Fleet::new("concurrent");
+    concurrent_starts_on(Fleet::new("concurrent"), 10).await;
+}
+
+/// `rounds` rounds of 200 + 200 concurrent starts, for a free and a basic user, through two
+/// orchestrators of `fleet`: exactly the tier's limit is admitted each time.
+pub(crate) async fn concurrent_starts_on(fleet: Fleet, rounds: usize) {
     fleet.cleanup().await;
     let (_a, api_a) = fleet.orchestrator("orchestrator-a").await;
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
-    const ROUNDS: usize = 10;
     const STARTS: usize = 200;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let (free, basic) = (format!("free-{round}"), format!("basic-{round}"));
         let (code, body) = api_a
             .put_admin(

@@ -31,7 +31,11 @@ async fn an_orchestrator_exits_cleanly_on_sigterm_within_its_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_node_hands_its_runners_back_on_sigterm() {
-    let fleet = Fleet::new("sigterm-worker");
+    hand_back_on_sigterm_on(Fleet::new("sigterm-worker")).await;
+}
+
+/// A node of `fleet` stopped with SIGTERM hands its runner back; another node takes it.
+pub(crate) async fn hand_back_on_sigterm_on(fleet: Fleet) {
     fleet.cleanup().await;
     let (_orchestrator, api) = fleet.orchestrator("orchestrator").await;
     let mut first = fleet.worker("worker-1", 4);

@@ -13,7 +13,11 @@ const USERS: [&str; 3] = ["alice", "bob", "carol"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_started_on_one_orchestrator_are_seen_and_stopped_through_another() {
-    let fleet = Fleet::new("skeleton");
+    on_fleet(Fleet::new("skeleton")).await;
+}
+
+/// The scenario with its processes (2 orchestrators, 2 nodes) on `fleet`.
+pub(crate) async fn on_fleet(fleet: Fleet) {
     fleet.cleanup().await;
     let (_a, api_a) = fleet.orchestrator("orchestrator-a").await;
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;

@@ -1,0 +1,226 @@
+//! Issue 16: the fleet on a Redis Cluster (3 masters, 3 replicas; `scripts/test` starts it on
+//! 7101-7106). Every key of a fleet carries one hash tag, so the store's scripts stay single-slot
+//! and atomic. The main whole-fleet scenarios run here unchanged against the cluster.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use runfleet_tests::{Api, Fleet, PrivateCluster, eventually, idle_start_request};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_skeleton_scenario_runs_on_a_cluster() {
+    crate::walking_skeleton::on_fleet(Fleet::new_on_cluster("cl-skeleton")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_on_a_cluster_never_exceed_a_limit() {
+    crate::security::concurrent_starts_on(Fleet::new_on_cluster("cl-concurrent"), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_on_a_cluster_loses_no_runner() {
+    crate::reliability::kill_9_on(Fleet::new_on_cluster("cl-kill9")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_cluster_hands_its_runners_back_on_sigterm() {
+    crate::shutdown::hand_back_on_sigterm_on(Fleet::new_on_cluster("cl-sigterm")).await;
+}
+
+/// Runners of the failover test: 6 pro users × 10.
+const USERS: usize = 6;
+const PER_USER: usize = 10;
+/// Failovers in a row (the issue asks for 5).
+const FAILOVERS: usize = 5;
+
+/// Every runner of the failover fleet, by job id: (status, epoch, node).
+async fn runners(api: &Api) -> HashMap<String, (String, u64, String)> {
+    let mut all = HashMap::new();
+    for u in 0..USERS {
+        for w in crate::reliability::workers_of(api, &format!("fo-{u}")).await {
+            let r = &w["worker"];
+            all.insert(
+                r["jobId"].as_str().unwrap_or_default().to_owned(),
+                (
+                    r["status"].as_str().unwrap_or_default().to_owned(),
+                    r["epoch"].as_u64().unwrap_or(0),
+                    crate::reliability::node_of(&w),
+                ),
+            );
+        }
+    }
+    all
+}
+
+/// What the failover fleet's two nodes say they hold (their own count, from their heartbeat).
+async fn held_by_nodes(api: &Api) -> u64 {
+    let (code, body) = api.get("/v1/nodes").await;
+    assert_eq!(code, 200, "{body}");
+    body["nodes"]
+        .as_array()
+        .map(|ns| ns.iter().filter_map(|n| n["runners"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// A start of the probe user, who is at their limit: refused with 403 when Redis answers.
+async fn probe(api: &Api) -> runfleet_tests::Answer {
+    api.request(
+        reqwest::Method::POST,
+        "/v1/runners",
+        Some(&idle_start_request("fo-probe", "p1")),
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_failovers_keep_every_process_up_and_every_runner_running_once() {
+    let cluster = PrivateCluster::start("failover");
+    let mut fleet = Fleet::on_cluster("cl-failover", &cluster.urls());
+    // A lease longer than a failover (node timeout 3 s, then the election): the runners ride
+    // it out instead of being restarted.
+    fleet
+        .set("RUNFLEET__HEARTBEAT__LEASE_MS", "12000")
+        .set("RUNFLEET__HEARTBEAT__INTERVAL_MS", "500");
+    let (mut orch_a, api) = fleet.orchestrator("orchestrator-a").await;
+    let (mut orch_b, api_b) = fleet.orchestrator("orchestrator-b").await;
+    let mut node_1 = fleet.worker("worker-1", 40);
+    let mut node_2 = fleet.worker("worker-2", 40);
+    for u in 0..USERS {
+        let user = format!("fo-{u}");
+        api.grant(&user, "pro").await;
+        for i in 0..PER_USER {
+            let (code, body) = api
+                .post("/v1/runners", &idle_start_request(&user, &format!("s{i}")))
+                .await;
+            assert_eq!(code, 202, "{body}");
+        }
+    }
+    // The probe: a free user at their limit. Its start runs the admission script, is refused
+    // with 403 when Redis answers and writes nothing, so it can be sent all through a failover.
+    let (code, body) = api
+        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let total = USERS * PER_USER + 1;
+    eventually(Duration::from_secs(60), "every runner running", || async {
+        let all = runners(&api).await;
+        (all.len() == total - 1 && all.values().all(|(s, ..)| s == "running")).then_some(())
+    })
+    .await;
+
+    let tag_key = fleet.keys().ready("jobs");
+    let mut report = Vec::new();
+    for round in 1..=FAILOVERS {
+        let master = cluster
+            .master_of(&tag_key)
+            .expect("the fleet's slot has a master");
+        let probing = Arc::new(AtomicBool::new(true));
+        let prober = {
+            let (api, probing) = (api_b.clone(), probing.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while probing.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let a = probe(&api).await;
+                    answers.push((sent, a.status, a.retry_after, a.body));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                answers
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let killed = Instant::now();
+        cluster.kill(master);
+        let promoted = eventually(Duration::from_secs(30), "a replica promoted", || async {
+            cluster.master_of(&tag_key).filter(|&m| m != master)
+        })
+        .await;
+        let promoted_after = killed.elapsed();
+        // The fleet answers again: the probe is refused for its limit, not for Redis.
+        eventually(
+            Duration::from_secs(30),
+            "admissions answered again",
+            || async {
+                let a = api_b
+                    .request(
+                        reqwest::Method::POST,
+                        "/v1/runners",
+                        Some(&idle_start_request("fo-probe", "p2")),
+                        None,
+                    )
+                    .await;
+                (a.status == 403).then_some(())
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        probing.store(false, Ordering::Relaxed);
+        let answers = prober.await.expect("prober");
+        cluster.restart_node(master);
+
+        let unavailable: Vec<_> = answers.iter().filter(|a| a.1 == 503).collect();
+        for (_, code, retry_after, body) in &answers {
+            assert!(
+                *code == 403 || *code == 503,
+                "round {round}: a probe got {code}: {body}"
+            );
+            if *code == 503 {
+                assert!(retry_after.is_some(), "a 503 carries Retry-After: {body}");
+            }
+        }
+        let window = match (unavailable.first(), unavailable.last()) {
+            (Some(first), Some(last)) => last.0.duration_since(first.0),
+            _ => Duration::ZERO,
+        };
+        // Every runner is running again, once: each job runs, and the nodes hold exactly as
+        // many as there are jobs (a runner held twice would count twice).
+        let settled = Instant::now();
+        let reclaimed = eventually(
+            Duration::from_secs(60),
+            "all runners running once",
+            || async {
+                let all = runners(&api).await;
+                let running = all.values().filter(|(s, ..)| s == "running").count();
+                (running == total - 1 && held_by_nodes(&api).await == total as u64)
+                    .then_some(all.values().filter(|(_, epoch, _)| *epoch > 1).count())
+            },
+        )
+        .await;
+        for (name, p) in [
+            ("orchestrator-a", &mut orch_a),
+            ("orchestrator-b", &mut orch_b),
+            ("worker-1", &mut node_1),
+            ("worker-2", &mut node_2),
+        ] {
+            assert!(
+                p.wait_exit(Duration::ZERO).await.is_none(),
+                "round {round}: {name} exited\n{}",
+                p.output()
+            );
+        }
+        let line = format!(
+            "failover {round}: master :{master} killed, :{promoted} promoted after {:.1} s; \
+             {} of {} probe starts answered 503 + Retry-After, over {:.1} s; all {} runners \
+             running once {:.1} s later ({reclaimed} claimed again since the start)",
+            promoted_after.as_secs_f64(),
+            unavailable.len(),
+            answers.len(),
+            window.as_secs_f64(),
+            total,
+            settled.elapsed().as_secs_f64(),
+        );
+        println!("{line}");
+        report.push(line);
+        eventually(
+            Duration::from_secs(60),
+            "the killed node back as a replica",
+            || async { cluster.healthy().then_some(()) },
+        )
+        .await;
+    }
+    println!("{}", report.join("\n"));
+    fleet.cleanup().await;
+}
