@@ -224,3 +224,146 @@ async fn master_failovers_keep_every_process_up_and_every_runner_running_once() 
     println!("{}", report.join("\n"));
     fleet.cleanup().await;
 }
+
+/// The id of the node on `port` and the number of slots it serves.
+fn node_id_and_slots(cluster: &PrivateCluster, port: u16) -> (String, usize) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "myid"])
+        .output()
+        .expect("redis-cli");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let nodes = std::process::Command::new("redis-cli")
+        .args(["-p", &cluster.base.to_string(), "cluster", "nodes"])
+        .output()
+        .expect("redis-cli");
+    let slots = String::from_utf8_lossy(&nodes.stdout)
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(8)
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => {
+                        b.parse::<usize>().unwrap_or(0) - a.parse::<usize>().unwrap_or(0) + 1
+                    }
+                    None => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    (id, slots)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothing() {
+    let cluster = PrivateCluster::start("reshard");
+    let fleet = Fleet::on_cluster("cl-reshard", &cluster.urls());
+    let (_a, api) = fleet.orchestrator("orchestrator-a").await;
+    let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
+    let _n1 = fleet.worker("worker-1", 20);
+    let _n2 = fleet.worker("worker-2", 20);
+    for u in 0..2 {
+        let user = format!("fo-{u}");
+        api.grant(&user, "pro").await;
+        for i in 0..PER_USER {
+            let (code, body) = api
+                .post("/v1/runners", &idle_start_request(&user, &format!("s{i}")))
+                .await;
+            assert_eq!(code, 202, "{body}");
+        }
+    }
+    let (code, body) = api
+        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let all_running = || async {
+        let mut n = 0;
+        for u in 0..2 {
+            n += crate::reliability::workers_of(&api, &format!("fo-{u}"))
+                .await
+                .iter()
+                .filter(|w| w["worker"]["status"] == "running")
+                .count();
+        }
+        n
+    };
+    eventually(Duration::from_secs(60), "20 runners running", || async {
+        (all_running().await == 2 * PER_USER && held_by_nodes(&api).await == 21).then_some(())
+    })
+    .await;
+
+    let tag_key = fleet.keys().ready("jobs");
+    let from = cluster.master_of(&tag_key).expect("a master");
+    let to = cluster
+        .ports()
+        .find(|&p| p != from && node_id_and_slots(&cluster, p).1 > 0)
+        .expect("another master");
+    let (from_id, slots) = node_id_and_slots(&cluster, from);
+    let (to_id, _) = node_id_and_slots(&cluster, to);
+    let probing = Arc::new(AtomicBool::new(true));
+    let prober = {
+        let (api, probing) = (api_b.clone(), probing.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                let a = probe(&api).await;
+                answers.push((a.status, a.body));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        })
+    };
+    // Every slot of the fleet's master, the fleet's among them, moves to another master.
+    let started = Instant::now();
+    let moved = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args([
+                "--cluster",
+                "reshard",
+                &format!("127.0.0.1:{from}"),
+                "--cluster-from",
+                &from_id,
+                "--cluster-to",
+                &to_id,
+                "--cluster-slots",
+                &slots.to_string(),
+                "--cluster-yes",
+            ])
+            .output()
+            .expect("redis-cli --cluster reshard")
+    })
+    .await
+    .unwrap();
+    assert!(
+        moved.status.success(),
+        "reshard failed: {}",
+        String::from_utf8_lossy(&moved.stdout)
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        cluster.master_of(&tag_key),
+        Some(to),
+        "the fleet's slot moved"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    probing.store(false, Ordering::Relaxed);
+    let answers = prober.await.unwrap();
+    let errors: Vec<_> = answers.iter().filter(|(code, _)| *code != 403).collect();
+    println!(
+        "reshard of {slots} slots (the fleet's among them) from :{from} to :{to} took {:.1} s; \
+         {} probe starts during it, {} answered other than 403",
+        took.as_secs_f64(),
+        answers.len(),
+        errors.len()
+    );
+    assert!(errors.is_empty(), "the user saw errors: {errors:?}");
+    eventually(
+        Duration::from_secs(30),
+        "every runner still running once",
+        || async {
+            (all_running().await == 2 * PER_USER && held_by_nodes(&api).await == 21).then_some(())
+        },
+    )
+    .await;
+    fleet.cleanup().await;
+}
