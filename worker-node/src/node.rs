@@ -566,23 +566,39 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 },
             )
         };
-        self.runners().insert(
-            job.clone(),
-            JobRunner {
-                epoch: lease.epoch,
-                deadline,
-                report,
-                sent: Mutex::new(Sent::started(Instant::now(), &last_report.latest())),
-                stop,
-            },
-        );
+        {
+            let mut runners = self.runners();
+            if let Some(running) = runners.get_mut(&job) {
+                // This node runs the job already: Redis lost the claim that started it (a
+                // failover dropped a write the old master had acknowledged), queued it again,
+                // and it came back here. The runner keeps running under the new claim (its
+                // reports and its end carry the new epoch) instead of a second copy starting.
+                warn!(node = %self.id(), job = %job, epoch = lease.epoch, previous = running.epoch, "claimed a runner this node already runs; it keeps running under the new claim");
+                running.epoch = lease.epoch;
+                if let Some(at) = deadline.get() {
+                    running.deadline.extend_to(at);
+                }
+                return;
+            }
+            runners.insert(
+                job.clone(),
+                JobRunner {
+                    epoch: lease.epoch,
+                    deadline,
+                    report,
+                    sent: Mutex::new(Sent::started(Instant::now(), &last_report.latest())),
+                    stop,
+                },
+            );
+        }
         info!(node = %self.id(), job = %job, user = %spec.user_id, epoch = lease.epoch, "runner started");
         if let Err(e) = runner.start().await {
             warn!(node = %self.id(), job = %job, error = %e, "runner did not start");
         }
         runner.ended().await;
 
-        self.runners().remove(&job);
+        // The epoch it ends under: the latest claim's (see above), not always the first.
+        let epoch = self.runners().remove(&job).map_or(lease.epoch, |r| r.epoch);
         let taken = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
         let outcome = match taken {
             Some(Err(reason)) => {
@@ -590,7 +606,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 // neither restarted nor counted against the strategy's breaker.
                 warn!(node = %self.id(), job = %job, error = %reason, "runner cannot start; failing the job");
                 let end = failed_end(format!("runner cannot start: {reason}"));
-                self.finish(&owner, &job, lease.epoch, end).await;
+                self.finish(&owner, &job, epoch, end).await;
                 return;
             }
             Some(Ok(o)) if o.crashed.is_some() => {
@@ -602,7 +618,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 self.finish(
                     &owner,
                     &job,
-                    lease.epoch,
+                    epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, o.report),
                 )
                 .await;
@@ -624,7 +640,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 self.finish(
                     &owner,
                     &job,
-                    lease.epoch,
+                    epoch,
                     end_of(JobStatus::Stopped, error, outcome.flattened, outcome.report),
                 )
                 .await;
@@ -632,12 +648,11 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             Some(StopCause::Fenced) => {
                 // `fenced_at_ms` (wall clock, ms since the epoch) is no earlier than the runner's
                 // last trade: the partition tests compare it with the next claim's time in Redis.
-                warn!(node = %owner, job = %job, epoch = lease.epoch, fenced_at_ms = wall_ms(), "runner fenced off: its lease is no longer ours");
+                warn!(node = %owner, job = %job, epoch, fenced_at_ms = wall_ms(), "runner fenced off: its lease is no longer ours");
             }
             Some(StopCause::Shutdown) => {
                 let outcome = outcome.expect("matched Some");
-                self.hand_back(&owner, &job, lease.epoch, outcome.report)
-                    .await;
+                self.hand_back(&owner, &job, epoch, outcome.report).await;
             }
             None => {
                 let reason = match runner.last_error() {
@@ -654,7 +669,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 self.finish(
                     &owner,
                     &job,
-                    lease.epoch,
+                    epoch,
                     end_of(JobStatus::Crashed, Some(reason), None, last),
                 )
                 .await;

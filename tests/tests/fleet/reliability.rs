@@ -290,3 +290,71 @@ async fn a_strategy_that_always_panics_is_restarted_a_bounded_number_of_times_th
     assert_one_live_epoch_at_a_time(&fleet.audit().await);
     fleet.cleanup().await;
 }
+
+/// A failover of Redis can lose a claim the old master acknowledged: the job is queued again
+/// while its node runs it. When that same node claims it again, it keeps the runner it has (under
+/// the new claim) instead of starting a second copy. The lost write is simulated on one Redis by
+/// undoing the claim's effects by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_lost_by_redis_and_made_again_by_the_same_node_starts_no_second_runner() {
+    let fleet = Fleet::new("lost-claim");
+    fleet.cleanup().await;
+    let (_orchestrator, api) = fleet.orchestrator("orchestrator").await;
+    let node = fleet.worker("worker", 4);
+    start_runners(&api, "lena", 1).await;
+    let before = all_running(&api, "lena", 1, 0, Duration::from_secs(15)).await;
+    let job = before[0]["worker"]["jobId"].as_str().unwrap().to_owned();
+    let node_id = node_of(&before[0]);
+    let keys = fleet.keys();
+    let mut r = fleet.conn().await;
+    let job_key = keys.job(&runfleet_shared::ids::JobId::new(job.clone()));
+    // What the promoted replica would hold had the claim's write been lost.
+    let () = redis::pipe()
+        .hset(&job_key, "status", "queued")
+        .hdel(&job_key, "node")
+        .hincr(&job_key, "epoch", -1)
+        .srem(
+            keys.node_jobs(&runfleet_shared::ids::NodeId::new(node_id.clone())),
+            &job,
+        )
+        .sadd(keys.queued(), &job)
+        .lpush(keys.ready("jobs"), &job)
+        .ignore()
+        .query_async(&mut r)
+        .await
+        .expect("undo the claim");
+    let again = eventually(
+        Duration::from_secs(15),
+        "the job claimed again by the same node, heartbeats landing",
+        || async {
+            let ws = workers_of(&api, "lena").await;
+            let w = ws.first()?;
+            (w["worker"]["status"] == "running"
+                && node_of(w) == node_id
+                && w["worker"]["lastHeartbeatAt"].as_u64()
+                    > before[0]["worker"]["lastHeartbeatAt"].as_u64())
+            .then(|| w.clone())
+        },
+    )
+    .await;
+    assert_eq!(again["worker"]["epoch"], 1, "{again}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = node.output();
+    let started = log
+        .lines()
+        .filter(|l| l.contains("runner started") && l.contains(&job))
+        .count();
+    assert_eq!(started, 1, "one runner, not two:\n{log}");
+    assert!(
+        log.contains("claimed a runner this node already runs"),
+        "{log}"
+    );
+    // The runner it kept is the one Redis knows: its reports are accepted.
+    let later = all_running(&api, "lena", 1, 0, Duration::from_secs(10)).await;
+    assert!(
+        later[0]["worker"]["lastHeartbeatAt"].as_u64()
+            > again["worker"]["lastHeartbeatAt"].as_u64(),
+        "{later:?}"
+    );
+    fleet.cleanup().await;
+}
