@@ -19,6 +19,13 @@ async fn concurrent_starts_on_a_cluster_never_exceed_a_limit() {
     crate::security::concurrent_starts_on(Fleet::new_on_cluster("cl-concurrent"), 3).await;
 }
 
+/// RabbitMQ carries the jobs, the cluster holds the state.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_backend_runs_with_its_state_on_a_cluster() {
+    crate::rabbitmq::skeleton_on(Fleet::new_on_cluster("cl-rabbitmq")).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_on_a_cluster_loses_no_runner() {
     crate::reliability::kill_9_on(Fleet::new_on_cluster("cl-kill9")).await;

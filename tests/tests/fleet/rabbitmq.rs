@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use runfleet_shared::config::RabbitMqSettings;
 use runfleet_shared::ids::JobId;
-use runfleet_shared::keys::Keys;
 use runfleet_shared::queue::{JobQueue, RabbitMqQueue};
-use runfleet_tests::{Fleet, eventually, redis};
+use runfleet_tests::{Fleet, eventually};
 use serde_json::{Value, json};
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -44,7 +43,12 @@ fn workers(status: &Value) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_skeleton_scenario_runs_with_rabbitmq_selected() {
-    let mut fleet = Fleet::new("rabbitmq");
+    skeleton_on(Fleet::new("rabbitmq")).await;
+}
+
+/// The skeleton scenario with RabbitMQ as the queue of `fleet` (its state stays in Redis, one
+/// server's or a cluster's).
+pub(crate) async fn skeleton_on(mut fleet: Fleet) {
     let queue_name = format!("{}-jobs", fleet.prefix);
     fleet
         .set("RUNFLEET__QUEUE__BACKEND", "rabbitmq")
@@ -182,8 +186,8 @@ async fn the_skeleton_scenario_runs_with_rabbitmq_selected() {
     )
     .await;
     let record: HashMap<String, String> = ::redis::cmd("HGETALL")
-        .arg(Keys::new(fleet.prefix.clone()).job(&JobId::new(waiting.clone())))
-        .query_async(&mut redis().await)
+        .arg(fleet.keys().job(&JobId::new(waiting.clone())))
+        .query_async(&mut fleet.conn().await)
         .await
         .unwrap();
     assert_eq!(record.get("status").map(String::as_str), Some("stopped"));
