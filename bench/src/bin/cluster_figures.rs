@@ -1,0 +1,267 @@
+//! `runfleet-cluster-figures`: what one admission and one runner's heartbeat cost Redis, on one
+//! private `redis-server` and on a private Redis Cluster of 3 masters and 3 replicas
+//! (`scripts/redis-cluster`), both on this machine (issue 16's figures; docs/benchmarks.md).
+//!
+//! For each: `--admissions` starts through runfleet's store (the admission function, one call
+//! per start, `--clients` at a time), then `--runners` of them claimed by one node and renewed
+//! `--beats` times with every runner's report changed (positions and stats: the heartbeat's
+//! expensive case; an idle runner's beat costs nothing per runner). Redis CPU is read from each
+//! server's `INFO cpu` before and after each phase: the masters' and, on the cluster, the
+//! replicas' (replication is their cost). On a 2-core machine the cluster cannot be faster in
+//! absolute numbers; the per-operation CPU is what decides how it scales.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::StreamExt;
+use runfleet_shared::config::{RedisSettings, Settings};
+use runfleet_shared::crypto::CredentialCipher;
+use runfleet_shared::ids::{JobId, NodeId, UserId};
+use runfleet_shared::job::{JobSpec, StartRunnerRequest, Stats};
+use runfleet_shared::keys::Keys;
+use runfleet_shared::redis_pool::RedisPools;
+use runfleet_shared::store::{
+    Admission, ClaimOutcome, FleetPolicy, JobStore, LeaseStore, NodeInfo, RedisStore, RunnerBeat,
+    Subscriptions,
+};
+use runfleet_shared::tier::Tier;
+use runfleet_tests::{PrivateCluster, PrivateRedis, idle_start_request};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Redis CPU per admission and per runner heartbeat: one Redis vs a 3-master cluster"
+)]
+struct Args {
+    /// Admissions per target.
+    #[arg(long, default_value_t = 20_000)]
+    admissions: usize,
+    /// Concurrent admitting clients.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Runners claimed by the node and renewed.
+    #[arg(long, default_value_t = 5_000)]
+    runners: usize,
+    /// Heartbeats of all runners, each runner's report changed.
+    #[arg(long, default_value_t = 20)]
+    beats: usize,
+}
+
+const USERS: usize = 50;
+const NO_LIMIT: u32 = 1_000_000;
+
+/// The redis-servers of one target and how to read their CPU.
+struct Target {
+    name: &'static str,
+    settings: RedisSettings,
+    /// (port, is a master) of every server.
+    servers: Vec<(u16, bool)>,
+}
+
+impl Target {
+    fn cpu(&self) -> anyhow::Result<(f64, f64)> {
+        let (mut masters, mut replicas) = (0.0, 0.0);
+        for &(port, master) in &self.servers {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+            let mut c = client.get_connection()?;
+            let info: String = redis::cmd("INFO").arg("cpu").query(&mut c)?;
+            let field = |name: &str| -> f64 {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0.0)
+            };
+            let cpu = field("used_cpu_sys") + field("used_cpu_user");
+            if master {
+                masters += cpu;
+            } else {
+                replicas += cpu;
+            }
+        }
+        Ok((masters, replicas))
+    }
+
+    fn role_of(port: u16) -> anyhow::Result<bool> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut c = client.get_connection()?;
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut c)?;
+        Ok(info.contains("role:master"))
+    }
+}
+
+fn settings_for(target: &Target) -> Settings {
+    let mut s = Settings {
+        redis: target.settings.clone(),
+        ..Settings::default()
+    };
+    s.tiers.free = NO_LIMIT;
+    s.tiers.basic = NO_LIMIT;
+    s.tiers.pro = NO_LIMIT;
+    s.tiers.enterprise = NO_LIMIT;
+    s.limits.max_runners = NO_LIMIT;
+    s.limits.max_queued = NO_LIMIT;
+    s
+}
+
+struct Figures {
+    admissions_per_s: f64,
+    admission_master_us: f64,
+    admission_replica_us: f64,
+    report_master_us: f64,
+    report_replica_us: f64,
+    reports_per_s: f64,
+}
+
+async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
+    let settings = settings_for(target);
+    let pools = RedisPools::new(&settings.redis)?;
+    let keys = Keys::of(&settings.redis);
+    let store = RedisStore::new(pools, keys, FleetPolicy::from_settings(&settings))
+        .queuing_into(&settings.queue.name);
+    let cipher = CredentialCipher::ephemeral();
+    for u in 0..USERS {
+        store
+            .subscribe(&UserId::new(format!("user-{u}")), Tier::Enterprise, 1)
+            .await?;
+    }
+    let specs = (0..args.admissions)
+        .map(|i| {
+            let req: StartRunnerRequest = serde_json::from_value(idle_start_request(
+                &format!("user-{}", i % USERS),
+                &format!("s{i}"),
+            ))?;
+            Ok(JobSpec::sealed(JobId::generate(), req, &cipher)?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let (m0, r0) = target.cpu()?;
+    let started = Instant::now();
+    let admitted: Vec<anyhow::Result<()>> = futures::stream::iter(specs.iter())
+        .map(|spec| {
+            let store = store.clone();
+            async move {
+                match store.admit(spec).await? {
+                    Admission::Admitted { .. } => Ok(()),
+                    other => bail!("refused: {other:?}"),
+                }
+            }
+        })
+        .buffer_unordered(args.clients)
+        .collect()
+        .await;
+    let took = started.elapsed();
+    admitted.into_iter().collect::<anyhow::Result<()>>()?;
+    let (m1, r1) = target.cpu()?;
+    let n = args.admissions as f64;
+
+    // One node claims `runners` of them, then beats with every report changed.
+    let node = NodeId::new("figures-node");
+    let lease = Duration::from_secs(60);
+    let mut held = Vec::new();
+    while held.len() < args.runners {
+        let claims = store
+            .claim_queued(&node, args.runners - held.len(), lease)
+            .await?
+            .context("the store fills its queue itself")?;
+        let before = held.len();
+        held.extend(claims.outcomes.into_iter().filter_map(|o| match o {
+            ClaimOutcome::Claimed(l) => Some((l.spec.id.clone(), l.epoch)),
+            _ => None,
+        }));
+        if held.len() == before {
+            bail!("the queue ran dry after {before} claims");
+        }
+    }
+    let info = NodeInfo {
+        node_id: node.clone(),
+        capacity: held.len() as u32,
+        runners: held.len() as u32,
+        started_at: 0,
+        last_heartbeat_at: None,
+    };
+    let (m2, r2) = target.cpu()?;
+    let started = Instant::now();
+    for beat in 0..args.beats {
+        let beats: Vec<RunnerBeat> = held
+            .iter()
+            .map(|(job, epoch)| RunnerBeat {
+                job_id: job.clone(),
+                epoch: *epoch,
+                positions: Some(Vec::new()),
+                stats: Some(Stats {
+                    total_trades: beat as u64 + 1,
+                    ..Stats::default()
+                }),
+                account: None,
+            })
+            .collect();
+        let refused = store.renew(&info, &beats, lease).await?;
+        if !refused.is_empty() {
+            bail!("{} beats refused", refused.len());
+        }
+    }
+    let beat_took = started.elapsed();
+    let (m3, r3) = target.cpu()?;
+    let reports = (args.beats * held.len()) as f64;
+    Ok(Figures {
+        admissions_per_s: n / took.as_secs_f64(),
+        admission_master_us: (m1 - m0) * 1e6 / n,
+        admission_replica_us: (r1 - r0) * 1e6 / n,
+        report_master_us: (m3 - m2) * 1e6 / reports,
+        report_replica_us: (r3 - r2) * 1e6 / reports,
+        reports_per_s: reports / beat_took.as_secs_f64(),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let single = PrivateRedis::start().await;
+    let cluster = PrivateCluster::start("figures");
+    let targets = [
+        Target {
+            name: "one redis-server",
+            settings: RedisSettings {
+                url: single.url(),
+                key_prefix: "figures".into(),
+                ..RedisSettings::default()
+            },
+            servers: vec![(single.port, true)],
+        },
+        Target {
+            name: "3-master cluster",
+            settings: RedisSettings {
+                url: cluster.urls(),
+                cluster: true,
+                key_prefix: "figures".into(),
+                ..RedisSettings::default()
+            },
+            servers: cluster
+                .ports()
+                .map(|p| Ok((p, Target::role_of(p)?)))
+                .collect::<anyhow::Result<_>>()?,
+        },
+    ];
+    println!(
+        "{} admissions ({} clients), then {} runners × {} heartbeats with every report changed",
+        args.admissions, args.clients, args.runners, args.beats
+    );
+    println!(
+        "| target | admissions/s | Redis CPU per admission (µs): masters / replicas | runner reports/s | Redis CPU per report (µs): masters / replicas |"
+    );
+    println!("|---|---|---|---|---|");
+    for t in &targets {
+        let f = measure(t, &args).await?;
+        println!(
+            "| {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2} / {:.2} |",
+            t.name,
+            f.admissions_per_s,
+            f.admission_master_us,
+            f.admission_replica_us,
+            f.reports_per_s,
+            f.report_master_us,
+            f.report_replica_us
+        );
+    }
+    Ok(())
+}
