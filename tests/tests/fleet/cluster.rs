@@ -313,8 +313,12 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
         tokio::spawn(async move {
             let mut answers = Vec::new();
             while probing.load(Ordering::Relaxed) {
+                // A start (refused for its limit: 403) and a read of many keys (the status of
+                // a user with 10 runners: a pipeline of their records: 200).
                 let a = probe(&api).await;
-                answers.push((a.status, a.body));
+                answers.push(("start", 403, a.status, a.body));
+                let (code, body) = api.get("/v1/users/fo-0/runners").await;
+                answers.push(("status", 200, code, body));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             answers
@@ -355,10 +359,13 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
     tokio::time::sleep(Duration::from_millis(500)).await;
     probing.store(false, Ordering::Relaxed);
     let answers = prober.await.unwrap();
-    let errors: Vec<_> = answers.iter().filter(|(code, _)| *code != 403).collect();
+    let errors: Vec<_> = answers
+        .iter()
+        .filter(|(_, want, code, _)| code != want)
+        .collect();
     println!(
         "reshard of {slots} slots (the fleet's among them) from :{from} to :{to} took {:.1} s; \
-         {} probe starts during it, {} answered other than 403",
+         {} probe starts and status reads during it, {} answered otherwise than expected",
         took.as_secs_f64(),
         answers.len(),
         errors.len()
@@ -369,6 +376,151 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
         "every runner still running once",
         || async {
             (all_running().await == 2 * PER_USER && held_by_nodes(&api).await == 21).then_some(())
+        },
+    )
+    .await;
+    fleet.cleanup().await;
+}
+
+/// `redis-cli -p <port> <args>`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The fleet's own slot moved by hand, slowly (5 keys per MIGRATE, 20 ms apart), so that starts
+/// and reads keep arriving while part of the fleet's keys is on each master: every store call
+/// then gets TRYAGAIN (it declares two keys that never exist) and is retried until the slot
+/// settles, instead of running with half the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_split() {
+    let cluster = PrivateCluster::start("migrate");
+    let fleet = Fleet::on_cluster("cl-migrate", &cluster.urls());
+    let (_a, api) = fleet.orchestrator("orchestrator-a").await;
+    let _n1 = fleet.worker("worker-1", 20);
+    let user = "fo-0";
+    api.grant(user, "pro").await;
+    for i in 0..PER_USER {
+        let (code, body) = api
+            .post("/v1/runners", &idle_start_request(user, &format!("s{i}")))
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+    let (code, body) = api
+        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let running = || async {
+        crate::reliability::workers_of(&api, user)
+            .await
+            .iter()
+            .filter(|w| w["worker"]["status"] == "running")
+            .count()
+    };
+    eventually(Duration::from_secs(30), "10 runners running", || async {
+        (running().await == PER_USER).then_some(())
+    })
+    .await;
+
+    let tag_key = fleet.keys().ready("jobs");
+    let from = cluster.master_of(&tag_key).expect("a master");
+    let to = cluster
+        .ports()
+        .find(|&p| p != from && node_id_and_slots(&cluster, p).1 > 0)
+        .expect("another master");
+    let (from_id, to_id) = (
+        redis_cli(from, &["cluster", "myid"]),
+        redis_cli(to, &["cluster", "myid"]),
+    );
+    let slot = redis_cli(from, &["cluster", "keyslot", &tag_key]);
+    let probing = Arc::new(AtomicBool::new(true));
+    let prober = {
+        let (api, probing) = (api.clone(), probing.clone());
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while probing.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let a = probe(&api).await;
+                answers.push(("start", 403, a.status, sent.elapsed(), a.body));
+                let sent = Instant::now();
+                let (code, body) = api.get("/v1/users/fo-0/runners").await;
+                answers.push(("status", 200, code, sent.elapsed(), body));
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let migrating = Instant::now();
+    let moved_keys = tokio::task::spawn_blocking(move || {
+        assert_eq!(
+            redis_cli(to, &["cluster", "setslot", &slot, "importing", &from_id]),
+            "OK"
+        );
+        assert_eq!(
+            redis_cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]),
+            "OK"
+        );
+        let mut moved = 0;
+        loop {
+            let keys = redis_cli(from, &["cluster", "getkeysinslot", &slot, "5"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1"];
+            let to_port = to.to_string();
+            args.push(&to_port);
+            args.extend(["", "0", "5000", "KEYS"]);
+            args.extend(keys.iter().copied());
+            let out = redis_cli(from, &args);
+            assert_eq!(out, "OK", "MIGRATE of {keys:?}");
+            moved += keys.len();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for port in [to, from] {
+            assert_eq!(
+                redis_cli(port, &["cluster", "setslot", &slot, "node", &to_id]),
+                "OK"
+            );
+        }
+        moved
+    })
+    .await
+    .unwrap();
+    let window = migrating.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    probing.store(false, Ordering::Relaxed);
+    let answers = prober.await.unwrap();
+    let slowest = answers.iter().map(|a| a.3).max().unwrap_or_default();
+    let errors: Vec<_> = answers
+        .iter()
+        .filter(|(_, want, code, ..)| code != want)
+        .collect();
+    println!(
+        "the fleet's slot migrated by hand, {moved_keys} keys over {:.1} s; {} starts and status \
+         reads meanwhile, {} answered otherwise than expected, the slowest in {:?}",
+        window.as_secs_f64(),
+        answers.len(),
+        errors.len(),
+        slowest
+    );
+    assert!(
+        moved_keys > 20,
+        "the fleet's keys were in the slot: {moved_keys}"
+    );
+    assert!(errors.is_empty(), "the user saw errors: {errors:?}");
+    assert_eq!(cluster.master_of(&tag_key), Some(to));
+    eventually(
+        Duration::from_secs(30),
+        "every runner still running",
+        || async {
+            (running().await == PER_USER && held_by_nodes(&api).await == PER_USER as u64 + 1)
+                .then_some(())
         },
     )
     .await;
