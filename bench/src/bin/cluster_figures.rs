@@ -45,6 +45,9 @@ struct Args {
     /// Heartbeats of all runners, each runner's report changed.
     #[arg(long, default_value_t = 20)]
     beats: usize,
+    /// Repetitions; the two targets alternate, and the medians are printed last.
+    #[arg(long, default_value_t = 3)]
+    repetitions: usize,
 }
 
 const USERS: usize = 50;
@@ -103,6 +106,7 @@ fn settings_for(target: &Target) -> Settings {
     s
 }
 
+#[derive(Clone, Copy)]
 struct Figures {
     admissions_per_s: f64,
     admission_master_us: f64,
@@ -250,18 +254,47 @@ async fn main() -> anyhow::Result<()> {
         "| target | admissions/s | Redis CPU per admission (µs): masters / replicas | runner reports/s | Redis CPU per report (µs): masters / replicas |"
     );
     println!("|---|---|---|---|---|");
-    for t in &targets {
-        let f = measure(t, &args).await?;
+    let row = |name: &str, f: &Figures| {
         println!(
-            "| {} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2} / {:.2} |",
-            t.name,
+            "| {name} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2} / {:.2} |",
             f.admissions_per_s,
             f.admission_master_us,
             f.admission_replica_us,
             f.reports_per_s,
             f.report_master_us,
             f.report_replica_us
-        );
+        )
+    };
+    let mut all: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for rep in 0..args.repetitions {
+        for (t, figures) in targets.iter().zip(all.iter_mut()) {
+            // Each repetition under a prefix of its own: the admissions start from empty.
+            let mut t = Target {
+                name: t.name,
+                settings: t.settings.clone(),
+                servers: t.servers.clone(),
+            };
+            t.settings.key_prefix = format!("figures{rep}");
+            let f = measure(&t, &args).await?;
+            row(&format!("{} (repetition {})", t.name, rep + 1), &f);
+            figures.push(f);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (t, figures) in targets.iter().zip(&all) {
+        let pick = |f: fn(&Figures) -> f64| median(&mut figures.iter().map(f).collect());
+        let m = Figures {
+            admissions_per_s: pick(|f| f.admissions_per_s),
+            admission_master_us: pick(|f| f.admission_master_us),
+            admission_replica_us: pick(|f| f.admission_replica_us),
+            report_master_us: pick(|f| f.report_master_us),
+            report_replica_us: pick(|f| f.report_replica_us),
+            reports_per_s: pick(|f| f.reports_per_s),
+        };
+        row(&format!("{} (median)", t.name), &m);
     }
     Ok(())
 }
