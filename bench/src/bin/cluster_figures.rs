@@ -26,7 +26,7 @@ use runfleet_shared::store::{
     Subscriptions,
 };
 use runfleet_shared::tier::Tier;
-use runfleet_tests::{PrivateCluster, PrivateRedis, idle_start_request};
+use runfleet_tests::{PrivateCluster, free_port, idle_start_request};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -217,10 +217,55 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
     })
 }
 
+/// A private `redis-server` configured as the cluster's nodes are (no persistence,
+/// `noeviction`), killed on drop.
+struct Single {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Single {
+    fn start() -> anyhow::Result<Self> {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory-policy",
+                "noeviction",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("this benchmark starts its own redis-server; install redis-server")?;
+        let single = Self { port, child };
+        for _ in 0..100 {
+            if Target::role_of(port).is_ok() {
+                return Ok(single);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the private redis-server on {port} did not answer")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let single = PrivateRedis::start().await;
+    let single = Single::start()?;
     let cluster = PrivateCluster::start("figures");
     let targets = [
         Target {
