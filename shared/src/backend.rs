@@ -78,6 +78,8 @@ async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), Red
             "redis maxmemory-policy is not noeviction: an evicted lease strands its job"
         ),
         Ok(None) => {}
+        // A Redis that is not what redis.cluster says never heals either.
+        Err(e @ RedisError::Mode(_)) => return Err(e),
         // A wrong CA, a plaintext/TLS mismatch or refused credentials never heal: stop here.
         Err(e) if e.is_permanent() => {
             return Err(RedisError::Tls(format!(

@@ -67,6 +67,11 @@ pub enum RedisError {
     /// handshake or login that failed at start-up).
     #[error("redis TLS or credentials: {0}")]
     Tls(String),
+    /// `redis.cluster` says the opposite of what the server is: a cluster node used as one
+    /// Redis (commands for other slots would fail with MOVED), or a plain Redis used as a
+    /// cluster.
+    #[error("{0}")]
+    Mode(String),
 }
 
 impl RedisError {
@@ -77,7 +82,7 @@ impl RedisError {
     /// not up yet) is worth waiting for.
     pub fn is_permanent(&self) -> bool {
         let e = match self {
-            RedisError::Tls(_) => return true,
+            RedisError::Tls(_) | RedisError::Mode(_) => return true,
             RedisError::Command(e) => e,
             RedisError::Pool(_) | RedisError::Data(_) => return false,
         };
@@ -525,8 +530,35 @@ impl RedisPools {
     /// not `noeviction`. An ACL user without `CONFIG` (least privilege) gets no answer to that
     /// and no warning; a PING proves the connection and the user's credentials.
     pub async fn check(&self) -> Result<Option<String>, RedisError> {
-        let mut conn = self.commands.get().await?;
+        let cluster = matches!(self.commands.0, Shared::Cluster { .. });
+        let mut conn = match self.commands.get().await {
+            Err(RedisError::Command(e))
+                if cluster && e.to_string().contains("cluster support disabled") =>
+            {
+                return Err(RedisError::Mode(
+                    "redis.cluster = true, but the Redis in redis.url is not a Redis Cluster \
+                     (its cluster support is disabled): set redis.cluster = false"
+                        .into(),
+                ));
+            }
+            other => other?,
+        };
         let _: String = redis::cmd("PING").query_async(&mut *conn).await?;
+        if !cluster {
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut *conn)
+                .await
+                .unwrap_or_default();
+            if info.contains("cluster_enabled:1") {
+                return Err(RedisError::Mode(
+                    "the Redis in redis.url is a Redis Cluster node: set redis.cluster = true \
+                     (and list one or more of its nodes in redis.url); as one Redis, every \
+                     command for another node's slots would fail"
+                        .into(),
+                ));
+            }
+        }
         let (_, policy): (String, String) = redis::cmd("CONFIG")
             .arg("GET")
             .arg("maxmemory-policy")
