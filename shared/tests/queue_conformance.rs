@@ -14,7 +14,7 @@ use std::time::Duration;
 use runfleet_shared::ids::{JobId, NodeId};
 #[cfg(feature = "rabbitmq")]
 use runfleet_shared::queue::RabbitMqQueue;
-use runfleet_shared::queue::{JobQueue, MemoryQueue, RedisQueue};
+use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError, RedisQueue};
 
 /// What a backend promises beyond the common contract.
 trait Capabilities {
@@ -151,12 +151,11 @@ async fn claim_takes_at_most_max<Q: JobQueue>(q: Q) {
     assert_eq!(names(&q.claim(&n, 2, SHORT).await.unwrap()), ["c"]);
 }
 
-async fn claim_blocks_until_a_job_arrives<Q: JobQueue + Clone>(q: Q) {
-    let n = NodeId::new("n1");
-    let claimer = {
-        let q = q.clone();
-        tokio::spawn(async move { q.claim(&n, 5, Duration::from_secs(5)).await })
-    };
+/// `claimer`, a claim waiting on the empty queue `q`, waits until a job arrives and returns it.
+async fn wakes_when_a_job_arrives<Q: JobQueue>(
+    q: &Q,
+    claimer: tokio::task::JoinHandle<Result<Vec<Delivery>, QueueError>>,
+) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
         !claimer.is_finished(),
@@ -171,6 +170,15 @@ async fn claim_blocks_until_a_job_arrives<Q: JobQueue + Clone>(q: Q) {
     assert_eq!(names(&got), ["late"]);
 }
 
+async fn claim_blocks_until_a_job_arrives<Q: JobQueue + Clone>(q: Q) {
+    let n = NodeId::new("n1");
+    let claimer = {
+        let q = q.clone();
+        tokio::spawn(async move { q.claim(&n, 5, Duration::from_secs(5)).await })
+    };
+    wakes_when_a_job_arrives(&q, claimer).await;
+}
+
 async fn claim_returns_empty_when_its_wait_passes<Q: JobQueue>(q: Q) {
     let started = std::time::Instant::now();
     let got = q
@@ -182,6 +190,43 @@ async fn claim_returns_empty_when_its_wait_passes<Q: JobQueue>(q: Q) {
         started.elapsed() >= Duration::from_millis(250),
         "claim did not wait"
     );
+}
+
+/// Waiting for the next job (a node whose store found the queue empty): a job already waiting
+/// is taken at once, alone and oldest first, and invisible to others until acknowledged; with
+/// none, the call waits for one and returns empty when its wait passes.
+async fn claim_next_takes_one_job_or_waits_for_it<Q: JobQueue + Clone>(q: Q) {
+    let n = NodeId::new("n1");
+    q.enqueue(&ids(&["a", "b"])).await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        names(&q.claim_next(&n, Duration::from_secs(5)).await.unwrap()),
+        ["a"]
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it waited with a job there"
+    );
+    assert_eq!(
+        names(&q.claim(&NodeId::new("n2"), 10, SHORT).await.unwrap()),
+        ["b"]
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        q.claim_next(&n, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it did not wait"
+    );
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.claim_next(&n, Duration::from_secs(5)).await })
+    };
+    wakes_when_a_job_arrives(&q, waiter).await;
 }
 
 async fn ack_removes<Q: JobQueue>(q: Q) {
@@ -334,6 +379,7 @@ macro_rules! conformance_for {
             claim_takes_at_most_max,
             claim_blocks_until_a_job_arrives,
             claim_returns_empty_when_its_wait_passes,
+            claim_next_takes_one_job_or_waits_for_it,
             ack_removes,
             claimed_job_is_invisible_to_other_claimers,
             queued_job_can_be_removed_by_id,

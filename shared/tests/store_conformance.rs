@@ -16,8 +16,8 @@ use runfleet_shared::kind::SavedState;
 use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
 use runfleet_shared::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
-    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, ScriptContext, StopRequest, StoreError,
-    SweepReport,
+    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, RunnerEvent, ScriptContext, StopRequest,
+    StoreError, SweepReport,
 };
 use runfleet_shared::tier::Tier;
 
@@ -939,6 +939,33 @@ async fn unconfirmed_enqueues_are_published_again<S: FleetStore>(s: S) {
     assert_eq!((counts.queued, counts.running, counts.active), (1, 1, 2));
 }
 
+/// Stops running job `job` on request and has its node `node` confirm the stop of run `epoch`.
+async fn stop_running<S: FleetStore>(s: &S, job: &JobId, node: &str, epoch: u64, mode: StopMode) {
+    assert!(matches!(
+        s.request_stop(job, mode).await.unwrap(),
+        StopRequest::Sent { .. }
+    ));
+    assert!(
+        s.finish(&NodeId::new(node), job, epoch, end(JobStatus::Stopped))
+            .await
+            .unwrap()
+    );
+}
+
+/// Each event of a history as (kind, epoch, node).
+fn steps(history: &[RunnerEvent]) -> Vec<(&str, u64, &str)> {
+    history
+        .iter()
+        .map(|e| (e.kind.as_str(), e.epoch, e.node.as_str()))
+        .collect()
+}
+
+/// The events' ids are stream ids, each after the one before.
+fn assert_ids_increase(history: &[RunnerEvent]) {
+    let ids: Vec<EventId> = history.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+}
+
 /// Every step of a runner's life is in its history, in order, with the epoch and node it
 /// concerned: admitted, claimed, crashed, restart scheduled, restarted, claimed again, a stale
 /// heartbeat fenced, stop requested, stopped.
@@ -968,23 +995,11 @@ async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) 
         s.renew(&node("n1"), &[stale], LEASE).await.unwrap(),
         vec![a.id.clone()]
     );
-    assert!(matches!(
-        s.request_stop(&a.id, StopMode::Flatten).await.unwrap(),
-        StopRequest::Sent { .. }
-    ));
-    assert!(
-        s.finish(&NodeId::new("n2"), &a.id, 2, end(JobStatus::Stopped))
-            .await
-            .unwrap()
-    );
+    stop_running(&s, &a.id, "n2", 2, StopMode::Flatten).await;
 
     let history = s.job_events(&a.id).await.unwrap();
-    let steps: Vec<(&str, u64, &str)> = history
-        .iter()
-        .map(|e| (e.kind.as_str(), e.epoch, e.node.as_str()))
-        .collect();
     assert_eq!(
-        steps,
+        steps(&history),
         vec![
             ("admitted", 0, ""),
             ("claimed", 1, "n1"),
@@ -1004,20 +1019,99 @@ async fn a_runners_history_lists_every_step_with_its_epoch<S: FleetStore>(s: S) 
     );
     assert!(history[2].reason.contains("boom"), "{:?}", history[2]);
     assert_eq!(history[8].reason, "flattened: 2");
-    let ids: Vec<(u64, u64)> = history
-        .iter()
-        .map(|e| {
-            let (ms, seq) = e.id.split_once('-').expect("a stream id");
-            (ms.parse().unwrap(), seq.parse().unwrap())
-        })
-        .collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    assert_ids_increase(&history);
     assert!(
         s.job_events(&JobId::new("no-such-job"))
             .await
             .unwrap()
             .is_empty()
     );
+}
+
+/// A runner is claimed many times over its life, and the Redis store keeps only its latest
+/// claim on its record (the claim writes no history entry): each later event or claim must put
+/// the one before into the history first. Restarted twice, handed back, and claimed again after
+/// its lease lapsed, its history lists every claim in order, and read between the steps it
+/// ends with the latest claim.
+async fn every_claim_of_a_runner_stays_in_its_history_in_order<S: FleetStore>(s: S) {
+    let a = spec("reclaimed");
+    s.admit(&a).await.unwrap();
+    let crash_and_restart = |node: &'static str, epoch: u64| {
+        let s = s.clone();
+        let id = a.id.clone();
+        async move {
+            assert!(
+                s.finish(&NodeId::new(node), &id, epoch, crashed("boom"))
+                    .await
+                    .unwrap()
+            );
+            // The backoff is at most 200 ms (policy()).
+            for _ in 0..50 {
+                if s.due_restarts(10).await.unwrap() == vec![id.clone()] {
+                    return;
+                }
+                sleep_ms(20).await;
+            }
+            panic!("{id} was not restarted");
+        }
+    };
+    for (epoch, node) in [(1, "n1"), (2, "n2")] {
+        assert_eq!(claim_one(&s, node, &a.id).await, epoch);
+        let h = s.job_events(&a.id).await.unwrap();
+        assert_eq!(steps(&h).last(), Some(&("claimed", epoch, node)), "{h:?}");
+        crash_and_restart(node, epoch).await;
+    }
+    assert_eq!(claim_one(&s, "n3", &a.id).await, 3);
+    assert!(
+        s.hand_back(&NodeId::new("n3"), &a.id, 3, None)
+            .await
+            .unwrap()
+    );
+    // Claimed by n4 under a lease that lapses, then by n5 with no event in between.
+    assert_eq!(claim_for(&s, "n4", &a.id, 50).await, 4);
+    sleep_ms(120).await;
+    assert_eq!(claim_one(&s, "n5", &a.id).await, 5);
+    let h = s.job_events(&a.id).await.unwrap();
+    assert_eq!(
+        steps(&h[h.len() - 2..]),
+        [("claimed", 4, "n4"), ("claimed", 5, "n5")]
+    );
+    stop_running(&s, &a.id, "n5", 5, StopMode::Hold).await;
+
+    let history = s.job_events(&a.id).await.unwrap();
+    let mut expected = vec![("admitted", 0, "")];
+    for (epoch, node) in [(1, "n1"), (2, "n2")] {
+        expected.extend([
+            ("claimed", epoch, node),
+            ("crashed", epoch, node),
+            ("restart_scheduled", epoch, node),
+            ("restarted", epoch, ""),
+        ]);
+    }
+    expected.extend([
+        ("claimed", 3, "n3"),
+        ("handed_back", 3, "n3"),
+        ("claimed", 4, "n4"),
+        ("claimed", 5, "n5"),
+        ("stop_requested", 5, "n5"),
+        ("stopped", 5, "n5"),
+    ]);
+    assert_eq!(steps(&history), expected);
+    assert_ids_increase(&history);
+    assert!(history.windows(2).all(|w| w[0].at <= w[1].at));
+    assert!(
+        history
+            .iter()
+            .all(|e| e.job == a.id && e.user.as_str() == "reclaimed" && e.at > 0)
+    );
+    // The claims are the fleet stream's own entries.
+    let stream = s.events_after(&EventId::ZERO, 1000, None).await.unwrap();
+    let claims: Vec<&RunnerEvent> = stream
+        .iter()
+        .filter(|e| e.job == a.id && e.kind == "claimed")
+        .collect();
+    let listed: Vec<&RunnerEvent> = history.iter().filter(|e| e.kind == "claimed").collect();
+    assert_eq!(claims, listed);
 }
 
 async fn the_admin_trail_is_capped_and_read_newest_first<S: FleetStore>(s: S) {
@@ -1463,6 +1557,7 @@ macro_rules! store_conformance {
                 node_losses_do_not_count_toward_the_breaker,
                 unconfirmed_enqueues_are_published_again,
                 a_runners_history_lists_every_step_with_its_epoch,
+                every_claim_of_a_runner_stays_in_its_history_in_order,
                 the_admin_trail_is_capped_and_read_newest_first,
                 a_trial_that_fails_on_its_own_does_not_keep_the_breaker_half_open,
                 simultaneous_crashes_of_one_strategy_are_each_counted_once,

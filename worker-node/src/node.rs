@@ -302,6 +302,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         let mut backoff = backoff();
         // When the last claim from the store's own queue was capped by the node's fair share.
         let mut capped_at: Option<Instant> = None;
+        // The node id whose claim found the store's own queue empty, and whose wait on it since
+        // brought nothing: its next claim only waits (one blocking call per wait while idle).
+        let mut idle: Option<NodeId> = None;
         while !shutdown.is_cancelled() {
             let first = tokio::select! {
                 permit = inner.slots.clone().acquire_owned() => match permit {
@@ -324,14 +327,19 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 // Capped by the fair share: the other nodes take theirs first.
                 tokio::time::sleep_until(at + SHARE_PAUSE).await;
             }
-            match self.claim_queued(&id, &mut permits, &mut capped_at).await {
-                Ok(Some((leases, unrunnable, deadline))) => {
+            let round = match idle.take() {
+                Some(was) if was == id => Ok(QueuedRound::Empty),
+                _ => self.claim_queued(&id, &mut permits, &mut capped_at).await,
+            };
+            let empty = match round {
+                Ok(QueuedRound::Claimed((leases, unrunnable, deadline))) => {
                     backoff.reset();
                     self.start_claimed(&id, leases, unrunnable, deadline, permits)
                         .await;
                     continue;
                 }
-                Ok(None) => {}
+                Ok(QueuedRound::Empty) => true,
+                Ok(QueuedRound::NoQueue) => false,
                 Err(StoreError::Fenced) => {
                     // The node's lease lapsed: nothing of it may run on under this id.
                     self.fence(Some(&id));
@@ -343,15 +351,18 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                     backoff.wait().await;
                     continue;
                 }
-            }
+            };
             // A claim is never abandoned half-way: dropping it mid-flight could strand a job in
             // this node's processing list. It blocks at most `claim_wait` (plus the response
-            // timeout on a dead link).
-            let deliveries = match inner
-                .queue
-                .claim(&id, permits.len(), inner.config.claim_wait)
-                .await
-            {
+            // timeout on a dead link). When the store's claim just found its queue (the same
+            // list) empty, the node only waits for the next job.
+            let wait = inner.config.claim_wait;
+            let claimed = if empty {
+                inner.queue.claim_next(&id, wait).await
+            } else {
+                inner.queue.claim(&id, permits.len(), wait).await
+            };
+            let deliveries = match claimed {
                 Ok(d) => d,
                 Err(e) => {
                     warn!(node = %id, error = %e, "claim failed; retrying");
@@ -361,6 +372,9 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
                 }
             };
             if deliveries.is_empty() {
+                if empty {
+                    idle = Some(id);
+                }
                 continue;
             }
             metrics::histogram!(observability::NODE_CLAIM_BATCH_JOBS)
@@ -392,14 +406,13 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
     /// Redis serves everyone else between them), until the permits are used, the queue is
     /// empty, the node's fair share capped a claim, or [`CLAIM_ROUND_MAX`] were claimed; only
     /// then are the runners started, so that their start does not slow the claims of a burst.
-    /// `None` when the store has no queue of its own or nothing waits; the leases, the jobs
-    /// that cannot run and the leases' deadline otherwise. Unused permits are released.
+    /// Unused permits are released.
     async fn claim_queued(
         &self,
         id: &NodeId,
         permits: &mut Vec<OwnedSemaphorePermit>,
         capped_at: &mut Option<Instant>,
-    ) -> Result<Option<ClaimedRound>, StoreError> {
+    ) -> Result<QueuedRound, StoreError> {
         let inner = &self.inner;
         let (mut leases, mut unrunnable) = (Vec::new(), Vec::new());
         let mut deadline = None;
@@ -413,7 +426,7 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
             let want = permits.len() - claimed;
             let taken = match inner.store.claim_queued(id, want, inner.config.lease).await {
                 Ok(Some(taken)) => taken,
-                Ok(None) => break,
+                Ok(None) => return Ok(QueuedRound::NoQueue),
                 // What was claimed before stays claimed and starts; the error comes next round.
                 Err(_) if deadline.is_some() => break,
                 Err(e) => return Err(e),
@@ -438,10 +451,10 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
         }
         let Some(deadline) = deadline else {
             // Nothing taken: every permit goes on to the blocking claim.
-            return Ok(None);
+            return Ok(QueuedRound::Empty);
         };
         permits.truncate(leases.len());
-        Ok(Some((leases, unrunnable, deadline)))
+        Ok(QueuedRound::Claimed((leases, unrunnable, deadline)))
     }
 
     /// Starts the runners of `leases` (claimed by node `id`, surely ours until `deadline`), one
@@ -921,13 +934,23 @@ impl<S: FleetStore, Q: JobQueue + Clone> WorkerNode<S, Q> {
 }
 
 /// Jobs a node claims from the store's queue at most before it starts their runners (in
-/// bounded claims of up to 64 each): a burst is claimed quickly, without waiting for runners to
+/// bounded claims of up to 32 each): a burst is claimed quickly, without waiting for runners to
 /// start between two claims, and the first runners wait for at most this many claims.
 const CLAIM_ROUND_MAX: usize = 1_024;
 
 /// What a round of claims gave: the leases to run, the jobs that can never run, and when the
 /// leases stop being surely the node's.
 type ClaimedRound = (Vec<Lease>, Vec<(JobId, u64, String)>, Instant);
+
+/// What a round of claims from the store's own queue came to.
+enum QueuedRound {
+    /// Jobs taken and claimed.
+    Claimed(ClaimedRound),
+    /// The store's queue had nothing: the node waits on it for the next job.
+    Empty,
+    /// The store fills no queue itself: the node claims from its queue.
+    NoQueue,
+}
 
 /// The leases to run and the jobs that can never run, of node `id`'s claim `outcomes`; dropped
 /// jobs are forgotten.

@@ -84,6 +84,18 @@ pub trait JobQueue: Send + Sync + 'static {
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send;
 
+    /// Claims for `node` the next job, alone, waiting up to `wait` for it: what
+    /// [`claim`](JobQueue::claim) does once it found the queue empty. For a caller that has just
+    /// found the queue empty itself (a worker node whose store takes from the same Redis list),
+    /// so that an idle node makes one blocking call per wait instead of a claim first. A job
+    /// already waiting is returned at once, so none that arrived in between is missed.
+    fn claim_next(
+        &self,
+        node: &NodeId,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Delivery>, QueueError>> + Send {
+        self.claim(node, 1, wait)
+    }
     /// Acknowledges deliveries: the queue forgets them.
     fn ack(
         &self,

@@ -7,7 +7,9 @@
 //!
 //! A worker node whose store fills this queue itself (the Redis backend) takes from the ready
 //! list through the store's claim script instead ([`crate::store::LeaseStore::claim_queued`]:
-//! taken and claimed in one step, no processing list), and comes here only to block.
+//! taken and claimed in one step, no processing list), and comes here only to block, with
+//! [`JobQueue::claim_next`]: `BLMOVE` alone, since the store's claim has just found the list
+//! empty (and `BLMOVE` returns at once if an id came since).
 //!
 //! Spreading a burst: the script gives a node at most its fair share of what waits (waiting ÷
 //! claiming nodes). A node whose claim that share capped waits [`SHARE_PAUSE`] before its next
@@ -93,6 +95,38 @@ impl RedisQueue {
             .map(|id| Delivery::untagged(JobId::new(id)))
             .collect())
     }
+
+    /// Blocks up to `wait` for the next id and moves it to `node`'s processing list. With
+    /// `register`, `node` is first recorded as a claimer in the same round trip (as the claim
+    /// script does): the sweep forgets the claimers it finds without a live node, and recovers
+    /// only the processing lists of claimers, so a node that only waits must record itself at
+    /// every wait.
+    async fn wait_for_one(
+        &self,
+        node: &NodeId,
+        wait: Duration,
+        register: bool,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let mut pipe = ::redis::pipe();
+        if register {
+            pipe.cmd("SADD")
+                .arg(self.keys.claimers(&self.name))
+                .arg(node.as_str())
+                .ignore();
+        }
+        pipe.cmd("BLMOVE")
+            .arg(self.ready())
+            .arg(self.processing(node))
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(block_seconds(wait));
+        let (first,): (Option<String>,) = pipe.query_async(&mut self.pools.blocking(wait).await?).await?;
+        // The one that woke the node, alone: the caller records it at once (a pick-up waits for
+        // nothing more) and claims again for whatever else arrived.
+        Ok(first
+            .map(|id| vec![Delivery::untagged(JobId::new(id))])
+            .unwrap_or_default())
+    }
 }
 
 impl JobQueue for RedisQueue {
@@ -132,22 +166,13 @@ impl JobQueue for RedisQueue {
         if !got.is_empty() || wait.is_zero() {
             return Ok(got);
         }
-        let first: Option<String> = {
-            let mut conn = self.pools.blocking(wait).await?;
-            ::redis::cmd("BLMOVE")
-                .arg(self.ready())
-                .arg(self.processing(node))
-                .arg("RIGHT")
-                .arg("LEFT")
-                .arg(block_seconds(wait))
-                .query_async(&mut conn)
-                .await?
-        };
-        // The one that woke the node, alone: the caller records it at once (a pick-up waits for
-        // nothing more) and claims again for whatever else arrived.
-        Ok(first
-            .map(|id| vec![Delivery::untagged(JobId::new(id))])
-            .unwrap_or_default())
+        self.wait_for_one(node, wait, false).await
+    }
+
+    async fn claim_next(&self, node: &NodeId, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        // BLMOVE returns at once when an id waits, and moves it as the claim script would (the
+        // fair share does not apply to one job): one round trip whatever the queue holds.
+        self.wait_for_one(node, wait, true).await
     }
 
     async fn ack(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {

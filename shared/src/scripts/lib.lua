@@ -126,23 +126,42 @@ local function stream_event(id, kind, reason, epoch, node, user)
     'type', kind, 'epoch', tostring(epoch), 'node', node, 'reason', reason or '', 'at', NOW)
 end
 
+-- What event() reads from a job's record: its user, epoch and node, and its latest claim's
+-- stream id and start (claimed_event, started).
+local EVENT_FIELDS = { 'user', 'epoch', 'node', 'claimed_event', 'started' }
+
+-- Appends the JSON entries `...` to job `id`'s own history (its newest JOB_EVENTS_MAX, expiring
+-- `events_age` after the last), after the job's latest claim if its record `j` (EVENT_FIELDS)
+-- still holds one. The claim script writes no history entry: the claim lives on the record
+-- (claimed_event, with the record's epoch, node and started, which only the next claim changes)
+-- until the job's next event or claim moves it here, so the history keeps every claim in order
+-- and store::RedisStore::job_events appends the one still on the record.
+local function history_push(id, j, ...)
+  local entries = { ... }
+  if j[4] then
+    table.insert(entries, 1, cjson.encode({ id = j[4], job = id, user = j[1] or '', type = 'claimed',
+      epoch = j[2] or '0', node = j[3] or '', reason = '', at = tonumber(j[5]) or 0 }))
+    redis.call('HDEL', K.job(id), 'claimed_event')
+  end
+  if #entries == 0 then return end
+  local hk = K.job_events(id)
+  redis.call('RPUSH', hk, unpack(entries))
+  redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)
+  redis.call('PEXPIRE', hk, C.events_age)
+end
+
 -- Appends a lifecycle event of job `id` to the fleet's event stream and to the job's own
 -- history (so reading one job's history costs what its own events cost). User, epoch and node
--- default to the job's current ones; a caller that knows all three (the claim) saves reading
--- them. (The admission's event is the one exception: its history entry is read from the job's
--- record, see store_admit.lua.)
+-- default to the job's current ones. (The admission's and the latest claim's events are the
+-- exceptions: their history entries are read from the job's record, see store_admit.lua and
+-- history_push.)
 local function event(id, kind, reason, epoch, node, user)
-  if not (epoch and node and user) then
-    local j = redis.call('HMGET', K.job(id), 'user', 'epoch', 'node')
-    user, epoch, node = user or j[1] or '', epoch or j[2] or 0, node or j[3] or ''
-  end
+  local j = redis.call('HMGET', K.job(id), unpack(EVENT_FIELDS))
+  user, epoch, node = user or j[1] or '', epoch or j[2] or 0, node or j[3] or ''
   local e = { job = id, user = user, type = kind, epoch = tostring(epoch), node = node,
     reason = reason or '', at = NOW }
   e.id = stream_event(id, kind, e.reason, e.epoch, node, user)
-  local hk = K.job_events(id)
-  redis.call('RPUSH', hk, cjson.encode(e))
-  redis.call('LTRIM', hk, -JOB_EVENTS_MAX, -1)
-  redis.call('PEXPIRE', hk, C.events_age)
+  history_push(id, j, cjson.encode(e))
 end
 
 -- A job's PnL history keeps at most this many points (its newest); it expires like its events.

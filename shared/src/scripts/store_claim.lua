@@ -38,19 +38,28 @@ end
 if #ids > 0 then extend_node_lease(node, lease) end
 for _, id in ipairs(ids) do
   local jk = K.job(id)
-  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created', 'user')
+  local cur = redis.call('HMGET', jk, 'status', 'spec', 'account', 'created', 'user', 'epoch',
+    'claimed_event')
   local status = cur[1]
   if not status then
     out[#out + 1] = { id, 'unknown' }
   elseif status == 'queued' or (status == 'running' and lease_lapsed(id)) then
-    local epoch = redis.call('HINCRBY', jk, 'epoch', 1)
-    redis.call('HSET', jk, 'status', 'running', 'node', node, 'started', NOW, 'hb', NOW)
+    -- The previous claim still on the record (a run whose lease lapsed with no later event)
+    -- goes to the history list before this one takes its place.
+    if cur[7] then history_push(id, redis.call('HMGET', jk, unpack(EVENT_FIELDS))) end
+    local epoch = (tonumber(cur[6]) or 0) + 1
+    local user = cur[5] or ''
+    -- The claimed event: in the fleet's stream; the job's history reads it from the record
+    -- (claimed_event, epoch, node, started) until the job's next event (history_push).
+    local ev = stream_event(id, 'claimed', '', epoch, node, user)
+    redis.call('HSET', jk, 'status', 'running', 'epoch', epoch, 'node', node, 'started', NOW,
+      'hb', NOW, 'claimed_event', ev)
     redis.call('HDEL', jk, 'ended', 'stop_mode', 'flattened', 'restart_at')
     redis.call('SADD', K.node_jobs(node), id)
     redis.call('SREM', K.queued, id)
-    redis.call('ZREM', K.pending, id)
+    -- Only an outside queue's publishes wait in `pending` (to_queue).
+    if C.ready == '' then redis.call('ZREM', K.pending, id) end
     audit('claim', id, epoch, node)
-    event(id, 'claimed', '', epoch, node, cur[5] or '')
     out[#out + 1] = { id, 'claimed', epoch, cur[2], cur[3] or '', tostring(NOW - (tonumber(cur[4]) or NOW)) }
   else
     out[#out + 1] = { id, status }

@@ -656,39 +656,80 @@ impl JobStore for RedisStore {
 
     async fn job_events(&self, job: &JobId) -> Result<Vec<RunnerEvent>, StoreError> {
         // The admission's event is read from the job's record (store_admit.lua writes no
-        // history entry for it), every later one from the job's history list.
-        type Admitted = (Option<String>, Option<String>, Option<String>, Option<u64>);
-        let ((user, admitted, tier, created), raw): (Admitted, Vec<String>) = ::redis::pipe()
+        // history entry for it), and so is its latest claim until the job's next event moves
+        // it into the list (history_push in lib.lua); every other one from the history list.
+        // The record is read first: a claim moved into the list between the two reads is
+        // then in the list, and the record's copy is dropped below (not newer than the list).
+        type Text = Option<String>;
+        type Record = (
+            Text,
+            Text,
+            Text,
+            Option<u64>,
+            Text,
+            Option<u64>,
+            Text,
+            Option<u64>,
+        );
+        let ((user, admitted, tier, created, claimed, epoch, node, started), raw): (
+            Record,
+            Vec<String>,
+        ) = ::redis::pipe()
             .cmd("HMGET")
             .arg(self.keys.job(job))
             .arg(&["user", "admitted_event", "tier", "created"])
+            .arg(&["claimed_event", "epoch", "node", "started"])
             .cmd("LRANGE")
             .arg(self.keys.job_events(job))
             .arg(0)
             .arg(-1)
             .query_async(&mut *self.conn().await?)
             .await?;
-        let first = match (user, admitted, tier, created) {
-            (Some(user), Some(id), Some(tier), Some(at)) => Some(RunnerEvent {
+        let event = |id: String, kind: &str, epoch, node, reason, at| RunnerEvent {
+            id,
+            job: job.clone(),
+            user: UserId::new(user.clone().unwrap_or_default()),
+            kind: kind.into(),
+            epoch,
+            node,
+            reason,
+            at,
+        };
+        let first = match (&user, admitted, tier, created) {
+            (Some(_), Some(id), Some(tier), Some(at)) => Some(event(
                 id,
-                job: job.clone(),
-                user: UserId::new(user),
-                kind: "admitted".into(),
-                epoch: 0,
-                node: String::new(),
-                reason: format!("tier {tier}"),
+                "admitted",
+                0,
+                String::new(),
+                format!("tier {tier}"),
                 at,
-            }),
+            )),
             _ => None,
         };
         // Lua's cjson writes the epoch as a string; one odd entry is skipped, not fatal.
-        let later = raw.iter().filter_map(|e| {
-            let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
-            let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
-            v["epoch"] = epoch.unwrap_or(0).into();
-            serde_json::from_value(v).ok()
+        let later: Vec<RunnerEvent> = raw
+            .iter()
+            .filter_map(|e| {
+                let mut v: serde_json::Value = serde_json::from_str(e).ok()?;
+                let epoch = v["epoch"].as_str().and_then(|s| s.parse::<u64>().ok());
+                v["epoch"] = epoch.unwrap_or(0).into();
+                serde_json::from_value(v).ok()
+            })
+            .collect();
+        let newest = |id: &str| id.parse::<EventId>().ok();
+        let listed = later.last().and_then(|e| newest(&e.id));
+        let claim = claimed.filter(|id| newest(id) > listed).map(|id| {
+            let node = node.unwrap_or_default();
+            event(
+                id,
+                "claimed",
+                epoch.unwrap_or(0),
+                node,
+                String::new(),
+                started.unwrap_or(0),
+            )
         });
-        Ok(first.into_iter().chain(later).collect())
+        Ok(first.into_iter().chain(later).chain(claim).collect())
     }
 
     async fn events_after(
@@ -1216,9 +1257,10 @@ impl AdminAudit for RedisStore {
 }
 
 /// Jobs one claim from the ready list takes at most: bounds how long the script holds Redis
-/// (a node with more free slots claims again at once). The bench's SLOWLOG measured a claim
-/// of 256 at 8-11 ms with 5,000 runners starting on the same 2 cores (docs/benchmarks.md).
-const CLAIM_QUEUED_MAX: usize = 64;
+/// (a node with more free slots claims again at once). Measured on a loaded 2-core machine
+/// (docs/benchmarks.md): about 30 µs of Redis time per job, so a claim of 32 holds Redis
+/// about 1 ms (64 held it 2-3 ms, up to 14 with 5,000 runners starting beside it).
+const CLAIM_QUEUED_MAX: usize = 32;
 
 /// One row of the claim script's answer: {id, 'claimed', epoch, spec, account, ms since
 /// admission} or {id, reason}.
