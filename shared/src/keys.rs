@@ -41,6 +41,8 @@ pub fn escape(part: &str) -> Cow<'_, str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// Under a Redis Cluster hash tag ([`Keys::clustered`]).
+    clustered: bool,
 }
 
 impl Keys {
@@ -48,6 +50,7 @@ impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            clustered: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl Keys {
     pub fn clustered(prefix: &str) -> Self {
         Self {
             prefix: format!("{prefix}:{{{prefix}}}"),
+            clustered: true,
         }
     }
 
@@ -74,13 +78,17 @@ impl Keys {
         &self.prefix
     }
 
-    /// Two names of keys that never exist, in the fleet's slot, that every store script call
-    /// declares as its keys. A cluster routes the call by them to the master of the fleet's
-    /// slot; and while that slot moves between masters (resharding), a call that declares
-    /// several keys of which some are missing is refused with TRYAGAIN on both sides (the
-    /// client retries), so no script ever runs with part of the fleet's keys moved away.
-    pub fn route(&self) -> [String; 2] {
-        [self.key(&["route", "a"]), self.key(&["route", "b"])]
+    /// On a cluster, two names of keys that never exist, in the fleet's slot, that every store
+    /// script call declares as its keys. The cluster routes the call by them to the master of
+    /// the fleet's slot; and while that slot moves between masters (resharding), a call that
+    /// declares several keys of which some are missing is refused with TRYAGAIN on both sides
+    /// (the client retries), so no script ever runs with part of the fleet's keys moved away.
+    /// None on one Redis, whose calls declare no keys (as its ACL users expect).
+    pub fn route(&self) -> Vec<String> {
+        if !self.clustered {
+            return Vec::new();
+        }
+        vec![self.key(&["route", "a"]), self.key(&["route", "b"])]
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -265,6 +273,10 @@ mod tests {
         assert_eq!(k.job(&JobId::new("j:1")), "rf:{rf}:job:j%3A1");
         assert_eq!(k.ready("jobs"), "rf:{rf}:queue:jobs:ready");
         assert_eq!(k.route(), ["rf:{rf}:route:a", "rf:{rf}:route:b"]);
+        assert!(
+            Keys::new("rf").route().is_empty(),
+            "one Redis: no keys declared"
+        );
     }
 
     #[test]

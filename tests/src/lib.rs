@@ -1462,6 +1462,14 @@ pub fn log_events(output: &str, message: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Held by the tests that load the machine most (a Redis Cluster of their own, hundreds of
+/// concurrent starts), so that no two of them run at once: on 2 cores, two of them together
+/// starve every process of both long enough for a request to time out.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A Redis Cluster of its own (3 masters, 3 replicas on loopback), for tests that kill or move
 /// its nodes; started and stopped with `scripts/redis-cluster`, like the shared one.
 #[derive(Debug)]

@@ -120,7 +120,9 @@ impl RedisQueue {
             .arg("RIGHT")
             .arg("LEFT")
             .arg(block_seconds(wait));
-        let (first,): (Option<String>,) = pipe.query_async(&mut self.pools.blocking(wait).await?).await?;
+        let (first,): (Option<String>,) = pipe
+            .query_async(&mut self.pools.blocking(wait).await?)
+            .await?;
         // The one that woke the node, alone: the caller records it at once (a pick-up waits for
         // nothing more) and claims again for whatever else arrived.
         Ok(first

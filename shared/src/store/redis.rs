@@ -40,8 +40,8 @@ pub struct RedisStore {
     context: Arc<(ScriptContext, [String; ScriptContext::LEN])>,
     /// Functions or EVAL, as the server allows (shared by clones).
     mode: Arc<ScriptMode>,
-    /// The keys every script call declares ([`Keys::route`]).
-    route: Arc<[String; 2]>,
+    /// The keys every script call declares ([`Keys::route`]: none on one Redis).
+    route: Arc<[String]>,
 }
 
 fn context(
@@ -61,7 +61,7 @@ impl RedisStore {
         let context = context(&keys, &policy, None);
         Self {
             pools,
-            route: Arc::new(keys.route()),
+            route: keys.route().into(),
             keys,
             policy,
             queue: None,

@@ -84,6 +84,7 @@ async fn probe(api: &Api) -> runfleet_tests::Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_failovers_keep_every_process_up_and_every_runner_running_once() {
+    let _heavy = runfleet_tests::heavy().await;
     let cluster = PrivateCluster::start("failover");
     let mut fleet = Fleet::on_cluster("cl-failover", &cluster.urls());
     // A lease longer than a failover (node timeout 3 s, then the election): the runners ride
@@ -263,6 +264,7 @@ fn node_id_and_slots(cluster: &PrivateCluster, port: u16) -> (String, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothing() {
+    let _heavy = runfleet_tests::heavy().await;
     let cluster = PrivateCluster::start("reshard");
     let fleet = Fleet::on_cluster("cl-reshard", &cluster.urls());
     let (_a, api) = fleet.orchestrator("orchestrator-a").await;
@@ -399,6 +401,7 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 /// settles, instead of running with half the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_split() {
+    let _heavy = runfleet_tests::heavy().await;
     let cluster = PrivateCluster::start("migrate");
     let fleet = Fleet::on_cluster("cl-migrate", &cluster.urls());
     let (_a, api) = fleet.orchestrator("orchestrator-a").await;

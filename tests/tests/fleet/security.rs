@@ -16,6 +16,7 @@ async fn concurrent_starts_through_two_orchestrators_never_exceed_a_limit() {
 /// `rounds` rounds of 200 + 200 concurrent starts, for a free and a basic user, through two
 /// orchestrators of `fleet`: exactly the tier's limit is admitted each time.
 pub(crate) async fn concurrent_starts_on(fleet: Fleet, rounds: usize) {
+    let _heavy = runfleet_tests::heavy().await;
     fleet.cleanup().await;
     let (_a, api_a) = fleet.orchestrator("orchestrator-a").await;
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
