@@ -73,6 +73,11 @@ impl Keys {
         }
     }
 
+    /// Whether these are a clustered fleet's keys ([`Keys::clustered`]).
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
     /// The prefix every key starts with (with its hash tag on a cluster).
     pub fn prefix(&self) -> &str {
         &self.prefix

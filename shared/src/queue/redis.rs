@@ -109,10 +109,19 @@ impl RedisQueue {
     ) -> Result<Vec<Delivery>, QueueError> {
         let mut pipe = ::redis::pipe();
         if register {
-            pipe.cmd("SADD")
-                .arg(self.keys.claimers(&self.name))
-                .arg(node.as_str())
-                .ignore();
+            let mut sadd = ::redis::cmd("SADD");
+            sadd.arg(self.keys.claimers(&self.name)).arg(node.as_str());
+            if self.keys.is_clustered() {
+                // Alone on a cluster: while the fleet's slot migrates, the cluster client sends
+                // a redirected pipeline whole to the new master, where the SADD would create a
+                // second claimers set beside the one not moved yet (found by the slow-migration
+                // test: MIGRATE then fails with BUSYKEY).
+                let () = sadd
+                    .query_async(&mut *self.pools.commands.get().await?)
+                    .await?;
+            } else {
+                pipe.add_command(sadd).ignore();
+            }
         }
         pipe.cmd("BLMOVE")
             .arg(self.ready())
