@@ -16,30 +16,32 @@ async fn check(url: String, cluster: bool) -> Result<Option<String>, RedisError>
     RedisPools::new(&settings).expect("settings").check().await
 }
 
-#[tokio::test]
-async fn a_cluster_node_used_as_one_redis_is_refused() {
-    // The cluster must be up for the refusal to mean anything.
-    support::cluster_pools().await;
-    let node = support::cluster_url().split(',').next().unwrap().to_owned();
-    match check(node, false).await {
+/// A permanent refusal whose message names the setting to change as `fix`.
+fn assert_refused(checked: Result<Option<String>, RedisError>, fix: &str) {
+    match checked {
         Err(e @ RedisError::Mode(_)) => {
             assert!(e.is_permanent());
-            assert!(e.to_string().contains("redis.cluster = true"), "{e}");
+            assert!(e.to_string().contains(fix), "{e}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
 #[tokio::test]
+async fn a_cluster_node_used_as_one_redis_is_refused() {
+    // The cluster must be up for the refusal to mean anything.
+    support::cluster_pools().await;
+    let node = support::cluster_url().split(',').next().unwrap().to_owned();
+    assert_refused(check(node, false).await, "redis.cluster = true");
+}
+
+#[tokio::test]
 async fn one_redis_used_as_a_cluster_is_refused() {
     support::redis_pools().await;
-    match check(support::redis_url(), true).await {
-        Err(e @ RedisError::Mode(_)) => {
-            assert!(e.is_permanent());
-            assert!(e.to_string().contains("redis.cluster = false"), "{e}");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    assert_refused(
+        check(support::redis_url(), true).await,
+        "redis.cluster = false",
+    );
 }
 
 #[tokio::test]

@@ -71,6 +71,25 @@ async fn held_by_nodes(api: &Api) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts `PER_USER` idle runners for each of `users` pro users (`fo-0`, ...) and the one
+/// runner of the probe user (`fo-probe`, free tier), who is then at their limit.
+async fn start_runners_and_probe_user(api: &Api, users: usize) {
+    for u in 0..users {
+        let user = format!("fo-{u}");
+        api.grant(&user, "pro").await;
+        for i in 0..PER_USER {
+            let (code, body) = api
+                .post("/v1/runners", &idle_start_request(&user, &format!("s{i}")))
+                .await;
+            assert_eq!(code, 202, "{body}");
+        }
+    }
+    let (code, body) = api
+        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
+        .await;
+    assert_eq!(code, 202, "{body}");
+}
+
 /// A start of the probe user, who is at their limit: refused with 403 when Redis answers.
 async fn probe(api: &Api) -> runfleet_tests::Answer {
     api.request(
@@ -96,22 +115,9 @@ async fn master_failovers_keep_every_process_up_and_every_runner_running_once() 
     let (mut orch_b, api_b) = fleet.orchestrator("orchestrator-b").await;
     let mut node_1 = fleet.worker("worker-1", 40);
     let mut node_2 = fleet.worker("worker-2", 40);
-    for u in 0..USERS {
-        let user = format!("fo-{u}");
-        api.grant(&user, "pro").await;
-        for i in 0..PER_USER {
-            let (code, body) = api
-                .post("/v1/runners", &idle_start_request(&user, &format!("s{i}")))
-                .await;
-            assert_eq!(code, 202, "{body}");
-        }
-    }
     // The probe: a free user at their limit. Its start runs the admission script, is refused
     // with 403 when Redis answers and writes nothing, so it can be sent all through a failover.
-    let (code, body) = api
-        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
-        .await;
-    assert_eq!(code, 202, "{body}");
+    start_runners_and_probe_user(&api, USERS).await;
     let total = USERS * PER_USER + 1;
     eventually(Duration::from_secs(60), "every runner running", || async {
         let all = runners(&api).await;
@@ -233,18 +239,21 @@ async fn master_failovers_keep_every_process_up_and_every_runner_running_once() 
     fleet.cleanup().await;
 }
 
+/// `redis-cli -p <port> <args>`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// The id of the node on `port` and the number of slots it serves.
 fn node_id_and_slots(cluster: &PrivateCluster, port: u16) -> (String, usize) {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "cluster", "myid"])
-        .output()
-        .expect("redis-cli");
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let nodes = std::process::Command::new("redis-cli")
-        .args(["-p", &cluster.base.to_string(), "cluster", "nodes"])
-        .output()
-        .expect("redis-cli");
-    let slots = String::from_utf8_lossy(&nodes.stdout)
+    let id = redis_cli(port, &["cluster", "myid"]);
+    let slots = redis_cli(cluster.base, &["cluster", "nodes"])
         .lines()
         .find(|l| l.starts_with(&id))
         .map(|l| {
@@ -262,6 +271,14 @@ fn node_id_and_slots(cluster: &PrivateCluster, port: u16) -> (String, usize) {
     (id, slots)
 }
 
+/// A master of `cluster` other than the one on `from`.
+fn other_master(cluster: &PrivateCluster, from: u16) -> u16 {
+    cluster
+        .ports()
+        .find(|&p| p != from && node_id_and_slots(cluster, p).1 > 0)
+        .expect("another master")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothing() {
     let _heavy = runfleet_tests::heavy().await;
@@ -271,20 +288,7 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
     let _n1 = fleet.worker("worker-1", 20);
     let _n2 = fleet.worker("worker-2", 20);
-    for u in 0..2 {
-        let user = format!("fo-{u}");
-        api.grant(&user, "pro").await;
-        for i in 0..PER_USER {
-            let (code, body) = api
-                .post("/v1/runners", &idle_start_request(&user, &format!("s{i}")))
-                .await;
-            assert_eq!(code, 202, "{body}");
-        }
-    }
-    let (code, body) = api
-        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
-        .await;
-    assert_eq!(code, 202, "{body}");
+    start_runners_and_probe_user(&api, 2).await;
     let all_running = || async {
         let mut n = 0;
         for u in 0..2 {
@@ -303,10 +307,7 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
 
     let tag_key = fleet.keys().ready("jobs");
     let from = cluster.master_of(&tag_key).expect("a master");
-    let to = cluster
-        .ports()
-        .find(|&p| p != from && node_id_and_slots(&cluster, p).1 > 0)
-        .expect("another master");
+    let to = other_master(&cluster, from);
     let (from_id, slots) = node_id_and_slots(&cluster, from);
     let (to_id, _) = node_id_and_slots(&cluster, to);
     let probing = Arc::new(AtomicBool::new(true));
@@ -384,17 +385,6 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
     fleet.cleanup().await;
 }
 
-/// `redis-cli -p <port> <args>`, its output.
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// The fleet's own slot moved by hand, slowly (5 keys per MIGRATE, 20 ms apart), so that starts
 /// and reads keep arriving while part of the fleet's keys is on each master: every store call
 /// then gets TRYAGAIN (it declares two keys that never exist) and is retried until the slot
@@ -407,17 +397,7 @@ async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_s
     let (_a, api) = fleet.orchestrator("orchestrator-a").await;
     let _n1 = fleet.worker("worker-1", 20);
     let user = "fo-0";
-    api.grant(user, "pro").await;
-    for i in 0..PER_USER {
-        let (code, body) = api
-            .post("/v1/runners", &idle_start_request(user, &format!("s{i}")))
-            .await;
-        assert_eq!(code, 202, "{body}");
-    }
-    let (code, body) = api
-        .post("/v1/runners", &idle_start_request("fo-probe", "p0"))
-        .await;
-    assert_eq!(code, 202, "{body}");
+    start_runners_and_probe_user(&api, 1).await;
     let running = || async {
         crate::reliability::workers_of(&api, user)
             .await
@@ -432,10 +412,7 @@ async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_s
 
     let tag_key = fleet.keys().ready("jobs");
     let from = cluster.master_of(&tag_key).expect("a master");
-    let to = cluster
-        .ports()
-        .find(|&p| p != from && node_id_and_slots(&cluster, p).1 > 0)
-        .expect("another master");
+    let to = other_master(&cluster, from);
     let (from_id, to_id) = (
         redis_cli(from, &["cluster", "myid"]),
         redis_cli(to, &["cluster", "myid"]),
