@@ -29,7 +29,7 @@ use crate::responses::{
 };
 
 use crate::audit::{self, Action};
-use crate::auth::{AdminOnly, Caller, ForUser, issue_key};
+use crate::auth::{AdminOnly, Caller, ForUser, issue_key_in};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Path};
 use crate::rate_limit::{CallClass, RateLimits};
@@ -184,7 +184,7 @@ async fn admit_runner<S: FleetStore, Q: JobQueue + Clone>(
 }
 
 /// Checks a start request for `caller` and seals its credentials: the job to admit.
-fn job_of<S, Q>(
+fn job_of<S: FleetStore, Q>(
     app: &AppState<S, Q>,
     caller: &Caller,
     mut req: StartRunnerRequest,
@@ -193,7 +193,11 @@ fn job_of<S, Q>(
     app.kinds
         .prepare(&mut req)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    JobSpec::sealed(JobId::generate(), req, &app.cipher).map_err(|e| ApiError::Internal(e.into()))
+    let id = app
+        .store
+        .placement(&req.user_id)
+        .make(|| JobId::generate().as_str().to_owned());
+    JobSpec::sealed(JobId::new(id), req, &app.cipher).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The store's admission of `spec` as the caller sees it: (tier, limit, runners in use), or
@@ -975,7 +979,7 @@ pub async fn create_key<S: FleetStore, Q: JobQueue + Clone>(
     Path(raw_user): Path<String>,
 ) -> Result<Answer<IssuedKey>, ApiError> {
     let user = user_id(&raw_user)?;
-    let issued = issue_key();
+    let issued = issue_key_in(app.store.placement(&user));
     let info = app
         .store
         .add_key(&user, &issued.key_id, &issued.hash)

@@ -90,12 +90,19 @@ pub struct IssuedKey {
 
 /// Makes a new random user key.
 pub fn issue_key() -> IssuedKey {
-    let mut id = [0u8; 12];
+    issue_key_in(runfleet_shared::shard::Placement::ANY)
+}
+
+/// Makes a new random user key whose id lands where `placement` says (its user's shard).
+pub fn issue_key_in(placement: runfleet_shared::shard::Placement) -> IssuedKey {
     let mut secret = [0u8; 32];
     let mut rng = rand::rng();
-    rng.fill_bytes(&mut id);
+    let key_id = placement.make(|| {
+        let mut id = [0u8; 12];
+        rng.fill_bytes(&mut id);
+        hex::encode(id)
+    });
     rng.fill_bytes(&mut secret);
-    let key_id = hex::encode(id);
     let key = format!("rfk_{key_id}_{}", hex::encode(secret));
     let hash = hash_key(&key);
     IssuedKey { key_id, key, hash }

@@ -10,9 +10,10 @@ use crate::config::{ConfigError, QueueBackend, Settings};
 use crate::keys::Keys;
 #[cfg(feature = "rabbitmq")]
 use crate::queue::RabbitMqQueue;
-use crate::queue::{JobQueue, MemoryQueue, RedisQueue};
+use crate::queue::{JobQueue, MemoryQueue, RedisQueue, ShardedQueue};
 use crate::redis_pool::{RedisError, RedisPools};
-use crate::store::{FleetPolicy, FleetStore, MemoryStore, RedisStore};
+use crate::store::{FleetPolicy, FleetStore, MemoryStore, RedisStore, ShardedStore, shard_policy};
+use crate::wake::LazyWake;
 
 /// A process's work on the backend of its settings: [`run_on`] opens the store and the queue
 /// and calls [`OnBackend::run`] with them. A trait rather than a closure, since the callback is
@@ -40,8 +41,20 @@ pub async fn run_on<P: OnBackend>(
             let store = MemoryStore::new(FleetPolicy::from_settings(settings));
             Ok(process.run(store, MemoryQueue::new()).await)
         }
+        QueueBackend::Redis if settings.redis.shards > 1 => {
+            let (store, queue) = open_sharded(settings).await?;
+            Ok(process.run(store, queue).await)
+        }
         QueueBackend::Redis => {
             let (store, queue) = open_redis(settings).await?;
+            Ok(process.run(store, queue).await)
+        }
+        #[cfg(feature = "rabbitmq")]
+        QueueBackend::Rabbitmq if settings.redis.shards > 1 => {
+            let pools = open_pools(settings).await?;
+            let policy = FleetPolicy::from_settings(settings);
+            let (store, _) = sharded(&pools, &settings.redis, policy, &settings.queue.name, false);
+            let queue = open_rabbitmq_queue(settings).await?;
             Ok(process.run(store, queue).await)
         }
         #[cfg(feature = "rabbitmq")]
@@ -69,8 +82,104 @@ pub async fn open_redis(settings: &Settings) -> Result<(RedisStore, RedisQueue),
     ))
 }
 
+/// The sharded store and queue of `settings` (`redis.shards > 1`): one [`RedisStore`] and
+/// one [`RedisQueue`] per shard, each store queuing onto its shard's ready list and announcing
+/// on the fleet's wake-up channel.
+pub async fn open_sharded(settings: &Settings) -> Result<(ShardedStore, ShardedQueue), RedisError> {
+    let pools = open_pools(settings).await?;
+    let policy = FleetPolicy::from_settings(settings);
+    Ok(sharded(
+        &pools,
+        &settings.redis,
+        policy,
+        &settings.queue.name,
+        true,
+    ))
+}
+
+/// A sharded fleet over `pools` (`redis.shards` shards of `redis`'s prefix) applying `policy`
+/// (its fleet-wide limits divided among the shards, [`shard_policy`]): the store, queuing
+/// onto the Redis-list queue `queue` itself when `inline` (else publishing is the caller's,
+/// and the queue returned unused), and that queue.
+pub fn sharded(
+    pools: &RedisPools,
+    redis: &crate::config::RedisSettings,
+    policy: FleetPolicy,
+    queue: &str,
+    inline: bool,
+) -> (ShardedStore, ShardedQueue) {
+    let count = redis.shards.max(1);
+    let policy = shard_policy(policy, count);
+    let channel = Keys::wake_channel(redis);
+    let keys: Vec<Keys> = (0..count as usize).map(|n| Keys::shard(redis, n)).collect();
+    let wake = LazyWake::new(
+        pools.seeds(),
+        channel.clone(),
+        keys.clone(),
+        pools.response_timeout(),
+    );
+    let stores = keys
+        .iter()
+        .map(|k| {
+            let store = RedisStore::new(pools.clone(), k.clone(), policy).announcing_on(&channel);
+            if inline {
+                store.queuing_into(queue)
+            } else {
+                store
+            }
+        })
+        .collect();
+    let queues = keys
+        .into_iter()
+        .map(|k| {
+            let prefix = k.prefix().to_owned();
+            (RedisQueue::new(pools.clone(), k, queue), prefix)
+        })
+        .collect();
+    (
+        ShardedStore::new(stores, wake.clone()),
+        ShardedQueue::new(pools.clone(), queues, wake),
+    )
+}
+
+/// Records the shard count the fleet's state is created with, or checks it against the one
+/// recorded: a fleet read with another count would not find its users.
+async fn check_shard_count(pools: &RedisPools, settings: &Settings) -> Result<(), RedisError> {
+    let key = Keys::of(&settings.redis).shard_count();
+    let wanted = settings.redis.shards;
+    let mut conn = pools.commands.get().await?;
+    let _: Option<String> = ::redis::cmd("SET")
+        .arg(&key)
+        .arg(wanted)
+        .arg("NX")
+        .query_async(&mut *conn)
+        .await?;
+    let recorded: Option<u32> = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut *conn)
+        .await?;
+    match recorded {
+        Some(n) if n != wanted => Err(RedisError::Mode(format!(
+            "the fleet's state under redis.key_prefix {:?} was created with {n} shard(s) \
+             (recorded in {key}), but redis.shards = {wanted}: the shard count cannot change \
+             (use another key_prefix for a new fleet)",
+            settings.redis.key_prefix
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The Redis store alone, leaving the publishing of queued jobs to the caller.
 async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), RedisError> {
+    let pools = open_pools(settings).await?;
+    let keys = Keys::of(&settings.redis);
+    let store = RedisStore::new(pools.clone(), keys, FleetPolicy::from_settings(settings));
+    Ok((store, pools))
+}
+
+/// The pools of `settings`, checked: the Redis answers as `redis.cluster` says, and the shard
+/// count matches the fleet's (when Redis answers at all: a Redis that is down yet is retried).
+async fn open_pools(settings: &Settings) -> Result<RedisPools, RedisError> {
     let pools = RedisPools::new(&settings.redis)?;
     match pools.check().await {
         Ok(Some(policy)) => tracing::warn!(
@@ -88,11 +197,19 @@ async fn open_store(settings: &Settings) -> Result<(RedisStore, RedisPools), Red
                 crate::config::redact_url(&settings.redis.url)
             )));
         }
-        Err(e) => tracing::warn!(error = %e, "redis is not reachable yet; retrying until it is"),
+        Err(e) => {
+            tracing::warn!(error = %e, "redis is not reachable yet; retrying until it is");
+            return Ok(pools);
+        }
     }
-    let keys = Keys::of(&settings.redis);
-    let store = RedisStore::new(pools.clone(), keys, FleetPolicy::from_settings(settings));
-    Ok((store, pools))
+    match check_shard_count(&pools, settings).await {
+        Err(e @ RedisError::Mode(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the fleet's shard count");
+            Ok(pools)
+        }
+        Ok(()) => Ok(pools),
+    }
 }
 
 /// Why a backend could not be opened.
@@ -121,9 +238,14 @@ pub async fn open_rabbitmq(
     settings: &Settings,
 ) -> Result<(RedisStore, RabbitMqQueue), BackendError> {
     let (store, _) = open_store(settings).await?;
+    Ok((store, open_rabbitmq_queue(settings).await?))
+}
+
+#[cfg(feature = "rabbitmq")]
+async fn open_rabbitmq_queue(settings: &Settings) -> Result<RabbitMqQueue, BackendError> {
     let queue = RabbitMqQueue::new(&settings.rabbitmq, settings.queue.name.clone())?;
     if let Err(e) = queue.connect().await {
         tracing::warn!(error = %e, "rabbitmq is not reachable yet; retrying until it is");
     }
-    Ok((store, queue))
+    Ok(queue)
 }

@@ -453,6 +453,12 @@ pub struct RedisSettings {
     /// The Redis is a Redis Cluster (or a compatible service): every key of the fleet carries
     /// one hash tag, so that each atomic step touches one slot (docs/architecture.md).
     pub cluster: bool,
+    /// Shards the fleet's state is split into, each under its own hash tag (users are spread
+    /// over them by a hash of their id), so that a Redis Cluster spreads the fleet over its
+    /// masters (docs/architecture.md, "Sharding"). Fixed when the fleet's state is created:
+    /// the first process records it in Redis, and a process configured otherwise refuses to
+    /// start. 1 (the default): one hash tag on a cluster, the plain key names on one Redis.
+    pub shards: u32,
     /// `rediss://` only: a PEM file of the CA certificates that sign the server's certificate.
     /// Unset: the system's trusted roots. The server's name is always verified against the
     /// URL's host, unless the URL ends in `#insecure`.
@@ -481,6 +487,7 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379".into(),
             cluster: false,
+            shards: 1,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -608,6 +615,7 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
             .field("cluster", &self.cluster)
+            .field("shards", &self.shards)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
@@ -910,6 +918,12 @@ impl Settings {
             return invalid(
                 "redis.key_prefix",
                 "must be non-empty, without spaces, '{' or '}' (hash tags are runfleet's)",
+            );
+        }
+        if !(1..=crate::shard::SHARDS_MAX).contains(&self.redis.shards) {
+            return invalid(
+                "redis.shards",
+                &format!("must be from 1 to {}", crate::shard::SHARDS_MAX),
             );
         }
         if !self.redis.cluster && self.redis.url.contains(',') {

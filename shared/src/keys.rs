@@ -73,6 +73,30 @@ impl Keys {
         }
     }
 
+    /// Key names of shard `n` of a sharded fleet (`redis.shards > 1`, [`crate::shard`]): every
+    /// key starts with `<prefix>:{<prefix>.<n>}`, so each shard is a slot of its own that a
+    /// cluster may place on any master. On one Redis the tag only names the shard.
+    pub fn shard(settings: &crate::config::RedisSettings, n: usize) -> Self {
+        let prefix = &settings.key_prefix;
+        Self {
+            prefix: format!("{prefix}:{{{prefix}.{n}}}"),
+            clustered: settings.cluster,
+        }
+    }
+
+    /// The key recording how many shards the fleet's state was created with (under the
+    /// unsharded names of [`Keys::of`]).
+    pub fn shard_count(&self) -> String {
+        self.key(&["shards"])
+    }
+
+    /// The Pub/Sub channel on which a sharded fleet's scripts announce work for idle nodes:
+    /// a ready list that was empty got a job, or a node got a command (a channel, not a key:
+    /// the node's ACL user needs `&<channel>`).
+    pub fn wake_channel(settings: &crate::config::RedisSettings) -> String {
+        format!("{}:wake", settings.key_prefix)
+    }
+
     /// Whether these are a clustered fleet's keys ([`Keys::clustered`]).
     pub fn is_clustered(&self) -> bool {
         self.clustered
@@ -282,6 +306,21 @@ mod tests {
             Keys::new("rf").route().is_empty(),
             "one Redis: no keys declared"
         );
+    }
+
+    #[test]
+    fn each_shard_has_a_tag_of_its_own() {
+        let mut settings = crate::config::RedisSettings {
+            key_prefix: "rf".into(),
+            cluster: true,
+            ..Default::default()
+        };
+        let k = Keys::shard(&settings, 7);
+        assert_eq!(k.job(&JobId::new("j")), "rf:{rf.7}:job:j");
+        assert_eq!(k.route(), ["rf:{rf.7}:route:a", "rf:{rf.7}:route:b"]);
+        assert_eq!(Keys::of(&settings).shard_count(), "rf:{rf}:shards");
+        settings.cluster = false;
+        assert!(Keys::shard(&settings, 7).route().is_empty());
     }
 
     #[test]

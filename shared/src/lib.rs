@@ -24,10 +24,12 @@ pub mod openapi;
 pub mod policy;
 pub mod queue;
 pub mod redis_pool;
+pub mod shard;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tier;
 pub mod validate;
+pub mod wake;
 
 pub use runfleet_lifecycle as lifecycle;

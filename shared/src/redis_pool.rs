@@ -413,6 +413,8 @@ pub struct RedisPools {
     blocking: Blocking,
     /// The response timeout of short commands.
     response_timeout: Duration,
+    /// Where to connect: `redis.url`'s servers (a cluster's seed nodes).
+    seeds: std::sync::Arc<[redis::ConnectionInfo]>,
 }
 
 impl std::fmt::Debug for RedisPools {
@@ -461,7 +463,7 @@ impl RedisPools {
                 builder = builder.certs(certs);
             }
             let client = builder.build()?;
-            let manager = deadpool_redis::cluster::Manager::new(infos, false)?;
+            let manager = deadpool_redis::cluster::Manager::new(infos.clone(), false)?;
             let blocking = deadpool_redis::cluster::Pool::builder(manager)
                 .max_size(settings.blocking_pool_size)
                 .wait_timeout(wait)
@@ -477,6 +479,7 @@ impl RedisPools {
                 }),
                 blocking: Blocking::Cluster(blocking),
                 response_timeout,
+                seeds: infos.into(),
             });
         }
         // Reconnects are the callers' to retry (each call fails fast and says so): one attempt.
@@ -501,7 +504,19 @@ impl RedisPools {
             commands: Commands::single(&info, short, settings.pool_size)?,
             blocking: Blocking::Single(blocking),
             response_timeout,
+            seeds: infos.into(),
         })
+    }
+
+    /// `redis.url`'s servers (a cluster's seed nodes), for connections of their own (the
+    /// wake-up subscription, [`crate::wake`]).
+    pub fn seeds(&self) -> Vec<redis::ConnectionInfo> {
+        self.seeds.to_vec()
+    }
+
+    /// The response timeout of short commands (`redis.response_timeout_ms`).
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// The response timeout for a blocking pop of `wait`: the block (as [`block_seconds`]

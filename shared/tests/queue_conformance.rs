@@ -14,7 +14,9 @@ use std::time::Duration;
 use runfleet_shared::ids::{JobId, NodeId};
 #[cfg(feature = "rabbitmq")]
 use runfleet_shared::queue::RabbitMqQueue;
-use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError, RedisQueue};
+use runfleet_shared::queue::{
+    Delivery, JobQueue, MemoryQueue, QueueError, RedisQueue, ShardedQueue,
+};
 
 /// What a backend promises beyond the common contract.
 trait Capabilities {
@@ -22,10 +24,28 @@ trait Capabilities {
     /// returns `false` and the job stays queued until a node claims it, when the store's claim
     /// script drops it because its record says stopped (docs/architecture.md).
     const REMOVES_BY_ID: bool = true;
+    /// Claims come oldest first across the whole queue. A sharded queue keeps each shard's
+    /// ready list in order, but a claim takes from one shard after another: its order across
+    /// shards is not the order of arrival.
+    const FIFO: bool = true;
+}
+
+/// Asserts that `got` are the jobs `expected`, in that order where `Q` keeps one.
+fn assert_claimed<Q: Capabilities>(got: &[Delivery], expected: &[&str]) {
+    let mut got = names(got);
+    let mut expected: Vec<String> = expected.iter().map(|e| (*e).to_owned()).collect();
+    if !Q::FIFO {
+        got.sort();
+        expected.sort();
+    }
+    assert_eq!(got, expected);
 }
 
 impl Capabilities for MemoryQueue {}
 impl Capabilities for RedisQueue {}
+impl Capabilities for ShardedQueue {
+    const FIFO: bool = false;
+}
 #[cfg(feature = "rabbitmq")]
 impl Capabilities for RabbitMqQueue {
     const REMOVES_BY_ID: bool = false;
@@ -101,6 +121,47 @@ impl Harness for Redis {
     }
 }
 
+/// The sharded queue (4 shards, each under a hash tag of its own) on the test Redis Cluster.
+struct RedisSharded {
+    queue: ShardedQueue,
+    pools: runfleet_shared::redis_pool::RedisPools,
+    shards: Vec<runfleet_shared::keys::Keys>,
+}
+
+impl RedisSharded {
+    async fn new() -> Self {
+        let pools = support::cluster_pools().await;
+        let settings = runfleet_shared::config::RedisSettings {
+            url: support::cluster_url(),
+            cluster: true,
+            shards: 4,
+            key_prefix: format!("rftest-{}", uuid::Uuid::new_v4().simple()),
+            ..Default::default()
+        };
+        let policy = runfleet_shared::store::FleetPolicy::default();
+        let (store, queue) =
+            runfleet_shared::backend::sharded(&pools, &settings, policy, "jobs", true);
+        let shards = store.shards().iter().map(|s| s.keys().clone()).collect();
+        RedisSharded {
+            queue,
+            pools,
+            shards,
+        }
+    }
+}
+
+impl Harness for RedisSharded {
+    type Queue = ShardedQueue;
+    fn queue(&self) -> ShardedQueue {
+        self.queue.clone()
+    }
+    async fn teardown(self) {
+        for keys in &self.shards {
+            support::cleanup(&self.pools, keys).await;
+        }
+    }
+}
+
 /// A durable queue of its own on the real RabbitMQ, deleted after the test.
 #[cfg(feature = "rabbitmq")]
 struct RabbitMq(RabbitMqQueue);
@@ -134,21 +195,24 @@ fn names(ds: &[runfleet_shared::queue::Delivery]) -> Vec<String> {
 
 const SHORT: Duration = Duration::from_millis(50);
 
-async fn fifo_order<Q: JobQueue>(q: Q) {
+async fn fifo_order<Q: JobQueue + Capabilities>(q: Q) {
     let n = NodeId::new("n1");
     q.enqueue(&ids(&["a", "b", "c"])).await.unwrap();
     q.enqueue(&ids(&["d"])).await.unwrap();
     let got = q.claim(&n, 10, SHORT).await.unwrap();
-    assert_eq!(names(&got), ["a", "b", "c", "d"]);
+    assert_claimed::<Q>(&got, &["a", "b", "c", "d"]);
     let got = q.claim(&n, 10, Duration::ZERO).await.unwrap();
     assert!(got.is_empty());
 }
 
-async fn claim_takes_at_most_max<Q: JobQueue>(q: Q) {
+async fn claim_takes_at_most_max<Q: JobQueue + Capabilities>(q: Q) {
     let n = NodeId::new("n1");
     q.enqueue(&ids(&["a", "b", "c"])).await.unwrap();
-    assert_eq!(names(&q.claim(&n, 2, SHORT).await.unwrap()), ["a", "b"]);
-    assert_eq!(names(&q.claim(&n, 2, SHORT).await.unwrap()), ["c"]);
+    let first = q.claim(&n, 2, SHORT).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let second = q.claim(&n, 2, SHORT).await.unwrap();
+    assert_claimed::<Q>(&[first, second].concat(), &["a", "b", "c"]);
+    assert_eq!(q.depth().await.unwrap(), 0);
 }
 
 /// `claimer`, a claim waiting on the empty queue `q`, waits until a job arrives and returns it.
@@ -195,22 +259,18 @@ async fn claim_returns_empty_when_its_wait_passes<Q: JobQueue>(q: Q) {
 /// Waiting for the next job (a node whose store found the queue empty): a job already waiting
 /// is taken at once, alone and oldest first, and invisible to others until acknowledged; with
 /// none, the call waits for one and returns empty when its wait passes.
-async fn claim_next_takes_one_job_or_waits_for_it<Q: JobQueue + Clone>(q: Q) {
+async fn claim_next_takes_one_job_or_waits_for_it<Q: JobQueue + Clone + Capabilities>(q: Q) {
     let n = NodeId::new("n1");
     q.enqueue(&ids(&["a", "b"])).await.unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(
-        names(&q.claim_next(&n, Duration::from_secs(5)).await.unwrap()),
-        ["a"]
-    );
+    let first = q.claim_next(&n, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.len(), 1, "one job");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "it waited with a job there"
     );
-    assert_eq!(
-        names(&q.claim(&NodeId::new("n2"), 10, SHORT).await.unwrap()),
-        ["b"]
-    );
+    let second = q.claim(&NodeId::new("n2"), 10, SHORT).await.unwrap();
+    assert_claimed::<Q>(&[first, second].concat(), &["a", "b"]);
     let started = std::time::Instant::now();
     assert!(
         q.claim_next(&n, Duration::from_millis(300))
@@ -272,9 +332,9 @@ async fn queued_job_can_be_removed_by_id<Q: JobQueue + Capabilities>(q: Q) {
     assert!(!q.remove(&JobId::new("b")).await.unwrap());
     assert!(!q.remove(&JobId::new("nope")).await.unwrap());
     assert_eq!(q.depth().await.unwrap(), 2);
-    assert_eq!(
-        names(&q.claim(&NodeId::new("n1"), 5, SHORT).await.unwrap()),
-        ["a", "c"]
+    assert_claimed::<Q>(
+        &q.claim(&NodeId::new("n1"), 5, SHORT).await.unwrap(),
+        &["a", "c"],
     );
 }
 
@@ -287,7 +347,7 @@ async fn depth_is_exact<Q: JobQueue>(q: Q) {
     assert_eq!(q.depth().await.unwrap(), 25);
 }
 
-async fn dead_nodes_claims_return_to_the_queue<Q: JobQueue>(q: Q) {
+async fn dead_nodes_claims_return_to_the_queue<Q: JobQueue + Capabilities>(q: Q) {
     let dead = NodeId::new("dead");
     q.enqueue(&ids(&["a", "b", "c"])).await.unwrap();
     assert_eq!(q.claim(&dead, 2, SHORT).await.unwrap().len(), 2);
@@ -295,13 +355,13 @@ async fn dead_nodes_claims_return_to_the_queue<Q: JobQueue>(q: Q) {
     assert_eq!(q.recover(&dead).await.unwrap(), 0, "recover is idempotent");
     assert_eq!(q.depth().await.unwrap(), 3);
     // The recovered claims are first in line, in their original order.
-    assert_eq!(
-        names(&q.claim(&NodeId::new("alive"), 5, SHORT).await.unwrap()),
-        ["a", "b", "c"]
+    assert_claimed::<Q>(
+        &q.claim(&NodeId::new("alive"), 5, SHORT).await.unwrap(),
+        &["a", "b", "c"],
     );
 }
 
-async fn released_jobs_go_to_the_front<Q: JobQueue>(q: Q) {
+async fn released_jobs_go_to_the_front<Q: JobQueue + Capabilities>(q: Q) {
     let n = NodeId::new("n1");
     q.enqueue(&ids(&["a", "b", "c"])).await.unwrap();
     let got = q.claim(&n, 2, SHORT).await.unwrap();
@@ -311,10 +371,7 @@ async fn released_jobs_go_to_the_front<Q: JobQueue>(q: Q) {
         0,
         "released claims are no longer the node's"
     );
-    assert_eq!(
-        names(&q.claim(&n, 5, SHORT).await.unwrap()),
-        ["a", "b", "c"]
-    );
+    assert_claimed::<Q>(&q.claim(&n, 5, SHORT).await.unwrap(), &["a", "b", "c"]);
 }
 
 async fn concurrent_claimers_get_each_job_exactly_once<Q: JobQueue + Clone>(q: Q) {
@@ -391,6 +448,11 @@ macro_rules! conformance_for {
     )*};
 }
 
-conformance_for!(memory => Memory, redis => Redis, redis_cluster => RedisCluster);
+conformance_for!(
+    memory => Memory,
+    redis => Redis,
+    redis_cluster => RedisCluster,
+    redis_sharded => RedisSharded
+);
 #[cfg(feature = "rabbitmq")]
 conformance_for!(rabbitmq => RabbitMq);

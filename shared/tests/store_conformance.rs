@@ -6,7 +6,7 @@ mod support;
 use std::future::Future;
 use std::time::Duration;
 
-use runfleet_shared::config::{BreakerSettings, RestartSettings};
+use runfleet_shared::config::{BreakerSettings, RedisSettings, RestartSettings};
 use runfleet_shared::crypto::CredentialCipher;
 use runfleet_shared::dispatch::Dispatcher;
 use runfleet_shared::ids::{BrokerId, JobId, NodeId, StrategyId, UserId};
@@ -14,10 +14,11 @@ use runfleet_shared::job::{Credentials, JobSpec, JobStatus, Stats, StopMode, Str
 use runfleet_shared::keys::Keys;
 use runfleet_shared::kind::SavedState;
 use runfleet_shared::queue::{Delivery, JobQueue, MemoryQueue, QueueError};
+use runfleet_shared::shard::Placement;
 use runfleet_shared::store::{
     AdminAction, Admission, ClaimOutcome, EventId, FleetPolicy, FleetStore, MemoryStore,
-    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, RunnerEvent, ScriptContext, StopRequest,
-    StoreError, SweepReport,
+    NodeCommand, NodeInfo, RedisStore, RunEnd, RunnerBeat, RunnerEvent, ScriptContext,
+    ShardedStore, StopRequest, StoreError, SweepReport,
 };
 use runfleet_shared::tier::Tier;
 
@@ -80,6 +81,40 @@ impl Harness for RedisCluster {
     }
     async fn teardown(self) {
         support::cleanup(&self.1, self.0.keys()).await;
+    }
+}
+
+/// Shards of the sharded backend: specs everywhere get job ids in their user's shard of a fleet
+/// of this many (any id fits the other backends).
+const SHARDS: u32 = 4;
+
+/// The sharded store on the test Redis Cluster: [`SHARDS`] shards, each under a hash tag of its
+/// own (so spread over the cluster's masters).
+struct RedisSharded(ShardedStore, runfleet_shared::redis_pool::RedisPools);
+impl RedisSharded {
+    async fn new() -> Self {
+        let pools = support::cluster_pools().await;
+        let settings = RedisSettings {
+            url: support::cluster_url(),
+            cluster: true,
+            shards: SHARDS,
+            key_prefix: format!("rftest-{}", uuid::Uuid::new_v4().simple()),
+            ..RedisSettings::default()
+        };
+        let (store, _) =
+            runfleet_shared::backend::sharded(&pools, &settings, policy(), "jobs", false);
+        RedisSharded(store, pools)
+    }
+}
+impl Harness for RedisSharded {
+    type Store = ShardedStore;
+    fn store(&self) -> ShardedStore {
+        self.0.clone()
+    }
+    async fn teardown(self) {
+        for shard in self.0.shards() {
+            support::cleanup(&self.1, shard.keys()).await;
+        }
     }
 }
 
@@ -146,7 +181,8 @@ async fn sweep<S: FleetStore>(s: &S) -> SweepReport {
 }
 
 fn spec(user: &str) -> JobSpec {
-    let id = JobId::generate();
+    let id =
+        JobId::new(Placement::of_user(user, SHARDS).make(|| JobId::generate().as_str().to_owned()));
     let creds = Credentials {
         api_key: "k".into(),
         api_secret: "s".into(),
@@ -1585,7 +1621,8 @@ store_conformance!(
     memory => Memory,
     redis => Redis,
     redis_eval => RedisEval,
-    redis_cluster => RedisCluster
+    redis_cluster => RedisCluster,
+    redis_sharded => RedisSharded
 );
 
 /// The store's scripts are a Redis Function library, loaded by the first call that finds it

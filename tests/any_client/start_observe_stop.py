@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "shared" / "src" / "scripts"
 
-# The 14 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
+# The 15 context arguments (docs/redis-schema.md, section 2) with the documented defaults;
 # ARGV[1] (prefix) and ARGV[12] (ready list) are filled in from the options.
 DEFAULT_CONTEXT = [
     None,  # 1 redis.key_prefix
@@ -44,6 +44,7 @@ DEFAULT_CONTEXT = [
     "10000", "10000", "5000",  # 9-11 limits.*
     None,  # 12 the ready list key
     "100000", "604800000",  # 13-14 events.max_len, events.max_age_ms
+    "",  # 15 the wake-up channel (a sharded fleet's; none here)
 ]
 
 

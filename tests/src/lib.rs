@@ -290,6 +290,27 @@ impl Fleet {
         fleet
     }
 
+    /// A fleet on the test Redis Cluster whose state is split into `shards` shards
+    /// (`redis.shards`), otherwise as [`Fleet::new_on_cluster`].
+    pub fn sharded_on_cluster(name: &str, shards: u32) -> Self {
+        Self::sharded_on(name, &cluster_url(), shards)
+    }
+
+    /// The same, on the Redis Cluster whose seed nodes are `urls`.
+    pub fn sharded_on(name: &str, urls: &str, shards: u32) -> Self {
+        let mut fleet = Self::on_cluster(name, urls);
+        fleet.set("RUNFLEET__REDIS__SHARDS", shards.to_string());
+        fleet
+    }
+
+    /// How many shards the fleet's state is split into (1: not sharded).
+    pub fn shards(&self) -> u32 {
+        self.env
+            .get("RUNFLEET__REDIS__SHARDS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+
     /// Whether this fleet runs on a Redis Cluster.
     pub fn clustered(&self) -> bool {
         self.env
@@ -302,14 +323,34 @@ impl Fleet {
         runfleet_shared::config::RedisSettings {
             url: self.redis_url().to_owned(),
             cluster: self.clustered(),
+            shards: self.shards(),
             key_prefix: self.prefix.clone(),
             ..Default::default()
         }
     }
 
-    /// The fleet's key names (with their hash tag on a cluster).
+    /// The fleet's key names (with their hash tag on a cluster); of shard 0 when it is
+    /// sharded.
     pub fn keys(&self) -> runfleet_shared::keys::Keys {
-        runfleet_shared::keys::Keys::of(&self.redis_settings())
+        self.shard_keys().swap_remove(0)
+    }
+
+    /// The key names of the shard that holds user, job or API key `id`.
+    pub fn keys_of(&self, id: &str) -> runfleet_shared::keys::Keys {
+        let mut all = self.shard_keys();
+        let shard = runfleet_shared::shard::shard_of(id, all.len() as u32);
+        all.swap_remove(shard)
+    }
+
+    /// The key names of each of the fleet's shards (one when it is not sharded).
+    pub fn shard_keys(&self) -> Vec<runfleet_shared::keys::Keys> {
+        let settings = self.redis_settings();
+        match settings.shards {
+            0 | 1 => vec![runfleet_shared::keys::Keys::of(&settings)],
+            n => (0..n as usize)
+                .map(|i| runfleet_shared::keys::Keys::shard(&settings, i))
+                .collect(),
+        }
     }
 
     /// A connection to this fleet's Redis, one server's or a cluster's (commands are routed by
@@ -462,16 +503,22 @@ impl Fleet {
     }
 
     /// Every accepted write recorded in the audit stream, in the order Redis accepted them.
+    /// On a sharded fleet, each shard's audit stream holds its own jobs' writes: they are merged
+    /// by time (a job's writes are all in its shard's stream, in order).
     pub async fn audit(&self) -> Vec<AuditEntry> {
         let mut r = self.conn().await;
-        let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{}:audit", self.keys().prefix()))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut r)
-            .await
-            .expect("XRANGE");
-        raw.ids
+        let mut ids = Vec::new();
+        for keys in self.shard_keys() {
+            let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(format!("{}:audit", keys.prefix()))
+                .arg("-")
+                .arg("+")
+                .query_async(&mut r)
+                .await
+                .expect("XRANGE");
+            ids.extend(raw.ids);
+        }
+        let mut entries: Vec<AuditEntry> = ids
             .into_iter()
             .map(|e| {
                 let field = |k: &str| e.get::<String>(k).unwrap_or_default();
@@ -488,40 +535,58 @@ impl Fleet {
                     node: field("node"),
                 }
             })
-            .collect()
+            .collect();
+        // Stable: one stream's order stays as it was.
+        entries.sort_by_key(|e| e.at_ms);
+        entries
     }
 
     /// Deletes every key of this fleet.
     pub async fn cleanup(&self) {
         let mut r = self.conn().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.keys().prefix()))
-            .query_async(&mut r)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut r).await;
+        let settings = self.redis_settings();
+        let mut prefixes: Vec<String> = self
+            .shard_keys()
+            .iter()
+            .map(|k| k.prefix().to_owned())
+            .collect();
+        prefixes.push(
+            runfleet_shared::keys::Keys::of(&settings)
+                .prefix()
+                .to_owned(),
+        );
+        for prefix in prefixes {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut r)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut r).await;
+            }
         }
     }
 
     /// Total length of the ready list and every processing list of the fleet's queue.
     pub async fn queue_lengths(&self) -> (u64, u64) {
         let mut r = self.conn().await;
-        let keys = self.keys();
-        let ready: u64 = redis::cmd("LLEN")
-            .arg(keys.ready("jobs"))
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        let lists: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:queue:jobs:processing:*", keys.prefix()))
-            .query_async(&mut r)
-            .await
-            .unwrap();
-        let mut processing = 0;
-        for l in lists {
-            let n: u64 = redis::cmd("LLEN").arg(l).query_async(&mut r).await.unwrap();
-            processing += n;
+        let (mut ready, mut processing) = (0, 0);
+        for keys in self.shard_keys() {
+            let n: u64 = redis::cmd("LLEN")
+                .arg(keys.ready("jobs"))
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            ready += n;
+            let lists: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:queue:jobs:processing:*", keys.prefix()))
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            for l in lists {
+                let n: u64 = redis::cmd("LLEN").arg(l).query_async(&mut r).await.unwrap();
+                processing += n;
+            }
         }
         (ready, processing)
     }

@@ -1,6 +1,9 @@
 //! `runfleet-cluster-figures`: what one admission and one runner's heartbeat cost Redis, on one
 //! private `redis-server` and on a private Redis Cluster of 3 masters and 3 replicas
-//! (`scripts/redis-cluster`), both on this machine (issue 16's figures; docs/benchmarks.md).
+//! (`scripts/redis-cluster`), the fleet under one hash tag and sharded over 16, all on this
+//! machine (issue 16's figures; docs/benchmarks.md). For each, how the masters' share of the
+//! work spreads: the busiest master's share of it (100 % under one tag, about a third when 16
+//! shards spread over 3 masters).
 //!
 //! For each: `--admissions` starts through runfleet's store (the admission function, one call
 //! per start, `--clients` at a time), then `--runners` of them claimed by one node and renewed
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use futures::StreamExt;
+use runfleet_shared::backend::sharded;
 use runfleet_shared::config::{RedisSettings, Settings};
 use runfleet_shared::crypto::CredentialCipher;
 use runfleet_shared::ids::{JobId, NodeId, UserId};
@@ -22,8 +26,7 @@ use runfleet_shared::job::{JobSpec, StartRunnerRequest, Stats};
 use runfleet_shared::keys::Keys;
 use runfleet_shared::redis_pool::RedisPools;
 use runfleet_shared::store::{
-    Admission, ClaimOutcome, FleetPolicy, JobStore, LeaseStore, NodeInfo, RedisStore, RunnerBeat,
-    Subscriptions,
+    Admission, ClaimOutcome, FleetPolicy, FleetStore, NodeInfo, RedisStore, RunnerBeat,
 };
 use runfleet_shared::tier::Tier;
 use runfleet_tests::{PrivateCluster, free_port, idle_start_request};
@@ -61,10 +64,14 @@ struct Target {
     servers: Vec<(u16, bool)>,
 }
 
+/// Each server's CPU seconds so far, in `Target::servers` order.
+#[derive(Clone)]
+struct Cpu(Vec<f64>);
+
 impl Target {
-    fn cpu(&self) -> anyhow::Result<(f64, f64)> {
-        let (mut masters, mut replicas) = (0.0, 0.0);
-        for &(port, master) in &self.servers {
+    fn cpu(&self) -> anyhow::Result<Cpu> {
+        let mut all = Vec::new();
+        for &(port, _) in &self.servers {
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
             let mut c = client.get_connection()?;
             let info: String = redis::cmd("INFO").arg("cpu").query(&mut c)?;
@@ -74,14 +81,33 @@ impl Target {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(0.0)
             };
-            let cpu = field("used_cpu_sys") + field("used_cpu_user");
+            all.push(field("used_cpu_sys") + field("used_cpu_user"));
+        }
+        Ok(Cpu(all))
+    }
+
+    /// From `a` to `b`: the masters' CPU seconds, the replicas', and the busiest master's share
+    /// of the masters' (1 on one server; 1/3 when 3 masters share the work evenly).
+    fn spent(&self, a: &Cpu, b: &Cpu) -> (f64, f64, f64) {
+        let (mut masters, mut replicas, mut busiest) = (0.0, 0.0, 0.0_f64);
+        for (i, &(_, master)) in self.servers.iter().enumerate() {
+            let d = b.0[i] - a.0[i];
             if master {
-                masters += cpu;
+                masters += d;
+                busiest = busiest.max(d);
             } else {
-                replicas += cpu;
+                replicas += d;
             }
         }
-        Ok((masters, replicas))
+        (
+            masters,
+            replicas,
+            if masters > 0.0 {
+                busiest / masters
+            } else {
+                0.0
+            },
+        )
     }
 
     fn role_of(port: u16) -> anyhow::Result<bool> {
@@ -111,17 +137,31 @@ struct Figures {
     admissions_per_s: f64,
     admission_master_us: f64,
     admission_replica_us: f64,
+    admission_busiest: f64,
     report_master_us: f64,
     report_replica_us: f64,
+    report_busiest: f64,
     reports_per_s: f64,
 }
 
 async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
     let settings = settings_for(target);
     let pools = RedisPools::new(&settings.redis)?;
+    let policy = FleetPolicy::from_settings(&settings);
+    if settings.redis.shards > 1 {
+        let (store, _) = sharded(&pools, &settings.redis, policy, &settings.queue.name, true);
+        return measure_on(store, target, args).await;
+    }
     let keys = Keys::of(&settings.redis);
-    let store = RedisStore::new(pools, keys, FleetPolicy::from_settings(&settings))
-        .queuing_into(&settings.queue.name);
+    let store = RedisStore::new(pools, keys, policy).queuing_into(&settings.queue.name);
+    measure_on(store, target, args).await
+}
+
+async fn measure_on<S: FleetStore>(
+    store: S,
+    target: &Target,
+    args: &Args,
+) -> anyhow::Result<Figures> {
     let cipher = CredentialCipher::ephemeral();
     for u in 0..USERS {
         store
@@ -134,11 +174,14 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
                 &format!("user-{}", i % USERS),
                 &format!("s{i}"),
             ))?;
-            Ok(JobSpec::sealed(JobId::generate(), req, &cipher)?)
+            let id = store
+                .placement(&req.user_id)
+                .make(|| JobId::generate().as_str().to_owned());
+            Ok(JobSpec::sealed(JobId::new(id), req, &cipher)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let (m0, r0) = target.cpu()?;
+    let c0 = target.cpu()?;
     let started = Instant::now();
     let admitted: Vec<anyhow::Result<()>> = futures::stream::iter(specs.iter())
         .map(|spec| {
@@ -155,7 +198,8 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
         .await;
     let took = started.elapsed();
     admitted.into_iter().collect::<anyhow::Result<()>>()?;
-    let (m1, r1) = target.cpu()?;
+    let c1 = target.cpu()?;
+    let (m_adm, r_adm, busiest_adm) = target.spent(&c0, &c1);
     let n = args.admissions as f64;
 
     // One node claims `runners` of them, then beats with every report changed.
@@ -183,7 +227,7 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
         started_at: 0,
         last_heartbeat_at: None,
     };
-    let (m2, r2) = target.cpu()?;
+    let c2 = target.cpu()?;
     let started = Instant::now();
     for beat in 0..args.beats {
         let beats: Vec<RunnerBeat> = held
@@ -205,14 +249,17 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Figures> {
         }
     }
     let beat_took = started.elapsed();
-    let (m3, r3) = target.cpu()?;
+    let c3 = target.cpu()?;
+    let (m_rep, r_rep, busiest_rep) = target.spent(&c2, &c3);
     let reports = (args.beats * held.len()) as f64;
     Ok(Figures {
         admissions_per_s: n / took.as_secs_f64(),
-        admission_master_us: (m1 - m0) * 1e6 / n,
-        admission_replica_us: (r1 - r0) * 1e6 / n,
-        report_master_us: (m3 - m2) * 1e6 / reports,
-        report_replica_us: (r3 - r2) * 1e6 / reports,
+        admission_master_us: m_adm * 1e6 / n,
+        admission_replica_us: r_adm * 1e6 / n,
+        admission_busiest: busiest_adm,
+        report_master_us: m_rep * 1e6 / reports,
+        report_replica_us: r_rep * 1e6 / reports,
+        report_busiest: busiest_rep,
         reports_per_s: reports / beat_took.as_secs_f64(),
     })
 }
@@ -267,6 +314,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let single = Single::start()?;
     let cluster = PrivateCluster::start("figures");
+    let cluster_servers: Vec<(u16, bool)> = cluster
+        .ports()
+        .map(|p| Ok((p, Target::role_of(p)?)))
+        .collect::<anyhow::Result<_>>()?;
     let targets = [
         Target {
             name: "one redis-server",
@@ -278,17 +329,25 @@ async fn main() -> anyhow::Result<()> {
             servers: vec![(single.port, true)],
         },
         Target {
-            name: "3-master cluster",
+            name: "3-master cluster, one tag",
             settings: RedisSettings {
                 url: cluster.urls(),
                 cluster: true,
                 key_prefix: "figures".into(),
                 ..RedisSettings::default()
             },
-            servers: cluster
-                .ports()
-                .map(|p| Ok((p, Target::role_of(p)?)))
-                .collect::<anyhow::Result<_>>()?,
+            servers: cluster_servers.clone(),
+        },
+        Target {
+            name: "3-master cluster, 16 shards",
+            settings: RedisSettings {
+                url: cluster.urls(),
+                cluster: true,
+                shards: 16,
+                key_prefix: "figures".into(),
+                ..RedisSettings::default()
+            },
+            servers: cluster_servers,
         },
     ];
     println!(
@@ -296,18 +355,20 @@ async fn main() -> anyhow::Result<()> {
         args.admissions, args.clients, args.runners, args.beats
     );
     println!(
-        "| target | admissions/s | Redis CPU per admission (µs): masters / replicas | runner reports/s | Redis CPU per report (µs): masters / replicas |"
+        "| target | admissions/s | Redis CPU per admission (µs): masters / replicas | busiest master's share | runner reports/s | Redis CPU per report (µs): masters / replicas | busiest master's share |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let row = |name: &str, f: &Figures| {
         println!(
-            "| {name} | {:.0} | {:.1} / {:.1} | {:.0} | {:.2} / {:.2} |",
+            "| {name} | {:.0} | {:.1} / {:.1} | {:.0} % | {:.0} | {:.2} / {:.2} | {:.0} % |",
             f.admissions_per_s,
             f.admission_master_us,
             f.admission_replica_us,
+            f.admission_busiest * 100.0,
             f.reports_per_s,
             f.report_master_us,
-            f.report_replica_us
+            f.report_replica_us,
+            f.report_busiest * 100.0,
         )
     };
     let mut all: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
@@ -335,8 +396,10 @@ async fn main() -> anyhow::Result<()> {
             admissions_per_s: pick(|f| f.admissions_per_s),
             admission_master_us: pick(|f| f.admission_master_us),
             admission_replica_us: pick(|f| f.admission_replica_us),
+            admission_busiest: pick(|f| f.admission_busiest),
             report_master_us: pick(|f| f.report_master_us),
             report_replica_us: pick(|f| f.report_replica_us),
+            report_busiest: pick(|f| f.report_busiest),
             reports_per_s: pick(|f| f.reports_per_s),
         };
         row(&format!("{} (median)", t.name), &m);

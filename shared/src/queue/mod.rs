@@ -16,6 +16,7 @@ mod memory;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 mod redis;
+mod sharded;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use self::memory::MemoryQueue;
 #[cfg(feature = "rabbitmq")]
 pub use self::rabbitmq::RabbitMqQueue;
 pub use self::redis::{RedisQueue, SHARE_PAUSE};
+pub use self::sharded::ShardedQueue;
 use crate::ids::{JobId, NodeId};
 use crate::redis_pool::RedisError;
 

@@ -1,23 +1,24 @@
 -- Prelude of every store script (see store/redis.rs): the head of each EVAL script, or the
 -- body of the Redis Function library that registers every script as a function.
--- ARGV[1..14] (a function's args[1..14]) are the context below; a script's own arguments
--- start at ARGV[15] (A(1)). ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
+-- ARGV[1..15] (a function's args[1..15]) are the context below; a script's own arguments
+-- start at ARGV[16] (A(1)). ARGV[i] is the i-th field of the Rust struct ScriptContext (shared/src/store/redis.rs; the
 -- table in docs/redis-schema.md pairs each position with its field): prefix, tier_free,
 -- tier_basic, tier_pro, tier_enterprise, breaker_window_ms, retention_s, audit, max_runners,
--- max_queued, retry_after_ms, ready_list, events_max_len, events_max_age_ms.
+-- max_queued, retry_after_ms, ready_list, events_max_len, events_max_age_ms, wake_channel.
 -- The scripts hold no restart or breaker policy: shared/src/policy.rs decides, over snapshots
 -- these scripts read (failure_snapshot below, the admission script's breaker snapshot), and the
 -- scripts apply a decision only if what it was made on is unchanged.
 -- Key names mirror shared/src/keys.rs, escaping every id the same way (checked by the store
--- conformance suite). Keys are built from the prefix inside the scripts, so Redis Cluster is not
--- supported.
+-- conformance suite). Keys are built from the prefix inside the scripts: on a Redis Cluster the
+-- prefix carries the hash tag of the fleet (or of one shard of it), so every key of a call is in
+-- one slot.
 -- The context of the call being run, set by begin() below at the start of every call: the key
 -- prefix P, the settings C, the key names K, the call's own arguments (A(i), NARGS) and Redis'
 -- clock NOW. They are locals of the prelude, not globals, so that the same text serves as a
 -- Redis Function library (loaded once; each function calls begin with its arguments) and as
 -- the head of an EVAL script (its last line calls begin with ARGV).
 local P, C, K, ARGS, NARGS, NOW
-local CTX = 14
+local CTX = 15
 local function A(i) return ARGS[CTX + i] end
 
 -- One key part, escaped like keys::escape: '%', ':', '{', '}' never appear in a part, so key
@@ -64,7 +65,7 @@ local function keys_under(p)
   }
 end
 
--- The settings of context `a` (ARGV[2..14]).
+-- The settings of context `a` (ARGV[2..15]).
 local function settings_of(a)
   return {
     limits = { free = tonumber(a[2]), basic = tonumber(a[3]), pro = tonumber(a[4]),
@@ -79,6 +80,8 @@ local function settings_of(a)
     ready = a[12],
     -- The event stream's caps: entries (approximate) and age in ms.
     events_max = tonumber(a[13]), events_age = tonumber(a[14]),
+    -- A sharded fleet's wake-up channel ('' when there is none): see announce below.
+    wake = a[15],
   }
 end
 
@@ -86,7 +89,7 @@ end
 -- makes them again only when a call brings another context (another prefix or settings).
 local LAST = {}
 
--- Sets the context of a call with arguments `args` (the 14 context arguments first).
+-- Sets the context of a call with arguments `args` (the 15 context arguments first).
 local function begin(args)
   ARGS, NARGS = args, #args - CTX
   local same = true
@@ -233,9 +236,19 @@ end
 -- A job just became queued: with the Redis-list queue it is pushed in this same step, so no
 -- crash can leave a queued job that no queue holds; with an outside queue it waits in
 -- `pending` until its publish is confirmed (the sweep publishes it again if that never comes).
+-- Announces work on a sharded fleet's wake-up channel (shared/src/wake.rs): idle nodes cannot
+-- block on every shard's ready list, so they wait for this. `what` is `ready` or `command <node>`.
+local function announce(what)
+  if C.wake ~= '' then
+    local kind, rest = string.match(what, '^(%S+)(.*)$')
+    redis.call('PUBLISH', C.wake, kind .. ' ' .. P .. rest)
+  end
+end
+
 local function to_queue(id)
   if C.ready ~= '' then
-    redis.call('LPUSH', C.ready, id)
+    -- Only a list that was empty announces: a busy list's nodes are not idle.
+    if redis.call('LPUSH', C.ready, id) == 1 then announce('ready') end
   else
     redis.call('ZADD', K.pending, NOW, id)
   end

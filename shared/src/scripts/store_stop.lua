@@ -22,4 +22,5 @@ redis.call('RPUSH', ck, cjson.encode({ command = 'stop', jobId = id,
 local lease_left = (node_lease(cur[2]) or NOW) - NOW
 local ttl = math.max(redis.call('PTTL', K.node(cur[2])), lease_left, redis.call('PTTL', ck), 1)
 redis.call('PEXPIRE', ck, ttl)
+announce('command ' .. cur[2])
 return { 'sent', cur[2] }

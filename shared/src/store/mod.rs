@@ -11,6 +11,7 @@
 mod memory;
 mod redis;
 mod scripts;
+mod sharded;
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,10 +21,12 @@ use serde::{Deserialize, Serialize};
 pub use self::memory::MemoryStore;
 pub use self::redis::{RedisStore, ScriptContext};
 pub use self::scripts::{eval_source, library_source};
+pub use self::sharded::{ShardedStore, shard_policy};
 use crate::config::{BreakerSettings, EventSettings, LimitSettings, RestartSettings, Settings};
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, JobStatus, Lease, Position, Stats, StopMode};
 use crate::redis_pool::RedisError;
+use crate::shard::Placement;
 use crate::tier::{Subscription, Tier, TierLimits};
 
 /// The rules a store applies on its own: tier limits, restarts, breakers, auditing.
@@ -507,6 +510,14 @@ pub trait JobStore: Send + Sync {
     /// (resolved against the store's clock) has a free slot; takes the slot in the same atomic
     /// step.
     fn admit(&self, spec: &JobSpec) -> impl Future<Output = Result<Admission, StoreError>> + Send;
+
+    /// Where `user`'s new job ids and API key ids must land: anywhere ([`Placement::ANY`])
+    /// but in a sharded fleet, whose ids must hash to their user's shard (`crate::shard`).
+    /// Ids are made with [`Placement::make`].
+    fn placement(&self, user: &UserId) -> Placement {
+        let _ = user;
+        Placement::ANY
+    }
 
     /// Admits each of `specs` on its own, in order, as [`JobStore::admit`] one by one would
     /// (each atomic; one refused does not stop the next), in as few round trips as the store

@@ -24,7 +24,7 @@ use crate::redis_pool::{RedisPools, block_seconds};
 use crate::tier::{Subscription, Tier};
 
 use super::scripts::{
-    ADD_KEY, ADMIT, ADMIT_MANY, CLAIM, Call, FAIL_LOST, FINISH, GAUGES, HAND_BACK, PROMOTE,
+    ADD_KEY, ADMIT, ADMIT_MANY, CLAIM, Call, EVENTS, FAIL_LOST, FINISH, GAUGES, HAND_BACK, PROMOTE,
     RECONCILE, RENEW, REVOKE_KEY, STOP, SWEEP, ScriptMode, StoreScript, invoke_all,
 };
 
@@ -42,14 +42,18 @@ pub struct RedisStore {
     mode: Arc<ScriptMode>,
     /// The keys every script call declares ([`Keys::route`]: none on one Redis).
     route: Arc<[String]>,
+    /// The wake-up channel its scripts announce on ('' for none).
+    wake: String,
 }
 
 fn context(
     keys: &Keys,
     policy: &FleetPolicy,
     ready: Option<&str>,
+    wake: &str,
 ) -> Arc<(ScriptContext, [String; ScriptContext::LEN])> {
-    let context = ScriptContext::new(keys, policy, ready);
+    let mut context = ScriptContext::new(keys, policy, ready);
+    context.wake_channel = wake.to_owned();
     let args = context.args();
     Arc::new((context, args))
 }
@@ -58,7 +62,7 @@ impl RedisStore {
     /// A store under the key prefix of `keys`, applying `policy`. Queued jobs are left for the
     /// caller to publish (see [`crate::dispatch`]) until [`RedisStore::queuing_into`] is set.
     pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
-        let context = context(&keys, &policy, None);
+        let context = context(&keys, &policy, None, "");
         Self {
             pools,
             route: keys.route().into(),
@@ -67,6 +71,7 @@ impl RedisStore {
             queue: None,
             context,
             mode: Arc::default(),
+            wake: String::new(),
         }
     }
 
@@ -74,9 +79,49 @@ impl RedisStore {
     /// queue named `queue` in the same script (the [`RedisQueue`](crate::queue::RedisQueue) on the same Redis): admission
     /// and enqueue become one atomic step.
     pub fn queuing_into(mut self, queue: &str) -> Self {
-        self.context = context(&self.keys, &self.policy, Some(&self.keys.ready(queue)));
         self.queue = Some(queue.to_owned());
+        self.with_context()
+    }
+
+    /// The same store, announcing on `channel` when a ready list that was empty gets a job and
+    /// when a node gets a command (a sharded fleet's wake-ups, [`crate::wake`]).
+    pub fn announcing_on(mut self, channel: &str) -> Self {
+        self.wake = channel.to_owned();
+        self.with_context()
+    }
+
+    fn with_context(mut self) -> Self {
+        let ready = self.queue.as_deref().map(|q| self.keys.ready(q));
+        self.context = context(&self.keys, &self.policy, ready.as_deref(), &self.wake);
         self
+    }
+
+    /// The events after `after` (at most `count`) with the server's clock when they were read:
+    /// every event appended later has an id of at least that clock (`store_events.lua`).
+    pub(super) async fn events_with_clock(
+        &self,
+        after: &EventId,
+        count: usize,
+    ) -> Result<(u64, Vec<RunnerEvent>), StoreError> {
+        let (now, range): (u64, ::redis::streams::StreamRangeReply) = self
+            .invoke(&EVENTS)
+            .arg(after.to_string())
+            .arg(count.max(1))
+            .invoke_async(&mut *self.conn().await?)
+            .await?;
+        Ok((now, range.ids.iter().map(event_of).collect()))
+    }
+
+    /// The next command for `node`, without waiting.
+    pub(super) async fn try_next_command(
+        &self,
+        node: &NodeId,
+    ) -> Result<Option<NodeCommand>, StoreError> {
+        let popped: Option<String> = ::redis::cmd("LPOP")
+            .arg(self.keys.commands(node))
+            .query_async(&mut *self.conn().await?)
+            .await?;
+        popped.map(|raw| command_of(&raw)).transpose()
     }
 
     /// The key schema in use.
@@ -84,11 +129,11 @@ impl RedisStore {
         &self.keys
     }
 
-    async fn conn(&self) -> Result<crate::redis_pool::CommandConnection, StoreError> {
+    pub(super) async fn conn(&self) -> Result<crate::redis_pool::CommandConnection, StoreError> {
         Ok(self.pools.commands.get().await?)
     }
 
-    /// The prelude's context (`lib.lua`, ARGV[1..14]) for this store's prefix, policy and
+    /// The prelude's context (`lib.lua`, ARGV[1..15]) for this store's prefix, policy and
     /// queue: what any Redis client calling a store script must send first
     /// (docs/redis-schema.md lists it).
     pub fn script_context(&self) -> &ScriptContext {
@@ -358,7 +403,7 @@ struct BreakerChange {
     closed: Option<JobId>,
 }
 
-/// The context every store script receives first: ARGV[1..14], which the prelude (`lib.lua`)
+/// The context every store script receives first: ARGV[1..15], which the prelude (`lib.lua`)
 /// reads into `P` and `C`. One named field per argument, in wire order; [`args`](Self::args) is
 /// the only place that knows the positions (docs/redis-schema.md lists them with these names).
 /// It holds no restart or breaker setting: the scripts apply decisions made by
@@ -396,11 +441,14 @@ pub struct ScriptContext {
     pub events_max_len: u64,
     /// ARGV[14]: age past which events are trimmed, ms.
     pub events_max_age_ms: u64,
+    /// ARGV[15]: the Pub/Sub channel on which a sharded fleet announces work to idle nodes
+    /// ([`crate::wake`]); empty when nothing is announced (one shard).
+    pub wake_channel: String,
 }
 
 impl ScriptContext {
     /// How many arguments the context takes: a script's own arguments start after them.
-    pub const LEN: usize = 14;
+    pub const LEN: usize = 15;
 
     /// The context for `keys`, `policy` and the ready list the scripts push onto (none: an
     /// outside queue).
@@ -421,10 +469,11 @@ impl ScriptContext {
             ready_list: ready.unwrap_or_default().to_owned(),
             events_max_len: p.events.max_len,
             events_max_age_ms: p.events.max_age_ms,
+            wake_channel: String::new(),
         }
     }
 
-    /// The arguments in wire order, ARGV[1..14].
+    /// The arguments in wire order, ARGV[1..15].
     pub fn args(&self) -> [String; Self::LEN] {
         [
             self.prefix.clone(),
@@ -441,6 +490,7 @@ impl ScriptContext {
             self.ready_list.clone(),
             self.events_max_len.to_string(),
             self.events_max_age_ms.to_string(),
+            self.wake_channel.clone(),
         ]
     }
 }
@@ -755,23 +805,10 @@ impl JobStore for RedisStore {
             None => cmd.query_async(&mut *self.conn().await?).await?,
         };
         Ok(reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|e| {
-                let field = |k: &str| e.get::<String>(k).unwrap_or_default();
-                let number = |k: &str| field(k).parse::<u64>().unwrap_or(0);
-                RunnerEvent {
-                    job: JobId::new(field("job")),
-                    user: UserId::new(field("user")),
-                    kind: field("type"),
-                    epoch: number("epoch"),
-                    node: field("node"),
-                    reason: field("reason"),
-                    at: number("at"),
-                    id: e.id,
-                }
-            })
+            .iter()
+            .flat_map(|r| &r.keys)
+            .flat_map(|k| &k.ids)
+            .map(event_of)
             .collect())
     }
 
@@ -1122,11 +1159,7 @@ impl CommandBus for RedisStore {
                 .query_async(&mut conn)
                 .await?
         };
-        popped
-            .map(|(_, raw)| {
-                serde_json::from_str(&raw).map_err(|e| StoreError::data(format!("command: {e}")))
-            })
-            .transpose()
+        popped.map(|(_, raw)| command_of(&raw)).transpose()
     }
 }
 
@@ -1264,6 +1297,27 @@ const CLAIM_QUEUED_MAX: usize = 32;
 
 /// One row of the claim script's answer: {id, 'claimed', epoch, spec, account, ms since
 /// admission} or {id, reason}.
+/// A command as its list holds it.
+fn command_of(raw: &str) -> Result<NodeCommand, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::data(format!("command: {e}")))
+}
+
+/// An entry of the event stream.
+fn event_of(e: &::redis::streams::StreamId) -> RunnerEvent {
+    let field = |k: &str| e.get::<String>(k).unwrap_or_default();
+    let number = |k: &str| field(k).parse::<u64>().unwrap_or(0);
+    RunnerEvent {
+        job: JobId::new(field("job")),
+        user: UserId::new(field("user")),
+        kind: field("type"),
+        epoch: number("epoch"),
+        node: field("node"),
+        reason: field("reason"),
+        at: number("at"),
+        id: e.id.clone(),
+    }
+}
+
 fn claim_outcome(row: Vec<Value>) -> Result<ClaimOutcome, StoreError> {
     let id = row
         .first()

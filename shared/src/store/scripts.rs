@@ -84,6 +84,7 @@ scripts! {
     STOP = "store_stop.lua",
     SWEEP = "store_sweep.lua",
     FAIL_LOST = "store_fail_lost.lua",
+    EVENTS = "store_events.lua",
     GAUGES = "store_gauges.lua",
     PROMOTE = "store_promote.lua",
     RECONCILE = "store_reconcile.lua",

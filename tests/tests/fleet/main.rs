@@ -17,6 +17,7 @@ mod readme;
 mod reliability;
 mod scale_down;
 mod security;
+mod sharded;
 mod shutdown;
 mod tls;
 mod trading;

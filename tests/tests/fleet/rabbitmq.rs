@@ -186,7 +186,7 @@ pub(crate) async fn skeleton_on(mut fleet: Fleet) {
     )
     .await;
     let record: HashMap<String, String> = ::redis::cmd("HGETALL")
-        .arg(fleet.keys().job(&JobId::new(waiting.clone())))
+        .arg(fleet.keys_of(&waiting).job(&JobId::new(waiting.clone())))
         .query_async(&mut fleet.conn().await)
         .await
         .unwrap();
