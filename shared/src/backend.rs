@@ -145,7 +145,7 @@ pub fn sharded(
 /// Records the shard count the fleet's state is created with, or checks it against the one
 /// recorded: a fleet read with another count would not find its users.
 async fn check_shard_count(pools: &RedisPools, settings: &Settings) -> Result<(), RedisError> {
-    let key = Keys::of(&settings.redis).shard_count();
+    let key = Keys::shard_count(&settings.redis);
     let wanted = settings.redis.shards;
     let mut conn = pools.commands.get().await?;
     let _: Option<String> = ::redis::cmd("SET")

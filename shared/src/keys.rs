@@ -84,10 +84,11 @@ impl Keys {
         }
     }
 
-    /// The key recording how many shards the fleet's state was created with (under the
-    /// unsharded names of [`Keys::of`]).
-    pub fn shard_count(&self) -> String {
-        self.key(&["shards"])
+    /// The key recording how many shards the fleet's state was created with:
+    /// `<key_prefix>:shards`, outside every hash tag, so that it is the same key whatever the
+    /// mode (one Redis or a cluster, one shard or many).
+    pub fn shard_count(settings: &crate::config::RedisSettings) -> String {
+        format!("{}:shards", settings.key_prefix)
     }
 
     /// The Pub/Sub channel on which a sharded fleet's scripts announce work for idle nodes:
@@ -318,7 +319,7 @@ mod tests {
         let k = Keys::shard(&settings, 7);
         assert_eq!(k.job(&JobId::new("j")), "rf:{rf.7}:job:j");
         assert_eq!(k.route(), ["rf:{rf.7}:route:a", "rf:{rf.7}:route:b"]);
-        assert_eq!(Keys::of(&settings).shard_count(), "rf:{rf}:shards");
+        assert_eq!(Keys::shard_count(&settings), "rf:shards");
         settings.cluster = false;
         assert!(Keys::shard(&settings, 7).route().is_empty());
     }

@@ -18,7 +18,6 @@ async fn the_skeleton_scenario_runs_on_a_sharded_fleet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_starts_on_a_sharded_fleet_never_exceed_a_limit() {
-    let _heavy = runfleet_tests::heavy().await;
     crate::security::concurrent_starts_on(Fleet::sharded_on_cluster("sh-concurrent", SHARDS), 2)
         .await;
 }

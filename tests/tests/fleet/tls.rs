@@ -9,8 +9,15 @@ use runfleet_tests::{Fleet, PrivateRedis, TestCa};
 
 use crate::walking_skeleton::scenario;
 
-/// The `ACL SETUSER` lines of docs/redis-schema.md, for prefix `prefix`.
+/// The `ACL SETUSER` lines of docs/redis-schema.md, for key prefix `prefix` (`K`) on one
+/// Redis, unsharded (`P` is the key prefix too).
 fn acl_lines(prefix: &str) -> Vec<Vec<String>> {
+    acl_lines_for(prefix, prefix)
+}
+
+/// The same, with `P` (the keys' prefix, a glob for a sharded fleet) and `K`
+/// (`redis.key_prefix`) apart.
+fn acl_lines_for(keys: &str, prefix: &str) -> Vec<Vec<String>> {
     let doc = include_str!("../../../docs/redis-schema.md");
     let block = doc
         .split("<!-- acl-users: begin -->")
@@ -25,11 +32,11 @@ fn acl_lines(prefix: &str) -> Vec<Vec<String>> {
                 .replace("NODE_PASSWORD", "node-pw-1")
                 .split_whitespace()
                 .map(|w| {
-                    // Key patterns name the prefix `P`.
-                    match w.split_once("P:") {
-                        Some((sigil, rest)) if sigil.ends_with('~') => {
-                            format!("{sigil}{prefix}:{rest}")
-                        }
+                    // Patterns name the keys' prefix `P` or the key prefix `K`.
+                    let named = |p: &str| w.split_once(p).filter(|(s, _)| s.ends_with(['~', '&']));
+                    match (named("P:"), named("K:")) {
+                        (Some((sigil, rest)), _) => format!("{sigil}{keys}:{rest}"),
+                        (_, Some((sigil, rest))) => format!("{sigil}{prefix}:{rest}"),
                         _ => w.to_owned(),
                     }
                 })
@@ -168,4 +175,50 @@ async fn the_skeleton_runs_over_mutual_tls_with_least_privilege_users() {
         assert!(out.contains(expected), "{name}: says why: {out}");
         assert!(!out.contains("node-pw-1"), "no password in logs: {out}");
     }
+}
+
+/// A sharded fleet (4 shards, on one private Redis) with the same least-privilege users: `P`
+/// is the documented glob over every shard's tag, and the wake-up channel is allowed. The
+/// skeleton runs, no process is refused anything, and idle nodes are woken (their wait is on
+/// the channel, so a start that reached no node would time the scenario out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_fleet_runs_with_least_privilege_users() {
+    let redis = runfleet_tests::PrivateRedis::start().await;
+    let mut fleet = Fleet::on("acl-sharded", &redis.url());
+    fleet.set("RUNFLEET__REDIS__SHARDS", "4");
+    let prefix = fleet.prefix.clone();
+    let mut admin = redis
+        .client(&redis.url())
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    for line in acl_lines_for(&format!("{prefix}:{{{prefix}.*}}"), &prefix) {
+        let args: Vec<&str> = line.iter().map(String::as_str).collect();
+        query(&mut admin, &args)
+            .await
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    let url_of = |user: &str, pw: &str| format!("redis://{user}:{pw}@127.0.0.1:{}", redis.port);
+    fleet.set(
+        "RUNFLEET__REDIS__URL",
+        url_of("runfleet-orchestrator", "orch-pw-1"),
+    );
+    let (a, api_a) = fleet.orchestrator("orchestrator-a").await;
+    let (b, api_b) = fleet.orchestrator("orchestrator-b").await;
+    fleet.set("RUNFLEET__REDIS__URL", url_of("runfleet-node", "node-pw-1"));
+    let n1 = fleet.worker("worker-1", 3);
+    let n2 = fleet.worker("worker-2", 3);
+    scenario(&api_a, &api_b).await;
+    for p in [&a, &b, &n1, &n2] {
+        let out = p.output();
+        assert!(!out.contains("NOPERM"), "{out}");
+        assert!(
+            !out.contains("cannot check the fleet's shard count"),
+            "{out}"
+        );
+    }
+    let shards: redis::Value = query(&mut admin, &["GET", &format!("{prefix}:shards")])
+        .await
+        .unwrap();
+    assert_eq!(shards, redis::Value::BulkString(b"4".to_vec()), "recorded");
 }
