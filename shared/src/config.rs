@@ -1101,6 +1101,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shard_count_out_of_range_is_refused_naming_the_setting() {
+        for bad in [0, crate::shard::SHARDS_MAX + 1] {
+            let mut s = Settings::default();
+            s.redis.shards = bad;
+            let err = s.validate().unwrap_err().to_string();
+            assert!(err.contains("redis.shards"), "{err}");
+        }
+        let mut s = Settings::default();
+        s.redis.shards = 64;
+        s.validate().expect("64 shards");
+    }
+
+    #[test]
     fn invalid_values_name_the_setting() {
         let mut s = Settings::default();
         s.heartbeat.lease_ms = s.heartbeat.interval_ms;

@@ -2154,3 +2154,75 @@ async fn a_claim_from_the_stores_own_queue_takes_and_records_in_one_step() {
     drop(conn);
     support::cleanup(&pools, &keys).await;
 }
+
+/// A sharded claim whose jobs span two shards, one of which fails: the caller will give every
+/// delivery back, so the claim recorded in the shard that answered is handed back too, and
+/// another node can claim the job (instead of its record saying it runs on a node that does
+/// not run it). Shard 0 is the test Redis, shard 1 a server that is not there.
+#[tokio::test]
+async fn a_claim_across_shards_that_fails_in_one_hands_back_what_the_others_recorded() {
+    use runfleet_shared::keys::Keys;
+    use runfleet_shared::shard::shard_of;
+    use runfleet_shared::store::{JobStore, LeaseStore};
+    use runfleet_shared::wake::LazyWake;
+    let live = support::redis_pools().await;
+    let settings = RedisSettings {
+        shards: 2,
+        key_prefix: format!("rftest-{}", uuid::Uuid::new_v4().simple()),
+        response_timeout_ms: 300,
+        connect_timeout_ms: 300,
+        ..RedisSettings::default()
+    };
+    let dead = runfleet_shared::redis_pool::RedisPools::new(&RedisSettings {
+        url: "redis://127.0.0.1:1".into(),
+        ..settings.clone()
+    })
+    .unwrap();
+    let keys: Vec<Keys> = (0..2).map(|n| Keys::shard(&settings, n)).collect();
+    let store = ShardedStore::new(
+        vec![
+            RedisStore::new(live.clone(), keys[0].clone(), policy()),
+            RedisStore::new(dead, keys[1].clone(), policy()),
+        ],
+        LazyWake::new(
+            Vec::new(),
+            "unused".into(),
+            keys.clone(),
+            Duration::from_secs(1),
+        ),
+    );
+    let in_shard = |n: usize| {
+        (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| shard_of(u, 2) == n)
+            .unwrap()
+    };
+    let mut job = spec(&in_shard(0));
+    job.id = JobId::new(
+        Placement::of_user(job.user_id.as_str(), 2).make(|| JobId::generate().as_str().to_owned()),
+    );
+    assert!(matches!(
+        store.admit(&job).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    let elsewhere = JobId::new(
+        Placement::of_user(&in_shard(1), 2).make(|| JobId::generate().as_str().to_owned()),
+    );
+    let failed = store
+        .claim(&NodeId::new("n1"), &[job.id.clone(), elsewhere], LEASE)
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    let record = store.job(&job.id).await.unwrap().unwrap();
+    assert_eq!(record.status, JobStatus::Queued, "handed back: {record:?}");
+    assert!(matches!(
+        store
+            .claim(&NodeId::new("n2"), &[job.id.clone()], LEASE)
+            .await
+            .unwrap()[..],
+        [ClaimOutcome::Claimed(_)]
+    ));
+    support::cleanup(&live, &keys[0]).await;
+}

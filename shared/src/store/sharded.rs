@@ -519,6 +519,19 @@ impl LeaseStore for ShardedStore {
             }
         }
         if let Some(e) = failure {
+            // Some shards recorded their claims, another failed: the caller gives every
+            // delivery back, so the recorded ones are handed back too (else their records would
+            // say they run on this node, whose lease there goes on, and nothing would run them).
+            let claimed = out.iter().flatten().filter_map(|o| match o {
+                ClaimOutcome::Claimed(l) => Some((l.spec.id.clone(), l.epoch)),
+                ClaimOutcome::Unrunnable { job_id, epoch, .. } => Some((job_id.clone(), *epoch)),
+                ClaimOutcome::Dropped { .. } => None,
+            });
+            for (job, epoch) in claimed {
+                if let Err(err) = self.hand_back(node, &job, epoch, None).await {
+                    tracing::warn!(node = %node, job = %job, error = %err, "a claim recorded in one shard while another failed could not be handed back; its record stays claimed by this node");
+                }
+            }
             return Err(e);
         }
         out.into_iter()

@@ -322,15 +322,29 @@ fn other_master(cluster: &PrivateCluster, from: u16) -> u16 {
 async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothing() {
     let _heavy = runfleet_tests::heavy().await;
     let cluster = PrivateCluster::start("reshard");
-    let fleet = Fleet::on_cluster("cl-reshard", &cluster.urls());
+    reshard_on(&cluster, Fleet::on_cluster("cl-reshard", &cluster.urls())).await;
+}
+
+/// Moves every slot of the master of `fleet`'s (first) slot to another master with
+/// `redis-cli --cluster reshard` while 20 runners run and probe starts and status reads go on:
+/// none is answered otherwise than when nothing moves, and every runner runs on, once.
+pub async fn reshard_on(cluster: &PrivateCluster, fleet: Fleet) {
     let (_a, api) = fleet.orchestrator("orchestrator-a").await;
     let (_b, api_b) = fleet.orchestrator("orchestrator-b").await;
     let _n1 = fleet.worker("worker-1", 20);
     let _n2 = fleet.worker("worker-2", 20);
-    start_runners_and_probe_user(&api, 2, PER_USER, "fo-probe").await;
+    // Sharded: users in many shards, moved and not.
+    let (users, per_user) = if fleet.shards() > 1 {
+        (10, 2)
+    } else {
+        (2, PER_USER)
+    };
+    let probe_user = probe_user(&fleet);
+    start_runners_and_probe_user(&api, users, per_user, &probe_user).await;
+    let held = (users * per_user + 1) as u64;
     let all_running = || async {
         let mut n = 0;
-        for u in 0..2 {
+        for u in 0..users {
             n += crate::reliability::workers_of(&api, &format!("fo-{u}"))
                 .await
                 .iter()
@@ -340,7 +354,7 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
         n
     };
     eventually(Duration::from_secs(60), "20 runners running", || async {
-        (all_running().await == 2 * PER_USER && held_by_nodes(&api).await == 21).then_some(())
+        (all_running().await == users * per_user && held_by_nodes(&api).await == held).then_some(())
     })
     .await;
 
@@ -351,13 +365,13 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
     let (to_id, _) = node_id_and_slots(&cluster, to);
     let probing = Arc::new(AtomicBool::new(true));
     let prober = {
-        let (api, probing) = (api_b.clone(), probing.clone());
+        let (api, probing, user) = (api_b.clone(), probing.clone(), probe_user.clone());
         tokio::spawn(async move {
             let mut answers = Vec::new();
             while probing.load(Ordering::Relaxed) {
                 // A start (refused for its limit: 403) and a read of many keys (the status of
-                // a user with 10 runners: a pipeline of their records: 200).
-                let a = probe(&api, "fo-probe").await;
+                // a user with runners: a pipeline of their records: 200).
+                let a = probe(&api, &user).await;
                 answers.push(("start", 403, a.status, a.body));
                 let (code, body) = api.get("/v1/users/fo-0/runners").await;
                 answers.push(("status", 200, code, body));
@@ -417,7 +431,8 @@ async fn resharding_the_fleets_slot_while_it_runs_shows_no_error_and_loses_nothi
         Duration::from_secs(30),
         "every runner still running once",
         || async {
-            (all_running().await == 2 * PER_USER && held_by_nodes(&api).await == 21).then_some(())
+            (all_running().await == users * per_user && held_by_nodes(&api).await == held)
+                .then_some(())
         },
     )
     .await;

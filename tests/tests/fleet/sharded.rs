@@ -47,6 +47,16 @@ async fn master_failovers_of_a_sharded_fleet_keep_every_runner_running_once() {
     crate::cluster::failovers_on(&cluster, fleet, 5).await;
 }
 
+/// Every slot of the master holding shard 0 (and others with it) moves to another master while
+/// the sharded fleet runs: no error the user sees, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_a_sharded_fleet_while_it_runs_shows_no_error_and_loses_nothing() {
+    let _heavy = runfleet_tests::heavy().await;
+    let cluster = PrivateCluster::start("sh-reshard");
+    let fleet = Fleet::sharded_on("sh-reshard", &cluster.urls(), SHARDS);
+    crate::cluster::reshard_on(&cluster, fleet).await;
+}
+
 /// The shard count is fixed when the fleet's state is created: a process configured with
 /// another one refuses to start, naming the setting, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
