@@ -360,9 +360,9 @@ pub async fn reshard_on(cluster: &PrivateCluster, fleet: Fleet) {
 
     let tag_key = fleet.keys().ready("jobs");
     let from = cluster.master_of(&tag_key).expect("a master");
-    let to = other_master(&cluster, from);
-    let (from_id, slots) = node_id_and_slots(&cluster, from);
-    let (to_id, _) = node_id_and_slots(&cluster, to);
+    let to = other_master(cluster, from);
+    let (from_id, slots) = node_id_and_slots(cluster, from);
+    let (to_id, _) = node_id_and_slots(cluster, to);
     let probing = Arc::new(AtomicBool::new(true));
     let prober = {
         let (api, probing, user) = (api_b.clone(), probing.clone(), probe_user.clone());
