@@ -1405,8 +1405,11 @@ async fn the_event_stream_is_read_after_an_id_and_waits_for_the_next<S: FleetSto
             .unwrap()
             .is_empty()
     );
+    // A few milliseconds apart: a sharded store orders the events of different shards by the
+    // millisecond they were appended in (within one millisecond, by shard), one store exactly.
     for user in ["ev1", "ev2", "ev3"] {
         s.admit(&spec(user)).await.unwrap();
+        sleep_ms(3).await;
     }
     let all = s.events_after(&EventId::ZERO, 10, None).await.unwrap();
     let users: Vec<&str> = all.iter().map(|e| e.user.as_str()).collect();

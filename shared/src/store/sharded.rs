@@ -41,6 +41,10 @@ use crate::wake::{LazyWake, Listener, Listeners, WakeUp, wait_for};
 /// How long the merged event feed waits between looks at the shards when a read may wait.
 const EVENT_POLL: Duration = Duration::from_millis(100);
 
+/// How long a read of the merged feed waits at most for the shards' clocks to pass the events
+/// it found (a millisecond when the masters' clocks agree).
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// How often a node waiting for commands looks at its shards even without a wake-up (one
 /// lost in a cluster bus partition).
 const SAFETY_SCAN: Duration = Duration::from_secs(10);
@@ -409,7 +413,12 @@ impl JobStore for ShardedStore {
     ) -> Result<Vec<RunnerEvent>, StoreError> {
         let count = count.max(1);
         let n = self.inner.count;
-        let deadline = tokio::time::Instant::now() + wait.unwrap_or_default();
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait.unwrap_or_default();
+        // The newest millisecond among the events the first read found but held back: the
+        // read waits (briefly) for the horizon to pass it, so that what was appended before
+        // the call is in its answer (a client reads its own writes).
+        let mut wanted: Option<u64> = None;
         loop {
             let reads = self
                 .each(
@@ -417,19 +426,28 @@ impl JobStore for ShardedStore {
                 )
                 .await?;
             let horizon = reads.iter().map(|(clock, _)| *clock).min().unwrap_or(0);
-            let mut merged: Vec<(EventId, RunnerEvent)> = reads
-                .into_iter()
-                .enumerate()
-                .flat_map(|(b, (_, events))| {
-                    events.into_iter().filter_map(move |e| {
-                        let local = e.id.parse::<EventId>().ok()?;
-                        (local.ms < horizon).then(|| (global_id(&local, b, n), globalize(e, b, n)))
-                    })
-                })
-                .collect();
+            let mut held_back = None;
+            let mut merged: Vec<(EventId, RunnerEvent)> = Vec::new();
+            for (b, (_, events)) in reads.into_iter().enumerate() {
+                for e in events {
+                    let Ok(local) = e.id.parse::<EventId>() else {
+                        continue;
+                    };
+                    if local.ms < horizon {
+                        merged.push((global_id(&local, b, n), globalize(e, b, n)));
+                    } else {
+                        held_back = held_back.max(Some(local.ms));
+                    }
+                }
+            }
             merged.sort_by_key(|(id, _)| *id);
             merged.truncate(count);
             let now = tokio::time::Instant::now();
+            let wanted = *wanted.get_or_insert(held_back.unwrap_or(0));
+            if merged.len() < count && horizon <= wanted && now < started + SETTLE {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
             if !merged.is_empty() || now >= deadline {
                 return Ok(merged.into_iter().map(|(_, e)| e).collect());
             }
