@@ -193,11 +193,8 @@ fn job_of<S: FleetStore, Q>(
     app.kinds
         .prepare(&mut req)
         .map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let id = app
-        .store
-        .placement(&req.user_id)
-        .make(|| JobId::generate().as_str().to_owned());
-    JobSpec::sealed(JobId::new(id), req, &app.cipher).map_err(|e| ApiError::Internal(e.into()))
+    let id = JobId::generate_in(app.store.placement(&req.user_id));
+    JobSpec::sealed(id, req, &app.cipher).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The store's admission of `spec` as the caller sees it: (tier, limit, runners in use), or

@@ -89,6 +89,14 @@ impl JobId {
     }
 }
 
+impl JobId {
+    /// A fresh job id ([`JobId::generate`]) that lands where `placement` says: its user's
+    /// shard in a sharded fleet ([`crate::store::JobStore::placement`]).
+    pub fn generate_in(placement: crate::shard::Placement) -> Self {
+        Self(placement.make(|| Self::generate().0))
+    }
+}
+
 impl NodeId {
     /// A fresh node id (`node-` followed by a random UUID), made once per process start.
     pub fn generate() -> Self {

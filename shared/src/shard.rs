@@ -24,6 +24,18 @@ pub fn shard_of(id: &str, shards: u32) -> usize {
     (hash % u64::from(shards.max(1))) as usize
 }
 
+/// The indices of `ids` grouped by their shard of `shards`, in order within each shard.
+pub fn group_by_shard<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    shards: u32,
+) -> std::collections::HashMap<usize, Vec<usize>> {
+    let mut groups: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    for (i, id) in ids.into_iter().enumerate() {
+        groups.entry(shard_of(id, shards)).or_default().push(i);
+    }
+    groups
+}
+
 /// Where a user's new ids must land: the user's shard, out of how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {

@@ -181,8 +181,7 @@ async fn sweep<S: FleetStore>(s: &S) -> SweepReport {
 }
 
 fn spec(user: &str) -> JobSpec {
-    let id =
-        JobId::new(Placement::of_user(user, SHARDS).make(|| JobId::generate().as_str().to_owned()));
+    let id = JobId::generate_in(Placement::of_user(user, SHARDS));
     let creds = Credentials {
         api_key: "k".into(),
         api_secret: "s".into(),
@@ -2201,16 +2200,12 @@ async fn a_claim_across_shards_that_fails_in_one_hands_back_what_the_others_reco
             .unwrap()
     };
     let mut job = spec(&in_shard(0));
-    job.id = JobId::new(
-        Placement::of_user(job.user_id.as_str(), 2).make(|| JobId::generate().as_str().to_owned()),
-    );
+    job.id = JobId::generate_in(Placement::of_user(job.user_id.as_str(), 2));
     assert!(matches!(
         store.admit(&job).await.unwrap(),
         Admission::Admitted { .. }
     ));
-    let elsewhere = JobId::new(
-        Placement::of_user(&in_shard(1), 2).make(|| JobId::generate().as_str().to_owned()),
-    );
+    let elsewhere = JobId::generate_in(Placement::of_user(&in_shard(1), 2));
     let failed = store
         .claim(&NodeId::new("n1"), &[job.id.clone(), elsewhere], LEASE)
         .await;

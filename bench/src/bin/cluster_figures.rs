@@ -174,10 +174,8 @@ async fn measure_on<S: FleetStore>(
                 &format!("user-{}", i % USERS),
                 &format!("s{i}"),
             ))?;
-            let id = store
-                .placement(&req.user_id)
-                .make(|| JobId::generate().as_str().to_owned());
-            Ok(JobSpec::sealed(JobId::new(id), req, &cipher)?)
+            let id = JobId::generate_in(store.placement(&req.user_id));
+            Ok(JobSpec::sealed(id, req, &cipher)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 

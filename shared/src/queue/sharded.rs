@@ -17,7 +17,7 @@ use futures::future::try_join_all;
 use super::{Delivery, JobQueue, QueueError, RedisQueue};
 use crate::ids::{JobId, NodeId};
 use crate::redis_pool::RedisPools;
-use crate::shard::shard_of;
+use crate::shard::{group_by_shard, shard_of};
 use crate::wake::{LazyWake, Listener, Listeners, WakeUp, ready_message, wait_for};
 
 /// How often a waiting claim looks at every shard even without a wake-up.
@@ -61,26 +61,17 @@ impl ShardedQueue {
         self.inner.shards.len() as u32
     }
 
-    fn by_shard(&self, jobs: &[JobId]) -> HashMap<usize, Vec<JobId>> {
-        let mut groups: HashMap<usize, Vec<JobId>> = HashMap::new();
-        for j in jobs {
-            groups
-                .entry(shard_of(j.as_str(), self.count()))
-                .or_default()
-                .push(j.clone());
-        }
-        groups
-    }
-
-    fn deliveries_by_shard(&self, deliveries: &[Delivery]) -> HashMap<usize, Vec<Delivery>> {
-        let mut groups: HashMap<usize, Vec<Delivery>> = HashMap::new();
-        for d in deliveries {
-            groups
-                .entry(shard_of(d.job_id.as_str(), self.count()))
-                .or_default()
-                .push(d.clone());
-        }
-        groups
+    /// `items` grouped by the shard of their job id.
+    fn by_shard<T: Clone>(&self, items: &[T], id: impl Fn(&T) -> &str) -> HashMap<usize, Vec<T>> {
+        group_by_shard(items.iter().map(id), self.count())
+            .into_iter()
+            .map(|(shard, members)| {
+                (
+                    shard,
+                    members.into_iter().map(|i| items[i].clone()).collect(),
+                )
+            })
+            .collect()
     }
 
     /// Announces that `shards`' ready lists got jobs (pushed outside the store's scripts).
@@ -190,7 +181,7 @@ impl ShardedQueue {
 
 impl JobQueue for ShardedQueue {
     async fn enqueue(&self, jobs: &[JobId]) -> Result<(), QueueError> {
-        let groups = self.by_shard(jobs);
+        let groups = self.by_shard(jobs, JobId::as_str);
         let shards: Vec<usize> = groups.keys().copied().collect();
         try_join_all(
             groups
@@ -220,7 +211,7 @@ impl JobQueue for ShardedQueue {
 
     async fn ack(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {
         try_join_all(
-            self.deliveries_by_shard(deliveries)
+            self.by_shard(deliveries, |d| d.job_id.as_str())
                 .into_iter()
                 .map(|(shard, d)| async move { self.inner.shards[shard].ack(node, &d).await }),
         )
@@ -229,7 +220,7 @@ impl JobQueue for ShardedQueue {
     }
 
     async fn release(&self, node: &NodeId, deliveries: &[Delivery]) -> Result<(), QueueError> {
-        let groups = self.deliveries_by_shard(deliveries);
+        let groups = self.by_shard(deliveries, |d| d.job_id.as_str());
         let shards: Vec<usize> = groups.keys().copied().collect();
         try_join_all(
             groups

@@ -59,6 +59,58 @@ fn context(
 }
 
 impl RedisStore {
+    /// [`LeaseStore::renew`] with the reports by reference (a sharded store's heartbeat passes
+    /// each shard its own, without copying them).
+    pub(super) async fn renew_beats(
+        &self,
+        node: &NodeInfo,
+        beats: &[&RunnerBeat],
+        lease: Duration,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let node_json = json(node);
+        let mut bytes = 0;
+        let mut refused = Vec::new();
+        let mut conn = self.conn().await?;
+        // In chunks, one script call each, one after the other: one script over thousands of
+        // changed reports would hold Redis (every other client) for its whole run. A chunk
+        // ends at RENEW_CHUNK runners or RENEW_CHUNK_BYTES of reports, whichever comes first:
+        // a script's time grows with both.
+        let mut beats = beats.iter().peekable();
+        loop {
+            let mut inv = self.invoke(&RENEW);
+            bytes += node_json.len();
+            inv.arg(node.node_id.as_str())
+                .arg(lease.as_millis() as u64)
+                .arg(&node_json)
+                .arg(node.runners);
+            let (mut runners, mut chunk_bytes) = (0, 0);
+            while runners < RENEW_CHUNK && chunk_bytes < RENEW_CHUNK_BYTES {
+                let Some(b) = beats.next() else { break };
+                let changed = |v: Option<String>| v.unwrap_or_default();
+                let positions = changed(b.positions.as_ref().map(json));
+                let stats = changed(b.stats.as_ref().map(json));
+                let account = account_arg(&b.account);
+                let size = b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
+                (runners, chunk_bytes) = (runners + 1, chunk_bytes + size);
+                inv.arg(b.job_id.as_str())
+                    .arg(b.epoch)
+                    .arg(positions)
+                    .arg(stats)
+                    .arg(account);
+            }
+            bytes += chunk_bytes;
+            let some: Option<Vec<String>> = inv.invoke_async(&mut *conn).await?;
+            let some = some.ok_or(StoreError::Fenced)?;
+            refused.extend(some.into_iter().map(JobId::new));
+            if beats.peek().is_none() {
+                break;
+            }
+        }
+        // The size of what a heartbeat sends is known only here, where it is encoded.
+        metrics::histogram!(crate::observability::HEARTBEAT_BYTES).record(bytes as f64);
+        Ok(refused)
+    }
+
     /// A store under the key prefix of `keys`, applying `policy`. Queued jobs are left for the
     /// caller to publish (see [`crate::dispatch`]) until [`RedisStore::queuing_into`] is set.
     pub fn new(pools: RedisPools, keys: Keys, policy: FleetPolicy) -> Self {
@@ -514,6 +566,14 @@ fn parse<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     let raw = raw.ok_or_else(|| StoreError::data(format!("job hash lacks '{field}'")))?;
     serde_json::from_str(raw).map_err(|e| StoreError::data(format!("job field '{field}': {e}")))
+}
+
+/// A history entry as `store_gauges.lua` writes it and [`parse_sample`] reads it.
+pub(super) fn sample_entry(s: &FleetSample) -> String {
+    format!(
+        "{},{},{},{},{},{},{}",
+        s.at, s.queued, s.running, s.active, s.restarting, s.nodes_alive, s.node_capacity
+    )
 }
 
 /// A history entry (`at,queued,running,active,restarting,nodes_alive,node_capacity`).
@@ -1001,48 +1061,8 @@ impl LeaseStore for RedisStore {
         beats: &[RunnerBeat],
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
-        let node_json = json(node);
-        let mut bytes = 0;
-        let mut refused = Vec::new();
-        let mut conn = self.conn().await?;
-        // In chunks, one script call each, one after the other: one script over thousands of
-        // changed reports would hold Redis (every other client) for its whole run. A chunk
-        // ends at RENEW_CHUNK runners or RENEW_CHUNK_BYTES of reports, whichever comes first:
-        // a script's time grows with both.
-        let mut beats = beats.iter().peekable();
-        loop {
-            let mut inv = self.invoke(&RENEW);
-            bytes += node_json.len();
-            inv.arg(node.node_id.as_str())
-                .arg(lease.as_millis() as u64)
-                .arg(&node_json)
-                .arg(node.runners);
-            let (mut runners, mut chunk_bytes) = (0, 0);
-            while runners < RENEW_CHUNK && chunk_bytes < RENEW_CHUNK_BYTES {
-                let Some(b) = beats.next() else { break };
-                let changed = |v: Option<String>| v.unwrap_or_default();
-                let positions = changed(b.positions.as_ref().map(json));
-                let stats = changed(b.stats.as_ref().map(json));
-                let account = account_arg(&b.account);
-                let size = b.job_id.as_str().len() + positions.len() + stats.len() + account.len();
-                (runners, chunk_bytes) = (runners + 1, chunk_bytes + size);
-                inv.arg(b.job_id.as_str())
-                    .arg(b.epoch)
-                    .arg(positions)
-                    .arg(stats)
-                    .arg(account);
-            }
-            bytes += chunk_bytes;
-            let some: Option<Vec<String>> = inv.invoke_async(&mut *conn).await?;
-            let some = some.ok_or(StoreError::Fenced)?;
-            refused.extend(some.into_iter().map(JobId::new));
-            if beats.peek().is_none() {
-                break;
-            }
-        }
-        // The size of what a heartbeat sends is known only here, where it is encoded.
-        metrics::histogram!(crate::observability::HEARTBEAT_BYTES).record(bytes as f64);
-        Ok(refused)
+        self.renew_beats(node, &beats.iter().collect::<Vec<_>>(), lease)
+            .await
     }
 
     async fn finish(

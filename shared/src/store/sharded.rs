@@ -34,7 +34,7 @@ use super::{
 };
 use crate::ids::{JobId, NodeId, UserId};
 use crate::job::{JobRecord, JobSpec, StopMode};
-use crate::shard::{Placement, shard_of};
+use crate::shard::{Placement, group_by_shard, shard_of};
 use crate::tier::{Subscription, Tier};
 use crate::wake::{LazyWake, Listener, Listeners, WakeUp, wait_for};
 
@@ -164,11 +164,7 @@ impl ShardedStore {
 
     /// The indices of `ids` grouped by shard, in their order within each shard.
     fn by_shard<'b>(&self, ids: impl IntoIterator<Item = &'b str>) -> HashMap<usize, Vec<usize>> {
-        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, id) in ids.into_iter().enumerate() {
-            groups.entry(self.shard_index(id)).or_default().push(i);
-        }
-        groups
+        group_by_shard(ids, self.inner.count)
     }
 
     fn node_shards(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, HashMap<usize, Instant>>> {
@@ -346,11 +342,7 @@ impl JobStore for ShardedStore {
             return Ok(false);
         }
         let (gauges, at) = tokio::try_join!(self.fleet_gauges(), control.now_ms())?;
-        let s = FleetSample::of(at, &gauges);
-        let entry = format!(
-            "{},{},{},{},{},{},{}",
-            s.at, s.queued, s.running, s.active, s.restarting, s.nodes_alive, s.node_capacity
-        );
+        let entry = super::redis::sample_entry(&FleetSample::of(at, &gauges));
         // Both on the one key: one slot, one round trip.
         let () = ::redis::pipe()
             .cmd("LPUSH")
@@ -613,15 +605,16 @@ impl LeaseStore for ShardedStore {
         beats: &[RunnerBeat],
         lease: Duration,
     ) -> Result<Vec<JobId>, StoreError> {
-        let mut shards = self.lease_shards(&node.node_id);
-        let mut groups: HashMap<usize, Vec<RunnerBeat>> = HashMap::new();
+        let home = self.shard_index(node.node_id.as_str());
+        let leased = self.lease_shards_claimed(&node.node_id);
+        let mut shards = leased.clone();
+        shards.insert(home);
+        let mut groups: HashMap<usize, Vec<&RunnerBeat>> = HashMap::new();
         for b in beats {
             let shard = self.shard_index(b.job_id.as_str());
             shards.insert(shard);
-            groups.entry(shard).or_default().push(b.clone());
+            groups.entry(shard).or_default().push(b);
         }
-        let home = self.shard_index(node.node_id.as_str());
-        let leased = self.lease_shards_claimed(&node.node_id);
         let until = Instant::now() + lease;
         let renewed: Vec<usize> = shards.iter().copied().collect();
         let answers = try_join_all(shards.into_iter().map(|shard| {
@@ -638,7 +631,7 @@ impl LeaseStore for ShardedStore {
                 node.clone()
             };
             let store = &self.inner.shards[shard];
-            async move { store.renew(&info, &beats, lease).await }
+            async move { store.renew_beats(&info, &beats, lease).await }
         }))
         .await?;
         for shard in renewed {
