@@ -51,6 +51,7 @@ async function add() {
   const queue = new Queue(queueName, { connection });
   await queue.waitUntilReady();
   let next = 0;
+  const cpu = process.cpuUsage();
   const started = now();
   await Promise.all(
     Array.from({ length: concurrency }, async () => {
@@ -61,7 +62,8 @@ async function add() {
     }),
   );
   const seconds = (now() - started) / 1000;
-  print({ starts: total, seconds });
+  const used = process.cpuUsage(cpu);
+  print({ starts: total, seconds, cpuMicros: used.user + used.system });
   await queue.close();
 }
 

@@ -109,10 +109,11 @@ pub async fn run(
     let adds_per_s = sizes.starts as f64 / number(&add, "seconds")?;
     sample.insert(Row::HttpStarts, adds_per_s);
     sample.insert(Row::ScriptStarts, adds_per_s);
-    sample.insert(
-        Row::CpuPerStart,
-        cost.cpu_ms * 1_000.0 / sizes.starts as f64,
-    );
+    let redis_us = cost.cpu_ms * 1_000.0 / sizes.starts as f64;
+    let client_us = number(&add, "cpuMicros")? / sizes.starts as f64;
+    sample.insert(Row::CpuPerStart, redis_us);
+    sample.insert(Row::ClientCpuPerStart, client_us);
+    sample.insert(Row::MachineCpuPerStart, client_us + redis_us);
     eprintln!("  BullMQ: {adds_per_s:.0} queue.add/s");
     slow.extend(slowlog::take(redis, "queue.add").await?);
 
@@ -161,6 +162,7 @@ pub async fn run(
     slow.extend(slowlog::take(redis, "queueing the drain").await?);
     // From the worker process' spawn (its start-up is idle for Redis) to every job active.
     let stalls = redis.watch_stalls().await?;
+    let before = redis.probe().await?;
     let mut child: Child = command(node, redis, "steady", &[("jobs", sizes.running)])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -168,7 +170,9 @@ pub async fn run(
     let mut stdin = child.stdin.take().context("stdin")?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let running = event(&mut lines, "running").await?;
+    let cost = redis.probe().await? - before;
     sample.insert(Row::Drain, number(&running, "drain_ms")?);
+    sample.insert(Row::DrainRedisCpu, cost.cpu_ms);
     sample.insert(Row::DrainStall, stalls.stop().await?);
     slow.extend(slowlog::take(redis, "drain").await?);
     eprintln!("  BullMQ: {} jobs active", sizes.running);

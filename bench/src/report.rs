@@ -15,12 +15,20 @@ pub enum Row {
     BatchHttpStarts,
     /// Redis CPU per start (µs), during the HTTP / `queue.add` phase.
     CpuPerStart,
+    /// The starting clients' own CPU per start (µs): the bench process / the Node process.
+    ClientCpuPerStart,
+    /// The orchestrator's CPU per start (µs); BullMQ has no such process.
+    ApiCpuPerStart,
+    /// Every process's CPU per start (µs): clients, orchestrator and Redis.
+    MachineCpuPerStart,
     /// Pick-up latency, request to running, median (ms).
     PickupP50,
     /// Pick-up latency, 99th percentile (ms).
     PickupP99,
     /// All queued jobs running after the nodes / worker start (ms).
     Drain,
+    /// Redis' CPU over the drain (ms): the floor of the drain's time on one Redis.
+    DrainRedisCpu,
     /// Redis CPU (ms) per minute per 1,000 running runners / active jobs.
     SteadyCpu,
     /// Bytes received by Redis per runner per heartbeat / per job per lock renewal.
@@ -35,15 +43,19 @@ pub enum Row {
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 13] = [
+    pub const ALL: [Row; 17] = [
         Row::HttpStarts,
         Row::ScriptStarts,
         Row::BulkStarts,
         Row::BatchHttpStarts,
         Row::CpuPerStart,
+        Row::ClientCpuPerStart,
+        Row::ApiCpuPerStart,
+        Row::MachineCpuPerStart,
         Row::PickupP50,
         Row::PickupP99,
         Row::Drain,
+        Row::DrainRedisCpu,
         Row::SteadyCpu,
         Row::BytesPerBeat,
         Row::Stall,
@@ -72,9 +84,18 @@ impl Row {
                 s.bulk_batch, s.bulk_batch
             ),
             Row::CpuPerStart => "Redis CPU per start (µs), HTTP starts vs `queue.add`".into(),
+            Row::ClientCpuPerStart => {
+                "the clients' CPU per start (µs): the bench's HTTP client vs Node's `queue.add`"
+                    .into()
+            }
+            Row::ApiCpuPerStart => "the orchestrator's CPU per HTTP start (µs)".into(),
+            Row::MachineCpuPerStart => {
+                "CPU per start of every process, clients + orchestrator + Redis (µs)".into()
+            }
             Row::PickupP50 => "pick-up, request → running, p50 (ms)".into(),
             Row::PickupP99 => "pick-up, request → running, p99 (ms)".into(),
             Row::Drain => format!("drain {} queued → all running (ms)", s.running),
+            Row::DrainRedisCpu => format!("Redis CPU over the drain of {} (ms)", s.running),
             Row::SteadyCpu => format!(
                 "Redis CPU (ms) per minute per 1,000 running runners ({}) vs active jobs ({} running, default timings)",
                 match s.runners {

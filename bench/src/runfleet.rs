@@ -16,7 +16,7 @@ use runfleet_shared::keys::Keys;
 use runfleet_shared::redis_pool::RedisPools;
 use runfleet_shared::store::{FleetPolicy, JobStore, RedisStore};
 use runfleet_tests::{
-    ADMIN_KEY, Api, Process, free_port, idle_start_request, rss_bytes, start_request,
+    ADMIN_KEY, Api, Process, cpu_micros, free_port, idle_start_request, rss_bytes, start_request,
 };
 use serde_json::json;
 
@@ -169,18 +169,32 @@ pub async fn run(
     let mut slow = slowlog::take(redis, "before").await?;
     let url = redis.url();
     redis.flush().await?;
-    let (_orchestrator, api) = orchestrator(&logs, &url).await?;
+    let (orchestrator, api) = orchestrator(&logs, &url).await?;
     let admitter = Admitter::new(redis).await?;
 
-    // Single starts over HTTP.
-    let before = redis.probe().await?;
+    // Single starts over HTTP, with every process's CPU: the bench's own (its HTTP clients
+    // are all it runs meanwhile), the orchestrator's, Redis'.
+    let cpu = || -> anyhow::Result<[f64; 2]> {
+        Ok([
+            cpu_micros(std::process::id())?,
+            cpu_micros(orchestrator.pid())?,
+        ])
+    };
+    let (before, [client, api_cpu]) = (redis.probe().await?, cpu()?);
     let secs = http_starts(&api, sizes).await?;
     let cost = redis.probe().await? - before;
-    sample.insert(Row::HttpStarts, sizes.starts as f64 / secs);
-    sample.insert(
-        Row::CpuPerStart,
-        cost.cpu_ms * 1_000.0 / sizes.starts as f64,
+    let [client_after, api_after] = cpu()?;
+    let per_start = |us: f64| us / sizes.starts as f64;
+    let redis_us = per_start(cost.cpu_ms * 1_000.0);
+    let (client_us, api_us) = (
+        per_start(client_after - client),
+        per_start(api_after - api_cpu),
     );
+    sample.insert(Row::HttpStarts, sizes.starts as f64 / secs);
+    sample.insert(Row::CpuPerStart, redis_us);
+    sample.insert(Row::ClientCpuPerStart, client_us);
+    sample.insert(Row::ApiCpuPerStart, api_us);
+    sample.insert(Row::MachineCpuPerStart, client_us + api_us + redis_us);
     eprintln!("  runfleet: {} HTTP starts in {secs:.2} s", sizes.starts);
     slow.extend(slowlog::take(redis, "HTTP starts").await?);
 
@@ -261,10 +275,16 @@ pub async fn run(
     // Running is seen by a blocking read of the fleet's event stream: the claim script adds the
     // job's `claimed` event in the step that marks it running, and the read wakes then (the
     // job hash's `started` is whole ms, too coarse for sub-ms pick-ups).
-    let mut events = redis.conn().await?;
+    // The read waits from before the start is sent, as BullMQ's processor does: the measure
+    // ends when the claim is seen, whether or not the start's answer has arrived yet (one
+    // start at a time, so the next `claimed` event is this start's; checked below).
+    let mut events = Some(redis.conn().await?);
     let mut last_event = "0-0".to_owned();
     let mut latencies = Vec::new();
     for i in 0..crate::WARMUP + sizes.pickup_samples {
+        let conn = events.take().context("the event connection")?;
+        let reading = tokio::spawn(claimed_event(conn, keys.events(), last_event.clone()));
+        tokio::task::yield_now().await;
         let t0 = now_ms();
         let (code, body) = api
             .post(
@@ -274,7 +294,12 @@ pub async fn run(
             .await;
         ensure!(code == 202, "start refused: {code} {body}");
         let id = body["jobId"].as_str().context("jobId")?.to_owned();
-        let running = claimed_event(&mut events, &keys.events(), &mut last_event, &id).await?;
+        let (running, claimed, conn, last) = reading.await??;
+        ensure!(
+            claimed == id,
+            "job {claimed} was claimed while {id} was awaited"
+        );
+        (events, last_event) = (Some(conn), last);
         if i >= crate::WARMUP {
             latencies.push(running - t0);
         }
@@ -297,6 +322,7 @@ pub async fn run(
     let per_node = sizes.running.div_ceil(sizes.nodes);
     slow.extend(slowlog::take(redis, "queueing the drain").await?);
     let stalls = redis.watch_stalls().await?;
+    let before = redis.probe().await?;
     let t0 = now_ms();
     let nodes: Vec<Process> = (0..sizes.nodes)
         .map(|n| node(&logs, &format!("node-{n}"), &url, per_node))
@@ -320,6 +346,8 @@ pub async fn run(
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     };
+    let cost = redis.probe().await? - before;
+    sample.insert(Row::DrainRedisCpu, cost.cpu_ms);
     let mut pipe = redis::pipe();
     for k in &ids {
         pipe.cmd("HGET").arg(k).arg("status");
@@ -362,31 +390,27 @@ pub async fn run(
 /// Blocks on the fleet's event stream `stream` from `last` (moved on past what was read) until
 /// job `id`'s `claimed` event; the wall clock (ms, µs resolution) when it was read.
 async fn claimed_event(
-    c: &mut MultiplexedConnection,
-    stream: &str,
-    last: &mut String,
-    id: &str,
-) -> anyhow::Result<f64> {
+    mut c: MultiplexedConnection,
+    stream: String,
+    mut last: String,
+) -> anyhow::Result<(f64, String, MultiplexedConnection, String)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        ensure!(
-            Instant::now() < deadline,
-            "job {id} was not claimed within 30 s"
-        );
+        ensure!(Instant::now() < deadline, "no job was claimed within 30 s");
         let reply: redis::Value = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(100)
             .arg("BLOCK")
             .arg(1_000)
             .arg("STREAMS")
-            .arg(stream)
+            .arg(&stream)
             .arg(last.as_str())
-            .query_async(c)
+            .query_async(&mut c)
             .await?;
         let seen = now_ms();
-        let mut claimed = false;
+        let mut claimed = None;
         for (entry_id, fields) in stream_entries(&reply) {
-            *last = entry_id;
+            last = entry_id;
             let field = |name: &str| {
                 fields
                     .chunks(2)
@@ -394,10 +418,12 @@ async fn claimed_event(
                     .and_then(|kv| kv.get(1).cloned())
                     .unwrap_or_default()
             };
-            claimed |= field("job") == id && field("type") == "claimed";
+            if claimed.is_none() && field("type") == "claimed" {
+                claimed = Some(field("job"));
+            }
         }
-        if claimed {
-            return Ok(seen);
+        if let Some(job) = claimed {
+            return Ok((seen, job, c, last));
         }
     }
 }

@@ -37,9 +37,13 @@ fn a_quick_runfleet_run_prints_every_row() {
         "admissions in one round trip from a plain client vs `addBulk`",
         "runners per `POST /v1/runners/batch` vs `addBulk`",
         "Redis CPU per start",
+        "the clients' CPU per start",
+        "the orchestrator's CPU per HTTP start",
+        "CPU per start of every process",
         "p50",
         "p99",
         "drain 20 queued",
+        "Redis CPU over the drain of 20",
         "per minute per 1,000 running runners",
         "per runner per heartbeat",
         "longest Redis stall (PING, ms) with",
@@ -56,7 +60,7 @@ fn a_quick_runfleet_run_prints_every_row() {
             "no runfleet figure in {row:?}"
         );
     }
-    assert_eq!(rows.len(), 13, "{stdout}");
+    assert_eq!(rows.len(), 17, "{stdout}");
     assert!(
         stdout.contains("Redis SLOWLOG"),
         "no slow-log report in:\n{stdout}"

@@ -19,6 +19,11 @@ use runfleet_shared::store::FleetStore;
 use runfleet_shared::{observability, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than the system's malloc: under load, glibc's malloc and free were a fifth of
+/// the orchestrator's CPU per start (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A runfleet orchestrator. Settings come from built-in defaults, then `--config`, then
 /// `RUNFLEET__SECTION__KEY` environment variables (see docs/configuration.md).
 #[derive(Debug, Parser)]

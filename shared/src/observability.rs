@@ -24,6 +24,9 @@ pub const NODE_RUNNERS: &str = "runfleet_node_runners";
 pub const NODES_NEEDED: &str = "runfleet_nodes_needed";
 /// Start requests by outcome: `accepted` or the refusal's error code.
 pub const ADMISSIONS_TOTAL: &str = "runfleet_admissions_total";
+/// Admissions per call of the batch admission function (single starts gathered, see
+/// `store::coalesce`).
+pub const ADMISSION_BATCH: &str = "runfleet_admission_batch";
 /// From a job's creation to its claim by a node (recorded by the claiming node).
 pub const START_TO_RUNNING_SECONDS: &str = "runfleet_start_to_running_seconds";
 /// Crashed runners queued again by this orchestrator's sweeps.
@@ -86,6 +89,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(NODE_CLAIM_BATCH_JOBS.into()),
+                    BATCH_BUCKETS,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(ADMISSION_BATCH.into()),
                     BATCH_BUCKETS,
                 )
             })
@@ -163,6 +172,12 @@ const HELP: &[(&str, Kind, Option<Unit>, &str)] = &[
         Kind::Counter,
         None,
         "Start requests by outcome.",
+    ),
+    (
+        ADMISSION_BATCH,
+        Kind::Histogram,
+        None,
+        "Single starts per call of the batch admission function.",
     ),
     (
         START_TO_RUNNING_SECONDS,

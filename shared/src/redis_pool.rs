@@ -52,7 +52,7 @@ use crate::config::RedisSettings;
 pub const MAX_BLOCK: Duration = Duration::from_secs(10);
 
 /// Why a Redis operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RedisError {
     /// The command failed or the connection broke.
     #[error("redis: {0}")]

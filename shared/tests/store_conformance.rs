@@ -1489,6 +1489,66 @@ async fn a_batch_of_admissions_decides_each_on_its_own_in_order<S: FleetStore>(s
     }
 }
 
+/// Single admissions in flight at once (the Redis store gathers them into shared script calls,
+/// `store::coalesce`) are each decided on their own and answered on their own: one user's
+/// limit holds across them, other users are not refused for it, and one spec sent twice is
+/// admitted once.
+async fn single_admissions_made_at_once_are_each_decided_on_their_own<S: FleetStore>(s: S) {
+    let crowd: Vec<JobSpec> = (0..30).map(|_| spec("crowd")).collect();
+    let many: Vec<JobSpec> = (0..40).map(|i| spec(&format!("many-{i}"))).collect();
+    let twice = spec("twice");
+    // Room for two, so that the second copy meets the id check, not the limit.
+    s.subscribe(&UserId::new("twice"), Tier::Basic, 30)
+        .await
+        .unwrap();
+    let all: Vec<&JobSpec> = crowd.iter().chain(&many).chain([&twice, &twice]).collect();
+    let got = futures::future::join_all(all.iter().map(|sp| s.admit(sp))).await;
+
+    let admitted = |a: &Result<Admission, StoreError>| matches!(a, Ok(Admission::Admitted { .. }));
+    for a in &got[..30] {
+        assert!(
+            matches!(
+                a,
+                Ok(Admission::Admitted { current: 1, .. }
+                    | Admission::LimitReached {
+                        limit: 1,
+                        current: 1,
+                        ..
+                    })
+            ),
+            "{a:?}"
+        );
+    }
+    assert_eq!(got[..30].iter().filter(|a| admitted(a)).count(), 1);
+    for (sp, a) in crowd.iter().zip(&got[..30]) {
+        assert_eq!(
+            s.job(&sp.id).await.unwrap().is_some(),
+            admitted(a),
+            "only the admitted start left a record"
+        );
+    }
+    assert_eq!(s.active_count(&UserId::new("crowd")).await.unwrap(), 1);
+    for a in &got[30..70] {
+        assert!(
+            matches!(a, Ok(Admission::Admitted { current: 1, .. })),
+            "{a:?}"
+        );
+    }
+    let twice_got = &got[70..];
+    assert_eq!(
+        twice_got.iter().filter(|a| admitted(a)).count(),
+        1,
+        "{twice_got:?}"
+    );
+    assert!(
+        twice_got
+            .iter()
+            .any(|a| matches!(a, Err(StoreError::Conflict { .. }))),
+        "{twice_got:?}"
+    );
+    assert_eq!(s.active_count(&UserId::new("twice")).await.unwrap(), 1);
+}
+
 /// The fleet's load is sampled at most once per interval whichever process asks, the samples
 /// are kept capped and read oldest first, and the runners holding a slot list newest first.
 async fn the_load_is_sampled_once_per_interval_and_the_active_runners_listed<S: FleetStore>(s: S) {
@@ -1604,6 +1664,7 @@ macro_rules! store_conformance {
                 a_lapsed_node_cannot_revive_its_lease,
                 the_event_stream_is_read_after_an_id_and_waits_for_the_next,
                 a_batch_of_admissions_decides_each_on_its_own_in_order,
+                single_admissions_made_at_once_are_each_decided_on_their_own,
                 a_failed_publish_is_not_undone_and_the_sweep_publishes_it_again,
                 the_load_is_sampled_once_per_interval_and_the_active_runners_listed,
                 a_runners_pnl_history_follows_its_accepted_stats);
@@ -1682,6 +1743,73 @@ async fn the_store_loads_its_functions_again_after_the_server_lost_them() {
         );
     }
     assert!(store.job(&batch[2].id).await.unwrap().is_none());
+}
+
+/// Single admissions in flight together leave in shared calls of the batch function (one
+/// call per 64 at most, while a call is free none waits), and when Redis is gone every one of
+/// them is answered with the failure: none hangs, none is answered for another.
+#[tokio::test]
+async fn single_admissions_in_flight_together_share_script_calls() {
+    use runfleet_shared::store::{JobStore, Subscriptions};
+    let server = support::PrivateServer::start(&[]).await;
+    let pools = support::redis_pools_at(&server.url).await;
+    let store = RedisStore::new(pools.clone(), support::unique_keys(), policy());
+    // The library is loaded by the first call; the count starts after it.
+    assert!(matches!(
+        store.admit(&spec("warm")).await.unwrap(),
+        Admission::Admitted { .. }
+    ));
+    let mut c = pools.commands.get().await.unwrap();
+    let _: () = ::redis::cmd("CONFIG")
+        .arg(&["RESETSTAT"])
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    let specs: Vec<JobSpec> = (0..200).map(|i| spec(&format!("together-{i}"))).collect();
+    let got = futures::future::join_all(specs.iter().map(|sp| store.admit(sp))).await;
+    let stats: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    let calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no FCALL in the command stats: {stats}"));
+    println!("200 single admissions in flight together: {calls} script calls");
+    // At most 64 per call, so 4 at the least; how many more depends on when the runtime lets
+    // the gathering task run between the callers, but never one call per admission.
+    assert!(
+        (4..=25).contains(&calls),
+        "{calls} calls for 200 admissions"
+    );
+    for (sp, a) in specs.iter().zip(&got) {
+        assert!(
+            matches!(a, Ok(Admission::Admitted { current: 1, .. })),
+            "{a:?}"
+        );
+        assert_eq!(
+            store.active_count(&sp.user_id).await.unwrap(),
+            1,
+            "{} admitted once",
+            sp.user_id
+        );
+    }
+
+    drop(c);
+    drop(server);
+    let late: Vec<JobSpec> = (0..20).map(|i| spec(&format!("late-{i}"))).collect();
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(late.iter().map(|sp| store.admit(sp))),
+    )
+    .await
+    .expect("every admission is answered once Redis is gone");
+    for a in &got {
+        assert!(matches!(a, Err(StoreError::Unavailable(_))), "{a:?}");
+    }
 }
 
 /// A Redis user that may call functions but not load them (an ACL without `FUNCTION`, as some

@@ -114,6 +114,22 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<f64> {
     Ok(kib * 1024.0)
 }
 
+/// CPU time a process has used so far (user + system, every thread), in microseconds, at the
+/// resolution of `/proc/<pid>/stat` (Linux reports it in USER_HZ, 100 per second).
+pub fn cpu_micros(pid: u32) -> anyhow::Result<f64> {
+    use anyhow::Context as _;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // After the command name (which may hold spaces, in parentheses): state is field 3, utime
+    // and stime fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("no ) in /proc/<pid>/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("a short /proc/<pid>/stat")?.parse()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) * 10_000.0)
+}
+
 /// A spawned fleet process, killed on drop.
 #[derive(Debug)]
 pub struct Process {

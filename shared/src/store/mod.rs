@@ -8,6 +8,7 @@
 //! limit, a claim that bumps the epoch, a fenced heartbeat, a stop) is one atomic step: one Lua
 //! script in Redis, one critical section in memory.
 
+mod coalesce;
 mod memory;
 mod redis;
 mod scripts;
@@ -74,7 +75,7 @@ impl FleetPolicy {
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend (Redis) failed or cannot be reached: worth retrying later.
     #[error("store unavailable: {0}")]

@@ -23,6 +23,7 @@ use crate::policy::{
 use crate::redis_pool::{RedisPools, block_seconds};
 use crate::tier::{Subscription, Tier};
 
+use super::coalesce::Admissions;
 use super::scripts::{
     ADD_KEY, ADMIT, ADMIT_MANY, CLAIM, Call, EVENTS, FAIL_LOST, FINISH, GAUGES, HAND_BACK, PROMOTE,
     RECONCILE, RENEW, REVOKE_KEY, STOP, SWEEP, ScriptMode, StoreScript, invoke_all,
@@ -44,6 +45,8 @@ pub struct RedisStore {
     route: Arc<[String]>,
     /// The wake-up channel its scripts announce on ('' for none).
     wake: String,
+    /// Where single admissions gather into batch calls ([`super::coalesce`]).
+    admissions: Arc<Admissions>,
 }
 
 fn context(
@@ -124,6 +127,7 @@ impl RedisStore {
             context,
             mode: Arc::default(),
             wake: String::new(),
+            admissions: Arc::default(),
         }
     }
 
@@ -145,7 +149,51 @@ impl RedisStore {
     fn with_context(mut self) -> Self {
         let ready = self.queue.as_deref().map(|q| self.keys.ready(q));
         self.context = context(&self.keys, &self.policy, ready.as_deref(), &self.wake);
+        // Its admissions gather on their own: calls carry this store's context.
+        self.admissions = Arc::default();
         self
+    }
+
+    /// This store for the admissions' gathering task: its own (empty) gatherer, so that the
+    /// task does not keep its own inbox open.
+    pub(super) fn for_gathering(&self) -> Self {
+        Self {
+            admissions: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Admits the jobs of `args` (each the batch function's six arguments) in one call, now.
+    pub(super) async fn admit_args_now(
+        &self,
+        args: &[[String; 6]],
+    ) -> Result<Vec<AdmitReply>, StoreError> {
+        let mut call = self.invoke(&ADMIT_MANY);
+        for a in args {
+            for arg in a {
+                call.arg(arg);
+            }
+        }
+        self.admission_calls(&[call], args.len()).await
+    }
+
+    /// Runs `calls` of the batch admission function (of `sent` admissions in all) in one round
+    /// trip: each admission's reply, in order.
+    async fn admission_calls(
+        &self,
+        calls: &[Call<'_>],
+        sent: usize,
+    ) -> Result<Vec<AdmitReply>, StoreError> {
+        let replies: Vec<Vec<AdmitReply>> =
+            invoke_all(&self.mode, calls, &mut *self.conn().await?).await?;
+        let replies: Vec<AdmitReply> = replies.into_iter().flatten().collect();
+        if replies.len() != sent {
+            return Err(StoreError::data(format!(
+                "{} admissions answered for {sent} sent",
+                replies.len()
+            )));
+        }
+        Ok(replies)
     }
 
     /// The events after `after` (at most `count`) with the server's clock when they were read:
@@ -667,9 +715,10 @@ fn text(v: &Value) -> Option<String> {
 
 impl JobStore for RedisStore {
     async fn admit(&self, spec: &JobSpec) -> Result<Admission, StoreError> {
-        let reply: AdmitReply = self
-            .admit_invocation(spec, None)
-            .invoke_async(&mut *self.conn().await?)
+        // Gathered with the other admissions in flight (see `coalesce`).
+        let reply = self
+            .admissions
+            .admit(self, admit_arg_values(spec, None))
             .await?;
         self.admission_after(reply, spec).await
     }
@@ -688,16 +737,7 @@ impl JobStore for RedisStore {
                 call
             })
             .collect();
-        let replies: Vec<Vec<AdmitReply>> =
-            invoke_all(&self.mode, &calls, &mut *self.conn().await?).await?;
-        let replies: Vec<AdmitReply> = replies.into_iter().flatten().collect();
-        if replies.len() != specs.len() {
-            return Err(StoreError::data(format!(
-                "{} admissions answered for {} sent",
-                replies.len(),
-                specs.len()
-            )));
-        }
+        let replies = self.admission_calls(&calls, specs.len()).await?;
         // Starts under a breaker that is not closed (rare) are decided one by one.
         let mut admissions = Vec::with_capacity(specs.len());
         for (reply, spec) in replies.into_iter().zip(specs) {
@@ -1388,13 +1428,15 @@ fn claim_outcome(row: Vec<Value>) -> Result<ClaimOutcome, StoreError> {
 /// needs): bounds how long one call holds Redis. Measured with `heartbeat-load`: 500 runners
 /// whose beats each carried a saved state of about 700 bytes held Redis 8 ms per call; the
 /// bench's SLOWLOG then showed chunks of 128 KiB of idle runners' checkpoints at 8-11 ms, and
-/// chunks of 100 new runners' first stats at up to 7.6 ms (a loaded 2-core machine).
-const RENEW_CHUNK: usize = 50;
+/// chunks of 100 new runners' first stats at up to 7.6 ms (a loaded 2-core machine), and on a
+/// quiet machine chunks of 50 new runners' first reports (each a record update, a P&L point and
+/// an audit entry: about 8 commands a runner) up to 5.6 ms, past issue 15's 5 ms bound.
+const RENEW_CHUNK: usize = 20;
 /// Report bytes per heartbeat script call at most (a chunk ends at the runner that passes it).
-const RENEW_CHUNK_BYTES: usize = 16 * 1024;
+const RENEW_CHUNK_BYTES: usize = 8 * 1024;
 
 /// What the admission script answers: code, tier, limit, current, detail.
-type AdmitReply = (i64, String, u32, u32, Value);
+pub(super) type AdmitReply = (i64, String, u32, u32, Value);
 
 /// The admission the script's answer for `spec` means.
 fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreError> {
@@ -1425,17 +1467,26 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
 
 /// How many admissions one call of the batch admission script makes at most: about 2 ms of
 /// Redis time on a 2-core machine, so that a batch never holds Redis long (docs/benchmarks.md).
-const ADMIT_CHUNK: usize = 64;
+pub(super) const ADMIT_CHUNK: usize = 64;
 
 /// One admission's arguments (store_admit.lua's, and each group of store_admit_many.lua's).
 fn admit_args(call: &mut Call<'_>, spec: &JobSpec, breaker: Option<&BreakerChange>) {
-    call.arg(spec.id.as_str())
-        .arg(spec.user_id.as_str())
-        .arg(spec.strategy_id.as_str())
-        .arg(json(spec))
-        .arg(breaker.map(json).unwrap_or_default())
+    for arg in admit_arg_values(spec, breaker) {
+        call.arg(arg);
+    }
+}
+
+/// The admission scripts' six arguments for `spec` (see store_admit.lua).
+fn admit_arg_values(spec: &JobSpec, breaker: Option<&BreakerChange>) -> [String; 6] {
+    [
+        spec.id.as_str().to_owned(),
+        spec.user_id.as_str().to_owned(),
+        spec.strategy_id.as_str().to_owned(),
+        json(spec),
+        breaker.map(json).unwrap_or_default(),
         // The spec is the typed JobSpec's: the script need not check its shape.
-        .arg("1");
+        "1".to_owned(),
+    ]
 }
 
 /// The time part of a stream entry id (`<ms>-<seq>`): when Redis appended it.

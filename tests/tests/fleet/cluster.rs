@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use runfleet_shared::config::Settings;
 use runfleet_tests::{Api, Fleet, PrivateCluster, eventually, idle_start_request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +40,8 @@ async fn a_node_on_a_cluster_hands_its_runners_back_on_sigterm() {
 /// Runners of the failover test: 6 pro users × 10.
 const USERS: usize = 6;
 const PER_USER: usize = 10;
+/// A start answered 503 with `Retry-After` (see the slow-migration test).
+const WAITED_OUT: u16 = 1503;
 
 /// Every runner of the failover fleet, by job id: (status, epoch, node).
 async fn runners(api: &Api, users: usize) -> HashMap<String, (String, u64, String)> {
@@ -480,7 +483,13 @@ async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_s
             while probing.load(Ordering::Relaxed) {
                 let sent = Instant::now();
                 let a = probe(&api, "fo-probe").await;
-                answers.push(("start", 403, a.status, sent.elapsed(), a.body));
+                // A start that waited out the store's response timeout answers 503 with
+                // Retry-After, the documented limit; marked so it can be told from an error.
+                let status = match (a.status, &a.retry_after) {
+                    (503, Some(_)) => WAITED_OUT,
+                    (status, _) => status,
+                };
+                answers.push(("start", 403, status, sent.elapsed(), a.body));
                 let sent = Instant::now();
                 let (code, body) = api.get("/v1/users/fo-0/runners").await;
                 answers.push(("status", 200, code, sent.elapsed(), body));
@@ -531,13 +540,23 @@ async fn starts_and_reads_during_a_slow_migration_of_the_fleets_slot_never_run_s
     probing.store(false, Ordering::Relaxed);
     let answers = prober.await.unwrap();
     let slowest = answers.iter().map(|a| a.3).max().unwrap_or_default();
+    // `redis.response_timeout_ms` (2 s by default) bounds how long a call waits out TRYAGAIN:
+    // a start may answer 503 + Retry-After only when it waited that long, which only a
+    // migration that itself outlasted it can make (a starved 2-core machine: 39 keys in 2.2 s
+    // once, 0.3-0.4 s usually). Anything else is an error the user should not see.
+    let timeout = Duration::from_millis(Settings::default().redis.response_timeout_ms);
+    let waited_out = |code: u16, took: Duration| {
+        code == WAITED_OUT && window >= timeout && took >= timeout - Duration::from_millis(100)
+    };
     let errors: Vec<_> = answers
         .iter()
-        .filter(|(_, want, code, ..)| code != want)
+        .filter(|(_, want, code, took, _)| code != want && !waited_out(*code, *took))
         .collect();
+    let timed_out = answers.iter().filter(|a| waited_out(a.2, a.3)).count();
     println!(
         "the fleet's slot migrated by hand, {moved_keys} keys over {:.1} s; {} starts and status \
-         reads meanwhile, {} answered otherwise than expected, the slowest in {:?}",
+         reads meanwhile, {} answered otherwise than expected, {timed_out} waited out the \
+         response timeout (503 + Retry-After), the slowest in {:?}",
         window.as_secs_f64(),
         answers.len(),
         errors.len(),
