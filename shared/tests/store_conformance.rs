@@ -1812,6 +1812,43 @@ async fn single_admissions_in_flight_together_share_script_calls() {
     }
 }
 
+/// An admission that fails in Redis (a key of another type where its user's should be: data
+/// runfleet did not write) fails alone: the other users' starts gathered into the same call are
+/// admitted as if it were not there, and it writes nothing.
+#[tokio::test]
+async fn an_admission_that_fails_in_redis_fails_alone_in_its_call() {
+    use runfleet_shared::store::{JobStore, Subscriptions};
+    let pools = support::redis_pools().await;
+    let keys = support::unique_keys();
+    let store = RedisStore::new(pools.clone(), keys.clone(), policy());
+    let mut c = pools.commands.get().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(keys.user_active(&UserId::new("broken")))
+        .arg("not a set")
+        .query_async(&mut *c)
+        .await
+        .unwrap();
+    let batch = [spec("fine-1"), spec("broken"), spec("fine-2")];
+    let got = futures::future::join_all(batch.iter().map(|sp| store.admit(sp))).await;
+    assert!(
+        matches!(got[0], Ok(Admission::Admitted { current: 1, .. })),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], Err(StoreError::Data(e)) if e.contains("WRONGTYPE")),
+        "{got:?}"
+    );
+    assert!(
+        matches!(got[2], Ok(Admission::Admitted { current: 1, .. })),
+        "{got:?}"
+    );
+    assert!(store.job(&batch[1].id).await.unwrap().is_none());
+    for user in ["fine-1", "fine-2"] {
+        assert_eq!(store.active_count(&UserId::new(user)).await.unwrap(), 1);
+    }
+    support::cleanup(&pools, &keys).await;
+}
+
 /// A Redis user that may call functions but not load them (an ACL without `FUNCTION`, as some
 /// managed services set): the store runs its scripts with EVAL instead, whether its first call
 /// is one admission or a pipelined batch.

@@ -1446,6 +1446,13 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
             reason: text(&last).unwrap_or_default(),
         });
     }
+    if code == ADMIT_FAILED {
+        return Err(StoreError::data(format!(
+            "the admission of {} failed in Redis: {}",
+            spec.id,
+            text(&last).unwrap_or_default()
+        )));
+    }
     let retry_after_ms = text(&last).and_then(|t| t.parse().ok()).unwrap_or(0);
     let tier: Tier = tier.parse().map_err(StoreError::data)?;
     match code {
@@ -1464,6 +1471,9 @@ fn admission_of(reply: AdmitReply, spec: &JobSpec) -> Result<Admission, StoreErr
         _ => Err(StoreError::conflict("job id", &spec.id)),
     }
 }
+
+/// The batch admission script's answer for a job whose admission raised an error (alone).
+const ADMIT_FAILED: i64 = -3;
 
 /// How many admissions one call of the batch admission script makes at most: about 2 ms of
 /// Redis time on a 2-core machine, so that a batch never holds Redis long (docs/benchmarks.md).
