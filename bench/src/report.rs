@@ -29,6 +29,8 @@ pub enum Row {
     Drain,
     /// Redis' CPU over the drain (ms): the floor of the drain's time on one Redis.
     DrainRedisCpu,
+    /// The worker nodes' CPU from their spawn to the drain's end (ms); runfleet only.
+    DrainNodeCpu,
     /// Redis CPU (ms) per minute per 1,000 running runners / active jobs.
     SteadyCpu,
     /// Bytes received by Redis per runner per heartbeat / per job per lock renewal.
@@ -43,7 +45,7 @@ pub enum Row {
 
 impl Row {
     /// Every row, in table order.
-    pub const ALL: [Row; 17] = [
+    pub const ALL: [Row; 18] = [
         Row::HttpStarts,
         Row::ScriptStarts,
         Row::BulkStarts,
@@ -56,6 +58,7 @@ impl Row {
         Row::PickupP99,
         Row::Drain,
         Row::DrainRedisCpu,
+        Row::DrainNodeCpu,
         Row::SteadyCpu,
         Row::BytesPerBeat,
         Row::Stall,
@@ -96,6 +99,9 @@ impl Row {
             Row::PickupP99 => "pick-up, request → running, p99 (ms)".into(),
             Row::Drain => format!("drain {} queued → all running (ms)", s.running),
             Row::DrainRedisCpu => format!("Redis CPU over the drain of {} (ms)", s.running),
+            Row::DrainNodeCpu => {
+                "the worker nodes' CPU from their spawn to the drain's end (ms)".into()
+            }
             Row::SteadyCpu => format!(
                 "Redis CPU (ms) per minute per 1,000 running runners ({}) vs active jobs ({} running, default timings)",
                 match s.runners {

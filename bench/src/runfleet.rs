@@ -348,6 +348,11 @@ pub async fn run(
     };
     let cost = redis.probe().await? - before;
     sample.insert(Row::DrainRedisCpu, cost.cpu_ms);
+    let mut node_cpu = 0.0;
+    for n in &nodes {
+        node_cpu += cpu_micros(n.pid())? / 1_000.0;
+    }
+    sample.insert(Row::DrainNodeCpu, node_cpu);
     let mut pipe = redis::pipe();
     for k in &ids {
         pipe.cmd("HGET").arg(k).arg("status");

@@ -44,6 +44,7 @@ fn a_quick_runfleet_run_prints_every_row() {
         "p99",
         "drain 20 queued",
         "Redis CPU over the drain of 20",
+        "the worker nodes' CPU from their spawn to the drain's end",
         "per minute per 1,000 running runners",
         "per runner per heartbeat",
         "longest Redis stall (PING, ms) with",
@@ -60,7 +61,7 @@ fn a_quick_runfleet_run_prints_every_row() {
             "no runfleet figure in {row:?}"
         );
     }
-    assert_eq!(rows.len(), 17, "{stdout}");
+    assert_eq!(rows.len(), 18, "{stdout}");
     assert!(
         stdout.contains("Redis SLOWLOG"),
         "no slow-log report in:\n{stdout}"
