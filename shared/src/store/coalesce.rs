@@ -61,11 +61,9 @@ impl Admissions {
             match inbox.send(pending).await {
                 Ok(()) => {
                     return reply.await.unwrap_or_else(|_| {
-                        // The task went away with the call in flight: its outcome is unknown,
-                        // as with a call whose answer was lost.
-                        Err(StoreError::data(
-                            "the admission's call ended without an answer",
-                        ))
+                        // The task went away with the call in flight (its runtime is shutting
+                        // down): the outcome is unknown, as with a call whose answer was lost.
+                        Err(unavailable("the admission's call ended without an answer"))
                     });
                 }
                 Err(mpsc::error::SendError(back)) => {
@@ -74,9 +72,7 @@ impl Admissions {
                 }
             }
         }
-        Err(StoreError::data(
-            "the admission gatherer could not be started",
-        ))
+        Err(unavailable("the admission gatherer could not be started"))
     }
 
     fn inbox(&self, store: &RedisStore) -> mpsc::Sender<Pending> {
@@ -98,6 +94,11 @@ impl Admissions {
             *inbox = None;
         }
     }
+}
+
+/// The store unavailable for `why` (answered 503 with Retry-After by the API).
+fn unavailable(why: &str) -> StoreError {
+    StoreError::Unavailable(crate::redis_pool::RedisError::Pool(why.to_owned()))
 }
 
 /// The gathering loop: waits for a free call, then sends every admission waiting (up to
