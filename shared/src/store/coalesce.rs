@@ -32,9 +32,9 @@ const WAITING_MAX: usize = 4_096;
 
 /// One admission waiting for its call: the arguments `store_admit_many.lua` takes per job (job
 /// id, user, strategy id, spec JSON, breaker decision, checked), and where its answer goes.
-pub(super) struct Pending {
-    pub(super) args: [String; 6],
-    pub(super) answer: oneshot::Sender<Result<AdmitReply, StoreError>>,
+struct Pending {
+    args: [String; 6],
+    answer: oneshot::Sender<Result<AdmitReply, StoreError>>,
 }
 
 /// A store's admission gatherer. Clones of a store share it; a store built from another with
